@@ -1,0 +1,135 @@
+// Package activities holds the job workflow's activities: dataset
+// validation, GPU leases, epoch training, status records and deployment.
+// They are methods on Activities, which holds their dependencies.
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+)
+
+// Error types the workflow tells apart.
+const (
+	// ErrTypeJobGone: the job's row was deleted; the workflow ends quietly.
+	ErrTypeJobGone = "JobGone"
+	// ErrTypeInvalidData: the dataset or configuration cannot be trained; not retried.
+	ErrTypeInvalidData = "InvalidData"
+	// ErrTypeConflict: the request conflicts with other state (a model name in use).
+	ErrTypeConflict = "Conflict"
+)
+
+// jobGoneGrace is how long after creation a missing row is taken for a
+// commit still in flight (the API starts the workflow inside its
+// transaction) rather than a deleted job.
+const jobGoneGrace = time.Minute
+
+// Activities holds what the activities need.
+type Activities struct {
+	Store     *db.Store
+	Artifacts *artifacts.Store
+	Logger    *slog.Logger
+	// GPULiveness is how recently a training worker must have been seen for
+	// its slots to count.
+	GPULiveness time.Duration
+}
+
+// Log levels of job log lines.
+const (
+	LevelInfo  = "info"
+	LevelWarn  = "warn"
+	LevelError = "error"
+)
+
+// StatusRecord is one transition to write to the read model.
+type StatusRecord struct {
+	JobID     string
+	Status    string
+	Error     string
+	At        time.Time
+	CreatedAt time.Time
+	// Log, when set, is appended to the job's log with the transition.
+	Log      string
+	LogLevel string
+}
+
+// RecordStatus writes a transition (and its log line) to PostgreSQL.
+func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
+	var errText *string
+	if r.Error != "" {
+		errText = &r.Error
+	}
+	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
+		n, err := a.Store.Q.SetJobStatus(ctx, tx, dbsqlc.SetJobStatusParams{
+			Status: r.Status, Error: errText, At: r.At, ID: r.JobID,
+		})
+		if err != nil {
+			return fmt.Errorf("record status %s of %s: %w", r.Status, r.JobID, err)
+		}
+		if n == 0 {
+			return jobGone(r.JobID, r.CreatedAt)
+		}
+		if r.Log == "" {
+			return nil
+		}
+		level := r.LogLevel
+		if level == "" {
+			level = LevelInfo
+		}
+		return a.Store.Q.AppendJobLog(ctx, tx, dbsqlc.AppendJobLogParams{JobID: r.JobID, Level: level, Message: r.Log})
+	})
+}
+
+// LogLine is one line for a job's log.
+type LogLine struct {
+	JobID     string
+	Level     string
+	Message   string
+	CreatedAt time.Time
+}
+
+// AppendLog appends a line to the job's log.
+func (a *Activities) AppendLog(ctx context.Context, l LogLine) error {
+	return a.appendLog(ctx, l.JobID, l.Level, l.Message, l.CreatedAt)
+}
+
+func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string, createdAt time.Time) error {
+	err := a.Store.Q.AppendJobLog(ctx, a.Store.Pool, dbsqlc.AppendJobLogParams{JobID: jobID, Level: level, Message: msg})
+	if db.IsForeignKeyViolation(err) {
+		return jobGone(jobID, createdAt)
+	}
+	if err != nil {
+		return fmt.Errorf("append log of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// jobGone reports a missing job row: retryable while the creating
+// transaction may still commit, final after that.
+func jobGone(jobID string, createdAt time.Time) error {
+	msg := fmt.Sprintf("job %s no longer exists", jobID)
+	if time.Since(createdAt) < jobGoneGrace {
+		return temporal.NewApplicationError(msg, ErrTypeJobGone+"Pending")
+	}
+	return temporal.NewNonRetryableApplicationError(msg, ErrTypeJobGone, nil)
+}
+
+// invalidData is a non-retryable failure whose message is meant for users.
+func invalidData(format string, args ...any) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), ErrTypeInvalidData, nil)
+}
+
+// IsJobGone reports whether err says the job was deleted.
+func IsJobGone(err error) bool {
+	var appErr *temporal.ApplicationError
+	return errors.As(err, &appErr) && appErr.Type() == ErrTypeJobGone
+}

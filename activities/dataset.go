@@ -1,0 +1,104 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+
+	"github.com/tuneforge/tuneforge/dataset"
+	"github.com/tuneforge/tuneforge/trainer"
+)
+
+// ValidateInput names the datasets of a job.
+type ValidateInput struct {
+	JobID             string
+	DatasetKey        string
+	ValidationKey     string
+	MaxSequenceLength int
+	CreatedAt         time.Time
+}
+
+// DatasetSummary is what validation found.
+type DatasetSummary struct {
+	Examples           int
+	Tokens             int64
+	ValidationExamples int
+}
+
+// ValidateDataset streams the training (and validation) files, checks every
+// line and fails, without retries, with line-numbered errors on bad data.
+func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (DatasetSummary, error) {
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset", in.CreatedAt); err != nil {
+		return DatasetSummary{}, err
+	}
+	var examples []trainer.Example
+	train, err := a.scan(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, 0, func(e dataset.Example) error {
+		examples = append(examples, toTrainerExample(e))
+		return nil
+	})
+	if err != nil {
+		return DatasetSummary{}, err
+	}
+	if _, err := trainer.NewState(examples, 0); err != nil {
+		return DatasetSummary{}, invalidData("training file: %v", err)
+	}
+	sum := DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
+	if in.ValidationKey != "" {
+		// A small validation set is fine: it only measures.
+		v, err := a.scan(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, 1, nil)
+		if err != nil {
+			return DatasetSummary{}, err
+		}
+		sum.ValidationExamples = v.Examples
+	}
+	msg := fmt.Sprintf("Dataset valid: %d training examples, %d tokens", sum.Examples, sum.Tokens)
+	if in.ValidationKey != "" {
+		msg += fmt.Sprintf(", %d validation examples", sum.ValidationExamples)
+	}
+	return sum, a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt)
+}
+
+// scan streams one dataset file through dataset.Scan, heartbeating, and
+// turns bad data into a non-retryable error naming the file.
+func (a *Activities) scan(ctx context.Context, key, what string, maxSeq, minExamples int, fn func(dataset.Example) error) (dataset.Summary, error) {
+	r, err := a.Artifacts.Open(ctx, key)
+	if err != nil {
+		return dataset.Summary{}, fmt.Errorf("open %s: %w", what, err)
+	}
+	defer r.Close()
+	n := 0
+	sum, err := dataset.Scan(ctx, r, dataset.Options{MinExamples: minExamples, MaxSequenceLength: maxSeq}, func(e dataset.Example) error {
+		if n++; n%1000 == 0 {
+			activity.RecordHeartbeat(ctx, n)
+		}
+		if fn != nil {
+			return fn(e)
+		}
+		return nil
+	})
+	var verr *dataset.ValidationError
+	if errors.As(err, &verr) {
+		return sum, invalidData("%s: %v", what, verr)
+	}
+	if err != nil {
+		return sum, fmt.Errorf("read %s: %w", what, err)
+	}
+	return sum, nil
+}
+
+// loadExamples reads a dataset file into the trainer's examples.
+func (a *Activities) loadExamples(ctx context.Context, key, what string) ([]trainer.Example, error) {
+	var out []trainer.Example
+	_, err := a.scan(ctx, key, what, 0, 1, func(e dataset.Example) error {
+		out = append(out, toTrainerExample(e))
+		return nil
+	})
+	return out, err
+}
+
+func toTrainerExample(e dataset.Example) trainer.Example {
+	return trainer.Example{Text: e.Input(), Label: e.Target(), Tokens: e.Tokens()}
+}

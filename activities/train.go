@@ -1,0 +1,224 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/trainer"
+)
+
+// EpochInput asks for one epoch of a job's training.
+type EpochInput struct {
+	JobID           string
+	DatasetKey      string
+	ValidationKey   string
+	Hyperparameters trainer.Hyperparameters
+	Epoch           int
+	CreatedAt       time.Time
+}
+
+// EpochResult is an epoch's outcome, as the workflow records it.
+type EpochResult struct {
+	Epoch          int
+	Step           int
+	TrainingLoss   float64
+	ValidationLoss *float64
+	TrainedTokens  int64
+}
+
+// How often TrainEpoch reports. Heartbeats carry the stop request back, so
+// they are frequent; checkpoints are taken at metric points (so a resumed
+// run recomputes identical points) when this long has passed since the last.
+const (
+	heartbeatEvery  = 100 * time.Millisecond
+	checkpointEvery = 2 * time.Second
+	metricPoints    = 25 // per epoch
+)
+
+// progress is TrainEpoch's heartbeat detail: where the attempt had got to.
+type progress struct {
+	Step       int
+	Checkpoint int // the step of the last saved checkpoint
+}
+
+// TrainEpoch trains one epoch of a job on this worker's pool with the
+// builtin trainer. It resumes from the job's latest checkpoint (saved at the
+// last metric point, or when a stop cancelled the previous attempt), records
+// metric points and log lines, heartbeats about ten times a second and
+// returns promptly when cancelled, after saving a checkpoint.
+func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult, error) {
+	train, err := a.loadExamples(ctx, in.DatasetKey, "training file")
+	if err != nil {
+		return EpochResult{}, err
+	}
+	var valid []trainer.Example
+	if in.ValidationKey != "" {
+		if valid, err = a.loadExamples(ctx, in.ValidationKey, "validation file"); err != nil {
+			return EpochResult{}, err
+		}
+	}
+	state, resumed, err := a.loadState(ctx, in.JobID, train)
+	if err != nil {
+		return EpochResult{}, err
+	}
+	switch {
+	case state.Epoch >= in.Epoch:
+		// A previous attempt finished this epoch but did not report it.
+		return a.epochResult(ctx, state, in, train, valid)
+	case state.Epoch < in.Epoch-1:
+		return EpochResult{}, invalidData("the checkpoint holds %d epochs; cannot train epoch %d", state.Epoch, in.Epoch)
+	}
+	run, err := trainer.NewRun(state, in.Hyperparameters, train, valid)
+	if err != nil {
+		return EpochResult{}, invalidData("%v", err)
+	}
+	steps := run.StepsPerEpoch()
+	every := max(1, int(math.Ceil(float64(steps)/metricPoints)))
+	msg := fmt.Sprintf("Epoch %d/%d started: %d steps of batch %d (builtin trainer: a compact hashed n-gram classifier trained on the CPU in place of the base model)",
+		in.Epoch, in.Hyperparameters.Epochs, steps, in.Hyperparameters.BatchSize)
+	if resumed && state.EpochStep > 0 {
+		msg = fmt.Sprintf("Epoch %d/%d resumed at step %d from its checkpoint", in.Epoch, in.Hyperparameters.Epochs, state.Step)
+	}
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt); err != nil {
+		return EpochResult{}, err
+	}
+
+	var (
+		lastBeat, lastSave = time.Now(), time.Now()
+		savedStep          = state.Step
+		lossSum            float64
+		lossN              int
+	)
+	_, err = run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error {
+		lossSum += s.BatchLoss
+		lossN++
+		if s.EpochStep%every == 0 || s.EpochStep == s.StepsPerEpoch {
+			if err := a.recordPoint(ctx, run, in, s, lossSum/float64(lossN)); err != nil {
+				return err
+			}
+			lossSum, lossN = 0, 0
+			if time.Since(lastSave) >= checkpointEvery {
+				if err := a.saveState(ctx, in.JobID, state); err != nil {
+					return err
+				}
+				lastSave, savedStep = time.Now(), s.Step
+			}
+		}
+		if time.Since(lastBeat) >= heartbeatEvery {
+			activity.RecordHeartbeat(ctx, progress{Step: s.Step, Checkpoint: savedStep})
+			lastBeat = time.Now()
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		// Stopped: keep the work done so a restart resumes here.
+		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if serr := a.saveState(saveCtx, in.JobID, state); serr != nil {
+			a.Logger.Warn("checkpoint on stop failed", "job", in.JobID, "err", serr)
+		}
+		return EpochResult{}, ctx.Err()
+	}
+	if err != nil {
+		return EpochResult{}, err
+	}
+	if err := a.saveState(ctx, in.JobID, state); err != nil {
+		return EpochResult{}, err
+	}
+	return a.epochResult(ctx, state, in, train, valid)
+}
+
+// epochResult measures the model at an epoch's end, records it on the job
+// and logs it.
+func (a *Activities) epochResult(ctx context.Context, state *trainer.State, in EpochInput, train, valid []trainer.Example) (EpochResult, error) {
+	run, err := trainer.NewRun(state, in.Hyperparameters, train, valid)
+	if err != nil {
+		return EpochResult{}, invalidData("%v", err)
+	}
+	res := EpochResult{Epoch: state.Epoch, Step: state.Step, TrainingLoss: run.TrainingLoss(), TrainedTokens: state.Tokens}
+	if v, ok := run.ValidationLoss(); ok {
+		res.ValidationLoss = &v
+	}
+	epoch := int32(res.Epoch)
+	if _, err := a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
+		ID: in.JobID, Epoch: &epoch, TrainedTokens: res.TrainedTokens, TrainingLoss: &res.TrainingLoss, ValidationLoss: res.ValidationLoss,
+	}); err != nil {
+		return EpochResult{}, fmt.Errorf("record progress: %w", err)
+	}
+	msg := fmt.Sprintf("Epoch %d/%d completed - loss: %.3f", res.Epoch, in.Hyperparameters.Epochs, res.TrainingLoss)
+	if res.ValidationLoss != nil {
+		msg += fmt.Sprintf(", validation loss: %.3f", *res.ValidationLoss)
+	}
+	return res, a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt)
+}
+
+// recordPoint writes one metric point (idempotent per step) and the job's
+// running totals.
+func (a *Activities) recordPoint(ctx context.Context, run *trainer.Run, in EpochInput, s trainer.StepInfo, trainingLoss float64) error {
+	var vloss *float64
+	if v, ok := run.ValidationLoss(); ok {
+		vloss = &v
+	}
+	err := a.Store.Q.RecordMetric(ctx, a.Store.Pool, dbsqlc.RecordMetricParams{
+		JobID: in.JobID, Step: int32(s.Step), Epoch: int32(s.Epoch), TrainingLoss: trainingLoss,
+		ValidationLoss: vloss, LearningRate: s.LearningRate, Tokens: s.Tokens,
+	})
+	if err != nil {
+		return fmt.Errorf("record metric: %w", err)
+	}
+	epoch := int32(s.Epoch - 1)
+	_, err = a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
+		ID: in.JobID, Epoch: &epoch, TrainedTokens: s.Tokens, TrainingLoss: &trainingLoss, ValidationLoss: vloss,
+	})
+	if err != nil {
+		return fmt.Errorf("record progress: %w", err)
+	}
+	return nil
+}
+
+// loadState reads the job's latest checkpoint, or starts a fresh state.
+func (a *Activities) loadState(ctx context.Context, jobID string, train []trainer.Example) (*trainer.State, bool, error) {
+	b, err := a.Artifacts.Get(ctx, artifacts.CheckpointKey(jobID))
+	if errors.Is(err, artifacts.ErrNotExist) {
+		state, err := trainer.NewState(train, seed(jobID))
+		if err != nil {
+			return nil, false, invalidData("training file: %v", err)
+		}
+		return state, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read checkpoint: %w", err)
+	}
+	var state trainer.State
+	if err := state.UnmarshalBinary(b); err != nil {
+		return nil, false, invalidData("checkpoint of %s is unreadable: %v", jobID, err)
+	}
+	return &state, true, nil
+}
+
+func (a *Activities) saveState(ctx context.Context, jobID string, state *trainer.State) error {
+	b, err := state.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	if err := a.Artifacts.PutBytes(ctx, artifacts.CheckpointKey(jobID), b); err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	return nil
+}
+
+// seed makes a job's shuffles reproducible, so a resumed epoch sees the
+// same order.
+func seed(jobID string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(jobID))
+	return int64(h.Sum64() >> 1)
+}

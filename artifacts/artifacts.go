@@ -1,0 +1,140 @@
+// Package artifacts stores datasets, checkpoints and trained models in a blob
+// bucket addressed by a URL (TUNEFORGE_ARTIFACTS): a local directory in
+// development, S3, GCS, Azure Blob or MinIO in production, so that any
+// training host can read what the API stored and resume any checkpoint.
+package artifacts
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/azureblob" // azblob:// URLs
+	_ "gocloud.dev/blob/fileblob"  // file:// URLs
+	_ "gocloud.dev/blob/gcsblob"   // gs:// URLs
+	_ "gocloud.dev/blob/s3blob"    // s3:// URLs, MinIO included
+	"gocloud.dev/gcerrors"
+)
+
+// ErrNotExist is returned for a key with no object.
+var ErrNotExist = errors.New("artifact does not exist")
+
+// Store is an open bucket.
+type Store struct {
+	bucket *blob.Bucket
+}
+
+// Open opens the bucket at rawURL; a file:// directory is created if missing.
+func Open(ctx context.Context, rawURL string) (*Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("TUNEFORGE_ARTIFACTS %q is not a URL: %w", rawURL, err)
+	}
+	if u.Scheme == "file" {
+		if err := os.MkdirAll(u.Path, 0o755); err != nil {
+			return nil, fmt.Errorf("create artifact directory: %w", err)
+		}
+		q := u.Query()
+		if q.Get("metadata") == "" {
+			// Sidecar attribute files are noise in a local directory.
+			q.Set("metadata", "skip")
+		}
+		u.RawQuery = q.Encode()
+	}
+	b, err := blob.OpenBucket(ctx, u.String())
+	if err != nil {
+		return nil, fmt.Errorf("open artifact store %s://%s: %w", u.Scheme, u.Host+u.Path, err)
+	}
+	return &Store{bucket: b}, nil
+}
+
+// Close closes the bucket.
+func (s *Store) Close() error { return s.bucket.Close() }
+
+// Put streams r to key and returns its size and SHA-256. The object appears
+// only if the whole stream was written.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader) (int64, string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := s.bucket.NewWriter(ctx, key, nil)
+	if err != nil {
+		return 0, "", fmt.Errorf("write %s: %w", key, err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, h), r)
+	if err != nil {
+		cancel() // abandons the partial object
+		_ = w.Close()
+		return n, "", fmt.Errorf("write %s: %w", key, err)
+	}
+	if err := w.Close(); err != nil {
+		return n, "", fmt.Errorf("write %s: %w", key, err)
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// PutBytes writes b to key.
+func (s *Store) PutBytes(ctx context.Context, key string, b []byte) error {
+	_, _, err := s.Put(ctx, key, bytes.NewReader(b))
+	return err
+}
+
+// Open returns a reader of key's object.
+func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	r, err := s.bucket.NewReader(ctx, key, nil)
+	if err != nil {
+		return nil, wrap(key, err)
+	}
+	return r, nil
+}
+
+// Get reads key's object whole.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	b, err := s.bucket.ReadAll(ctx, key)
+	if err != nil {
+		return nil, wrap(key, err)
+	}
+	return b, nil
+}
+
+// Copy copies src to dst within the bucket.
+func (s *Store) Copy(ctx context.Context, dst, src string) error {
+	if err := s.bucket.Copy(ctx, dst, src, nil); err != nil {
+		return wrap(src, err)
+	}
+	return nil
+}
+
+// Delete removes key; a missing key is not an error.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	err := s.bucket.Delete(ctx, key)
+	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+func wrap(key string, err error) error {
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return fmt.Errorf("%s: %w", key, ErrNotExist)
+	}
+	return fmt.Errorf("read %s: %w", key, err)
+}
+
+// DatasetKey is where an uploaded dataset lives.
+func DatasetKey(orgID, datasetID string) string {
+	return "datasets/" + orgID + "/" + datasetID + ".jsonl"
+}
+
+// CheckpointKey is a job's latest training checkpoint; every save replaces it.
+func CheckpointKey(jobID string) string { return "checkpoints/" + jobID + "/latest.ckpt" }
+
+// ModelKey is where a deployed model's weights are published.
+func ModelKey(orgID, model string) string { return "models/" + orgID + "/" + model + ".model" }

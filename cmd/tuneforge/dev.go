@@ -1,0 +1,120 @@
+//go:build !nodev
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tuneforge/tuneforge/apikey"
+	"github.com/tuneforge/tuneforge/config"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/devserver"
+	"github.com/tuneforge/tuneforge/workers"
+	"github.com/tuneforge/tuneforge/workflows"
+)
+
+// runDev runs the whole platform in one process on an embedded Temporal
+// server whose state lives in the data directory.
+func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	if !cfg.DatabaseURLSet {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:5432", 2*time.Second)
+		if err != nil {
+			return errors.New("no PostgreSQL listens on 127.0.0.1:5432 and DATABASE_URL is unset.\n" +
+				"Start it (Debian: pg_ctlcluster --skip-systemctl-redirect 15 main start) or set DATABASE_URL=postgres://USER@HOST:PORT/DB")
+		}
+		conn.Close()
+	}
+	if err := db.EnsureDatabase(ctx, cfg.DatabaseURL); err != nil {
+		return err
+	}
+	if err := runMigrate(ctx, cfg); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	srv, err := devserver.Start(devserver.Config{
+		DatabaseFile:     filepath.Join(cfg.DataDir, "temporal.db"),
+		FrontendAddr:     cfg.TemporalAddr,
+		UIAddr:           cfg.UIAddr,
+		Namespace:        cfg.TemporalNamespace,
+		SearchAttributes: workflows.SearchAttributes(),
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+
+	p, err := connect(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	key, err := devKey(ctx, p, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	hardware, err := p.store.Q.ListHardware(ctx, p.store.Pool)
+	if err != nil {
+		return err
+	}
+	slots := 2
+	if v := os.Getenv("TUNEFORGE_DEV_SLOTS"); v != "" {
+		if slots, err = strconv.Atoi(v); err != nil || slots < 1 {
+			return fmt.Errorf("TUNEFORGE_DEV_SLOTS=%q: must be a positive integer", v)
+		}
+	}
+	acts := p.activities()
+	roles := []func(context.Context) error{
+		func(ctx context.Context) error { return workers.RunControl(ctx, p.temporal, acts) },
+		func(ctx context.Context) error { return p.api(cfg).ListenAndServe(ctx, cfg.HTTPAddr) },
+	}
+	for _, h := range hardware {
+		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots}
+		roles = append(roles, func(ctx context.Context) error { return workers.RunTraining(ctx, p.temporal, acts, t, log) })
+	}
+	fmt.Fprintf(os.Stderr, `
+tuneforge dev is running
+  API             http://%s/api/v1/fine-tuning
+  Temporal Web UI %s
+  Temporal        %s (namespace %s)
+  Data directory  %s
+  Training pools  %d slot(s) each on %d hardware pools (builtin CPU trainer)
+
+Development API key (org org_dev, user user_dev, both scopes):
+  export TUNEFORGE_API_KEY=%s
+  curl -H "X-API-Key: $TUNEFORGE_API_KEY" http://%s/api/v1/fine-tuning/jobs
+
+`, cfg.HTTPAddr, srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, cfg.DataDir, slots, len(hardware), key, cfg.HTTPAddr)
+	return group(ctx, roles...)
+}
+
+// devKey returns the development key kept in the data directory, making
+// one (org_dev, both scopes) the first time.
+func devKey(ctx context.Context, p *platform, dataDir string) (string, error) {
+	path := filepath.Join(dataDir, "dev-api-key")
+	if b, err := os.ReadFile(path); err == nil {
+		key := strings.TrimSpace(string(b))
+		if _, err := apikey.Lookup(ctx, p.store, key); err == nil {
+			return key, nil
+		}
+	}
+	key, err := apikey.Create(ctx, p.store, "org_dev", "user_dev", apikey.AllScopes)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("save development key: %w", err)
+	}
+	return key, nil
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/contrib/opentelemetry"
+	"go.temporal.io/sdk/interceptor"
+	tlog "go.temporal.io/sdk/log"
+
+	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/config"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/server"
+	"github.com/tuneforge/tuneforge/workers"
+)
+
+// platform is the connections every role shares.
+type platform struct {
+	store     *db.Store
+	temporal  client.Client
+	artifacts *artifacts.Store
+	log       *slog.Logger
+	dataDir   string
+}
+
+func openStore(ctx context.Context, cfg config.Config) (*db.Store, error) {
+	store, err := db.Open(ctx, cfg.DatabaseURL)
+	if err != nil && !cfg.DatabaseURLSet {
+		return nil, fmt.Errorf("%w\nDATABASE_URL is unset, so tuneforge tried %s. Start PostgreSQL (for example: pg_ctlcluster 15 main start) or set DATABASE_URL", err, config.DefaultDatabaseURL)
+	}
+	return store, err
+}
+
+func connect(ctx context.Context, cfg config.Config, log *slog.Logger) (*platform, error) {
+	store, err := openStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &platform{store: store, log: log, dataDir: cfg.DataDir}
+	if p.artifacts, err = artifacts.Open(ctx, cfg.Artifacts); err != nil {
+		p.close()
+		return nil, err
+	}
+	if p.temporal, err = dialTemporal(ctx, cfg.TemporalAddr, cfg.TemporalNamespace, log); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func dialTemporal(ctx context.Context, addr, namespace string, log *slog.Logger) (client.Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("Temporal at %s does not answer (set TUNEFORGE_TEMPORAL_ADDR, or run `tuneforge dev`): %w", addr, err)
+	}
+	conn.Close()
+	tracing, err := opentelemetry.NewTracingInterceptor(opentelemetry.TracerOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("tracing interceptor: %w", err)
+	}
+	c, err := client.DialContext(ctx, client.Options{
+		HostPort:     addr,
+		Namespace:    namespace,
+		Logger:       tlog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+		Interceptors: []interceptor.ClientInterceptor{tracing},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+func (p *platform) close() {
+	if p.temporal != nil {
+		p.temporal.Close()
+	}
+	if p.artifacts != nil {
+		p.artifacts.Close()
+	}
+	p.store.Close()
+}
+
+func (p *platform) activities() *activities.Activities {
+	return &activities.Activities{Store: p.store, Artifacts: p.artifacts, Logger: p.log, GPULiveness: workers.GPULiveness}
+}
+
+func (p *platform) api(cfg config.Config) *server.Server {
+	return server.New(server.Deps{
+		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
+		Logger: p.log, GPULiveness: workers.GPULiveness,
+	})
+}

@@ -1,0 +1,98 @@
+-- name: CreateJob :one
+INSERT INTO jobs (
+    id, organization_id, owner, name, description, base_model, hardware_id, status,
+    training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
+    epochs, learning_rate, batch_size, warmup_steps, suffix, created_at, updated_at
+) VALUES (
+    $1, $2, $3, $4, $5, $6, $7, 'queued',
+    $8, $9, $10, $11, $12,
+    $13, $14, $15, $16, $17, $18, $18
+)
+RETURNING *;
+
+-- name: GetJob :one
+SELECT * FROM jobs WHERE organization_id = $1 AND id = $2;
+
+-- name: GetJobByID :one
+-- For workers, which act on a job their workflow already owns.
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: DeleteJob :execrows
+DELETE FROM jobs WHERE organization_id = $1 AND id = $2;
+
+-- name: ListJobs :many
+-- The sort key is one of a fixed set checked by the caller; each CASE arm is
+-- NULL unless chosen, so only the chosen column orders the rows.
+SELECT * FROM jobs
+WHERE organization_id = @organization_id
+  AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
+  AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
+  AND (sqlc.narg(search)::text IS NULL
+       OR name ILIKE '%' || sqlc.narg(search) || '%'
+       OR description ILIKE '%' || sqlc.narg(search) || '%')
+ORDER BY
+    CASE WHEN @sort::text = 'createdAt:asc' THEN created_at END ASC,
+    CASE WHEN @sort::text = 'createdAt:desc' THEN created_at END DESC,
+    CASE WHEN @sort::text = 'updatedAt:asc' THEN updated_at END ASC,
+    CASE WHEN @sort::text = 'updatedAt:desc' THEN updated_at END DESC,
+    CASE WHEN @sort::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
+    CASE WHEN @sort::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
+    CASE WHEN @sort::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
+    CASE WHEN @sort::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
+    CASE WHEN @sort::text = 'name:asc' THEN name END ASC,
+    CASE WHEN @sort::text = 'name:desc' THEN name END DESC,
+    CASE WHEN @sort::text = 'status:asc' THEN status END ASC,
+    CASE WHEN @sort::text = 'status:desc' THEN status END DESC,
+    created_at DESC,
+    id DESC
+LIMIT @lim OFFSET @off;
+
+-- name: CountJobs :one
+SELECT count(*) FROM jobs
+WHERE organization_id = @organization_id
+  AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
+  AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
+  AND (sqlc.narg(search)::text IS NULL
+       OR name ILIKE '%' || sqlc.narg(search) || '%'
+       OR description ILIKE '%' || sqlc.narg(search) || '%');
+
+-- name: JobStats :many
+SELECT status, count(*) AS n FROM jobs WHERE organization_id = $1 GROUP BY status;
+
+-- name: GetIdempotencyKey :one
+SELECT * FROM idempotency_keys
+WHERE organization_id = $1 AND key = $2 AND created_at > now() - interval '24 hours';
+
+-- name: DeleteStaleIdempotencyKey :exec
+DELETE FROM idempotency_keys
+WHERE organization_id = $1 AND key = $2 AND created_at <= now() - interval '24 hours';
+
+-- name: CreateIdempotencyKey :exec
+INSERT INTO idempotency_keys (organization_id, key, request_hash, job_id)
+VALUES ($1, $2, $3, $4);
+
+-- name: SetJobStatus :execrows
+-- Records a workflow transition. started_at is set once, when training first
+-- starts; finished_at is set on terminal states and cleared on re-queue.
+UPDATE jobs SET
+    status      = @status,
+    error       = sqlc.narg(error),
+    started_at  = CASE WHEN @status = 'running' THEN coalesce(started_at, @at) ELSE started_at END,
+    finished_at = CASE WHEN @status IN ('completed', 'failed', 'stopped') THEN @at
+                       WHEN @status IN ('queued', 'running') THEN NULL
+                       ELSE finished_at END,
+    updated_at  = @at
+WHERE id = @id;
+
+-- name: SetJobProgress :execrows
+UPDATE jobs SET
+    epoch           = @epoch,
+    trained_tokens  = @trained_tokens,
+    training_loss   = @training_loss,
+    validation_loss = sqlc.narg(validation_loss),
+    updated_at      = now()
+WHERE id = @id;
+
+-- name: SetJobDeployed :execrows
+UPDATE jobs SET status = 'deployed', result_model = @result_model, updated_at = now()
+WHERE id = @id;

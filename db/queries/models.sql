@@ -1,0 +1,11 @@
+-- name: CreateDeployedModel :exec
+INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key;
+
+-- name: GetDeployedModel :one
+SELECT * FROM deployed_models WHERE organization_id = $1 AND name = $2;
+
+-- name: FindModelNameOwner :one
+-- Another job of the organization that already deployed this model name.
+SELECT * FROM deployed_models WHERE organization_id = $1 AND name = $2 AND job_id <> $3;

@@ -1,0 +1,140 @@
+package server
+
+import (
+	"errors"
+	"math"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+)
+
+func (s *Server) baseModels(c *gin.Context) {
+	rows, err := s.Store.Q.ListBaseModels(c.Request.Context(), s.Store.Pool)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	out := make([]gin.H, len(rows))
+	for i, m := range rows {
+		out[i] = gin.H{
+			"id": m.ID, "name": m.Name, "provider": m.Provider, "parameterCount": m.ParameterCount,
+			"supportedTasks": m.SupportedTasks, "maxSequenceLength": m.MaxSequenceLength,
+			"defaultHardware": m.DefaultHardwareID,
+		}
+	}
+	c.JSON(http.StatusOK, gin.H{"models": out})
+}
+
+func (s *Server) hardware(c *gin.Context) {
+	ctx := c.Request.Context()
+	rows, err := s.Store.Q.ListHardware(ctx, s.Store.Pool)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	usage, err := s.Store.Q.ListGPUPoolUsage(ctx, s.Store.Pool, s.GPULiveness.Seconds())
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	byID := make(map[string]dbsqlc.ListGPUPoolUsageRow, len(usage))
+	for _, u := range usage {
+		byID[u.ID] = u
+	}
+	out := make([]gin.H, len(rows))
+	for i, h := range rows {
+		u := byID[h.ID]
+		out[i] = gin.H{
+			"id": h.ID, "name": h.Name, "gpuMemory": h.GpuMemory, "gpuCount": h.GpuCount, "costPerHour": h.CostPerHour,
+			"totalSlots": u.Capacity, "availableSlots": max(0, u.Capacity-u.Granted), "queuedJobs": u.Waiting,
+		}
+	}
+	c.JSON(http.StatusOK, gin.H{"hardware": out})
+}
+
+// The cost model. A job trains datasetSize × tokensPerExample × epochs
+// tokens. A LoRA fine-tune on one A100 40GB processes about
+// referenceThroughput / (parameters in billions) tokens per second; other
+// hardware scales that by its speed factor. Time is tokens / throughput,
+// cost is hours × the hardware's price. Larger data or models therefore
+// never cost less on the same hardware, and each model's default hardware is
+// picked so that bigger models never cost less on their defaults either.
+const (
+	tokensPerExample      = 512
+	referenceThroughput   = 56_000.0
+	defaultEstimateEpochs = defaultEpochs
+)
+
+type estimateRequest struct {
+	BaseModel   string `json:"baseModel"`
+	DatasetSize *int64 `json:"datasetSize"`
+	Hardware    string `json:"hardware"`
+	Epochs      *int   `json:"epochs"`
+}
+
+func (s *Server) estimateCost(c *gin.Context) {
+	ctx := c.Request.Context()
+	var req estimateRequest
+	if err := bindJSON(c, &req); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	var errs fieldErrors
+	if req.BaseModel == "" {
+		errs.add("baseModel", "is required")
+	}
+	if req.DatasetSize == nil {
+		errs.add("datasetSize", "is required: the number of training examples")
+	} else if *req.DatasetSize < 1 || *req.DatasetSize > 1_000_000_000 {
+		errs.add("datasetSize", "must be between 1 and 1000000000")
+	}
+	epochs := defaultEstimateEpochs
+	if req.Epochs != nil {
+		if epochs = *req.Epochs; epochs < 1 || epochs > 100 {
+			errs.add("epochs", "must be between 1 and 100")
+		}
+	}
+	if err := errs.err(http.StatusBadRequest); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	model, err := s.Store.Q.GetBaseModel(ctx, s.Store.Pool, req.BaseModel)
+	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
+		s.respondError(c, errs.err(http.StatusUnprocessableEntity))
+		return
+	} else if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	hwID := req.Hardware
+	if hwID == "" {
+		hwID = model.DefaultHardwareID
+	}
+	hw, err := s.Store.Q.GetHardware(ctx, s.Store.Pool, hwID)
+	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+		errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hwID)
+		s.respondError(c, errs.err(http.StatusUnprocessableEntity))
+		return
+	} else if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	tokens := float64(*req.DatasetSize) * tokensPerExample * float64(epochs)
+	throughput := referenceThroughput / model.ParametersBillions * hw.SpeedFactor
+	seconds := tokens / throughput
+	cost := seconds / 3600 * hw.CostPerHour
+	c.JSON(http.StatusOK, gin.H{
+		"baseModel":            model.ID,
+		"datasetSize":          *req.DatasetSize,
+		"hardware":             hw.ID,
+		"epochs":               epochs,
+		"estimatedTokens":      int64(tokens),
+		"estimatedCost":        math.Ceil(cost*100) / 100,
+		"estimatedTimeMinutes": int64(math.Ceil(seconds / 60)),
+		"currency":             "USD",
+	})
+}

@@ -1,0 +1,144 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tuneforge/tuneforge/dataset"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/trainer"
+)
+
+type chatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// chatRequest is the OpenAI-compatible subset served. Sampling parameters
+// are accepted and ignored: the builtin model answers its most likely label.
+type chatRequest struct {
+	Model       string        `json:"model"`
+	Messages    []chatMessage `json:"messages"`
+	Temperature *float64      `json:"temperature"`
+	MaxTokens   *int          `json:"max_tokens"`
+	User        string        `json:"user"`
+}
+
+func (s *Server) chatCompletions(c *gin.Context) {
+	ctx := c.Request.Context()
+	var req chatRequest
+	if err := bindJSON(c, &req); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	var errs fieldErrors
+	if req.Model == "" {
+		errs.add("model", "is required: the resultModel of a deployed fine-tuning job")
+	}
+	if len(req.Messages) == 0 {
+		errs.add("messages", "must hold at least one message")
+	}
+	ex := dataset.Example{}
+	for i, m := range req.Messages {
+		if m.Role != "system" && m.Role != "user" && m.Role != "assistant" {
+			errs.add("messages", "message %d has role %q; expected system, user or assistant", i+1, m.Role)
+		}
+		ex.Messages = append(ex.Messages, dataset.Message{Role: m.Role, Content: m.Content})
+	}
+	if err := errs.err(http.StatusBadRequest); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	org := caller(c).OrganizationID
+	model, err := s.models.get(ctx, org, req.Model, s.loadModel)
+	if errors.Is(err, db.ErrNotFound) {
+		s.respondError(c, notFound("deployed model", req.Model))
+		return
+	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	// The prompt is what the model was trained on: system and user turns.
+	ex.Messages = append(ex.Messages, dataset.Message{Role: "assistant"})
+	prompt := ex.Input()
+	pred := model.Predict(prompt)
+	promptTokens, completionTokens := dataset.CountTokens(prompt), dataset.CountTokens(pred.Label)
+	c.JSON(http.StatusOK, gin.H{
+		"id":      newID("chatcmpl-"),
+		"object":  "chat.completion",
+		"created": time.Now().Unix(),
+		"model":   req.Model,
+		"choices": []gin.H{{
+			"index":         0,
+			"message":       chatMessage{Role: "assistant", Content: pred.Label},
+			"finish_reason": "stop",
+			"probability":   pred.Probability,
+		}},
+		"usage": gin.H{"prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens},
+	})
+}
+
+func (s *Server) loadModel(ctx context.Context, org, name string) (*trainer.State, error) {
+	rec, err := s.Store.Q.GetDeployedModel(ctx, s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: org, Name: name})
+	if err != nil {
+		return nil, db.NotFound(err)
+	}
+	b, err := s.Artifacts.Get(ctx, rec.BlobKey)
+	if err != nil {
+		return nil, err
+	}
+	var st trainer.State
+	if err := st.UnmarshalBinary(b); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// modelCache keeps recently used deployed models in memory.
+type modelCache struct {
+	mu     sync.Mutex
+	max    int
+	models map[string]*trainer.State
+}
+
+func newModelCache(max int) *modelCache {
+	return &modelCache{max: max, models: make(map[string]*trainer.State)}
+}
+
+func (m *modelCache) get(ctx context.Context, org, name string, load func(context.Context, string, string) (*trainer.State, error)) (*trainer.State, error) {
+	k := org + "/" + name
+	m.mu.Lock()
+	st, ok := m.models[k]
+	m.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	st, err := load(ctx, org, name)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.models) >= m.max {
+		for evict := range m.models {
+			delete(m.models, evict)
+			break
+		}
+	}
+	m.models[k] = st
+	return st, nil
+}
+
+func (m *modelCache) forget(org, name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.models, org+"/"+strings.TrimSpace(name))
+}

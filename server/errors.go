@@ -1,0 +1,77 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+)
+
+// apiError is every error the API returns, as
+// {"error":{"code":"…","message":"…","details":[…]}}.
+type apiError struct {
+	Status  int           `json:"-"`
+	Code    string        `json:"code"`
+	Message string        `json:"message"`
+	Details []fieldDetail `json:"details,omitempty"`
+}
+
+// fieldDetail names one bad field (or dataset line) and what to fix.
+type fieldDetail struct {
+	Field   string `json:"field,omitempty"`
+	Line    int    `json:"line,omitempty"`
+	Message string `json:"message"`
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+func newError(status int, code, format string, args ...any) *apiError {
+	return &apiError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func badRequest(format string, args ...any) *apiError {
+	return newError(http.StatusBadRequest, "invalid_request", format, args...)
+}
+
+func notFound(what, id string) *apiError {
+	return newError(http.StatusNotFound, "not_found", "%s %s not found", what, id)
+}
+
+func conflict(format string, args ...any) *apiError {
+	return newError(http.StatusConflict, "conflict", format, args...)
+}
+
+// fieldErrors collects validation problems so a request reports all at once.
+type fieldErrors []fieldDetail
+
+func (f *fieldErrors) add(field, format string, args ...any) {
+	*f = append(*f, fieldDetail{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// err returns the collected problems as one error, or nil.
+func (f fieldErrors) err(status int) error {
+	if len(f) == 0 {
+		return nil
+	}
+	msg := f[0].Field + ": " + f[0].Message
+	if len(f) > 1 {
+		msg += fmt.Sprintf(" (and %d more problems)", len(f)-1)
+	}
+	code := "invalid_request"
+	if status == http.StatusUnprocessableEntity {
+		code = "unprocessable_entity"
+	}
+	return &apiError{Status: status, Code: code, Message: msg, Details: f}
+}
+
+// respondError writes err; anything not an apiError is logged and becomes a
+// generic 500, so internal details never reach clients.
+func (s *Server) respondError(c *gin.Context, err error) {
+	var apiErr *apiError
+	if !errors.As(err, &apiErr) {
+		s.log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
+		apiErr = newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed")
+	}
+	c.AbortWithStatusJSON(apiErr.Status, gin.H{"error": apiErr})
+}

@@ -1,0 +1,175 @@
+// Package server is tuneforge's REST API: Gin handlers that read the
+// PostgreSQL read model and drive job workflows through Temporal updates.
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.temporal.io/sdk/client"
+
+	"github.com/tuneforge/tuneforge/apikey"
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db"
+)
+
+// Limits on what a request may carry.
+const (
+	maxJSONBody   = 1 << 20
+	maxUploadBody = 1 << 30
+)
+
+// Deps is what the API needs.
+type Deps struct {
+	Store     *db.Store
+	Temporal  client.Client
+	Artifacts *artifacts.Store
+	// DataDir is the directory trainingDataset paths are resolved in.
+	DataDir string
+	Logger  *slog.Logger
+	// GPULiveness is how recently a training worker must have been seen.
+	GPULiveness time.Duration
+}
+
+// Server serves the API.
+type Server struct {
+	Deps
+	log     *slog.Logger
+	engine  *gin.Engine
+	models  *modelCache
+	metrics *httpMetrics
+}
+
+// New builds the API's router.
+func New(d Deps) *Server {
+	gin.SetMode(gin.ReleaseMode)
+	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: newModelCache(64)}
+	s.metrics = newHTTPMetrics(prometheus.DefaultRegisterer)
+	s.engine.Use(s.recover, s.observe)
+	s.engine.HandleMethodNotAllowed = true
+	s.engine.NoRoute(func(c *gin.Context) {
+		s.respondError(c, newError(http.StatusNotFound, "not_found", "no route %s %s", c.Request.Method, c.Request.URL.Path))
+	})
+	s.engine.NoMethod(func(c *gin.Context) {
+		s.respondError(c, newError(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
+	})
+
+	s.engine.GET("/healthz", s.health)
+	s.engine.GET("/metrics", gin.WrapH(promhttp.Handler()))
+
+	read, write := s.auth(apikey.ScopeRead), s.auth(apikey.ScopeWrite)
+	ft := s.engine.Group("/api/v1/fine-tuning")
+	ft.GET("/jobs", read, s.listJobs)
+	ft.POST("/jobs", write, s.createJob)
+	ft.GET("/jobs/:id", read, s.getJob)
+	ft.DELETE("/jobs/:id", write, s.deleteJob)
+	ft.POST("/jobs/:id/stop", write, s.stopJob)
+	ft.POST("/jobs/:id/restart", write, s.restartJob)
+	ft.POST("/jobs/:id/deploy", write, s.deployJob)
+	ft.GET("/jobs/:id/logs", read, s.jobLogs)
+	ft.GET("/jobs/:id/metrics", read, s.jobMetrics)
+	ft.GET("/stats", read, s.stats)
+	ft.GET("/base-models", read, s.baseModels)
+	ft.GET("/hardware", read, s.hardware)
+	ft.POST("/estimate-cost", read, s.estimateCost)
+	ft.POST("/datasets", write, s.uploadDataset)
+	ft.GET("/datasets", read, s.listDatasets)
+	ft.GET("/datasets/:id", read, s.getDataset)
+	s.engine.POST("/v1/chat/completions", read, s.chatCompletions)
+	return s
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.engine.ServeHTTP(w, r) }
+
+// ListenAndServe serves on addr until ctx ends, then shuts down gracefully.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	srv := &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdownCtx)
+	}
+}
+
+func (s *Server) health(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.Store.Pool.Ping(ctx); err != nil {
+		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "database unavailable"))
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+}
+
+type keyCtx struct{}
+
+// auth admits requests whose key (X-API-Key, or Authorization: Bearer for
+// OpenAI clients) is valid and carries scope.
+func (s *Server) auth(scope string) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		plaintext := c.GetHeader("X-API-Key")
+		if plaintext == "" {
+			plaintext, _ = strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+		}
+		if plaintext == "" {
+			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: send it in the X-API-Key header"))
+			return
+		}
+		key, err := apikey.Lookup(c.Request.Context(), s.Store, strings.TrimSpace(plaintext))
+		if errors.Is(err, apikey.ErrInvalid) {
+			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "invalid API key"))
+			return
+		}
+		if err != nil {
+			s.respondError(c, err)
+			return
+		}
+		if !key.HasScope(scope) {
+			s.respondError(c, newError(http.StatusForbidden, "forbidden", "this API key lacks the %s scope", scope))
+			return
+		}
+		c.Set("key", key)
+		c.Next()
+	}
+}
+
+func caller(c *gin.Context) apikey.Key { return c.MustGet("key").(apikey.Key) }
+
+// recover turns a panic into a logged 500 with the API's error shape.
+func (s *Server) recover(c *gin.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.ErrorContext(c.Request.Context(), "panic in handler", "path", c.FullPath(), "panic", r)
+			s.respondError(c, newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed"))
+		}
+	}()
+	c.Next()
+}
+
+// bindJSON decodes a size-limited JSON body strictly: unknown fields and
+// trailing data are errors, and so is a body over the limit (413).
+func bindJSON(c *gin.Context, dst any) error {
+	body := http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody)
+	dec := newStrictDecoder(body)
+	if err := dec.Decode(dst); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badRequest("the request body must hold a single JSON object")
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package server
+
+import (
+	"time"
+
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+)
+
+// The API's JSON shapes, field names exactly as the spec's.
+
+type jobHyperparameters struct {
+	Epochs       int32   `json:"epochs"`
+	LearningRate float64 `json:"learningRate"`
+	BatchSize    int32   `json:"batchSize"`
+	WarmupSteps  int32   `json:"warmupSteps"`
+}
+
+type jobMetricsSummary struct {
+	TrainingLoss   *float64 `json:"trainingLoss"`
+	ValidationLoss *float64 `json:"validationLoss"`
+	Epoch          *int32   `json:"epoch"`
+}
+
+type jobSummary struct {
+	ID             string     `json:"id"`
+	Name           string     `json:"name"`
+	BaseModel      string     `json:"baseModel"`
+	Status         string     `json:"status"`
+	Description    string     `json:"description"`
+	Owner          string     `json:"owner"`
+	OrganizationID string     `json:"organizationId"`
+	TrainedTokens  int64      `json:"trainedTokens"`
+	StartedAt      *time.Time `json:"startedAt"`
+	FinishedAt     *time.Time `json:"finishedAt"`
+	CreatedAt      time.Time  `json:"createdAt"`
+	UpdatedAt      time.Time  `json:"updatedAt"`
+}
+
+type jobView struct {
+	ID              string             `json:"id"`
+	Name            string             `json:"name"`
+	BaseModel       string             `json:"baseModel"`
+	Status          string             `json:"status"`
+	Description     string             `json:"description"`
+	Owner           string             `json:"owner"`
+	OrganizationID  string             `json:"organizationId"`
+	TrainingDataset string             `json:"trainingDataset"`
+	TrainingFile    string             `json:"trainingFile"`
+	ValidationFile  *string            `json:"validationFile"`
+	Hyperparameters jobHyperparameters `json:"hyperparameters"`
+	Hardware        string             `json:"hardware"`
+	Suffix          string             `json:"suffix"`
+	ResultModel     *string            `json:"resultModel"`
+	TrainedTokens   int64              `json:"trainedTokens"`
+	Error           *string            `json:"error"`
+	Metrics         jobMetricsSummary  `json:"metrics"`
+	StartedAt       *time.Time         `json:"startedAt"`
+	FinishedAt      *time.Time         `json:"finishedAt"`
+	CreatedAt       time.Time          `json:"createdAt"`
+	UpdatedAt       time.Time          `json:"updatedAt"`
+}
+
+type createdJobView struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	BaseModel string    `json:"baseModel"`
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+func createdJob(j dbsqlc.Job) createdJobView {
+	return createdJobView{ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, CreatedAt: j.CreatedAt.UTC()}
+}
+
+func summarize(j dbsqlc.Job) jobSummary {
+	return jobSummary{
+		ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, Description: j.Description,
+		Owner: j.Owner, OrganizationID: j.OrganizationID, TrainedTokens: j.TrainedTokens,
+		StartedAt: utc(j.StartedAt), FinishedAt: utc(j.FinishedAt), CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+	}
+}
+
+func fullJob(j dbsqlc.Job) jobView {
+	return jobView{
+		ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, Description: j.Description,
+		Owner: j.Owner, OrganizationID: j.OrganizationID, TrainingDataset: j.TrainingDataset,
+		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
+		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps},
+		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, TrainedTokens: j.TrainedTokens, Error: j.Error,
+		Metrics:   jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
+		StartedAt: utc(j.StartedAt), FinishedAt: utc(j.FinishedAt), CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+	}
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}

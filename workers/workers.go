@@ -1,0 +1,129 @@
+// Package workers runs tuneforge's Temporal workers: the control worker
+// (job workflows and control activities) and the training workers, one per
+// hardware pool, whose slots are the pool's capacity.
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.temporal.io/api/operatorservice/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/workflows"
+)
+
+// Timing of the training workers' advertisement and of cancellation.
+const (
+	// GPULiveness: a training worker unseen for this long no longer counts.
+	GPULiveness = 10 * time.Second
+	// advertiseEvery refreshes a training worker's row well inside GPULiveness.
+	advertiseEvery = 2 * time.Second
+	// heartbeatThrottle caps how long a heartbeat (and so a stop) may wait
+	// in the SDK's buffer; the default would be 0.8 × the heartbeat timeout.
+	heartbeatThrottle = 200 * time.Millisecond
+)
+
+// RunControl runs the control worker until ctx ends.
+func RunControl(ctx context.Context, c client.Client, acts *activities.Activities) error {
+	w := worker.New(c, workflows.ControlTaskQueue, worker.Options{
+		MaxHeartbeatThrottleInterval: heartbeatThrottle,
+		WorkerStopTimeout:            10 * time.Second,
+	})
+	w.RegisterWorkflowWithOptions(workflows.FineTuningJob, workflow.RegisterOptions{Name: "FineTuningJob"})
+	for name, fn := range map[string]any{
+		"ValidateDataset": acts.ValidateDataset,
+		"AcquireGPU":      acts.AcquireGPU,
+		"ReleaseGPU":      acts.ReleaseGPU,
+		"RecordStatus":    acts.RecordStatus,
+		"AppendLog":       acts.AppendLog,
+		"Deploy":          acts.Deploy,
+	} {
+		w.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name})
+	}
+	return run(ctx, w)
+}
+
+// Training describes one training worker.
+type Training struct {
+	ID         string // stable across restarts of the same host and pool
+	HardwareID string
+	Slots      int
+}
+
+// RunTraining runs a training worker for one hardware pool until ctx ends,
+// advertising its slots in PostgreSQL so the pool's capacity is known.
+func RunTraining(ctx context.Context, c client.Client, acts *activities.Activities, t Training, log *slog.Logger) error {
+	if t.Slots < 1 {
+		return fmt.Errorf("--slots must be at least 1, not %d", t.Slots)
+	}
+	if _, err := acts.Store.Q.GetHardware(ctx, acts.Store.Pool, t.HardwareID); err != nil {
+		return fmt.Errorf("hardware %q is not in the catalog: %w", t.HardwareID, err)
+	}
+	w := worker.New(c, workflows.TrainingTaskQueue(t.HardwareID), worker.Options{
+		MaxConcurrentActivityExecutionSize: t.Slots,
+		MaxHeartbeatThrottleInterval:       heartbeatThrottle,
+		WorkerStopTimeout:                  10 * time.Second,
+		Identity:                           t.ID,
+	})
+	w.RegisterActivityWithOptions(acts.TrainEpoch, activity.RegisterOptions{Name: "TrainEpoch"})
+	advertise := func(ctx context.Context) error {
+		return acts.Store.Q.HeartbeatGPUWorker(ctx, acts.Store.Pool, dbsqlc.HeartbeatGPUWorkerParams{ID: t.ID, HardwareID: t.HardwareID, Slots: int32(t.Slots)})
+	}
+	if err := advertise(ctx); err != nil {
+		return fmt.Errorf("advertise training worker: %w", err)
+	}
+	go func() {
+		tick := time.NewTicker(advertiseEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if err := advertise(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("advertise training worker", "worker", t.ID, "err", err)
+				}
+			}
+		}
+	}()
+	err := run(ctx, w)
+	// Leaving cleanly: the slots stop counting at once rather than after GPULiveness.
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if derr := acts.Store.Q.DeleteGPUWorker(cleanup, acts.Store.Pool, t.ID); derr != nil {
+		log.Warn("withdraw training worker", "worker", t.ID, "err", derr)
+	}
+	return err
+}
+
+func run(ctx context.Context, w worker.Worker) error {
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	<-ctx.Done()
+	w.Stop()
+	return nil
+}
+
+// RegisterSearchAttributes adds tuneforge's search attributes to the
+// namespace of a production Temporal server; existing ones are kept.
+func RegisterSearchAttributes(ctx context.Context, c client.Client, namespace string) error {
+	_, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
+		Namespace: namespace, SearchAttributes: workflows.SearchAttributes(),
+	})
+	var exists *serviceerror.AlreadyExists
+	if err != nil && !errors.As(err, &exists) {
+		return fmt.Errorf("register search attributes: %w", err)
+	}
+	return nil
+}

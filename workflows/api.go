@@ -1,0 +1,122 @@
+package workflows
+
+import (
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/tuneforge/tuneforge/trainer"
+)
+
+// ControlTaskQueue serves the job workflows and the control activities
+// (dataset validation, GPU leases, status records, deployment).
+const ControlTaskQueue = "tuneforge-control"
+
+// TrainingTaskQueue is the task queue of one hardware pool's training workers.
+func TrainingTaskQueue(hardwareID string) string { return "tuneforge-train-" + hardwareID }
+
+// Names of the workflow's updates, signals and query. Each of stop, restart
+// and deploy is both an update (the API uses it, so a bad transition is
+// rejected at once) and a payload-free signal of the same name, so any
+// Temporal client can send it: `temporal workflow signal --name stop`.
+const (
+	UpdateStop    = "stop"
+	UpdateRestart = "restart"
+	UpdateDeploy  = "deploy"
+	SignalStop    = "stop"
+	SignalRestart = "restart"
+	SignalDeploy  = "deploy"
+	QueryStatus   = "status"
+)
+
+// Search attributes that make jobs findable in the Temporal Web UI.
+var (
+	SearchAttrStatus       = temporal.NewSearchAttributeKeyKeyword("TuneforgeStatus")
+	SearchAttrBaseModel    = temporal.NewSearchAttributeKeyKeyword("TuneforgeBaseModel")
+	SearchAttrOrganization = temporal.NewSearchAttributeKeyKeyword("TuneforgeOrganization")
+)
+
+// SearchAttributes lists the attributes to register on a namespace.
+func SearchAttributes() map[string]enumspb.IndexedValueType {
+	return map[string]enumspb.IndexedValueType{
+		SearchAttrStatus.GetName():       enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchAttrBaseModel.GetName():    enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+		SearchAttrOrganization.GetName(): enumspb.INDEXED_VALUE_TYPE_KEYWORD,
+	}
+}
+
+// Status is a job's status as the API shows it.
+type Status string
+
+// The statuses of a job.
+const (
+	StatusQueued    Status = "queued"
+	StatusRunning   Status = "running"
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"
+	StatusStopped   Status = "stopped"
+	StatusDeployed  Status = "deployed"
+)
+
+// Phase says what a queued or running job is doing right now.
+type Phase string
+
+// The phases of a job.
+const (
+	PhaseValidating    Phase = "validating_dataset"
+	PhaseWaitingForGPU Phase = "waiting_for_gpu"
+	PhaseTraining      Phase = "training"
+	PhaseDeploying     Phase = "deploying"
+	PhaseIdle          Phase = "idle"
+)
+
+// JobInput starts (and, through continue-as-new, restarts) a job workflow.
+type JobInput struct {
+	JobID             string
+	OrganizationID    string
+	BaseModel         string
+	HardwareID        string
+	DatasetKey        string
+	ValidationKey     string // "" when the job has no validation file
+	MaxSequenceLength int
+	Hyperparameters   trainer.Hyperparameters
+	ResultModel       string
+	// CreatedAt is when the API created the job.
+	CreatedAt time.Time
+	// QueuedAt orders the job in its hardware pool's queue.
+	QueuedAt time.Time
+	// Attempt counts restarts; 0 for the first run.
+	Attempt int
+	// EpochsDone and TrainedTokens carry progress across a restart.
+	EpochsDone    int
+	TrainedTokens int64
+}
+
+// JobState is what the status query returns: the live state of the job.
+type JobState struct {
+	Status         Status   `json:"status"`
+	Phase          Phase    `json:"phase"`
+	Epoch          int      `json:"epoch"`
+	TotalEpochs    int      `json:"totalEpochs"`
+	Step           int      `json:"step"`
+	TrainingLoss   *float64 `json:"trainingLoss,omitempty"`
+	ValidationLoss *float64 `json:"validationLoss,omitempty"`
+	TrainedTokens  int64    `json:"trainedTokens"`
+	ResultModel    string   `json:"resultModel,omitempty"`
+	Error          string   `json:"error,omitempty"`
+}
+
+// TransitionResult is what the stop, restart and deploy updates return.
+type TransitionResult struct {
+	Status      Status `json:"status"`
+	ResultModel string `json:"resultModel,omitempty"`
+	Message     string `json:"message"`
+}
+
+// EpochTimeout bounds one TrainEpoch attempt; HeartbeatTimeout decides how
+// soon a crashed training worker's epoch is retried elsewhere.
+const (
+	EpochTimeout     = 24 * time.Hour
+	HeartbeatTimeout = 5 * time.Second
+)

@@ -1,0 +1,375 @@
+// Package workflows holds the fine-tuning job workflow: one durable
+// workflow per job (workflow ID = job ID) that validates the dataset, waits
+// for a GPU slot, trains epoch by epoch on the hardware pool's task queue,
+// and then stays open to take deploy or restart.
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/tuneforge/tuneforge/activities"
+)
+
+// a references activity methods by name; it is never dereferenced.
+var a *activities.Activities
+
+// ErrTypeInvalidTransition marks a rejected stop, restart or deploy.
+const ErrTypeInvalidTransition = "InvalidTransition"
+
+type action int
+
+const (
+	actionNone action = iota
+	actionStop
+	actionRestart
+	actionDeploy
+)
+
+// job is the workflow's state; the handlers only set requests, and run
+// carries them out, so every effect happens in one place.
+type job struct {
+	in          JobInput
+	state       JobState
+	requested   action
+	deployErr   error
+	cancelTrain workflow.CancelFunc
+}
+
+// FineTuningJob is the job workflow.
+func FineTuningJob(ctx workflow.Context, in JobInput) error {
+	j := &job{in: in, state: JobState{
+		Status: StatusQueued, Phase: PhaseIdle, TotalEpochs: in.Hyperparameters.Epochs,
+		Epoch: in.EpochsDone, TrainedTokens: in.TrainedTokens,
+	}}
+	if err := j.setup(ctx); err != nil {
+		return err
+	}
+	err := j.run(ctx)
+	if activities.IsJobGone(err) {
+		workflow.GetLogger(ctx).Info("job deleted; ending its workflow", "job", in.JobID)
+		return nil
+	}
+	return err
+}
+
+func (j *job) setup(ctx workflow.Context) error {
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (JobState, error) { return j.state, nil }); err != nil {
+		return err
+	}
+	for _, act := range []action{actionStop, actionRestart, actionDeploy} {
+		err := workflow.SetUpdateHandlerWithOptions(ctx, act.String(),
+			func(ctx workflow.Context) (TransitionResult, error) { return j.handle(ctx, act) },
+			workflow.UpdateHandlerOptions{Validator: func() error { return j.check(act) }})
+		if err != nil {
+			return err
+		}
+		ch := workflow.GetSignalChannel(ctx, act.String())
+		workflow.Go(ctx, func(ctx workflow.Context) {
+			for {
+				ch.Receive(ctx, nil)
+				if err := j.check(act); err != nil {
+					workflow.GetLogger(ctx).Warn("signal ignored", "signal", act.String(), "reason", err)
+					continue
+				}
+				j.request(act)
+			}
+		})
+	}
+	return nil
+}
+
+func (act action) String() string {
+	switch act {
+	case actionStop:
+		return UpdateStop
+	case actionRestart:
+		return UpdateRestart
+	case actionDeploy:
+		return UpdateDeploy
+	}
+	return "none"
+}
+
+// check says whether act is allowed now, with a message for the caller.
+func (j *job) check(act action) error {
+	s := j.state.Status
+	reject := func(format string, args ...any) error {
+		return temporal.NewApplicationError(fmt.Sprintf(format, args...), ErrTypeInvalidTransition)
+	}
+	if j.requested != actionNone && j.requested != act {
+		return reject("the job is busy with a %s request", j.requested)
+	}
+	switch act {
+	case actionStop:
+		if s != StatusQueued && s != StatusRunning {
+			return reject("the job is %s; only queued or running jobs can be stopped", s)
+		}
+	case actionRestart:
+		if s != StatusStopped && s != StatusFailed {
+			return reject("the job is %s; only stopped or failed jobs can be restarted", s)
+		}
+	case actionDeploy:
+		if s == StatusDeployed {
+			return reject("the job is already deployed as %s", j.state.ResultModel)
+		}
+		if s != StatusCompleted {
+			return reject("the job is %s; only completed jobs can be deployed", s)
+		}
+	}
+	return nil
+}
+
+func (j *job) request(act action) {
+	j.requested = act
+	if act == actionStop && j.cancelTrain != nil {
+		j.cancelTrain()
+	}
+}
+
+// handle carries an update out: it records the request and waits until run
+// has acted on it.
+func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error) {
+	j.request(act)
+	var done func() bool
+	switch act {
+	case actionStop:
+		done = func() bool { return j.state.Status != StatusQueued && j.state.Status != StatusRunning }
+	case actionRestart:
+		done = func() bool { return j.state.Status == StatusQueued }
+	case actionDeploy:
+		done = func() bool { return j.state.Status == StatusDeployed || j.deployErr != nil }
+	}
+	if err := workflow.Await(ctx, done); err != nil {
+		return TransitionResult{}, err
+	}
+	switch {
+	case act == actionDeploy && j.deployErr != nil:
+		err := j.deployErr
+		j.deployErr = nil
+		return TransitionResult{}, err
+	case act == actionStop && j.state.Status != StatusStopped:
+		return TransitionResult{}, temporal.NewApplicationError(
+			fmt.Sprintf("the job became %s before it could be stopped", j.state.Status), ErrTypeInvalidTransition)
+	}
+	messages := map[action]string{
+		actionStop:    "Fine-tuning job stopped successfully",
+		actionRestart: "Fine-tuning job restarted successfully",
+		actionDeploy:  "Fine-tuned model deployed successfully",
+	}
+	return TransitionResult{Status: j.state.Status, ResultModel: j.state.ResultModel, Message: messages[act]}, nil
+}
+
+func (j *job) run(ctx workflow.Context) error {
+	if err := j.train(ctx); err != nil {
+		return err
+	}
+	for {
+		if err := workflow.Await(ctx, func() bool { return j.requested != actionNone }); err != nil {
+			return err
+		}
+		switch j.requested {
+		case actionRestart:
+			return j.restart(ctx)
+		case actionDeploy:
+			if err := j.deploy(ctx); err != nil {
+				return err
+			}
+			if j.state.Status == StatusDeployed {
+				// Nothing can happen to a deployed job but deletion.
+				return workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
+			}
+		default:
+			j.requested = actionNone
+		}
+	}
+}
+
+// train takes the job from queued to completed, failed or stopped.
+func (j *job) train(ctx workflow.Context) error {
+	tctx, cancel := workflow.WithCancel(ctx)
+	j.cancelTrain = cancel
+	if j.requested == actionStop {
+		cancel()
+	}
+	leased, err := j.trainSteps(tctx)
+	j.cancelTrain = nil
+	if activities.IsJobGone(err) {
+		return err
+	}
+	if leased {
+		// Disconnected: the slot must come back even when stopping.
+		rctx, _ := workflow.NewDisconnectedContext(ctx)
+		if rerr := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.ReleaseGPU, j.in.JobID).Get(rctx, nil); rerr != nil {
+			return rerr
+		}
+	}
+	j.state.Phase = PhaseIdle
+	switch {
+	case j.requested == actionStop:
+		j.requested = actionNone
+		return j.transition(ctx, StatusStopped, "", "Training stopped at the user's request")
+	case err != nil:
+		msg := userMessage(err)
+		return j.transition(ctx, StatusFailed, msg, "Training failed: "+msg)
+	default:
+		return j.transition(ctx, StatusCompleted, "", fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens))
+	}
+}
+
+// trainSteps validates, leases a slot and runs the epochs. leased says
+// whether a slot was asked for (and so must be released).
+func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
+	in := j.in
+	j.state.Phase = PhaseValidating
+	var sum activities.DatasetSummary
+	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, validateOptions), a.ValidateDataset, activities.ValidateInput{
+		JobID: in.JobID, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
+		MaxSequenceLength: in.MaxSequenceLength, CreatedAt: in.CreatedAt,
+	}).Get(ctx, &sum)
+	if err != nil {
+		return false, err
+	}
+
+	j.state.Phase = PhaseWaitingForGPU
+	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, leaseOptions), a.AcquireGPU, activities.LeaseRequest{
+		JobID: in.JobID, HardwareID: in.HardwareID, QueuedAt: in.QueuedAt, CreatedAt: in.CreatedAt,
+	}).Get(ctx, nil)
+	if err != nil {
+		return true, err
+	}
+	if err := j.transition(ctx, StatusRunning, "", fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID)); err != nil {
+		return true, err
+	}
+
+	j.state.Phase = PhaseTraining
+	opts := trainOptions
+	opts.TaskQueue = TrainingTaskQueue(in.HardwareID)
+	tctx := workflow.WithActivityOptions(ctx, opts)
+	for epoch := j.state.Epoch + 1; epoch <= in.Hyperparameters.Epochs; epoch++ {
+		var res activities.EpochResult
+		err := workflow.ExecuteActivity(tctx, a.TrainEpoch, activities.EpochInput{
+			JobID: in.JobID, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
+			Hyperparameters: in.Hyperparameters, Epoch: epoch, CreatedAt: in.CreatedAt,
+		}).Get(ctx, &res)
+		if err != nil {
+			return true, err
+		}
+		j.state.Epoch, j.state.Step, j.state.TrainedTokens = res.Epoch, res.Step, res.TrainedTokens
+		j.state.TrainingLoss, j.state.ValidationLoss = &res.TrainingLoss, res.ValidationLoss
+	}
+	return true, nil
+}
+
+func (j *job) deploy(ctx workflow.Context) error {
+	j.state.Phase = PhaseDeploying
+	j.deployErr = nil
+	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, controlOptions), a.Deploy, activities.DeployInput{
+		JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, BaseModel: j.in.BaseModel,
+		ResultModel: j.in.ResultModel, CreatedAt: j.in.CreatedAt,
+	}).Get(ctx, nil)
+	j.state.Phase = PhaseIdle
+	j.requested = actionNone
+	if activities.IsJobGone(err) {
+		return err
+	}
+	if err != nil {
+		j.deployErr = temporal.NewApplicationError(userMessage(err), activities.ErrTypeConflict)
+		return nil
+	}
+	j.state.ResultModel = j.in.ResultModel
+	j.state.Status = StatusDeployed
+	return j.upsertStatus(ctx)
+}
+
+// restart re-queues the job and continues as new, so history stays bounded;
+// training resumes from the job's latest checkpoint.
+func (j *job) restart(ctx workflow.Context) error {
+	next := j.in
+	next.QueuedAt = workflow.Now(ctx)
+	next.EpochsDone, next.TrainedTokens = j.state.Epoch, j.state.TrainedTokens
+	next.Attempt++
+	if err := j.transition(ctx, StatusQueued, "", "Job restarted; it resumes from its latest checkpoint"); err != nil {
+		return err
+	}
+	j.requested = actionNone
+	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+		return err
+	}
+	return workflow.NewContinueAsNewError(ctx, FineTuningJob, next)
+}
+
+// transition records a new status in PostgreSQL and the search attributes,
+// then makes it visible to queries and waiting handlers.
+func (j *job) transition(ctx workflow.Context, s Status, errMsg, logMsg string) error {
+	level := activities.LevelInfo
+	if s == StatusFailed {
+		level = activities.LevelError
+	}
+	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
+	err := workflow.ExecuteLocalActivity(lctx, a.RecordStatus, activities.StatusRecord{
+		JobID: j.in.JobID, Status: string(s), Error: errMsg, At: workflow.Now(ctx),
+		CreatedAt: j.in.CreatedAt, Log: logMsg, LogLevel: level,
+	}).Get(ctx, nil)
+	if err != nil {
+		return err
+	}
+	j.state.Status, j.state.Error = s, errMsg
+	return j.upsertStatus(ctx)
+}
+
+func (j *job) upsertStatus(ctx workflow.Context) error {
+	return workflow.UpsertTypedSearchAttributes(ctx, SearchAttrStatus.ValueSet(string(j.state.Status)))
+}
+
+// userMessage digs the message meant for users out of an activity failure.
+func userMessage(err error) string {
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) {
+		return appErr.Message()
+	}
+	var timeoutErr *temporal.TimeoutError
+	if errors.As(err, &timeoutErr) {
+		return fmt.Sprintf("timed out (%s)", timeoutErr.TimeoutType())
+	}
+	return err.Error()
+}
+
+// Activity options. Control activities retry indefinitely (a database blip
+// must not fail a job); bad data fails at once through non-retryable errors.
+var (
+	controlOptions = workflow.ActivityOptions{
+		TaskQueue:           ControlTaskQueue,
+		StartToCloseTimeout: time.Minute,
+		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 30 * time.Second},
+	}
+	validateOptions = workflow.ActivityOptions{
+		TaskQueue:           ControlTaskQueue,
+		StartToCloseTimeout: time.Hour,
+		HeartbeatTimeout:    30 * time.Second,
+		WaitForCancellation: true,
+		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 30 * time.Second},
+	}
+	leaseOptions = workflow.ActivityOptions{
+		TaskQueue:           ControlTaskQueue,
+		StartToCloseTimeout: 30 * 24 * time.Hour,
+		HeartbeatTimeout:    10 * time.Second,
+		WaitForCancellation: true,
+		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 10 * time.Second},
+	}
+	trainOptions = workflow.ActivityOptions{
+		StartToCloseTimeout: EpochTimeout,
+		HeartbeatTimeout:    HeartbeatTimeout,
+		// The stop update answers once training has really halted.
+		WaitForCancellation: true,
+		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+	}
+	recordOptions = workflow.LocalActivityOptions{
+		StartToCloseTimeout: 30 * time.Second,
+		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 10 * time.Second},
+	}
+)
