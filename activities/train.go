@@ -38,7 +38,7 @@ type EpochResult struct {
 // they are frequent; checkpoints are taken at metric points (so a resumed
 // run recomputes identical points) when this long has passed since the last.
 const (
-	heartbeatEvery  = 100 * time.Millisecond
+	heartbeatEvery  = 50 * time.Millisecond
 	checkpointEvery = 2 * time.Second
 	metricPoints    = 25 // per epoch
 )
@@ -52,7 +52,7 @@ type progress struct {
 // TrainEpoch trains one epoch of a job on this worker's pool with the
 // builtin trainer. It resumes from the job's latest checkpoint (saved at the
 // last metric point, or when a stop cancelled the previous attempt), records
-// metric points and log lines, heartbeats about ten times a second and
+// metric points and log lines, heartbeats about twenty times a second and
 // returns promptly when cancelled, after saving a checkpoint.
 func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult, error) {
 	train, err := a.loadExamples(ctx, in.DatasetKey, "training file")
@@ -163,6 +163,10 @@ func (a *Activities) epochResult(ctx context.Context, state *trainer.State, in E
 // recordPoint writes one metric point (idempotent per step) and the job's
 // running totals.
 func (a *Activities) recordPoint(ctx context.Context, run *trainer.Run, in EpochInput, s trainer.StepInfo, trainingLoss float64) error {
+	// The step is already taken: a stop arriving now must not lose its
+	// point, or the checkpoint saved on stop would resume past it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	var vloss *float64
 	if v, ok := run.ValidationLoss(); ok {
 		vloss = &v

@@ -84,6 +84,7 @@ func Start(cfg Config) (*Server, error) {
 		DatabaseName:      cfg.DatabaseFile,
 	}
 	if cfg.DatabaseFile == "" {
+		// The SQLite plugin creates the schema of an in-memory database itself.
 		sqlCfg.ConnectAttributes = map[string]string{"mode": "memory", "cache": "shared"}
 		sqlCfg.DatabaseName = "tuneforge-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	} else {
@@ -94,11 +95,6 @@ func Start(cfg Config) (*Server, error) {
 			if err := sqlite.SetupSchema(sqlCfg); err != nil {
 				return nil, fmt.Errorf("set up temporal schema in %s: %w", cfg.DatabaseFile, err)
 			}
-		}
-	}
-	if cfg.DatabaseFile == "" {
-		if err := sqlite.SetupSchema(sqlCfg); err != nil {
-			return nil, fmt.Errorf("set up in-memory temporal schema: %w", err)
 		}
 	}
 

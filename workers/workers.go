@@ -30,7 +30,7 @@ const (
 	advertiseEvery = 2 * time.Second
 	// heartbeatThrottle caps how long a heartbeat (and so a stop) may wait
 	// in the SDK's buffer; the default would be 0.8 × the heartbeat timeout.
-	heartbeatThrottle = 200 * time.Millisecond
+	heartbeatThrottle = 100 * time.Millisecond
 )
 
 // RunControl runs the control worker until ctx ends.
@@ -72,8 +72,9 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	w := worker.New(c, workflows.TrainingTaskQueue(t.HardwareID), worker.Options{
 		MaxConcurrentActivityExecutionSize: t.Slots,
 		MaxHeartbeatThrottleInterval:       heartbeatThrottle,
-		WorkerStopTimeout:                  10 * time.Second,
-		Identity:                           t.ID,
+		// No grace period: a stopping worker cancels its epochs at once,
+		// TrainEpoch checkpoints on cancel, and another worker resumes.
+		Identity: t.ID,
 	})
 	w.RegisterActivityWithOptions(acts.TrainEpoch, activity.RegisterOptions{Name: "TrainEpoch"})
 	advertise := func(ctx context.Context) error {

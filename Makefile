@@ -1,0 +1,43 @@
+# tuneforge — `make help` lists the targets.
+GO        ?= go
+BIN       := bin/tuneforge
+PKGS      := ./...
+# Packages without the embedded Temporal server run under the race detector.
+RACE_PKGS := ./dataset/... ./trainer/... ./workflows/... ./apikey/...
+
+.DEFAULT_GOAL := help
+
+## help: list the targets
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+
+## dev: run the whole platform in one process (embedded Temporal + Web UI, workers, API)
+dev:
+	$(GO) run ./cmd/tuneforge dev
+
+## build: build bin/tuneforge (with `dev`) and bin/tuneforge-prod (-tags nodev, no embedded server)
+build:
+	$(GO) build -o $(BIN) ./cmd/tuneforge
+	CGO_ENABLED=0 $(GO) build -tags nodev -o $(BIN)-prod ./cmd/tuneforge
+
+## test: run every test against the local PostgreSQL and an embedded Temporal server
+test:
+	$(GO) test -race -count=1 $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency)
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
+
+## lint: gofmt, go vet, workflowcheck and sqlc diff (generated code is fresh)
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) tool workflowcheck ./workflows/...
+	$(GO) tool sqlc diff
+
+## generate: regenerate the sqlc code from db/queries and db/migrations
+generate:
+	$(GO) tool sqlc generate
+
+.PHONY: help dev build test bench lint generate

@@ -1,0 +1,284 @@
+// Package testenv starts a real tuneforge for integration tests: a fresh
+// PostgreSQL database, an embedded Temporal server, the workers and the API
+// on an httptest server. Nothing is mocked.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.temporal.io/sdk/client"
+
+	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/apikey"
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/devserver"
+	"github.com/tuneforge/tuneforge/server"
+	"github.com/tuneforge/tuneforge/workers"
+	"github.com/tuneforge/tuneforge/workflows"
+)
+
+// AdminURL is the server the test database is created on; override with
+// TUNEFORGE_TEST_DATABASE_URL.
+func AdminURL() string {
+	if u := os.Getenv("TUNEFORGE_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// Env is a running platform.
+type Env struct {
+	Store      *db.Store
+	Temporal   client.Client
+	Artifacts  *artifacts.Store
+	Activities *activities.Activities
+	API        *httptest.Server
+	DataDir    string
+	Log        *slog.Logger
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	cleanups []func()
+}
+
+// Pools are the hardware pools Start gives a training worker of one slot;
+// the others have no worker unless a test starts one.
+var Pools = []string{"gpu-a100-40gb", "gpu-a100-80gb"}
+
+// Start brings the platform up; call Stop when done (from TestMain).
+func Start() (*Env, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Env{ctx: ctx, cancel: cancel, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if err := e.start(); err != nil {
+		e.Stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Env) start() error {
+	dbURL, drop, err := freshDatabase(e.ctx)
+	if err != nil {
+		return err
+	}
+	e.cleanups = append(e.cleanups, drop)
+	if e.Store, err = db.Open(e.ctx, dbURL); err != nil {
+		return err
+	}
+	e.cleanups = append(e.cleanups, e.Store.Close)
+	if err := e.Store.Migrate(e.ctx); err != nil {
+		return err
+	}
+	if e.DataDir, err = os.MkdirTemp("", "tuneforge-test-"); err != nil {
+		return err
+	}
+	e.cleanups = append(e.cleanups, func() { os.RemoveAll(e.DataDir) })
+	srv, err := devserver.Start(devserver.Config{
+		FrontendAddr: "127.0.0.1:0", Namespace: "default", SearchAttributes: workflows.SearchAttributes(), Logger: e.Log, LogLevel: "fatal",
+	})
+	if err != nil {
+		return err
+	}
+	e.cleanups = append(e.cleanups, func() { _ = srv.Stop() })
+	if e.Temporal, err = client.Dial(client.Options{HostPort: srv.FrontendAddr(), Namespace: "default", Logger: quietLogger{}}); err != nil {
+		return err
+	}
+	e.cleanups = append(e.cleanups, e.Temporal.Close)
+	if e.Artifacts, err = artifacts.Open(e.ctx, "file://"+filepath.Join(e.DataDir, "artifacts")); err != nil {
+		return err
+	}
+	e.Activities = &activities.Activities{Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness}
+	e.Go(func(ctx context.Context) error { return workers.RunControl(ctx, e.Temporal, e.Activities) })
+	for _, pool := range Pools {
+		t := workers.Training{ID: "test/" + pool, HardwareID: pool, Slots: 1}
+		e.Go(func(ctx context.Context) error { return workers.RunTraining(ctx, e.Temporal, e.Activities, t, e.Log) })
+	}
+	e.API = httptest.NewServer(server.New(server.Deps{
+		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
+	}))
+	return nil
+}
+
+// Go runs fn until Stop.
+func (e *Env) Go(fn func(context.Context) error) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if err := fn(e.ctx); err != nil {
+			e.Log.Error("test role stopped", "err", err)
+		}
+	}()
+}
+
+// Stop shuts everything down and drops the database.
+func (e *Env) Stop() {
+	if e.API != nil {
+		e.API.Close()
+	}
+	e.cancel()
+	e.wg.Wait()
+	for i := len(e.cleanups) - 1; i >= 0; i-- {
+		e.cleanups[i]()
+	}
+}
+
+func freshDatabase(ctx context.Context) (string, func(), error) {
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		return "", nil, fmt.Errorf("connect to PostgreSQL at %s (start it, or set TUNEFORGE_TEST_DATABASE_URL): %w", AdminURL(), err)
+	}
+	name := "tuneforge_test_" + randomHex(6)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		admin.Close(ctx)
+		return "", nil, err
+	}
+	cfg := admin.Config()
+	admin.Close(ctx)
+	u := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	drop := func() {
+		c, err := pgx.Connect(context.Background(), AdminURL())
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	}
+	return u, drop, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Org is one organization with keys of each kind.
+type Org struct {
+	ID                     string
+	Key, ReadKey, WriteKey string
+	env                    *Env
+}
+
+// NewOrg makes a fresh organization, so tests never see each other's jobs.
+func (e *Env) NewOrg(t testing.TB) *Org {
+	t.Helper()
+	o := &Org{ID: "org_" + randomHex(4), env: e}
+	mk := func(scopes ...string) string {
+		k, err := apikey.Create(context.Background(), e.Store, o.ID, "user_"+randomHex(2), scopes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	o.Key, o.ReadKey, o.WriteKey = mk(apikey.AllScopes...), mk(apikey.ScopeRead), mk(apikey.ScopeWrite)
+	return o
+}
+
+// Response is a decoded API response.
+type Response struct {
+	Status int
+	Body   map[string]any
+	Raw    []byte
+}
+
+// Do sends a request with the org's full key; body may be nil, a string,
+// []byte or a value to encode as JSON.
+func (o *Org) Do(t testing.TB, method, path string, body any) Response {
+	return o.env.Do(t, o.Key, method, path, body, nil)
+}
+
+// Do sends a request with key (none when empty) and extra headers.
+func (e *Env) Do(t testing.TB, key, method, path string, body any, header http.Header) Response {
+	t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	case []byte:
+		r = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, e.API.URL+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if key != "" {
+		req.Header.Set("X-API-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	out := Response{Status: resp.StatusCode, Raw: raw}
+	if len(raw) > 0 {
+		_ = json.Unmarshal(raw, &out.Body)
+	}
+	return out
+}
+
+// Upload stores a dataset for the org and returns its ID.
+func (o *Org) Upload(t testing.TB, name string, jsonl []byte) string {
+	t.Helper()
+	res := o.Do(t, http.MethodPost, "/api/v1/fine-tuning/datasets?filename="+name, jsonl)
+	if res.Status != http.StatusCreated {
+		t.Fatalf("upload %s: %d %s", name, res.Status, res.Raw)
+	}
+	return res.Body["id"].(string)
+}
+
+// WaitStatus polls a job until it has one of statuses.
+func (o *Org) WaitStatus(t testing.TB, jobID string, timeout time.Duration, statuses ...string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		res := o.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID, nil)
+		if res.Status != http.StatusOK {
+			t.Fatalf("get %s: %d %s", jobID, res.Status, res.Raw)
+		}
+		for _, s := range statuses {
+			if res.Body["status"] == s {
+				return res.Body
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s is %v after %s, want one of %v (error: %v)", jobID, res.Body["status"], timeout, statuses, res.Body["error"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Debug(string, ...any) {}
+func (quietLogger) Info(string, ...any)  {}
+func (quietLogger) Warn(string, ...any)  {}
+func (quietLogger) Error(string, ...any) {}

@@ -1,0 +1,270 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/workers"
+)
+
+// These tests train for real on the 1-slot test pools; they run one after
+// another (not in parallel) so each owns its pool.
+
+// longJob creates a job that trains long enough to be caught mid-epoch:
+// the validation set (the training set again) is evaluated at each of the
+// 25 metric points of an epoch.
+func longJob(t *testing.T, org *testenv.Org, ds, hardware string, epochs int) string {
+	t.Helper()
+	body := map[string]any{"name": "long", "baseModel": "llama-3.1-8b", "trainingDataset": ds, "validationFile": ds, "hyperparameters": map[string]any{"epochs": epochs, "batchSize": 8}}
+	if hardware != "" {
+		body["hardware"] = hardware
+	}
+	r := org.Do(t, "POST", jobsPath, body)
+	expect(t, r, 201)
+	return r.Body["id"].(string)
+}
+
+// metricSteps returns the recorded metric steps of a job.
+func metricSteps(t *testing.T, org *testenv.Org, id string) []int {
+	t.Helper()
+	r := org.Do(t, "GET", jobsPath+"/"+id+"/metrics", nil)
+	expect(t, r, 200)
+	var out []int
+	for _, s := range r.Body["metrics"].(map[string]any)["steps"].([]any) {
+		out = append(out, int(s.(map[string]any)["step"].(float64)))
+	}
+	return out
+}
+
+// waitSteps waits until a job has recorded at least n metric points.
+func waitSteps(t *testing.T, org *testenv.Org, id string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(metricSteps(t, org, id)) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s recorded fewer than %d metric points", id, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkSteps asserts one metric point per reporting interval, no gaps and
+// no duplicates: 25 per epoch for these datasets.
+func checkSteps(t *testing.T, steps []int, epochs, stepsPerEpoch int) {
+	t.Helper()
+	every := stepsPerEpoch / 25
+	if len(steps) != epochs*25 {
+		t.Fatalf("%d metric points, want %d", len(steps), epochs*25)
+	}
+	for i, s := range steps {
+		if s != (i+1)*every {
+			t.Fatalf("metric point %d is step %d, want %d", i, s, (i+1)*every)
+		}
+	}
+}
+
+func logText(t *testing.T, org *testenv.Org, id string) string {
+	t.Helper()
+	return string(org.Do(t, "GET", jobsPath+"/"+id+"/logs?lines=1000", nil).Raw)
+}
+
+func pool(t *testing.T, org *testenv.Org, id string) map[string]any {
+	t.Helper()
+	for _, h := range org.Do(t, "GET", "/api/v1/fine-tuning/hardware", nil).Body["hardware"].([]any) {
+		if h := h.(map[string]any); h["id"] == id {
+			return h
+		}
+	}
+	t.Fatalf("no hardware %s", id)
+	return nil
+}
+
+func TestStopRestartResumes(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(60000, 11)) // 7500 steps per epoch
+	const epochs = 4
+	id := longJob(t, org, ds, "gpu-a100-80gb", epochs)
+	org.WaitStatus(t, id, time.Minute, "running")
+	waitSteps(t, org, id, 33) // a third into epoch 2
+	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 409, "stop it")
+
+	start := time.Now()
+	r := org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil)
+	latency := time.Since(start)
+	expect(t, r, 200, `"status":"stopped"`, "Fine-tuning job stopped successfully")
+	t.Logf("stop answered in %s", latency)
+	job := org.Do(t, "GET", jobsPath+"/"+id, nil)
+	expect(t, job, 200, `"status":"stopped"`)
+	if job.Body["finishedAt"] == nil {
+		t.Error("a stopped job has finishedAt")
+	}
+	before := len(metricSteps(t, org, id))
+	time.Sleep(700 * time.Millisecond)
+	if after := len(metricSteps(t, org, id)); after != before {
+		t.Fatalf("training went on after the stop: %d then %d metric points", before, after)
+	}
+	if h := pool(t, org, "gpu-a100-80gb"); h["availableSlots"] != 1.0 {
+		t.Errorf("the slot was not released: %v", h)
+	}
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 409, "stopped")
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 409, "only completed jobs")
+
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/restart", nil), 200, `"status":"queued"`, "Fine-tuning job restarted successfully")
+	org.WaitStatus(t, id, 2*time.Minute, "completed")
+	logs := logText(t, org, id)
+	if !strings.Contains(logs, "resumed at step") || !strings.Contains(logs, "Training stopped") {
+		t.Errorf("logs do not show the resume: %s", logs)
+	}
+	checkSteps(t, metricSteps(t, org, id), epochs, 7500)
+	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+}
+
+func TestOneSlotRunsJobsInTurn(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(20000, 12))
+	first := longJob(t, org, ds, "gpu-a100-80gb", 40)
+	org.WaitStatus(t, first, time.Minute, "running")
+	second := longJob(t, org, ds, "gpu-a100-80gb", 40)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if s := org.Do(t, "GET", jobsPath+"/"+second, nil).Body["status"]; s != "queued" {
+			t.Fatalf("the second job is %v while the only slot is taken", s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h := pool(t, org, "gpu-a100-80gb")
+	if h["availableSlots"] != 0.0 || h["queuedJobs"] != 1.0 || h["totalSlots"] != 1.0 {
+		t.Errorf("pool while busy: %v", h)
+	}
+	if !strings.Contains(logText(t, org, second), "Waiting for a GPU slot") {
+		t.Error("the waiting job's log does not say it waits")
+	}
+	expect(t, org.Do(t, "POST", jobsPath+"/"+first+"/stop", nil), 200)
+	org.WaitStatus(t, second, 30*time.Second, "running")
+	expect(t, org.Do(t, "POST", jobsPath+"/"+second+"/stop", nil), 200)
+	for _, id := range []string{first, second} {
+		expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+	}
+	if h := pool(t, org, "gpu-a100-80gb"); h["availableSlots"] != 1.0 || h["queuedJobs"] != 0.0 {
+		t.Errorf("pool after both: %v", h)
+	}
+}
+
+func TestSignalsFromAnotherService(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(20000, 13))
+	id := longJob(t, org, ds, "gpu-a100-80gb", 40)
+	org.WaitStatus(t, id, time.Minute, "running")
+	ctx := context.Background()
+	// A plain SDK client, as another service would use: no payload.
+	if err := env.Temporal.SignalWorkflow(ctx, id, "", "stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	org.WaitStatus(t, id, 30*time.Second, "stopped")
+	if err := env.Temporal.SignalWorkflow(ctx, id, "", "restart", nil); err != nil {
+		t.Fatal(err)
+	}
+	org.WaitStatus(t, id, 30*time.Second, "running")
+	// The status query answers the live state.
+	v, err := env.Temporal.QueryWorkflow(ctx, id, "", "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state map[string]any
+	if err := v.Get(&state); err != nil || state["status"] != "running" {
+		t.Errorf("status query: %v %v", state, err)
+	}
+	// A signal the state does not allow is ignored.
+	if err := env.Temporal.SignalWorkflow(ctx, id, "", "deploy", nil); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 200, `"status":"stopped"`)
+	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+	if _, err := env.Temporal.DescribeWorkflowExecution(ctx, id, ""); err == nil {
+		d, _ := env.Temporal.DescribeWorkflowExecution(ctx, id, "")
+		if d.WorkflowExecutionInfo.Status.String() == "Running" {
+			t.Error("a deleted job's workflow is still running")
+		}
+	}
+}
+
+func TestBadDatasetFailsWithLineNumbers(t *testing.T) {
+	org := env.NewOrg(t)
+	long := `{"messages":[{"role":"user","content":"` + strings.Repeat("word ", 9000) + `"},{"role":"assistant","content":"billing"}]}`
+	data := string(testenv.Tickets(12, 14)) + long + "\n"
+	ds := org.Upload(t, "long.jsonl", []byte(data))
+	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "too long", "baseModel": "llama-3.1-8b", "trainingDataset": ds})
+	expect(t, r, 201)
+	id := r.Body["id"].(string)
+	job := org.WaitStatus(t, id, 30*time.Second, "failed")
+	msg, _ := job["error"].(string)
+	if !strings.Contains(msg, "line 13") || !strings.Contains(msg, "8192") {
+		t.Errorf("error %q does not name the line and the limit", msg)
+	}
+	if !strings.Contains(logText(t, org, id), "line 13") {
+		t.Error("the log does not carry the error")
+	}
+	// Mistral accepts 32768 tokens per example, so the same file is fine there.
+	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "fits", "baseModel": "mistral-7b-v0.3", "trainingDataset": ds, "hyperparameters": map[string]any{"epochs": 1}})
+	expect(t, r, 201)
+	org.WaitStatus(t, r.Body["id"].(string), 30*time.Second, "completed")
+
+	few := org.Upload(t, "few.jsonl", testenv.Tickets(4, 15))
+	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "few", "baseModel": "llama-3.1-8b", "trainingDataset": few})
+	expect(t, r, 201)
+	job = org.WaitStatus(t, r.Body["id"].(string), 30*time.Second, "failed")
+	if msg, _ := job["error"].(string); !strings.Contains(msg, "at least 10") {
+		t.Errorf("error %q", msg)
+	}
+	var free strings.Builder
+	for i := range 40 {
+		fmt.Fprintf(&free, `{"prompt":"question %d","completion":"a unique free-form answer number %d"}`+"\n", i, i)
+	}
+	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "free", "baseModel": "llama-3.1-8b", "trainingDataset": org.Upload(t, "free.jsonl", []byte(free.String()))})
+	expect(t, r, 201)
+	job = org.WaitStatus(t, r.Body["id"].(string), 30*time.Second, "failed")
+	if msg, _ := job["error"].(string); !strings.Contains(msg, "builtin trainer") {
+		t.Errorf("error %q does not explain what the builtin trainer learns", msg)
+	}
+}
+
+func TestTrainingWorkerReplacedMidEpoch(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(60000, 16))
+	const epochs = 4
+	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "70b", "baseModel": "llama-3.1-70b", "trainingDataset": ds, "validationFile": ds, "hyperparameters": map[string]any{"epochs": epochs}})
+	expect(t, r, 201)
+	id := r.Body["id"].(string)
+	// No worker serves the x4 pool yet: the job waits, queued.
+	time.Sleep(time.Second)
+	expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"queued"`)
+
+	startWorker := func(name string) context.CancelFunc {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = workers.RunTraining(ctx, env.Temporal, env.Activities, workers.Training{ID: name, HardwareID: "gpu-a100-80gb-x4", Slots: 1}, env.Log)
+		}()
+		return func() { cancel(); <-done }
+	}
+	stopA := startWorker("test/x4-a")
+	org.WaitStatus(t, id, 30*time.Second, "running")
+	waitSteps(t, org, id, 33)
+	stopA()
+	stopped := len(metricSteps(t, org, id))
+	if stopped >= epochs*25 {
+		t.Skip("training finished before the worker stopped")
+	}
+	stopB := startWorker("test/x4-b")
+	defer stopB()
+	org.WaitStatus(t, id, 2*time.Minute, "completed")
+	if logs := logText(t, org, id); !strings.Contains(logs, "resumed at step") {
+		t.Errorf("the new worker did not resume from the checkpoint: %s", logs)
+	}
+	checkSteps(t, metricSteps(t, org, id), epochs, 7500)
+}
