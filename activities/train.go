@@ -35,12 +35,14 @@ type EpochResult struct {
 }
 
 // How often TrainEpoch reports. Heartbeats carry the stop request back, so
-// they are frequent; checkpoints are taken at metric points (so a resumed
-// run recomputes identical points) when this long has passed since the last.
+// they are frequent. Checkpoints are taken at metric points (so a resumed
+// run recomputes identical points), every checkpointPoints points or
+// sooner when checkpointEvery has passed, so a crash loses little.
 const (
-	heartbeatEvery  = 50 * time.Millisecond
-	checkpointEvery = 2 * time.Second
-	metricPoints    = 25 // per epoch
+	heartbeatEvery   = 50 * time.Millisecond
+	checkpointEvery  = 500 * time.Millisecond
+	checkpointPoints = 5
+	metricPoints     = 25 // per epoch
 )
 
 // progress is TrainEpoch's heartbeat detail: where the attempt had got to.
@@ -94,6 +96,7 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 	var (
 		lastBeat, lastSave = time.Now(), time.Now()
 		savedStep          = state.Step
+		unsaved            int
 		lossSum            float64
 		lossN              int
 	)
@@ -105,11 +108,11 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 				return err
 			}
 			lossSum, lossN = 0, 0
-			if time.Since(lastSave) >= checkpointEvery {
+			if unsaved++; unsaved >= checkpointPoints || time.Since(lastSave) >= checkpointEvery {
 				if err := a.saveState(ctx, in.JobID, state); err != nil {
 					return err
 				}
-				lastSave, savedStep = time.Now(), s.Step
+				lastSave, savedStep, unsaved = time.Now(), s.Step, 0
 			}
 		}
 		if time.Since(lastBeat) >= heartbeatEvery {

@@ -15,7 +15,7 @@ const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/tuneforge?sslmode
 // Config holds every setting; each field names its environment variable.
 type Config struct {
 	DatabaseURL       string // DATABASE_URL
-	DatabaseURLSet    bool   // whether DATABASE_URL was given (dev then creates no database)
+	DatabaseURLSet    bool   // whether DATABASE_URL was given (errors then skip the local-server hint)
 	HTTPAddr          string // TUNEFORGE_HTTP_ADDR
 	TemporalAddr      string // TUNEFORGE_TEMPORAL_ADDR
 	TemporalNamespace string // TUNEFORGE_TEMPORAL_NAMESPACE

@@ -107,7 +107,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("create namespace %s: %w", cfg.Namespace, err)
 	}
 
-	serverCfg, err := serverConfig(sqlCfg, host, port, clusterName)
+	serverCfg, err := serverConfig(sqlCfg, host, port, clusterName, cfg.DatabaseFile != "")
 	if err != nil {
 		return nil, err
 	}
@@ -184,31 +184,41 @@ func (s *Server) startUI(cfg Config, frontend string) error {
 	return nil
 }
 
-func serverConfig(sqlCfg *config.SQL, host string, frontendPort int, clusterName string) (*config.Config, error) {
-	service := func(grpcPort int) (config.Service, error) {
-		var err error
-		if grpcPort == 0 {
-			if grpcPort, err = freePort(host); err != nil {
-				return config.Service{}, err
-			}
+// servicePorts picks each service's gRPC and membership ports. A persisted
+// server takes fixed offsets from the frontend port, so that after a crash
+// the restarted services come back as the same cluster members instead of
+// waiting for the dead ones to be declared gone; ports that are taken, and
+// those of an in-memory server, are chosen freely.
+func servicePorts(host string, frontendPort int, persisted bool) (map[string]config.Service, error) {
+	pick := func(fixed int) (int, error) {
+		if persisted && fixed > 0 && fixed < 65536 && checkFree(host, fixed) == nil {
+			return fixed, nil
 		}
-		membership, err := freePort(host)
-		if err != nil {
-			return config.Service{}, err
-		}
-		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membership, BindOnIP: host}}, nil
+		return freePort(host)
 	}
 	services := map[string]config.Service{}
-	for _, name := range []string{"frontend", "history", "matching", "worker"} {
-		grpcPort := 0
-		if name == "frontend" {
-			grpcPort = frontendPort
+	for i, name := range []string{"frontend", "history", "matching", "worker"} {
+		grpcPort := frontendPort
+		if i > 0 {
+			p, err := pick(frontendPort + i)
+			if err != nil {
+				return nil, err
+			}
+			grpcPort = p
 		}
-		svc, err := service(grpcPort)
+		membership, err := pick(frontendPort + 100 + i)
 		if err != nil {
 			return nil, err
 		}
-		services[name] = svc
+		services[name] = config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membership, BindOnIP: host}}
+	}
+	return services, nil
+}
+
+func serverConfig(sqlCfg *config.SQL, host string, frontendPort int, clusterName string, persisted bool) (*config.Config, error) {
+	services, err := servicePorts(host, frontendPort, persisted)
+	if err != nil {
+		return nil, err
 	}
 	metricsPort, err := freePort(host)
 	if err != nil {

@@ -412,34 +412,8 @@ func TestListPaginationAndSorting(t *testing.T) {
 	t.Parallel()
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "t.jsonl", testenv.Tickets(20, 7))
-	ctx := context.Background()
-	base := time.Date(2025, 2, 1, 9, 0, 0, 0, time.UTC)
 	const n = 300
-	statuses := []string{"queued", "running", "completed", "failed", "stopped"}
-	models := []string{"llama-3.1-8b", "mistral-7b-v0.3", "llama-3.1-70b"}
-	// The list reads only the read model, so rows are written directly.
-	for i := range n {
-		hw := "gpu-a100-40gb"
-		if models[i%3] == "llama-3.1-70b" {
-			hw = "gpu-a100-80gb-x4"
-		}
-		name := fmt.Sprintf("job %03d", i)
-		desc := ""
-		if i%10 == 0 {
-			desc = "Support TICKETS intent"
-		}
-		_, err := env.Store.Q.CreateJob(ctx, env.Store.Pool, dbsqlc.CreateJobParams{
-			ID: fmt.Sprintf("ftjob_list%s%03d", org.ID, i), OrganizationID: org.ID, Owner: "u", Name: name, Description: desc,
-			BaseModel: models[i%3], HardwareID: hw, TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "t.jsonl",
-			Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", CreatedAt: base.Add(time.Duration(i) * time.Minute),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := env.Store.Pool.Exec(ctx, "UPDATE jobs SET status = $1 WHERE id = $2", statuses[i%5], fmt.Sprintf("ftjob_list%s%03d", org.ID, i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	insertJobs(t, org, ds, n)
 	page := func(q string) (float64, []string) {
 		r := org.Do(t, "GET", jobsPath+"?"+q, nil)
 		expect(t, r, 200)
@@ -493,5 +467,38 @@ func TestListPaginationAndSorting(t *testing.T) {
 	stats := org.Do(t, "GET", "/api/v1/fine-tuning/stats", nil)
 	if stats.Body["total"] != float64(n) || stats.Body["running"] != 60.0 || stats.Body["queued"] != 60.0 {
 		t.Errorf("stats %s", stats.Raw)
+	}
+}
+
+// insertJobs writes n jobs straight into the read model (the list reads
+// only it): statuses cycle through five values, base models through three,
+// and every tenth has a description mentioning tickets.
+func insertJobs(tb testing.TB, org *testenv.Org, ds string, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	base := time.Date(2025, 2, 1, 9, 0, 0, 0, time.UTC)
+	statuses := []string{"queued", "running", "completed", "failed", "stopped"}
+	models := []string{"llama-3.1-8b", "mistral-7b-v0.3", "llama-3.1-70b"}
+	for i := range n {
+		hw := "gpu-a100-40gb"
+		if models[i%3] == "llama-3.1-70b" {
+			hw = "gpu-a100-80gb-x4"
+		}
+		desc := ""
+		if i%10 == 0 {
+			desc = "Support TICKETS intent"
+		}
+		id := fmt.Sprintf("ftjob_list%s%04d", org.ID, i)
+		_, err := env.Store.Q.CreateJob(ctx, env.Store.Pool, dbsqlc.CreateJobParams{
+			ID: id, OrganizationID: org.ID, Owner: "u", Name: fmt.Sprintf("job %03d", i), Description: desc,
+			BaseModel: models[i%3], HardwareID: hw, TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "t.jsonl",
+			Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", CreatedAt: base.Add(time.Duration(i) * time.Minute),
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := env.Store.Pool.Exec(ctx, "UPDATE jobs SET status = $1 WHERE id = $2", statuses[i%5], id); err != nil {
+			tb.Fatal(err)
+		}
 	}
 }

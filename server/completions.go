@@ -21,26 +21,28 @@ type chatMessage struct {
 	Content string `json:"content"`
 }
 
-// chatRequest is the OpenAI-compatible subset served. Sampling parameters
-// are accepted and ignored: the builtin model answers its most likely label.
+// chatRequest is the OpenAI-compatible subset served. Other fields OpenAI
+// clients send (sampling parameters, user, …) are accepted and ignored: the
+// builtin model answers its most likely label.
 type chatRequest struct {
-	Model       string        `json:"model"`
-	Messages    []chatMessage `json:"messages"`
-	Temperature *float64      `json:"temperature"`
-	MaxTokens   *int          `json:"max_tokens"`
-	User        string        `json:"user"`
+	Model    string        `json:"model"`
+	Messages []chatMessage `json:"messages"`
+	Stream   bool          `json:"stream"`
 }
 
 func (s *Server) chatCompletions(c *gin.Context) {
 	ctx := c.Request.Context()
 	var req chatRequest
-	if err := bindJSON(c, &req); err != nil {
+	if err := decodeJSON(c, &req, false); err != nil {
 		s.respondError(c, err)
 		return
 	}
 	var errs fieldErrors
 	if req.Model == "" {
 		errs.add("model", "is required: the resultModel of a deployed fine-tuning job")
+	}
+	if req.Stream {
+		errs.add("stream", "streaming is not supported; send stream: false")
 	}
 	if len(req.Messages) == 0 {
 		errs.add("messages", "must hold at least one message")

@@ -398,7 +398,7 @@ func (s *Server) deleteJob(c *gin.Context) {
 	if !ok {
 		return
 	}
-	if job.Status == string(workflows.StatusRunning) {
+	if job.Status == string(workflows.StatusRunning) && s.workflowOpen(ctx, job.ID) {
 		s.respondError(c, conflict("job %s is running; stop it (POST /api/v1/fine-tuning/jobs/%s/stop) before deleting it", job.ID, job.ID))
 		return
 	}
@@ -420,6 +420,21 @@ func (s *Server) deleteJob(c *gin.Context) {
 	}
 	s.models.forget(job.OrganizationID, deref(job.ResultModel))
 	c.Status(http.StatusNoContent)
+}
+
+// workflowOpen reports whether the job's workflow still runs; a job whose
+// workflow was terminated from outside (the Web UI, say) can be deleted even
+// though its row still says running. When Temporal cannot tell, it is open.
+func (s *Server) workflowOpen(ctx context.Context, jobID string) bool {
+	desc, err := s.Temporal.DescribeWorkflowExecution(ctx, jobID, "")
+	var nf *serviceerror.NotFound
+	if errors.As(err, &nf) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	return desc.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
 }
 
 func (s *Server) stats(c *gin.Context) {

@@ -61,12 +61,6 @@ func (s *Server) observe(c *gin.Context) {
 		"status", c.Writer.Status(), "duration", elapsed)
 }
 
-func newStrictDecoder(r io.Reader) *json.Decoder {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	return dec
-}
-
 // jsonError explains a JSON decoding failure to the client.
 func jsonError(err error) error {
 	var (

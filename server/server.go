@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -162,9 +163,14 @@ func (s *Server) recover(c *gin.Context) {
 
 // bindJSON decodes a size-limited JSON body strictly: unknown fields and
 // trailing data are errors, and so is a body over the limit (413).
-func bindJSON(c *gin.Context, dst any) error {
+func bindJSON(c *gin.Context, dst any) error { return decodeJSON(c, dst, true) }
+
+func decodeJSON(c *gin.Context, dst any, strict bool) error {
 	body := http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody)
-	dec := newStrictDecoder(body)
+	dec := json.NewDecoder(body)
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(dst); err != nil {
 		return jsonError(err)
 	}

@@ -33,10 +33,13 @@ const (
 // job is the workflow's state; the handlers only set requests, and run
 // carries them out, so every effect happens in one place.
 type job struct {
-	in          JobInput
-	state       JobState
-	requested   action
+	in        JobInput
+	state     JobState
+	requested action
+	// deployErr is the last deploy's failure; deployGen counts finished
+	// deploys, so every waiting handler sees the outcome of its own.
 	deployErr   error
+	deployGen   int
 	cancelTrain workflow.CancelFunc
 }
 
@@ -135,6 +138,7 @@ func (j *job) request(act action) {
 // has acted on it.
 func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error) {
 	j.request(act)
+	gen := j.deployGen
 	var done func() bool
 	switch act {
 	case actionStop:
@@ -142,16 +146,14 @@ func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error)
 	case actionRestart:
 		done = func() bool { return j.state.Status == StatusQueued }
 	case actionDeploy:
-		done = func() bool { return j.state.Status == StatusDeployed || j.deployErr != nil }
+		done = func() bool { return j.state.Status == StatusDeployed || j.deployGen > gen }
 	}
 	if err := workflow.Await(ctx, done); err != nil {
 		return TransitionResult{}, err
 	}
 	switch {
-	case act == actionDeploy && j.deployErr != nil:
-		err := j.deployErr
-		j.deployErr = nil
-		return TransitionResult{}, err
+	case act == actionDeploy && j.state.Status != StatusDeployed:
+		return TransitionResult{}, j.deployErr
 	case act == actionStop && j.state.Status != StatusStopped:
 		return TransitionResult{}, temporal.NewApplicationError(
 			fmt.Sprintf("the job became %s before it could be stopped", j.state.Status), ErrTypeInvalidTransition)
@@ -267,13 +269,13 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 
 func (j *job) deploy(ctx workflow.Context) error {
 	j.state.Phase = PhaseDeploying
-	j.deployErr = nil
 	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, controlOptions), a.Deploy, activities.DeployInput{
 		JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, BaseModel: j.in.BaseModel,
 		ResultModel: j.in.ResultModel, CreatedAt: j.in.CreatedAt,
 	}).Get(ctx, nil)
 	j.state.Phase = PhaseIdle
 	j.requested = actionNone
+	j.deployGen++
 	if activities.IsJobGone(err) {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -59,13 +58,15 @@ type harness struct {
 	t   *testing.T
 	env *testsuite.TestWorkflowEnvironment
 
-	mu         sync.Mutex
-	records    []activities.StatusRecord
-	events     []string
-	epochs     []int
-	trainQueue []string
-	releases   []string
-	deploys    []activities.DeployInput
+	mu          sync.Mutex
+	records     []activities.StatusRecord
+	events      []string
+	validations []activities.ValidateInput
+	leases      []activities.LeaseRequest
+	epochs      []int
+	trainQueue  []string
+	releases    []string
+	deploys     []activities.DeployInput
 }
 
 func newHarness(t *testing.T) *harness {
@@ -95,26 +96,14 @@ func (h *harness) recordStatus(_ context.Context, r activities.StatusRecord) err
 	return nil
 }
 
-func (h *harness) event(e string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.events = append(h.events, e)
-}
-
 // run adds the default (instant, successful) mocks after the test's own,
 // which take precedence, and runs the workflow to its end.
 func (h *harness) run(in workflows.JobInput) {
 	h.t.Helper()
 	// RecordStatus is a local activity; the test environment mocks it by name too.
 	h.env.OnActivity("RecordStatus", mock.Anything, mock.Anything).Return(h.recordStatus)
-	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).Return(func(_ context.Context, v activities.ValidateInput) (activities.DatasetSummary, error) {
-		h.event("ValidateDataset")
-		return activities.DatasetSummary{Examples: 100, Tokens: 5000}, nil
-	})
-	h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).Return(func(_ context.Context, r activities.LeaseRequest) error {
-		h.event("AcquireGPU:" + r.HardwareID)
-		return nil
-	})
+	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).Return(h.validate)
+	h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).Return(h.acquire)
 	h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).Return(h.trainEpoch)
 	h.env.OnActivity("ReleaseGPU", mock.Anything, mock.Anything).Return(func(_ context.Context, jobID string) error {
 		h.mu.Lock()
@@ -132,6 +121,22 @@ func (h *harness) run(in workflows.JobInput) {
 	})
 	h.env.ExecuteWorkflow(workflows.FineTuningJob, in)
 	require.True(h.t, h.env.IsWorkflowCompleted(), "the workflow did not end")
+}
+
+func (h *harness) validate(_ context.Context, v activities.ValidateInput) (activities.DatasetSummary, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.validations = append(h.validations, v)
+	h.events = append(h.events, "ValidateDataset")
+	return activities.DatasetSummary{Examples: 100, Tokens: 5000}, nil
+}
+
+func (h *harness) acquire(_ context.Context, r activities.LeaseRequest) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.leases = append(h.leases, r)
+	h.events = append(h.events, "AcquireGPU")
+	return nil
 }
 
 func (h *harness) trainEpoch(_ context.Context, in activities.EpochInput) (activities.EpochResult, error) {
@@ -260,8 +265,8 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	in := jobInput(3)
 	// Each step takes ten minutes of workflow time, so queries in between
 	// see each phase.
-	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).After(10*time.Minute).Return(activities.DatasetSummary{Examples: 100}, nil).Once()
-	h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).After(10 * time.Minute).Return(nil).Once()
+	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.validate).Once()
+	h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.acquire).Once()
 	h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.trainEpoch).Times(3)
 
 	var states []workflows.JobState
@@ -309,12 +314,16 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	assert.Equal(t, workflows.PhaseIdle, final.Phase)
 
 	events, epochs, releases, deploys := h.snapshot()
-	assert.Equal(t, []string{"RecordStatus:running", "TrainEpoch:1", "TrainEpoch:2", "TrainEpoch:3", "ReleaseGPU", "RecordStatus:completed", "Deploy"}, events)
+	assert.Equal(t, []string{"ValidateDataset", "AcquireGPU", "RecordStatus:running", "TrainEpoch:1", "TrainEpoch:2", "TrainEpoch:3", "ReleaseGPU", "RecordStatus:completed", "Deploy"}, events)
 	assert.Equal(t, []int{1, 2, 3}, epochs)
 	assert.Equal(t, []string{in.JobID}, releases)
 	assert.Equal(t, 1, deploys)
 	assert.Equal(t, []string{"running", "completed"}, h.statuses())
 	h.mu.Lock()
+	require.Len(t, h.validations, 1)
+	assert.Equal(t, activities.ValidateInput{JobID: in.JobID, DatasetKey: in.DatasetKey, MaxSequenceLength: 2048, CreatedAt: in.CreatedAt}, h.validations[0])
+	require.Len(t, h.leases, 1)
+	assert.Equal(t, activities.LeaseRequest{JobID: in.JobID, HardwareID: "cpu-small", QueuedAt: in.QueuedAt, CreatedAt: in.CreatedAt}, h.leases[0])
 	assert.Equal(t, []string{workflows.TrainingTaskQueue(in.HardwareID)}, unique(h.trainQueue))
 	assert.Equal(t, in.ResultModel, h.deploys[0].ResultModel)
 	assert.Equal(t, in.OrganizationID, h.deploys[0].OrganizationID)
@@ -723,19 +732,10 @@ func TestStopLosesRaceWithCompletion(t *testing.T) {
 	require.NoError(t, h.env.GetWorkflowError())
 }
 
-// skipKnownBug skips a test of a known bug in job.go that is not fixed yet;
-// TUNEFORGE_RUN_KNOWN_BUGS=1 runs it anyway.
-func skipKnownBug(t *testing.T, bug string) {
-	if os.Getenv("TUNEFORGE_RUN_KNOWN_BUGS") == "" {
-		t.Skip("known bug, not fixed yet: " + bug)
-	}
-}
-
 // A deploy signal that fails leaves its error in job.deployErr, where no
 // update handler collects it; the next deploy update then returns that stale
 // error at once, although the deploy it started goes on and succeeds.
 func TestDeployUpdateAfterFailedDeploySignal(t *testing.T) {
-	skipKnownBug(t, "a failed deploy signal's error is returned by the next deploy update")
 	h := newHarness(t)
 	h.env.OnActivity("Deploy", mock.Anything, mock.Anything).
 		Return(temporal.NewNonRetryableApplicationError("conflict", activities.ErrTypeConflict, nil)).Once()
@@ -755,7 +755,6 @@ func TestDeployUpdateAfterFailedDeploySignal(t *testing.T) {
 // handler to wake sees job.deployErr (it clears it), and the other one
 // waits on until some later deploy ends.
 func TestConcurrentDeployUpdatesBothSeeFailure(t *testing.T) {
-	skipKnownBug(t, "of two concurrent deploy updates whose deploy fails, one is never answered")
 	h := newHarness(t)
 	h.env.OnActivity("Deploy", mock.Anything, mock.Anything).
 		Return(temporal.NewNonRetryableApplicationError("conflict", activities.ErrTypeConflict, nil)).Once()

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,9 +151,11 @@ func freshDatabase(ctx context.Context) (string, func(), error) {
 		admin.Close(ctx)
 		return "", nil, err
 	}
-	cfg := admin.Config()
 	admin.Close(ctx)
-	u := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	u, err := DatabaseURL(name)
+	if err != nil {
+		return "", nil, err
+	}
 	drop := func() {
 		c, err := pgx.Connect(context.Background(), AdminURL())
 		if err != nil {
@@ -162,6 +165,17 @@ func freshDatabase(ctx context.Context) (string, func(), error) {
 		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 	}
 	return u, drop, nil
+}
+
+// DatabaseURL is AdminURL pointing at database name instead, with the same
+// credentials and parameters.
+func DatabaseURL(name string) (string, error) {
+	u, err := url.Parse(AdminURL())
+	if err != nil {
+		return "", fmt.Errorf("TUNEFORGE_TEST_DATABASE_URL: %w", err)
+	}
+	u.Path = "/" + name
+	return u.String(), nil
 }
 
 func randomHex(n int) string {
