@@ -138,3 +138,6 @@ func CheckpointKey(jobID string) string { return "checkpoints/" + jobID + "/late
 
 // ModelKey is where a deployed model's weights are published.
 func ModelKey(orgID, model string) string { return "models/" + orgID + "/" + model + ".model" }
+
+// ModelCardKey is where a deployed model's card (Markdown) is published.
+func ModelCardKey(orgID, model string) string { return "models/" + orgID + "/" + model + ".card.md" }

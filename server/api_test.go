@@ -313,6 +313,8 @@ func TestJobLifecycle(t *testing.T) {
 	expect(t, d, 200, `"resultModel":"llama-3.1-8b-support-v1"`, `"status":"deployed"`, "Fine-tuned model deployed successfully")
 	expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"deployed"`, `"resultModel":"llama-3.1-8b-support-v1"`)
 	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 409)
+	expect(t, org.Do(t, "GET", "/v1/models", nil), 200, `"id":"llama-3.1-8b-support-v1"`)
+	expect(t, org.Do(t, "GET", "/v1/models/llama-3.1-8b-support-v1", nil), 200, "builtin", "not llama-3.1-8b", "billing", "train.jsonl")
 
 	correct, total := 0, 0
 	for i, label := range testenv.TicketLabels() {
@@ -327,11 +329,15 @@ func TestJobLifecycle(t *testing.T) {
 			total++
 		}
 	}
-	if acc := float64(correct) / float64(total); acc < 0.8 {
+	acc := float64(correct) / float64(total)
+	t.Logf("deployed model accuracy on %d fresh tickets: %.2f (chance 0.20)", total, acc)
+	if acc < 0.8 {
 		t.Errorf("deployed model accuracy %.2f on fresh tickets; chance is 0.2", acc)
 	}
 	other := env.NewOrg(t)
 	expect(t, other.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": "llama-3.1-8b-support-v1", "messages": []map[string]string{{"role": "user", "content": "refund"}}}), 404)
+	expect(t, other.Do(t, "GET", "/v1/models/llama-3.1-8b-support-v1", nil), 404)
+	expect(t, other.Do(t, "GET", "/v1/models", nil), 200, `"data":[]`)
 
 	stats := org.Do(t, "GET", "/api/v1/fine-tuning/stats", nil)
 	expect(t, stats, 200)

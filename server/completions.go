@@ -104,6 +104,49 @@ func (s *Server) loadModel(ctx context.Context, org, name string) (*trainer.Stat
 	return &st, nil
 }
 
+type modelView struct {
+	ID        string `json:"id"`
+	Object    string `json:"object"`
+	Created   int64  `json:"created"`
+	OwnedBy   string `json:"owned_by"`
+	BaseModel string `json:"base_model"`
+	JobID     string `json:"job_id"`
+	Card      string `json:"card"`
+}
+
+func viewModel(m dbsqlc.DeployedModel) modelView {
+	return modelView{ID: m.Name, Object: "model", Created: m.CreatedAt.Unix(), OwnedBy: m.OrganizationID, BaseModel: m.BaseModel, JobID: m.JobID, Card: m.Card}
+}
+
+// listModels lists the organization's deployed models, OpenAI style, each
+// with its model card.
+func (s *Server) listModels(c *gin.Context) {
+	rows, err := s.Store.Q.ListDeployedModels(c.Request.Context(), s.Store.Pool, caller(c).OrganizationID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	out := make([]modelView, len(rows))
+	for i, m := range rows {
+		out[i] = viewModel(m)
+	}
+	c.JSON(http.StatusOK, gin.H{"object": "list", "data": out})
+}
+
+func (s *Server) getModel(c *gin.Context) {
+	name := c.Param("model")
+	m, err := s.Store.Q.GetDeployedModel(c.Request.Context(), s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: caller(c).OrganizationID, Name: name})
+	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+		s.respondError(c, notFound("deployed model", name))
+		return
+	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, viewModel(m))
+}
+
 // modelCache keeps recently used deployed models in memory.
 type modelCache struct {
 	mu     sync.Mutex

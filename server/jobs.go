@@ -413,7 +413,11 @@ func (s *Server) deleteJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	for _, key := range []string{artifacts.CheckpointKey(job.ID), artifacts.ModelKey(job.OrganizationID, deref(job.ResultModel))} {
+	keys := []string{artifacts.CheckpointKey(job.ID)}
+	if model := deref(job.ResultModel); model != "" {
+		keys = append(keys, artifacts.ModelKey(job.OrganizationID, model), artifacts.ModelCardKey(job.OrganizationID, model))
+	}
+	for _, key := range keys {
 		if err := s.Artifacts.Delete(ctx, key); err != nil {
 			s.log.WarnContext(ctx, "delete job artifact", "job", job.ID, "key", key, "err", err)
 		}

@@ -85,6 +85,8 @@ func New(d Deps) *Server {
 	ft.GET("/datasets", read, s.listDatasets)
 	ft.GET("/datasets/:id", read, s.getDataset)
 	s.engine.POST("/v1/chat/completions", read, s.chatCompletions)
+	s.engine.GET("/v1/models", read, s.listModels)
+	s.engine.GET("/v1/models/:model", read, s.getModel)
 	return s
 }
 

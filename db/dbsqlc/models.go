@@ -49,6 +49,7 @@ type DeployedModel struct {
 	BaseModel      string
 	BlobKey        string
 	CreatedAt      time.Time
+	Card           string
 }
 
 type GpuLease struct {

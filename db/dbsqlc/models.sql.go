@@ -10,9 +10,9 @@ import (
 )
 
 const createDeployedModel = `-- name: CreateDeployedModel :exec
-INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key
+INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key, card)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key, card = EXCLUDED.card
 `
 
 type CreateDeployedModelParams struct {
@@ -21,6 +21,7 @@ type CreateDeployedModelParams struct {
 	JobID          string
 	BaseModel      string
 	BlobKey        string
+	Card           string
 }
 
 func (q *Queries) CreateDeployedModel(ctx context.Context, db DBTX, arg CreateDeployedModelParams) error {
@@ -30,12 +31,13 @@ func (q *Queries) CreateDeployedModel(ctx context.Context, db DBTX, arg CreateDe
 		arg.JobID,
 		arg.BaseModel,
 		arg.BlobKey,
+		arg.Card,
 	)
 	return err
 }
 
 const findModelNameOwner = `-- name: FindModelNameOwner :one
-SELECT name, organization_id, job_id, base_model, blob_key, created_at FROM deployed_models WHERE organization_id = $1 AND name = $2 AND job_id <> $3
+SELECT name, organization_id, job_id, base_model, blob_key, created_at, card FROM deployed_models WHERE organization_id = $1 AND name = $2 AND job_id <> $3
 `
 
 type FindModelNameOwnerParams struct {
@@ -55,12 +57,13 @@ func (q *Queries) FindModelNameOwner(ctx context.Context, db DBTX, arg FindModel
 		&i.BaseModel,
 		&i.BlobKey,
 		&i.CreatedAt,
+		&i.Card,
 	)
 	return i, err
 }
 
 const getDeployedModel = `-- name: GetDeployedModel :one
-SELECT name, organization_id, job_id, base_model, blob_key, created_at FROM deployed_models WHERE organization_id = $1 AND name = $2
+SELECT name, organization_id, job_id, base_model, blob_key, created_at, card FROM deployed_models WHERE organization_id = $1 AND name = $2
 `
 
 type GetDeployedModelParams struct {
@@ -78,6 +81,39 @@ func (q *Queries) GetDeployedModel(ctx context.Context, db DBTX, arg GetDeployed
 		&i.BaseModel,
 		&i.BlobKey,
 		&i.CreatedAt,
+		&i.Card,
 	)
 	return i, err
+}
+
+const listDeployedModels = `-- name: ListDeployedModels :many
+SELECT name, organization_id, job_id, base_model, blob_key, created_at, card FROM deployed_models WHERE organization_id = $1 ORDER BY created_at DESC, name
+`
+
+func (q *Queries) ListDeployedModels(ctx context.Context, db DBTX, organizationID string) ([]DeployedModel, error) {
+	rows, err := db.Query(ctx, listDeployedModels, organizationID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []DeployedModel{}
+	for rows.Next() {
+		var i DeployedModel
+		if err := rows.Scan(
+			&i.Name,
+			&i.OrganizationID,
+			&i.JobID,
+			&i.BaseModel,
+			&i.BlobKey,
+			&i.CreatedAt,
+			&i.Card,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -1,7 +1,10 @@
 -- name: CreateDeployedModel :exec
-INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key;
+INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key, card)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key, card = EXCLUDED.card;
+
+-- name: ListDeployedModels :many
+SELECT * FROM deployed_models WHERE organization_id = $1 ORDER BY created_at DESC, name;
 
 -- name: GetDeployedModel :one
 SELECT * FROM deployed_models WHERE organization_id = $1 AND name = $2;
