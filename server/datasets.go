@@ -210,8 +210,7 @@ func fieldError(status int, field, format string, args ...any) error {
 func (s *Server) listDatasets(c *gin.Context) {
 	ctx := c.Request.Context()
 	var errs fieldErrors
-	limit := intParam(c, "limit", 20, 1, 100, &errs)
-	offset := intParam(c, "offset", 0, 0, 1_000_000, &errs)
+	limit, offset := pagination(c, &errs)
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return

@@ -330,8 +330,7 @@ var statuses = map[string]bool{"queued": true, "running": true, "completed": tru
 func (s *Server) listJobs(c *gin.Context) {
 	ctx := c.Request.Context()
 	var errs fieldErrors
-	limit := intParam(c, "limit", 20, 1, 100, &errs)
-	offset := intParam(c, "offset", 0, 0, 1_000_000, &errs)
+	limit, offset := pagination(c, &errs)
 	sort := c.DefaultQuery("sort", "createdAt:desc")
 	field, dir, _ := strings.Cut(sort, ":")
 	if dir == "" {
@@ -377,6 +376,11 @@ func (s *Server) listJobs(c *gin.Context) {
 		items[i] = summarize(j)
 	}
 	c.JSON(http.StatusOK, gin.H{"count": count, "limit": limit, "offset": offset, "jobs": items})
+}
+
+// pagination reads limit (default 20, at most 100) and offset.
+func pagination(c *gin.Context, errs *fieldErrors) (limit, offset int) {
+	return intParam(c, "limit", 20, 1, 100, errs), intParam(c, "offset", 0, 0, 1_000_000, errs)
 }
 
 func intParam(c *gin.Context, name string, def, lo, hi int, errs *fieldErrors) int {

@@ -12,6 +12,11 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 type httpMetrics struct {
@@ -46,13 +51,26 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 	return m
 }
 
-// observe logs each request and records its metrics.
+var tracer = otel.Tracer("github.com/tuneforge/tuneforge/server")
+
+// observe traces, logs and measures each request. The span continues the
+// caller's trace (W3C traceparent) and is the parent of the Temporal calls
+// the handler makes.
 func (s *Server) observe(c *gin.Context) {
 	start := time.Now()
-	c.Next()
 	route := c.FullPath()
 	if route == "" {
 		route = "unmatched"
+	}
+	ctx := otel.GetTextMapPropagator().Extract(c.Request.Context(), propagation.HeaderCarrier(c.Request.Header))
+	ctx, span := tracer.Start(ctx, c.Request.Method+" "+route, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.request.method", c.Request.Method), attribute.String("http.route", route)))
+	defer span.End()
+	c.Request = c.Request.WithContext(ctx)
+	c.Next()
+	span.SetAttributes(attribute.Int("http.response.status_code", c.Writer.Status()))
+	if c.Writer.Status() >= 500 {
+		span.SetStatus(codes.Error, http.StatusText(c.Writer.Status()))
 	}
 	elapsed := time.Since(start)
 	s.metrics.requests.WithLabelValues(c.Request.Method, route, strconv.Itoa(c.Writer.Status())).Inc()

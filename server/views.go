@@ -36,14 +36,9 @@ type jobSummary struct {
 	UpdatedAt      time.Time  `json:"updatedAt"`
 }
 
+// jobView is the full FineTuningJob object: the list's fields and more.
 type jobView struct {
-	ID              string             `json:"id"`
-	Name            string             `json:"name"`
-	BaseModel       string             `json:"baseModel"`
-	Status          string             `json:"status"`
-	Description     string             `json:"description"`
-	Owner           string             `json:"owner"`
-	OrganizationID  string             `json:"organizationId"`
+	jobSummary
 	TrainingDataset string             `json:"trainingDataset"`
 	TrainingFile    string             `json:"trainingFile"`
 	ValidationFile  *string            `json:"validationFile"`
@@ -51,13 +46,8 @@ type jobView struct {
 	Hardware        string             `json:"hardware"`
 	Suffix          string             `json:"suffix"`
 	ResultModel     *string            `json:"resultModel"`
-	TrainedTokens   int64              `json:"trainedTokens"`
 	Error           *string            `json:"error"`
 	Metrics         jobMetricsSummary  `json:"metrics"`
-	StartedAt       *time.Time         `json:"startedAt"`
-	FinishedAt      *time.Time         `json:"finishedAt"`
-	CreatedAt       time.Time          `json:"createdAt"`
-	UpdatedAt       time.Time          `json:"updatedAt"`
 }
 
 type createdJobView struct {
@@ -82,13 +72,11 @@ func summarize(j dbsqlc.Job) jobSummary {
 
 func fullJob(j dbsqlc.Job) jobView {
 	return jobView{
-		ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, Description: j.Description,
-		Owner: j.Owner, OrganizationID: j.OrganizationID, TrainingDataset: j.TrainingDataset,
-		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
+		jobSummary:      summarize(j),
+		TrainingDataset: j.TrainingDataset, TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
 		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps},
-		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, TrainedTokens: j.TrainedTokens, Error: j.Error,
-		Metrics:   jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
-		StartedAt: utc(j.StartedAt), FinishedAt: utc(j.FinishedAt), CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: j.Error,
+		Metrics: jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
 	}
 }
 

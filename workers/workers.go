@@ -8,12 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/contrib/opentelemetry"
+	"go.temporal.io/sdk/interceptor"
+	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
@@ -21,6 +25,32 @@ import (
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/workflows"
 )
+
+// Dial connects to Temporal with the OpenTelemetry tracing interceptor, so
+// spans flow from API requests into workflows and activities (workers made
+// from the client inherit it). A quick TCP check first turns "nothing
+// listens" into an error that says what to do.
+func Dial(ctx context.Context, addr, namespace string, log *slog.Logger) (client.Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("Temporal at %s does not answer (set TUNEFORGE_TEMPORAL_ADDR, or run `tuneforge dev`): %w", addr, err)
+	}
+	conn.Close()
+	tracing, err := opentelemetry.NewTracingInterceptor(opentelemetry.TracerOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("tracing interceptor: %w", err)
+	}
+	c, err := client.DialContext(ctx, client.Options{
+		HostPort:     addr,
+		Namespace:    namespace,
+		Logger:       tlog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+		Interceptors: []interceptor.ClientInterceptor{tracing},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)
+	}
+	return c, nil
+}
 
 // Timing of the training workers' advertisement and of cancellation.
 const (

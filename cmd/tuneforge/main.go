@@ -50,6 +50,12 @@ func main() {
 	defer stop()
 
 	cmd, args := os.Args[1], os.Args[2:]
+	shutdownTracing, err := setupTracing(ctx, cmd)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tuneforge:", err)
+		os.Exit(1)
+	}
+	defer shutdownTracing(context.WithoutCancel(ctx)) //nolint:errcheck // best effort flush at exit
 	switch cmd {
 	case "dev":
 		err = runDev(ctx, cfg, log)

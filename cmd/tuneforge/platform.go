@@ -4,13 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
-	"time"
 
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/contrib/opentelemetry"
-	"go.temporal.io/sdk/interceptor"
-	tlog "go.temporal.io/sdk/log"
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
@@ -47,33 +42,11 @@ func connect(ctx context.Context, cfg config.Config, log *slog.Logger) (*platfor
 		p.close()
 		return nil, err
 	}
-	if p.temporal, err = dialTemporal(ctx, cfg.TemporalAddr, cfg.TemporalNamespace, log); err != nil {
+	if p.temporal, err = workers.Dial(ctx, cfg.TemporalAddr, cfg.TemporalNamespace, log); err != nil {
 		p.close()
 		return nil, err
 	}
 	return p, nil
-}
-
-func dialTemporal(ctx context.Context, addr, namespace string, log *slog.Logger) (client.Client, error) {
-	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("Temporal at %s does not answer (set TUNEFORGE_TEMPORAL_ADDR, or run `tuneforge dev`): %w", addr, err)
-	}
-	conn.Close()
-	tracing, err := opentelemetry.NewTracingInterceptor(opentelemetry.TracerOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("tracing interceptor: %w", err)
-	}
-	c, err := client.DialContext(ctx, client.Options{
-		HostPort:     addr,
-		Namespace:    namespace,
-		Logger:       tlog.NewStructuredLogger(log.With("component", "temporal-sdk")),
-		Interceptors: []interceptor.ClientInterceptor{tracing},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)
-	}
-	return c, nil
 }
 
 func (p *platform) close() {

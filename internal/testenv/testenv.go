@@ -99,7 +99,7 @@ func (e *Env) start() error {
 		return err
 	}
 	e.cleanups = append(e.cleanups, func() { _ = srv.Stop() })
-	if e.Temporal, err = client.Dial(client.Options{HostPort: srv.FrontendAddr(), Namespace: "default", Logger: quietLogger{}}); err != nil {
+	if e.Temporal, err = workers.Dial(e.ctx, srv.FrontendAddr(), "default", e.Log); err != nil {
 		return err
 	}
 	e.cleanups = append(e.cleanups, e.Temporal.Close)
@@ -289,10 +289,3 @@ func (o *Org) WaitStatus(t testing.TB, jobID string, timeout time.Duration, stat
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-type quietLogger struct{}
-
-func (quietLogger) Debug(string, ...any) {}
-func (quietLogger) Info(string, ...any)  {}
-func (quietLogger) Warn(string, ...any)  {}
-func (quietLogger) Error(string, ...any) {}
