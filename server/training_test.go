@@ -126,31 +126,44 @@ func TestStopRestartResumes(t *testing.T) {
 func TestOneSlotRunsJobsInTurn(t *testing.T) {
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "big.jsonl", testenv.Tickets(20000, 12))
-	first := longJob(t, org, ds, "gpu-a100-80gb", 40)
+	first := longJob(t, org, ds, "gpu-a100-80gb", 5)
 	org.WaitStatus(t, first, time.Minute, "running")
 	second := longJob(t, org, ds, "gpu-a100-80gb", 40)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if s := org.Do(t, "GET", jobsPath+"/"+second, nil).Body["status"]; s != "queued" {
-			t.Fatalf("the second job is %v while the only slot is taken", s)
+	third := longJob(t, org, ds, "gpu-a100-80gb", 40)
+	status := func(id string) any { return org.Do(t, "GET", jobsPath+"/"+id, nil).Body["status"] }
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if status(first) != "running" {
+			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		if s2, s3 := status(second), status(third); s2 != "queued" || s3 != "queued" {
+			t.Fatalf("jobs are %v and %v while the only slot is taken", s2, s3)
+		}
 	}
-	h := pool(t, org, "gpu-a100-80gb")
-	if h["availableSlots"] != 0.0 || h["queuedJobs"] != 1.0 || h["totalSlots"] != 1.0 {
+	if h := pool(t, org, "gpu-a100-80gb"); h["totalSlots"] != 1.0 || h["availableSlots"] != 0.0 || h["queuedJobs"] != 2.0 {
 		t.Errorf("pool while busy: %v", h)
 	}
-	if !strings.Contains(logText(t, org, second), "Waiting for a GPU slot") {
-		t.Error("the waiting job's log does not say it waits")
+	if !strings.Contains(logText(t, org, third), "Waiting for a GPU slot on gpu-a100-80gb (1 ahead in the queue)") {
+		t.Error("the third job's log does not give its place in the queue")
 	}
-	expect(t, org.Do(t, "POST", jobsPath+"/"+first+"/stop", nil), 200)
-	org.WaitStatus(t, second, 30*time.Second, "running")
+	done := org.WaitStatus(t, first, time.Minute, "completed")
+	// Creation order: the second job gets the slot, the third keeps waiting.
+	running := org.WaitStatus(t, second, 30*time.Second, "running")
+	started, _ := time.Parse(time.RFC3339Nano, running["startedAt"].(string))
+	finished, _ := time.Parse(time.RFC3339Nano, done["finishedAt"].(string))
+	if started.Before(finished) {
+		t.Errorf("the second job started at %v, before the first finished at %v", running["startedAt"], done["finishedAt"])
+	}
+	if s := status(third); s != "queued" {
+		t.Fatalf("the third job is %v while the second holds the slot", s)
+	}
 	expect(t, org.Do(t, "POST", jobsPath+"/"+second+"/stop", nil), 200)
-	for _, id := range []string{first, second} {
+	org.WaitStatus(t, third, 30*time.Second, "running")
+	expect(t, org.Do(t, "POST", jobsPath+"/"+third+"/stop", nil), 200)
+	for _, id := range []string{first, second, third} {
 		expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
 	}
 	if h := pool(t, org, "gpu-a100-80gb"); h["availableSlots"] != 1.0 || h["queuedJobs"] != 0.0 {
-		t.Errorf("pool after both: %v", h)
+		t.Errorf("pool after all three: %v", h)
 	}
 }
 
