@@ -22,9 +22,7 @@ func BenchmarkStopLatency(b *testing.B) {
 			"validationFile": ds, "hardware": "gpu-a100-80gb", "hyperparameters": map[string]any{"epochs": 20}})
 		id := r.Body["id"].(string)
 		org.WaitStatus(b, id, time.Minute, "running")
-		for len(metricStepsB(b, org, id)) < 5 {
-			time.Sleep(20 * time.Millisecond)
-		}
+		org.WaitMetricPoints(b, id, 5)
 		b.StartTimer()
 		start := time.Now()
 		res := org.Do(b, "POST", jobsPath+"/"+id+"/stop", nil)
@@ -51,9 +49,4 @@ func BenchmarkListJobs(b *testing.B) {
 			b.Fatalf("%d %s", r.Status, r.Raw)
 		}
 	}
-}
-
-func metricStepsB(b *testing.B, org *testenv.Org, id string) []any {
-	r := org.Do(b, "GET", jobsPath+"/"+id+"/metrics", nil)
-	return r.Body["metrics"].(map[string]any)["steps"].([]any)
 }

@@ -28,30 +28,6 @@ func longJob(t *testing.T, org *testenv.Org, ds, hardware string, epochs int) st
 	return r.Body["id"].(string)
 }
 
-// metricSteps returns the recorded metric steps of a job.
-func metricSteps(t *testing.T, org *testenv.Org, id string) []int {
-	t.Helper()
-	r := org.Do(t, "GET", jobsPath+"/"+id+"/metrics", nil)
-	expect(t, r, 200)
-	var out []int
-	for _, s := range r.Body["metrics"].(map[string]any)["steps"].([]any) {
-		out = append(out, int(s.(map[string]any)["step"].(float64)))
-	}
-	return out
-}
-
-// waitSteps waits until a job has recorded at least n metric points.
-func waitSteps(t *testing.T, org *testenv.Org, id string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for len(metricSteps(t, org, id)) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s recorded fewer than %d metric points", id, n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // checkSteps asserts one metric point per reporting interval, no gaps and
 // no duplicates: 25 per epoch for these datasets.
 func checkSteps(t *testing.T, steps []int, epochs, stepsPerEpoch int) {
@@ -65,11 +41,6 @@ func checkSteps(t *testing.T, steps []int, epochs, stepsPerEpoch int) {
 			t.Fatalf("metric point %d is step %d, want %d", i, s, (i+1)*every)
 		}
 	}
-}
-
-func logText(t *testing.T, org *testenv.Org, id string) string {
-	t.Helper()
-	return string(org.Do(t, "GET", jobsPath+"/"+id+"/logs?lines=1000", nil).Raw)
 }
 
 func pool(t *testing.T, org *testenv.Org, id string) map[string]any {
@@ -89,7 +60,7 @@ func TestStopRestartResumes(t *testing.T) {
 	const epochs = 4
 	id := longJob(t, org, ds, "gpu-a100-80gb", epochs)
 	org.WaitStatus(t, id, time.Minute, "running")
-	waitSteps(t, org, id, 33) // a third into epoch 2
+	org.WaitMetricPoints(t, id, 33) // a third into epoch 2
 	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 409, "stop it")
 
 	start := time.Now()
@@ -102,9 +73,9 @@ func TestStopRestartResumes(t *testing.T) {
 	if job.Body["finishedAt"] == nil {
 		t.Error("a stopped job has finishedAt")
 	}
-	before := len(metricSteps(t, org, id))
+	before := len(org.MetricSteps(t, id))
 	time.Sleep(700 * time.Millisecond)
-	if after := len(metricSteps(t, org, id)); after != before {
+	if after := len(org.MetricSteps(t, id)); after != before {
 		t.Fatalf("training went on after the stop: %d then %d metric points", before, after)
 	}
 	if h := pool(t, org, "gpu-a100-80gb"); h["availableSlots"] != 1.0 {
@@ -115,11 +86,11 @@ func TestStopRestartResumes(t *testing.T) {
 
 	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/restart", nil), 200, `"status":"queued"`, "Fine-tuning job restarted successfully")
 	org.WaitStatus(t, id, 2*time.Minute, "completed")
-	logs := logText(t, org, id)
+	logs := org.Logs(t, id)
 	if !strings.Contains(logs, "resumed at step") || !strings.Contains(logs, "Training stopped") {
 		t.Errorf("logs do not show the resume: %s", logs)
 	}
-	checkSteps(t, metricSteps(t, org, id), epochs, 7500)
+	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
 	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
 }
 
@@ -142,8 +113,8 @@ func TestOneSlotRunsJobsInTurn(t *testing.T) {
 	if h := pool(t, org, "gpu-a100-80gb"); h["totalSlots"] != 1.0 || h["availableSlots"] != 0.0 || h["queuedJobs"] != 2.0 {
 		t.Errorf("pool while busy: %v", h)
 	}
-	if !strings.Contains(logText(t, org, third), "Waiting for a GPU slot on gpu-a100-80gb (1 ahead in the queue)") {
-		t.Error("the third job's log does not give its place in the queue")
+	if !strings.Contains(org.Logs(t, third), "Waiting for a GPU slot on gpu-a100-80gb (") {
+		t.Error("the third job's log does not say it waits for a slot")
 	}
 	done := org.WaitStatus(t, first, time.Minute, "completed")
 	// Creation order: the second job gets the slot, the third keeps waiting.
@@ -218,7 +189,7 @@ func TestBadDatasetFailsWithLineNumbers(t *testing.T) {
 	if !strings.Contains(msg, "line 13") || !strings.Contains(msg, "8192") {
 		t.Errorf("error %q does not name the line and the limit", msg)
 	}
-	if !strings.Contains(logText(t, org, id), "line 13") {
+	if !strings.Contains(org.Logs(t, id), "line 13") {
 		t.Error("the log does not carry the error")
 	}
 	// Mistral accepts 32768 tokens per example, so the same file is fine there.
@@ -267,17 +238,17 @@ func TestTrainingWorkerReplacedMidEpoch(t *testing.T) {
 	}
 	stopA := startWorker("test/x4-a")
 	org.WaitStatus(t, id, 30*time.Second, "running")
-	waitSteps(t, org, id, 33)
+	org.WaitMetricPoints(t, id, 33)
 	stopA()
-	stopped := len(metricSteps(t, org, id))
+	stopped := len(org.MetricSteps(t, id))
 	if stopped >= epochs*25 {
 		t.Skip("training finished before the worker stopped")
 	}
 	stopB := startWorker("test/x4-b")
 	defer stopB()
 	org.WaitStatus(t, id, 2*time.Minute, "completed")
-	if logs := logText(t, org, id); !strings.Contains(logs, "resumed at step") {
+	if logs := org.Logs(t, id); !strings.Contains(logs, "resumed at step") {
 		t.Errorf("the new worker did not resume from the checkpoint: %s", logs)
 	}
-	checkSteps(t, metricSteps(t, org, id), epochs, 7500)
+	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
 }

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -86,36 +84,27 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := &apiClient{base: "http://" + httpAddr, key: strings.TrimSpace(string(keyBytes)), t: t}
+	api := &testenv.Client{BaseURL: "http://" + httpAddr, Key: strings.TrimSpace(string(keyBytes))}
 
-	var ds map[string]any
-	api.do("POST", "/api/v1/fine-tuning/datasets?filename=big.jsonl", testenv.Tickets(60000, 31), 201, &ds)
-	var job map[string]any
-	api.do("POST", "/api/v1/fine-tuning/jobs", map[string]any{"name": "durable", "baseModel": "llama-3.1-8b",
-		"trainingDataset": ds["id"], "validationFile": ds["id"], "hyperparameters": map[string]any{"epochs": 4}}, 201, &job)
-	id := job["id"].(string)
+	ds := api.Upload(t, "big.jsonl", testenv.Tickets(60000, 31))
+	r := api.Do(t, "POST", "/api/v1/fine-tuning/jobs", map[string]any{"name": "durable", "baseModel": "llama-3.1-8b",
+		"trainingDataset": ds, "validationFile": ds, "hyperparameters": map[string]any{"epochs": 4}})
+	if r.Status != 201 {
+		t.Fatalf("create: %d %s", r.Status, r.Raw)
+	}
+	id := r.Body["id"].(string)
 	// Kill once a periodic checkpoint inside epoch 2 exists.
-	api.waitPoints(id, 26)
+	api.WaitMetricPoints(t, id, 26)
 	waitMidEpochCheckpoint(t, filepath.Join(dir, "data", "artifacts", "checkpoints", id, "latest.ckpt"))
-	killedAt := len(api.points(id))
+	killedAt := len(api.MetricSteps(t, id))
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = first.Process.Wait()
 
 	start()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		api.do("GET", "/api/v1/fine-tuning/jobs/"+id, nil, 200, &job)
-		if job["status"] == "completed" {
-			break
-		}
-		if job["status"] == "failed" || time.Now().After(deadline) {
-			t.Fatalf("after the restart the job is %v (%v)", job["status"], job["error"])
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	points := api.points(id)
+	api.WaitStatus(t, id, 3*time.Minute, "completed")
+	points := api.MetricSteps(t, id)
 	if killedAt >= len(points) {
 		t.Fatalf("the job had finished before the kill (%d points)", killedAt)
 	}
@@ -127,69 +116,8 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("metric point %d is step %d, want %d", i, p, (i+1)*300)
 		}
 	}
-	var logs map[string]any
-	api.do("GET", "/api/v1/fine-tuning/jobs/"+id+"/logs?lines=1000", nil, 200, &logs)
-	if raw, _ := json.Marshal(logs); !bytes.Contains(raw, []byte("resumed at step")) {
-		t.Errorf("the restarted platform did not resume from a checkpoint: %s", raw)
-	}
-}
-
-type apiClient struct {
-	base, key string
-	t         *testing.T
-}
-
-func (c *apiClient) do(method, path string, body any, want int, out any) {
-	c.t.Helper()
-	var r io.Reader
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		r = bytes.NewReader(b)
-	default:
-		j, _ := json.Marshal(b)
-		r = bytes.NewReader(j)
-	}
-	req, _ := http.NewRequest(method, c.base+path, r)
-	req.Header.Set("X-API-Key", c.key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != want {
-		c.t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, raw)
-	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-}
-
-func (c *apiClient) points(id string) []int {
-	var m struct {
-		Metrics struct {
-			Steps []struct{ Step int } `json:"steps"`
-		} `json:"metrics"`
-	}
-	c.do("GET", "/api/v1/fine-tuning/jobs/"+id+"/metrics", nil, 200, &m)
-	out := make([]int, len(m.Metrics.Steps))
-	for i, s := range m.Metrics.Steps {
-		out[i] = s.Step
-	}
-	return out
-}
-
-func (c *apiClient) waitPoints(id string, n int) {
-	c.t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for len(c.points(id)) < n {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("fewer than %d metric points", n)
-		}
-		time.Sleep(30 * time.Millisecond)
+	if logs := api.Logs(t, id); !strings.Contains(logs, "resumed at step") {
+		t.Errorf("the restarted platform did not resume from a checkpoint: %s", logs)
 	}
 }
 

@@ -4,23 +4,18 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
@@ -184,108 +179,31 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// Org is one organization with keys of each kind.
+// Org is one organization: a client with a key of both scopes, and keys
+// with only one scope each.
 type Org struct {
-	ID                     string
-	Key, ReadKey, WriteKey string
-	env                    *Env
+	*Client
+	ID                string
+	ReadKey, WriteKey string
 }
 
 // NewOrg makes a fresh organization, so tests never see each other's jobs.
 func (e *Env) NewOrg(t testing.TB) *Org {
 	t.Helper()
-	o := &Org{ID: "org_" + randomHex(4), env: e}
+	id := "org_" + randomHex(4)
 	mk := func(scopes ...string) string {
-		k, err := apikey.Create(context.Background(), e.Store, o.ID, "user_"+randomHex(2), scopes)
+		k, err := apikey.Create(context.Background(), e.Store, id, "user_"+randomHex(2), scopes)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return k
 	}
-	o.Key, o.ReadKey, o.WriteKey = mk(apikey.AllScopes...), mk(apikey.ScopeRead), mk(apikey.ScopeWrite)
-	return o
+	return &Org{Client: &Client{BaseURL: e.API.URL, Key: mk(apikey.AllScopes...)}, ID: id, ReadKey: mk(apikey.ScopeRead), WriteKey: mk(apikey.ScopeWrite)}
 }
 
-// Response is a decoded API response.
-type Response struct {
-	Status int
-	Body   map[string]any
-	Raw    []byte
-}
-
-// Do sends a request with the org's full key; body may be nil, a string,
-// []byte or a value to encode as JSON.
-func (o *Org) Do(t testing.TB, method, path string, body any) Response {
-	return o.env.Do(t, o.Key, method, path, body, nil)
-}
-
-// Do sends a request with key (none when empty) and extra headers.
+// Do sends a request to the test API with key (none when empty) and extra
+// headers.
 func (e *Env) Do(t testing.TB, key, method, path string, body any, header http.Header) Response {
 	t.Helper()
-	var r io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		r = strings.NewReader(b)
-	case []byte:
-		r = bytes.NewReader(b)
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r = bytes.NewReader(j)
-	}
-	req, err := http.NewRequest(method, e.API.URL+path, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	if key != "" {
-		req.Header.Set("X-API-Key", key)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	out := Response{Status: resp.StatusCode, Raw: raw}
-	if len(raw) > 0 {
-		_ = json.Unmarshal(raw, &out.Body)
-	}
-	return out
-}
-
-// Upload stores a dataset for the org and returns its ID.
-func (o *Org) Upload(t testing.TB, name string, jsonl []byte) string {
-	t.Helper()
-	res := o.Do(t, http.MethodPost, "/api/v1/fine-tuning/datasets?filename="+name, jsonl)
-	if res.Status != http.StatusCreated {
-		t.Fatalf("upload %s: %d %s", name, res.Status, res.Raw)
-	}
-	return res.Body["id"].(string)
-}
-
-// WaitStatus polls a job until it has one of statuses.
-func (o *Org) WaitStatus(t testing.TB, jobID string, timeout time.Duration, statuses ...string) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		res := o.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID, nil)
-		if res.Status != http.StatusOK {
-			t.Fatalf("get %s: %d %s", jobID, res.Status, res.Raw)
-		}
-		for _, s := range statuses {
-			if res.Body["status"] == s {
-				return res.Body
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s is %v after %s, want one of %v (error: %v)", jobID, res.Body["status"], timeout, statuses, res.Body["error"])
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return (&Client{BaseURL: e.API.URL, Key: key}).Send(t, method, path, body, header)
 }

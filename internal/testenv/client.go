@@ -1,0 +1,134 @@
+package testenv
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Client calls a running tuneforge API with one key.
+type Client struct {
+	BaseURL string
+	Key     string
+}
+
+// Response is a decoded API response.
+type Response struct {
+	Status int
+	Body   map[string]any
+	Raw    []byte
+}
+
+// Do sends a request; body may be nil, a string, []byte or a value to
+// encode as JSON.
+func (c *Client) Do(t testing.TB, method, path string, body any) Response {
+	t.Helper()
+	return c.Send(t, method, path, body, nil)
+}
+
+// Send is Do with extra headers.
+func (c *Client) Send(t testing.TB, method, path string, body any, header http.Header) Response {
+	t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	case []byte:
+		r = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, c.BaseURL+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	if c.Key != "" {
+		req.Header.Set("X-API-Key", c.Key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	out := Response{Status: resp.StatusCode, Raw: raw}
+	if len(raw) > 0 {
+		_ = json.Unmarshal(raw, &out.Body)
+	}
+	return out
+}
+
+// Upload stores a dataset and returns its ID.
+func (c *Client) Upload(t testing.TB, name string, jsonl []byte) string {
+	t.Helper()
+	res := c.Do(t, http.MethodPost, "/api/v1/fine-tuning/datasets?filename="+name, jsonl)
+	if res.Status != http.StatusCreated {
+		t.Fatalf("upload %s: %d %s", name, res.Status, res.Raw)
+	}
+	return res.Body["id"].(string)
+}
+
+// WaitStatus polls a job until it has one of statuses, and returns it.
+func (c *Client) WaitStatus(t testing.TB, jobID string, timeout time.Duration, statuses ...string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		res := c.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID, nil)
+		if res.Status != http.StatusOK {
+			t.Fatalf("get %s: %d %s", jobID, res.Status, res.Raw)
+		}
+		for _, s := range statuses {
+			if res.Body["status"] == s {
+				return res.Body
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s is %v after %s, want one of %v (error: %v)", jobID, res.Body["status"], timeout, statuses, res.Body["error"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// MetricSteps returns the steps of a job's recorded metric points.
+func (c *Client) MetricSteps(t testing.TB, jobID string) []int {
+	t.Helper()
+	res := c.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID+"/metrics", nil)
+	if res.Status != http.StatusOK {
+		t.Fatalf("metrics of %s: %d %s", jobID, res.Status, res.Raw)
+	}
+	var out []int
+	for _, s := range res.Body["metrics"].(map[string]any)["steps"].([]any) {
+		out = append(out, int(s.(map[string]any)["step"].(float64)))
+	}
+	return out
+}
+
+// WaitMetricPoints waits until a job has recorded at least n metric points.
+func (c *Client) WaitMetricPoints(t testing.TB, jobID string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(c.MetricSteps(t, jobID)) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s recorded fewer than %d metric points", jobID, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Logs returns a job's log (up to 1000 lines) as raw JSON.
+func (c *Client) Logs(t testing.TB, jobID string) string {
+	t.Helper()
+	return string(c.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID+"/logs?lines=1000", nil).Raw)
+}
