@@ -89,19 +89,6 @@ func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 	})
 }
 
-// LogLine is one line for a job's log.
-type LogLine struct {
-	JobID     string
-	Level     string
-	Message   string
-	CreatedAt time.Time
-}
-
-// AppendLog appends a line to the job's log.
-func (a *Activities) AppendLog(ctx context.Context, l LogLine) error {
-	return a.appendLog(ctx, l.JobID, l.Level, l.Message, l.CreatedAt)
-}
-
 func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string, createdAt time.Time) error {
 	err := a.Store.Q.AppendJobLog(ctx, a.Store.Pool, dbsqlc.AppendJobLogParams{JobID: jobID, Level: level, Message: msg})
 	if db.IsForeignKeyViolation(err) {

@@ -88,6 +88,10 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 		in.Epoch, in.Hyperparameters.Epochs, steps, in.Hyperparameters.BatchSize)
 	if resumed && state.EpochStep > 0 {
 		msg = fmt.Sprintf("Epoch %d/%d resumed at step %d from its checkpoint", in.Epoch, in.Hyperparameters.Epochs, state.Step)
+		var last progress
+		if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &last) == nil && last.Step > state.Step {
+			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
+		}
 	}
 	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt); err != nil {
 		return EpochResult{}, err

@@ -75,7 +75,6 @@ func RunControl(ctx context.Context, c client.Client, acts *activities.Activitie
 		"AcquireGPU":      acts.AcquireGPU,
 		"ReleaseGPU":      acts.ReleaseGPU,
 		"RecordStatus":    acts.RecordStatus,
-		"AppendLog":       acts.AppendLog,
 		"Deploy":          acts.Deploy,
 	} {
 		w.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name})

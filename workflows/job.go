@@ -295,7 +295,8 @@ func (j *job) restart(ctx workflow.Context) error {
 	next.QueuedAt = workflow.Now(ctx)
 	next.EpochsDone, next.TrainedTokens = j.state.Epoch, j.state.TrainedTokens
 	next.Attempt++
-	if err := j.transition(ctx, StatusQueued, "", "Job restarted; it resumes from its latest checkpoint"); err != nil {
+	msg := fmt.Sprintf("Job restarted (restart %d); it resumes from its latest checkpoint", next.Attempt)
+	if err := j.transition(ctx, StatusQueued, "", msg); err != nil {
 		return err
 	}
 	j.requested = actionNone

@@ -503,7 +503,7 @@ func TestRestartFromStoppedContinuesAsNew(t *testing.T) {
 
 	assert.Equal(t, []string{"running", "stopped", "queued"}, h.statuses())
 	h.mu.Lock()
-	assert.Equal(t, "Job restarted; it resumes from its latest checkpoint", h.records[2].Log)
+	assert.Equal(t, "Job restarted (restart 3); it resumes from its latest checkpoint", h.records[2].Log)
 	h.mu.Unlock()
 	_, epochs, releases, _ := h.snapshot()
 	assert.Equal(t, []int{1, 2}, epochs)
