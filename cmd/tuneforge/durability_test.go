@@ -102,8 +102,11 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 	}
 	_, _ = first.Process.Wait()
 
+	restarted := time.Now()
 	start()
+	t.Logf("dev was back up in %s", time.Since(restarted).Round(time.Millisecond))
 	api.WaitStatus(t, id, 3*time.Minute, "completed")
+	t.Logf("the job completed %s after the restart began", time.Since(restarted).Round(time.Millisecond))
 	points := api.MetricSteps(t, id)
 	if killedAt >= len(points) {
 		t.Fatalf("the job had finished before the kill (%d points)", killedAt)
