@@ -39,7 +39,7 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	if !errors.Is(db.NotFound(err), db.ErrNotFound) {
 		return fmt.Errorf("check model name: %w", err)
 	}
-	weights, err := a.Artifacts.Get(ctx, artifacts.CheckpointKey(in.JobID))
+	weights, err := a.latestCheckpoint(ctx, in.JobID)
 	if err != nil {
 		return fmt.Errorf("read final checkpoint: %w", err)
 	}
@@ -55,11 +55,11 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 		return fmt.Errorf("read job: %w", err)
 	}
 	card := modelCard(in.ResultModel, job, &state)
-	key := artifacts.ModelKey(in.OrganizationID, in.ResultModel)
+	key := artifacts.ModelKey(in.OrganizationID, in.JobID, in.ResultModel)
 	if err := a.Artifacts.PutBytes(ctx, key, weights); err != nil {
 		return fmt.Errorf("publish model: %w", err)
 	}
-	if err := a.Artifacts.PutBytes(ctx, artifacts.ModelCardKey(in.OrganizationID, in.ResultModel), []byte(card)); err != nil {
+	if err := a.Artifacts.PutBytes(ctx, artifacts.ModelCardKey(in.OrganizationID, in.JobID, in.ResultModel), []byte(card)); err != nil {
 		return fmt.Errorf("publish model card: %w", err)
 	}
 	return a.Store.InTx(ctx, func(tx pgx.Tx) error {

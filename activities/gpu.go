@@ -58,7 +58,7 @@ func (a *Activities) AcquireGPU(ctx context.Context, req LeaseRequest) error {
 func (a *Activities) tryGrant(ctx context.Context, req LeaseRequest) (granted bool, ahead int64, err error) {
 	err = a.Store.InTx(ctx, func(tx pgx.Tx) error {
 		q := a.Store.Q
-		if _, err := q.LockHardware(ctx, tx, req.HardwareID); err != nil {
+		if err := q.LockGPUPool(ctx, tx, req.HardwareID); err != nil {
 			return fmt.Errorf("lock pool %s: %w", req.HardwareID, err)
 		}
 		lease, err := q.RequestGPULease(ctx, tx, dbsqlc.RequestGPULeaseParams{JobID: req.JobID, HardwareID: req.HardwareID, RequestedAt: req.QueuedAt})

@@ -195,9 +195,21 @@ func (a *Activities) recordPoint(ctx context.Context, run *trainer.Run, in Epoch
 	return nil
 }
 
+// latestCheckpoint reads the job's newest checkpoint.
+func (a *Activities) latestCheckpoint(ctx context.Context, jobID string) ([]byte, error) {
+	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(jobID))
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("checkpoint of %s: %w", jobID, artifacts.ErrNotExist)
+	}
+	return a.Artifacts.Get(ctx, keys[len(keys)-1])
+}
+
 // loadState reads the job's latest checkpoint, or starts a fresh state.
 func (a *Activities) loadState(ctx context.Context, jobID string, train []trainer.Example) (*trainer.State, bool, error) {
-	b, err := a.Artifacts.Get(ctx, artifacts.CheckpointKey(jobID))
+	b, err := a.latestCheckpoint(ctx, jobID)
 	if errors.Is(err, artifacts.ErrNotExist) {
 		state, err := trainer.NewState(train, seed(jobID))
 		if err != nil {
@@ -220,8 +232,23 @@ func (a *Activities) saveState(ctx context.Context, jobID string, state *trainer
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	if err := a.Artifacts.PutBytes(ctx, artifacts.CheckpointKey(jobID), b); err != nil {
+	key := artifacts.CheckpointKey(jobID, state.Step)
+	if err := a.Artifacts.PutBytes(ctx, key, b); err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	// Older checkpoints are no longer needed; newer ones (a superseded
+	// attempt's late write is never newer than the live one's) stay.
+	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(jobID))
+	if err != nil {
+		return fmt.Errorf("list checkpoints: %w", err)
+	}
+	for _, k := range keys {
+		if k >= key {
+			break
+		}
+		if err := a.Artifacts.Delete(ctx, k); err != nil {
+			return fmt.Errorf("prune checkpoints: %w", err)
+		}
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"sort"
 
 	"gocloud.dev/blob"
 	_ "gocloud.dev/blob/azureblob" // azblob:// URLs
@@ -121,6 +122,38 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// List returns the keys under prefix, sorted.
+func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
+	var keys []string
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		keys = append(keys, obj.Key)
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// DeletePrefix removes every object under prefix.
+func (s *Store) DeletePrefix(ctx context.Context, prefix string) error {
+	keys, err := s.List(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := s.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func wrap(key string, err error) error {
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		return fmt.Errorf("%s: %w", key, ErrNotExist)
@@ -133,11 +166,24 @@ func DatasetKey(orgID, datasetID string) string {
 	return "datasets/" + orgID + "/" + datasetID + ".jsonl"
 }
 
-// CheckpointKey is a job's latest training checkpoint; every save replaces it.
-func CheckpointKey(jobID string) string { return "checkpoints/" + jobID + "/latest.ckpt" }
+// CheckpointPrefix holds a job's checkpoints, one object per saved step.
+func CheckpointPrefix(jobID string) string { return "checkpoints/" + jobID + "/" }
 
-// ModelKey is where a deployed model's weights are published.
-func ModelKey(orgID, model string) string { return "models/" + orgID + "/" + model + ".model" }
+// CheckpointKey names a job's checkpoint taken at step. Keys sort by step,
+// so the newest is the last, and a late write from an attempt that was
+// already superseded can never replace a newer checkpoint.
+func CheckpointKey(jobID string, step int) string {
+	return fmt.Sprintf("%sstep-%012d.ckpt", CheckpointPrefix(jobID), step)
+}
 
-// ModelCardKey is where a deployed model's card (Markdown) is published.
-func ModelCardKey(orgID, model string) string { return "models/" + orgID + "/" + model + ".card.md" }
+// ModelKey is where a job publishes its deployed model's weights. The job's
+// ID is part of the key, so two jobs deploying one name never overwrite
+// each other's files.
+func ModelKey(orgID, jobID, model string) string {
+	return "models/" + orgID + "/" + jobID + "/" + model + ".model"
+}
+
+// ModelCardKey is where a job publishes its deployed model's card (Markdown).
+func ModelCardKey(orgID, jobID, model string) string {
+	return "models/" + orgID + "/" + jobID + "/" + model + ".card.md"
+}

@@ -234,6 +234,14 @@ func TestDatasets(t *testing.T) {
 	expect(t, r, 201)
 	job := org.Do(t, "GET", jobsPath+"/"+r.Body["id"].(string), nil)
 	expect(t, job, 200, `"trainingFile":"local.jsonl"`, `"trainingDataset":"local.jsonl"`)
+	// The platform's own files in the data directory are not importable:
+	// another organization's dataset in the artifact store, the dev key.
+	other2 := env.NewOrg(t)
+	for _, path := range []string{"artifacts/datasets/" + org.ID + "/" + id + ".jsonl", "artifacts/datasets/" + org.ID, "dev-api-key"} {
+		r = other2.Do(t, "POST", jobsPath, map[string]any{"name": "steal", "baseModel": "llama-3.1-8b", "trainingDataset": path})
+		expect(t, r, 422, "no dataset ID or file")
+	}
+	expect(t, other2.Do(t, "GET", "/api/v1/fine-tuning/datasets", nil), 200, `"count":0`)
 	if err := os.Symlink("/etc/passwd", filepath.Join(env.DataDir, "escape.jsonl")); err == nil {
 		r = org.Do(t, "POST", jobsPath, map[string]any{"name": "escape", "baseModel": "llama-3.1-8b", "trainingDataset": "escape.jsonl"})
 		expect(t, r, 422, "trainingDataset")
@@ -507,4 +515,16 @@ func insertJobs(tb testing.TB, org *testenv.Org, ds string, n int) {
 			tb.Fatal(err)
 		}
 	}
+}
+
+func TestTextPostgreSQLCannotStoreIsABadRequest(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "t.jsonl", testenv.Tickets(20, 42))
+	for _, path := range []string{jobsPath + "/%00", jobsPath + "/%ff/logs", "/api/v1/fine-tuning/datasets/%ff", jobsPath + "?search=%00", jobsPath + "?baseModel=%ff"} {
+		expect(t, org.Do(t, "GET", path, nil), 400, "valid UTF-8")
+	}
+	expect(t, org.Do(t, "POST", jobsPath, map[string]any{"name": "a\u0000b", "baseModel": "llama-3.1-8b", "trainingDataset": ds}), 400, "valid UTF-8")
+	expect(t, org.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": "m\u0000", "messages": []map[string]string{{"role": "user", "content": "x"}}}), 400)
+	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":0`)
 }

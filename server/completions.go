@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -59,7 +58,7 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		return
 	}
 	org := caller(c).OrganizationID
-	model, err := s.models.get(ctx, org, req.Model, s.loadModel)
+	model, err := s.model(ctx, org, req.Model)
 	if errors.Is(err, db.ErrNotFound) {
 		s.respondError(c, notFound("deployed model", req.Model))
 		return
@@ -88,20 +87,26 @@ func (s *Server) chatCompletions(c *gin.Context) {
 	})
 }
 
-func (s *Server) loadModel(ctx context.Context, org, name string) (*trainer.State, error) {
+// model returns the organization's deployed model called name. The row is
+// read on every request, so a deleted or redeployed model is never served
+// from a stale cache (on this replica or another); the weights are cached
+// by their artifact key, which is unique to the deploying job.
+func (s *Server) model(ctx context.Context, org, name string) (*trainer.State, error) {
 	rec, err := s.Store.Q.GetDeployedModel(ctx, s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: org, Name: name})
 	if err != nil {
 		return nil, db.NotFound(err)
 	}
-	b, err := s.Artifacts.Get(ctx, rec.BlobKey)
-	if err != nil {
-		return nil, err
-	}
-	var st trainer.State
-	if err := st.UnmarshalBinary(b); err != nil {
-		return nil, err
-	}
-	return &st, nil
+	return s.models.get(rec.BlobKey, func() (*trainer.State, error) {
+		b, err := s.Artifacts.Get(ctx, rec.BlobKey)
+		if err != nil {
+			return nil, err
+		}
+		var st trainer.State
+		if err := st.UnmarshalBinary(b); err != nil {
+			return nil, err
+		}
+		return &st, nil
+	})
 }
 
 type modelView struct {
@@ -147,7 +152,7 @@ func (s *Server) getModel(c *gin.Context) {
 	c.JSON(http.StatusOK, viewModel(m))
 }
 
-// modelCache keeps recently used deployed models in memory.
+// modelCache keeps recently used model weights in memory, by artifact key.
 type modelCache struct {
 	mu     sync.Mutex
 	max    int
@@ -158,15 +163,14 @@ func newModelCache(max int) *modelCache {
 	return &modelCache{max: max, models: make(map[string]*trainer.State)}
 }
 
-func (m *modelCache) get(ctx context.Context, org, name string, load func(context.Context, string, string) (*trainer.State, error)) (*trainer.State, error) {
-	k := org + "/" + name
+func (m *modelCache) get(key string, load func() (*trainer.State, error)) (*trainer.State, error) {
 	m.mu.Lock()
-	st, ok := m.models[k]
+	st, ok := m.models[key]
 	m.mu.Unlock()
 	if ok {
 		return st, nil
 	}
-	st, err := load(ctx, org, name)
+	st, err := load()
 	if err != nil {
 		return nil, err
 	}
@@ -178,12 +182,6 @@ func (m *modelCache) get(ctx context.Context, org, name string, load func(contex
 			break
 		}
 	}
-	m.models[k] = st
+	m.models[key] = st
 	return st, nil
-}
-
-func (m *modelCache) forget(org, name string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.models, org+"/"+strings.TrimSpace(name))
 }

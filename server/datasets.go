@@ -117,8 +117,13 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 	if scanErr != nil {
 		cancel()
 		pw.CloseWithError(scanErr)
-		<-done
+		put := <-done
 		_ = s.Artifacts.Delete(context.WithoutCancel(ctx), blobKey)
+		var verr *dataset.ValidationError
+		if put.err != nil && !errors.As(scanErr, &verr) && !errors.Is(put.err, scanErr) && !errors.Is(put.err, context.Canceled) {
+			// The store failed, not the client: a server error, logged, not shown.
+			return dbsqlc.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
+		}
 		return dbsqlc.Dataset{}, uploadError(scanErr)
 	}
 	pw.Close()
@@ -176,6 +181,13 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 	if !filepath.IsLocal(rel) {
 		return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
 	}
+	notFound := fieldError(http.StatusUnprocessableEntity, field, "no dataset ID or file %q in the data directory", ref)
+	if reservedPath(rel) {
+		// The platform's own state (other organizations' artifacts, the
+		// Temporal database, the dev key) is never importable, and looks
+		// the same as a missing file.
+		return dbsqlc.Dataset{}, notFound
+	}
 	// os.Root refuses "..", absolute paths and symlinks leading outside.
 	root, err := os.OpenRoot(s.DataDir)
 	if err != nil {
@@ -185,13 +197,13 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 	f, err := root.Open(rel)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "no dataset ID or file %q in the data directory", ref)
+			return dbsqlc.Dataset{}, notFound
 		}
 		return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "cannot read %q inside the data directory: %v", ref, errors.Unwrap(err))
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err != nil || st.IsDir() {
-		return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is not a file", ref)
+		return dbsqlc.Dataset{}, notFound
 	}
 	d, err := s.storeDataset(ctx, key, filepath.Base(rel), f)
 	var apiErr *apiError
@@ -245,4 +257,11 @@ func (s *Server) getDataset(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, viewDataset(d))
+}
+
+// reservedPath reports paths of the data directory that hold tuneforge's
+// own state rather than users' files.
+func reservedPath(rel string) bool {
+	first, _, _ := strings.Cut(filepath.ToSlash(filepath.Clean(rel)), "/")
+	return first == "artifacts" || strings.HasPrefix(first, "temporal.db") || first == "dev-api-key"
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/tuneforge/tuneforge/db"
 )
 
 // apiError is every error the API returns, as
@@ -69,7 +71,11 @@ func (f fieldErrors) err(status int) error {
 // generic 500, so internal details never reach clients.
 func (s *Server) respondError(c *gin.Context, err error) {
 	var apiErr *apiError
-	if !errors.As(err, &apiErr) {
+	if db.IsInvalidText(err) {
+		// Text PostgreSQL cannot store (a NUL, invalid UTF-8) came from the client.
+		apiErr = badRequest("text in the request must be valid UTF-8 without NUL characters")
+	}
+	if apiErr == nil && !errors.As(err, &apiErr) {
 		s.log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
 		apiErr = newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed")
 	}

@@ -255,6 +255,9 @@ func (s *Server) createJob(c *gin.Context) {
 var errRollback = errors.New("rollback")
 
 func (s *Server) startWorkflow(ctx context.Context, in workflows.JobInput) error {
+	// Bounded: the job's transaction stays open until the start returns.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	_, err := s.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    in.JobID,
 		TaskQueue:             workflows.ControlTaskQueue,
@@ -417,16 +420,18 @@ func (s *Server) deleteJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	keys := []string{artifacts.CheckpointKey(job.ID)}
+	if err := s.Artifacts.DeletePrefix(ctx, artifacts.CheckpointPrefix(job.ID)); err != nil {
+		s.log.WarnContext(ctx, "delete job checkpoints", "job", job.ID, "err", err)
+	}
+	var keys []string
 	if model := deref(job.ResultModel); model != "" {
-		keys = append(keys, artifacts.ModelKey(job.OrganizationID, model), artifacts.ModelCardKey(job.OrganizationID, model))
+		keys = append(keys, artifacts.ModelKey(job.OrganizationID, job.ID, model), artifacts.ModelCardKey(job.OrganizationID, job.ID, model))
 	}
 	for _, key := range keys {
 		if err := s.Artifacts.Delete(ctx, key); err != nil {
 			s.log.WarnContext(ctx, "delete job artifact", "job", job.ID, "key", key, "err", err)
 		}
 	}
-	s.models.forget(job.OrganizationID, deref(job.ResultModel))
 	c.Status(http.StatusNoContent)
 }
 

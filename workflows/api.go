@@ -88,9 +88,12 @@ type JobInput struct {
 	QueuedAt time.Time
 	// Attempt counts restarts; 0 for the first run.
 	Attempt int
-	// EpochsDone and TrainedTokens carry progress across a restart.
-	EpochsDone    int
-	TrainedTokens int64
+	// Progress carried across a restart.
+	EpochsDone     int
+	Step           int
+	TrainedTokens  int64
+	TrainingLoss   *float64
+	ValidationLoss *float64
 }
 
 // JobState is what the status query returns: the live state of the job.

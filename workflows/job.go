@@ -47,7 +47,8 @@ type job struct {
 func FineTuningJob(ctx workflow.Context, in JobInput) error {
 	j := &job{in: in, state: JobState{
 		Status: StatusQueued, Phase: PhaseIdle, TotalEpochs: in.Hyperparameters.Epochs,
-		Epoch: in.EpochsDone, TrainedTokens: in.TrainedTokens,
+		Epoch: in.EpochsDone, Step: in.Step, TrainedTokens: in.TrainedTokens,
+		TrainingLoss: in.TrainingLoss, ValidationLoss: in.ValidationLoss,
 	}}
 	if err := j.setup(ctx); err != nil {
 		return err
@@ -111,6 +112,9 @@ func (j *job) check(act action) error {
 	case actionStop:
 		if s != StatusQueued && s != StatusRunning {
 			return reject("the job is %s; only queued or running jobs can be stopped", s)
+		}
+		if s == StatusRunning && j.cancelTrain == nil {
+			return reject("the job has finished training and is recording the outcome; nothing is left to stop")
 		}
 	case actionRestart:
 		if s != StatusStopped && s != StatusFailed {
@@ -203,6 +207,9 @@ func (j *job) train(ctx workflow.Context) error {
 	if activities.IsJobGone(err) {
 		return err
 	}
+	// Decided before the release: a stop that arrives while the slot is
+	// being released finds training already over (check rejects it).
+	stopped := j.requested == actionStop && temporal.IsCanceledError(err)
 	if leased {
 		// Disconnected: the slot must come back even when stopping.
 		rctx, _ := workflow.NewDisconnectedContext(ctx)
@@ -212,7 +219,7 @@ func (j *job) train(ctx workflow.Context) error {
 	}
 	j.state.Phase = PhaseIdle
 	switch {
-	case j.requested == actionStop:
+	case stopped:
 		j.requested = actionNone
 		return j.transition(ctx, StatusStopped, "", "Training stopped at the user's request")
 	case err != nil:
@@ -293,7 +300,8 @@ func (j *job) deploy(ctx workflow.Context) error {
 func (j *job) restart(ctx workflow.Context) error {
 	next := j.in
 	next.QueuedAt = workflow.Now(ctx)
-	next.EpochsDone, next.TrainedTokens = j.state.Epoch, j.state.TrainedTokens
+	next.EpochsDone, next.Step, next.TrainedTokens = j.state.Epoch, j.state.Step, j.state.TrainedTokens
+	next.TrainingLoss, next.ValidationLoss = j.state.TrainingLoss, j.state.ValidationLoss
 	next.Attempt++
 	msg := fmt.Sprintf("Job restarted (restart %d); it resumes from its latest checkpoint", next.Attempt)
 	if err := j.transition(ctx, StatusQueued, "", msg); err != nil {

@@ -95,7 +95,7 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 	id := r.Body["id"].(string)
 	// Kill once a periodic checkpoint inside epoch 2 exists.
 	api.WaitMetricPoints(t, id, 26)
-	waitMidEpochCheckpoint(t, filepath.Join(dir, "data", "artifacts", "checkpoints", id, "latest.ckpt"))
+	waitMidEpochCheckpoint(t, filepath.Join(dir, "data", "artifacts", "checkpoints", id))
 	killedAt := len(api.MetricSteps(t, id))
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -124,12 +124,19 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 	}
 }
 
-func waitMidEpochCheckpoint(t *testing.T, path string) {
+// waitMidEpochCheckpoint waits until the newest checkpoint in dir lies
+// inside epoch 2.
+func waitMidEpochCheckpoint(t *testing.T, dir string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		var st trainer.State
-		if b, err := os.ReadFile(path); err == nil && st.UnmarshalBinary(b) == nil && st.Epoch == 1 && st.EpochStep > 0 {
+		paths, _ := filepath.Glob(filepath.Join(dir, "step-*.ckpt"))
+		if len(paths) == 0 {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if b, err := os.ReadFile(paths[len(paths)-1]); err == nil && st.UnmarshalBinary(b) == nil && st.Epoch == 1 && st.EpochStep > 0 {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

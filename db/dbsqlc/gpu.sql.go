@@ -132,16 +132,16 @@ func (q *Queries) ListGPUPoolUsage(ctx context.Context, db DBTX, liveSeconds flo
 	return items, nil
 }
 
-const lockHardware = `-- name: LockHardware :one
-SELECT id FROM hardware WHERE id = $1 FOR UPDATE
+const lockGPUPool = `-- name: LockGPUPool :exec
+SELECT pg_advisory_xact_lock(hashtext('gpu-pool:' || $1::text))
 `
 
-// Serializes lease grants of one pool.
-func (q *Queries) LockHardware(ctx context.Context, db DBTX, id string) (string, error) {
-	row := db.QueryRow(ctx, lockHardware, id)
-	var id_2 string
-	err := row.Scan(&id_2)
-	return id_2, err
+// Serializes lease grants of one pool until the transaction ends. An
+// advisory lock, not a row lock on hardware: that would also block the
+// foreign-key checks of job inserts and worker heartbeats.
+func (q *Queries) LockGPUPool(ctx context.Context, db DBTX, hardwareID string) error {
+	_, err := db.Exec(ctx, lockGPUPool, hardwareID)
+	return err
 }
 
 const nextGPUWaiter = `-- name: NextGPUWaiter :one

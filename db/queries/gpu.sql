@@ -6,9 +6,11 @@ ON CONFLICT (id) DO UPDATE SET hardware_id = EXCLUDED.hardware_id, slots = EXCLU
 -- name: DeleteGPUWorker :exec
 DELETE FROM gpu_workers WHERE id = $1;
 
--- name: LockHardware :one
--- Serializes lease grants of one pool.
-SELECT id FROM hardware WHERE id = $1 FOR UPDATE;
+-- name: LockGPUPool :exec
+-- Serializes lease grants of one pool until the transaction ends. An
+-- advisory lock, not a row lock on hardware: that would also block the
+-- foreign-key checks of job inserts and worker heartbeats.
+SELECT pg_advisory_xact_lock(hashtext('gpu-pool:' || @hardware_id::text));
 
 -- name: RequestGPULease :one
 -- Joins the pool's queue (idempotent: a retried request keeps its place).
