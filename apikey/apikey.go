@@ -58,12 +58,16 @@ func Create(ctx context.Context, store *db.Store, org, user string, scopes []str
 	if len(scopes) == 0 {
 		return "", fmt.Errorf("an API key needs at least one scope (%s)", strings.Join(AllScopes, ", "))
 	}
-	secret := make([]byte, 32)
+	secret, idBytes := make([]byte, 32), make([]byte, 10)
 	if _, err := rand.Read(secret); err != nil {
 		return "", err
 	}
+	if _, err := rand.Read(idBytes); err != nil {
+		return "", err
+	}
 	plaintext := prefix + strings.ToLower(encoding.EncodeToString(secret))
-	id := "key_" + strings.ToLower(encoding.EncodeToString(secret[:5]))
+	// The record's ID shares nothing with the secret.
+	id := "key_" + strings.ToLower(encoding.EncodeToString(idBytes))
 	err := store.Q.CreateAPIKey(ctx, store.Pool, dbsqlc.CreateAPIKeyParams{
 		ID: id, KeyHash: hash(plaintext), OrganizationID: org, UserID: user, Scopes: scopes,
 	})
