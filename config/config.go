@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -23,6 +24,7 @@ type Config struct {
 	DataDir           string // TUNEFORGE_DATA_DIR
 	Artifacts         string // TUNEFORGE_ARTIFACTS
 	LogLevel          slog.Level
+	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
 }
 
 // FromEnv reads the environment, applying the documented defaults.
@@ -45,6 +47,11 @@ func FromEnv() (Config, error) {
 	}
 	c.DataDir = dir
 	c.Artifacts = env("TUNEFORGE_ARTIFACTS", "file://"+filepath.ToSlash(filepath.Join(dir, "artifacts")))
+	rl, err := strconv.ParseFloat(env("TUNEFORGE_RATE_LIMIT", "50"), 64)
+	if err != nil || rl < 0 {
+		return c, fmt.Errorf("TUNEFORGE_RATE_LIMIT %q: must be a number of requests per second, 0 for no limit", os.Getenv("TUNEFORGE_RATE_LIMIT"))
+	}
+	c.RateLimit = rl
 	if err := c.LogLevel.UnmarshalText([]byte(env("TUNEFORGE_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("TUNEFORGE_LOG_LEVEL: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/server"
+	"github.com/tuneforge/tuneforge/workers"
 )
 
 const jobsPath = "/api/v1/fine-tuning/jobs"
@@ -527,4 +530,24 @@ func TestTextPostgreSQLCannotStoreIsABadRequest(t *testing.T) {
 	expect(t, org.Do(t, "POST", jobsPath, map[string]any{"name": "a\u0000b", "baseModel": "llama-3.1-8b", "trainingDataset": ds}), 400, "valid UTF-8")
 	expect(t, org.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": "m\u0000", "messages": []map[string]string{{"role": "user", "content": "x"}}}), 400)
 	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":0`)
+}
+
+func TestRateLimitPerKey(t *testing.T) {
+	t.Parallel()
+	// A second API on the same platform, allowing 1 request a second (burst 2).
+	limited := httptest.NewServer(server.New(server.Deps{
+		Store: env.Store, Temporal: env.Temporal, Artifacts: env.Artifacts, DataDir: env.DataDir,
+		Logger: env.Log, GPULiveness: workers.GPULiveness, RateLimit: 1,
+	}))
+	defer limited.Close()
+	org := env.NewOrg(t)
+	c := &testenv.Client{BaseURL: limited.URL, Key: org.Key}
+	expect(t, c.Do(t, "GET", jobsPath, nil), 200)
+	expect(t, c.Do(t, "GET", jobsPath, nil), 200)
+	r := c.Send(t, "GET", jobsPath, nil, nil)
+	expect(t, r, 429, "rate_limited")
+	other := &testenv.Client{BaseURL: limited.URL, Key: org.ReadKey}
+	expect(t, other.Do(t, "GET", jobsPath, nil), 200)
+	time.Sleep(1100 * time.Millisecond)
+	expect(t, c.Do(t, "GET", jobsPath, nil), 200)
 }

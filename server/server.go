@@ -38,6 +38,9 @@ type Deps struct {
 	Logger  *slog.Logger
 	// GPULiveness is how recently a training worker must have been seen.
 	GPULiveness time.Duration
+	// RateLimit is the requests per second each API key may make (with a
+	// burst of twice that); 0 means unlimited.
+	RateLimit float64
 }
 
 // Server serves the API.
@@ -47,12 +50,14 @@ type Server struct {
 	engine  *gin.Engine
 	models  *modelCache
 	metrics *httpMetrics
+	limiter *rateLimiter
 }
 
 // New builds the API's router.
 func New(d Deps) *Server {
 	gin.SetMode(gin.ReleaseMode)
-	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: newModelCache(64)}
+	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: newModelCache(64),
+		limiter: newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit)))}
 	s.metrics = newHTTPMetrics(prometheus.DefaultRegisterer)
 	s.engine.Use(s.recover, s.observe)
 	s.engine.HandleMethodNotAllowed = true
@@ -143,6 +148,11 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 		}
 		if !key.HasScope(scope) {
 			s.respondError(c, newError(http.StatusForbidden, "forbidden", "this API key lacks the %s scope", scope))
+			return
+		}
+		if ok, wait := s.limiter.allow(key.ID); !ok {
+			c.Header("Retry-After", retryAfter(wait))
+			s.respondError(c, errRateLimited(wait))
 			return
 		}
 		c.Set("key", key)

@@ -52,6 +52,7 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 		"TUNEFORGE_TEMPORAL_ADDR="+temporalAddr,
 		"TUNEFORGE_UI_ADDR="+freeAddr(t),
 		"TUNEFORGE_DEV_SLOTS=1",
+		"TUNEFORGE_RATE_LIMIT=0", // the test polls faster than a client should
 		"TUNEFORGE_LOG_LEVEL=warn",
 	)
 	start := func() *exec.Cmd {

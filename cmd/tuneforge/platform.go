@@ -66,6 +66,6 @@ func (p *platform) activities() *activities.Activities {
 func (p *platform) api(cfg config.Config) *server.Server {
 	return server.New(server.Deps{
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
-		Logger: p.log, GPULiveness: workers.GPULiveness,
+		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
 	})
 }
