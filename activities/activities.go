@@ -41,6 +41,8 @@ type Activities struct {
 	// GPULiveness is how recently a training worker must have been seen for
 	// its slots to count.
 	GPULiveness time.Duration
+
+	datasets datasetCache
 }
 
 // Log levels of job log lines.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -90,13 +91,64 @@ func (a *Activities) scan(ctx context.Context, key, what string, maxSeq, minExam
 }
 
 // loadExamples reads a dataset file into the trainer's examples.
+// Epochs of one job follow each other on the same workers, so the parsed
+// dataset is kept: datasets are immutable under their keys.
 func (a *Activities) loadExamples(ctx context.Context, key, what string) ([]trainer.Example, error) {
+	if out, ok := a.datasets.get(key); ok {
+		return out, nil
+	}
 	var out []trainer.Example
 	_, err := a.scan(ctx, key, what, 0, 1, func(e dataset.Example) error {
 		out = append(out, toTrainerExample(e))
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	a.datasets.put(key, out)
+	return out, nil
+}
+
+// datasetCache holds the most recently loaded datasets of a worker.
+type datasetCache struct {
+	mu      sync.Mutex
+	entries []cachedDataset // most recent last
+}
+
+type cachedDataset struct {
+	key      string
+	examples []trainer.Example
+}
+
+// datasetCacheSize bounds the cache: a few jobs' training and validation
+// files per worker.
+const datasetCacheSize = 4
+
+func (c *datasetCache) get(key string) ([]trainer.Example, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, e := range c.entries {
+		if e.key == key {
+			c.entries = append(append(c.entries[:i:i], c.entries[i+1:]...), e)
+			return e.examples, true
+		}
+	}
+	return nil, false
+}
+
+func (c *datasetCache) put(key string, examples []trainer.Example) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, e := range c.entries {
+		if e.key == key {
+			c.entries = append(c.entries[:i:i], c.entries[i+1:]...)
+			break
+		}
+	}
+	c.entries = append(c.entries, cachedDataset{key, examples})
+	if len(c.entries) > datasetCacheSize {
+		c.entries = c.entries[len(c.entries)-datasetCacheSize:]
+	}
 }
 
 func toTrainerExample(e dataset.Example) trainer.Example {

@@ -97,21 +97,26 @@ func TestStopRestartResumes(t *testing.T) {
 func TestOneSlotRunsJobsInTurn(t *testing.T) {
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "big.jsonl", testenv.Tickets(20000, 12))
-	first := longJob(t, org, ds, "gpu-a100-80gb", 5)
+	first := longJob(t, org, ds, "gpu-a100-80gb", 8)
 	org.WaitStatus(t, first, time.Minute, "running")
 	second := longJob(t, org, ds, "gpu-a100-80gb", 40)
 	third := longJob(t, org, ds, "gpu-a100-80gb", 40)
 	status := func(id string) any { return org.Do(t, "GET", jobsPath+"/"+id, nil).Body["status"] }
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if status(first) != "running" {
-			break
-		}
+	// Once validated, both wait in the pool's queue while the first holds the slot.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
 		if s2, s3 := status(second), status(third); s2 != "queued" || s3 != "queued" {
 			t.Fatalf("jobs are %v and %v while the only slot is taken", s2, s3)
 		}
-	}
-	if h := pool(t, org, "gpu-a100-80gb"); h["totalSlots"] != 1.0 || h["availableSlots"] != 0.0 || h["queuedJobs"] != 2.0 {
-		t.Errorf("pool while busy: %v", h)
+		h := pool(t, org, "gpu-a100-80gb")
+		if h["queuedJobs"] == 2.0 {
+			if h["totalSlots"] != 1.0 || h["availableSlots"] != 0.0 {
+				t.Errorf("pool while busy: %v", h)
+			}
+			break
+		}
+		if status(first) != "running" || time.Now().After(deadline) {
+			t.Fatalf("the other jobs did not both queue while the first trained: %v", h)
+		}
 	}
 	if !strings.Contains(org.Logs(t, third), "Waiting for a GPU slot on gpu-a100-80gb (") {
 		t.Error("the third job's log does not say it waits for a slot")
