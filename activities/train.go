@@ -71,16 +71,20 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 	if err != nil {
 		return EpochResult{}, err
 	}
-	switch {
-	case state.Epoch >= in.Epoch:
-		// A previous attempt finished this epoch but did not report it.
-		return a.epochResult(ctx, state, in, train, valid)
-	case state.Epoch < in.Epoch-1:
+	if state.Epoch < in.Epoch-1 {
 		return EpochResult{}, invalidData("the checkpoint holds %d epochs; cannot train epoch %d", state.Epoch, in.Epoch)
 	}
 	run, err := trainer.NewRun(state, in.Hyperparameters, train, valid)
 	if err != nil {
 		return EpochResult{}, invalidData("%v", err)
+	}
+	if state.Epoch >= in.Epoch {
+		// A previous attempt finished this epoch but did not report it.
+		var vloss *float64
+		if v, ok := run.ValidationLoss(); ok {
+			vloss = &v
+		}
+		return a.epochResult(ctx, state, in, run.TrainingLoss(), vloss)
 	}
 	steps := run.StepsPerEpoch()
 	every := max(1, int(math.Ceil(float64(steps)/metricPoints)))
@@ -104,7 +108,7 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 		lossSum            float64
 		lossN              int
 	)
-	_, err = run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error {
+	res, err := run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error {
 		lossSum += s.BatchLoss
 		lossN++
 		if s.EpochStep%every == 0 || s.EpochStep == s.StepsPerEpoch {
@@ -140,20 +144,14 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 	if err := a.saveState(ctx, in.JobID, state); err != nil {
 		return EpochResult{}, err
 	}
-	return a.epochResult(ctx, state, in, train, valid)
+	// The trainer measured the losses with a full pass at the epoch's end.
+	return a.epochResult(ctx, state, in, res.TrainingLoss, res.ValidationLoss)
 }
 
-// epochResult measures the model at an epoch's end, records it on the job
-// and logs it.
-func (a *Activities) epochResult(ctx context.Context, state *trainer.State, in EpochInput, train, valid []trainer.Example) (EpochResult, error) {
-	run, err := trainer.NewRun(state, in.Hyperparameters, train, valid)
-	if err != nil {
-		return EpochResult{}, invalidData("%v", err)
-	}
-	res := EpochResult{Epoch: state.Epoch, Step: state.Step, TrainingLoss: run.TrainingLoss(), TrainedTokens: state.Tokens}
-	if v, ok := run.ValidationLoss(); ok {
-		res.ValidationLoss = &v
-	}
+// epochResult records an epoch's outcome (its end-of-epoch losses) on the
+// job and logs it.
+func (a *Activities) epochResult(ctx context.Context, state *trainer.State, in EpochInput, trainingLoss float64, validationLoss *float64) (EpochResult, error) {
+	res := EpochResult{Epoch: state.Epoch, Step: state.Step, TrainingLoss: trainingLoss, ValidationLoss: validationLoss, TrainedTokens: state.Tokens}
 	epoch := int32(res.Epoch)
 	if _, err := a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
 		ID: in.JobID, Epoch: &epoch, TrainedTokens: res.TrainedTokens, TrainingLoss: &res.TrainingLoss, ValidationLoss: res.ValidationLoss,
