@@ -2,7 +2,6 @@ package activities
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -36,7 +35,7 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 			fmt.Sprintf("model %s is already deployed by job %s; delete that job or create this one with another suffix", in.ResultModel, owner.JobID),
 			ErrTypeConflict, nil)
 	}
-	if !errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if !db.IsNotFound(err) {
 		return fmt.Errorf("check model name: %w", err)
 	}
 	weights, err := a.latestCheckpoint(ctx, in.JobID)
@@ -48,7 +47,7 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 		return invalidData("the final checkpoint is unreadable: %v", err)
 	}
 	job, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, in.JobID)
-	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		return jobGone(in.JobID, in.CreatedAt)
 	}
 	if err != nil {

@@ -84,7 +84,7 @@ func Lookup(ctx context.Context, store *db.Store, plaintext string) (Key, error)
 	}
 	rec, err := store.Q.GetAPIKeyByHash(ctx, store.Pool, hash(plaintext))
 	if err != nil {
-		if errors.Is(db.NotFound(err), db.ErrNotFound) {
+		if db.IsNotFound(err) {
 			return Key{}, ErrInvalid
 		}
 		return Key{}, fmt.Errorf("look up API key: %w", err)

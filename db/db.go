@@ -137,6 +137,11 @@ func NotFound(err error) error {
 	return err
 }
 
+// IsNotFound reports a lookup that found no (or only a foreign) row.
+func IsNotFound(err error) bool {
+	return errors.Is(err, pgx.ErrNoRows) || errors.Is(err, ErrNotFound)
+}
+
 // IsUniqueViolation reports a duplicate key error.
 func IsUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError

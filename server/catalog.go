@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"math"
 	"net/http"
 
@@ -102,7 +101,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 		return
 	}
 	model, err := s.Store.Q.GetBaseModel(ctx, s.Store.Pool, req.BaseModel)
-	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
 		s.respondError(c, errs.err(http.StatusUnprocessableEntity))
 		return
@@ -115,7 +114,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 		hwID = model.DefaultHardwareID
 	}
 	hw, err := s.Store.Q.GetHardware(ctx, s.Store.Pool, hwID)
-	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hwID)
 		s.respondError(c, errs.err(http.StatusUnprocessableEntity))
 		return

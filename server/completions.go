@@ -141,7 +141,7 @@ func (s *Server) listModels(c *gin.Context) {
 func (s *Server) getModel(c *gin.Context) {
 	name := c.Param("model")
 	m, err := s.Store.Q.GetDeployedModel(c.Request.Context(), s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: caller(c).OrganizationID, Name: name})
-	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		s.respondError(c, notFound("deployed model", name))
 		return
 	}

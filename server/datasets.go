@@ -165,7 +165,7 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 	ref = strings.TrimSpace(ref)
 	if strings.HasPrefix(ref, "ds_") {
 		d, err := s.Store.Q.GetDataset(ctx, s.Store.Pool, dbsqlc.GetDatasetParams{OrganizationID: key.OrganizationID, ID: ref})
-		if errors.Is(db.NotFound(err), db.ErrNotFound) {
+		if db.IsNotFound(err) {
 			return d, fieldError(http.StatusUnprocessableEntity, field, "unknown dataset %q; upload one with POST /api/v1/fine-tuning/datasets", ref)
 		}
 		return d, err
@@ -248,7 +248,7 @@ func (s *Server) listDatasets(c *gin.Context) {
 func (s *Server) getDataset(c *gin.Context) {
 	id := c.Param("id")
 	d, err := s.Store.Q.GetDataset(c.Request.Context(), s.Store.Pool, dbsqlc.GetDatasetParams{OrganizationID: caller(c).OrganizationID, ID: id})
-	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		s.respondError(c, notFound("dataset", id))
 		return
 	}

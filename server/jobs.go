@@ -131,7 +131,7 @@ func (s *Server) createJob(c *gin.Context) {
 	// Resolve references (422 when they name nothing usable).
 	var errs fieldErrors
 	model, err := s.Store.Q.GetBaseModel(ctx, s.Store.Pool, req.BaseModel)
-	if err = db.NotFound(err); errors.Is(err, db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
 	} else if err != nil {
 		s.respondError(c, err)
@@ -143,7 +143,7 @@ func (s *Server) createJob(c *gin.Context) {
 	}
 	if hardwareID != "" {
 		hw, err := s.Store.Q.GetHardware(ctx, s.Store.Pool, hardwareID)
-		if err = db.NotFound(err); errors.Is(err, db.ErrNotFound) {
+		if db.IsNotFound(err) {
 			errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
 		} else if err != nil {
 			s.respondError(c, err)
@@ -289,7 +289,7 @@ func (s *Server) terminateOrphan(jobID string) {
 // idempotentReplay returns the job an earlier request with the same key made.
 func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqHash []byte) (dbsqlc.Job, bool, error) {
 	rec, err := s.Store.Q.GetIdempotencyKey(ctx, s.Store.Pool, dbsqlc.GetIdempotencyKeyParams{OrganizationID: org, Key: idemKey})
-	if errors.Is(db.NotFound(err), db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		return dbsqlc.Job{}, false, nil
 	}
 	if err != nil {
@@ -309,7 +309,7 @@ func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqH
 func (s *Server) loadJob(c *gin.Context) (dbsqlc.Job, bool) {
 	id := c.Param("id")
 	job, err := s.Store.Q.GetJob(c.Request.Context(), s.Store.Pool, dbsqlc.GetJobParams{OrganizationID: caller(c).OrganizationID, ID: id})
-	if err = db.NotFound(err); errors.Is(err, db.ErrNotFound) {
+	if db.IsNotFound(err) {
 		s.respondError(c, notFound("fine-tuning job", id))
 		return job, false
 	}
