@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"time"
 
 	"gocloud.dev/blob"
 	_ "gocloud.dev/blob/azureblob" // azblob:// URLs
@@ -124,20 +125,12 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 
 // List returns the keys under prefix, sorted.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
-	var keys []string
-	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
-		}
-		keys = append(keys, obj.Key)
+	objs, err := s.ListObjects(ctx, prefix)
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
 	}
-	sort.Strings(keys)
-	return keys, nil
+	return keys, err
 }
 
 // DeletePrefix removes every object under prefix.
@@ -186,4 +179,49 @@ func ModelKey(orgID, jobID, model string) string {
 // ModelCardKey is where a job publishes its deployed model's card (Markdown).
 func ModelCardKey(orgID, jobID, model string) string {
 	return "models/" + orgID + "/" + jobID + "/" + model + ".card.md"
+}
+
+// DirCheckpointKey names a checkpoint directory that the command trainer
+// wrote at step, stored as one tar archive. Like CheckpointKey, keys sort
+// by step.
+func DirCheckpointKey(jobID string, step int) string {
+	return fmt.Sprintf("%sstep-%012d.tar", CheckpointPrefix(jobID), step)
+}
+
+// OutputKey is where a job's trained output (the command trainer's adapter
+// or model directory) is stored, as one tar archive.
+func OutputKey(jobID string) string { return "outputs/" + jobID + "/output.tar" }
+
+// Object is one stored object.
+type Object struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// Stat returns key's size and modification time.
+func (s *Store) Stat(ctx context.Context, key string) (Object, error) {
+	a, err := s.bucket.Attributes(ctx, key)
+	if err != nil {
+		return Object{}, wrap(key, err)
+	}
+	return Object{Key: key, Size: a.Size, ModTime: a.ModTime}, nil
+}
+
+// ListObjects returns the objects under prefix, sorted by key.
+func (s *Store) ListObjects(ctx context.Context, prefix string) ([]Object, error) {
+	var out []Object
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		out = append(out, Object{Key: obj.Key, Size: obj.Size, ModTime: obj.ModTime})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // DefaultDatabaseURL is the local PostgreSQL that `make dev` expects.
@@ -25,7 +26,24 @@ type Config struct {
 	Artifacts         string // TUNEFORGE_ARTIFACTS
 	LogLevel          slog.Level
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
+
+	// Training workers.
+	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
+	TrainerCmd   string        // TUNEFORGE_TRAINER_CMD: the command trainer's command line
+	TrainerGrace time.Duration // TUNEFORGE_TRAINER_GRACE: SIGTERM to SIGKILL, default 30s
+	ModelDir     string        // TUNEFORGE_MODEL_DIR: base model weights, one directory per base model ID
+	WorkDir      string        // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
+
+	// Serving of adapters trained by the command trainer.
+	InferenceURL string // TUNEFORGE_INFERENCE_URL: an OpenAI-compatible server with vLLM's LoRA API; "" disables
+	AdapterDir   string // TUNEFORGE_ADAPTER_DIR: where adapters are materialized for that server to read
 }
+
+// Trainer backends.
+const (
+	TrainerBuiltin = "builtin"
+	TrainerCommand = "command"
+)
 
 // FromEnv reads the environment, applying the documented defaults.
 func FromEnv() (Config, error) {
@@ -52,10 +70,47 @@ func FromEnv() (Config, error) {
 		return c, fmt.Errorf("TUNEFORGE_RATE_LIMIT %q: must be a number of requests per second, 0 for no limit", os.Getenv("TUNEFORGE_RATE_LIMIT"))
 	}
 	c.RateLimit = rl
+	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
+	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")
+	if err := c.checkTrainer(); err != nil {
+		return c, err
+	}
+	grace, err := time.ParseDuration(env("TUNEFORGE_TRAINER_GRACE", "30s"))
+	if err != nil || grace < 0 {
+		return c, fmt.Errorf("TUNEFORGE_TRAINER_GRACE %q: must be a duration such as 30s", os.Getenv("TUNEFORGE_TRAINER_GRACE"))
+	}
+	c.TrainerGrace = grace
+	for _, d := range []struct {
+		dst       *string
+		name, def string
+	}{
+		{&c.ModelDir, "TUNEFORGE_MODEL_DIR", "models"},
+		{&c.WorkDir, "TUNEFORGE_WORK_DIR", "work"},
+		{&c.AdapterDir, "TUNEFORGE_ADAPTER_DIR", "adapters"},
+	} {
+		if *d.dst, err = filepath.Abs(env(d.name, filepath.Join(dir, d.def))); err != nil {
+			return c, fmt.Errorf("%s: %w", d.name, err)
+		}
+	}
+	c.InferenceURL = strings.TrimRight(env("TUNEFORGE_INFERENCE_URL", ""), "/")
 	if err := c.LogLevel.UnmarshalText([]byte(env("TUNEFORGE_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("TUNEFORGE_LOG_LEVEL: %w", err)
 	}
 	return c, nil
+}
+
+// checkTrainer validates the trainer backend settings.
+func (c Config) checkTrainer() error {
+	switch c.Trainer {
+	case TrainerBuiltin:
+		return nil
+	case TrainerCommand:
+		if c.TrainerCmd == "" {
+			return fmt.Errorf("TUNEFORGE_TRAINER=command needs TUNEFORGE_TRAINER_CMD, the trainer's command line (for example: python3 trainers/hf/train.py)")
+		}
+		return nil
+	}
+	return fmt.Errorf("TUNEFORGE_TRAINER %q: must be builtin or command", c.Trainer)
 }
 
 func env(name, def string) string {
