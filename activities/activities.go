@@ -16,6 +16,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
 // Error types the workflow tells apart.
@@ -41,6 +42,14 @@ type Activities struct {
 	// GPULiveness is how recently a training worker must have been seen for
 	// its slots to count.
 	GPULiveness time.Duration
+	// Command runs TrainEpoch through an external trainer process; nil
+	// means the builtin trainer.
+	Command *command.Runner
+	// ModelDir holds base model weights, a directory per base model ID.
+	ModelDir string
+	// WorkDir holds the command trainer's attempt directories. It is this
+	// training worker's own (see WorkRoot): the worker sweeps it at start.
+	WorkDir string
 
 	datasets datasetCache
 }

@@ -17,12 +17,14 @@ import (
 
 // EpochInput asks for one epoch of a job's training.
 type EpochInput struct {
-	JobID           string
-	DatasetKey      string
-	ValidationKey   string
-	Hyperparameters trainer.Hyperparameters
-	Epoch           int
-	CreatedAt       time.Time
+	JobID             string
+	BaseModel         string
+	DatasetKey        string
+	ValidationKey     string
+	MaxSequenceLength int
+	Hyperparameters   trainer.Hyperparameters
+	Epoch             int
+	CreatedAt         time.Time
 }
 
 // EpochResult is an epoch's outcome, as the workflow records it.
@@ -51,12 +53,20 @@ type progress struct {
 	Checkpoint int // the step of the last saved checkpoint
 }
 
-// TrainEpoch trains one epoch of a job on this worker's pool with the
-// builtin trainer. It resumes from the job's latest checkpoint (saved at the
+// TrainEpoch trains one epoch of a job on this worker's pool, with the
+// command trainer when one is configured, else with the builtin trainer.
+func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult, error) {
+	if a.Command != nil {
+		return a.trainCommand(ctx, in)
+	}
+	return a.trainBuiltin(ctx, in)
+}
+
+// trainBuiltin trains one epoch with the builtin trainer. It resumes from the job's latest checkpoint (saved at the
 // last metric point, or when a stop cancelled the previous attempt), records
 // metric points and log lines, heartbeats about twenty times a second and
 // returns promptly when cancelled, after saving a checkpoint.
-func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult, error) {
+func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
 	train, err := a.loadExamples(ctx, in.DatasetKey, "training file")
 	if err != nil {
 		return EpochResult{}, err
@@ -84,7 +94,7 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 		if v, ok := run.ValidationLoss(); ok {
 			vloss = &v
 		}
-		return a.epochResult(ctx, state, in, run.TrainingLoss(), vloss)
+		return a.epochResult(ctx, in, builtinResult(state, run.TrainingLoss(), vloss))
 	}
 	steps := run.StepsPerEpoch()
 	every := max(1, int(math.Ceil(float64(steps)/metricPoints)))
@@ -145,13 +155,16 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 		return EpochResult{}, err
 	}
 	// The trainer measured the losses with a full pass at the epoch's end.
-	return a.epochResult(ctx, state, in, res.TrainingLoss, res.ValidationLoss)
+	return a.epochResult(ctx, in, builtinResult(state, res.TrainingLoss, res.ValidationLoss))
+}
+
+func builtinResult(state *trainer.State, trainingLoss float64, validationLoss *float64) EpochResult {
+	return EpochResult{Epoch: state.Epoch, Step: state.Step, TrainingLoss: trainingLoss, ValidationLoss: validationLoss, TrainedTokens: state.Tokens}
 }
 
 // epochResult records an epoch's outcome (its end-of-epoch losses) on the
 // job and logs it.
-func (a *Activities) epochResult(ctx context.Context, state *trainer.State, in EpochInput, trainingLoss float64, validationLoss *float64) (EpochResult, error) {
-	res := EpochResult{Epoch: state.Epoch, Step: state.Step, TrainingLoss: trainingLoss, ValidationLoss: validationLoss, TrainedTokens: state.Tokens}
+func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochResult) (EpochResult, error) {
 	epoch := int32(res.Epoch)
 	if _, err := a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
 		ID: in.JobID, Epoch: &epoch, TrainedTokens: res.TrainedTokens, TrainingLoss: &res.TrainingLoss, ValidationLoss: res.ValidationLoss,
@@ -165,27 +178,43 @@ func (a *Activities) epochResult(ctx context.Context, state *trainer.State, in E
 	return res, a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt)
 }
 
-// recordPoint writes one metric point (idempotent per step) and the job's
-// running totals.
+// recordPoint writes the builtin trainer's metric point for a step.
 func (a *Activities) recordPoint(ctx context.Context, run *trainer.Run, in EpochInput, s trainer.StepInfo, trainingLoss float64) error {
-	// The step is already taken: a stop arriving now must not lose its
-	// point, or the checkpoint saved on stop would resume past it.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
 	var vloss *float64
 	if v, ok := run.ValidationLoss(); ok {
 		vloss = &v
 	}
+	return a.writePoint(ctx, in.JobID, metricPoint{
+		Step: s.Step, Epoch: s.Epoch, TrainingLoss: trainingLoss, ValidationLoss: vloss, LearningRate: s.LearningRate, Tokens: s.Tokens,
+	})
+}
+
+// metricPoint is one step's metrics.
+type metricPoint struct {
+	Step, Epoch    int
+	TrainingLoss   float64
+	ValidationLoss *float64
+	LearningRate   float64
+	Tokens         int64
+}
+
+// writePoint writes one metric point (idempotent per step) and the job's
+// running totals.
+func (a *Activities) writePoint(ctx context.Context, jobID string, p metricPoint) error {
+	// The step is already taken: a stop arriving now must not lose its
+	// point, or the checkpoint saved on stop would resume past it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	err := a.Store.Q.RecordMetric(ctx, a.Store.Pool, dbsqlc.RecordMetricParams{
-		JobID: in.JobID, Step: int32(s.Step), Epoch: int32(s.Epoch), TrainingLoss: trainingLoss,
-		ValidationLoss: vloss, LearningRate: s.LearningRate, Tokens: s.Tokens,
+		JobID: jobID, Step: int32(p.Step), Epoch: int32(p.Epoch), TrainingLoss: p.TrainingLoss,
+		ValidationLoss: p.ValidationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens,
 	})
 	if err != nil {
 		return fmt.Errorf("record metric: %w", err)
 	}
-	epoch := int32(s.Epoch - 1)
+	epoch := int32(p.Epoch - 1)
 	_, err = a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
-		ID: in.JobID, Epoch: &epoch, TrainedTokens: s.Tokens, TrainingLoss: &trainingLoss, ValidationLoss: vloss,
+		ID: jobID, Epoch: &epoch, TrainedTokens: p.Tokens, TrainingLoss: &p.TrainingLoss, ValidationLoss: p.ValidationLoss,
 	})
 	if err != nil {
 		return fmt.Errorf("record progress: %w", err)
@@ -234,8 +263,13 @@ func (a *Activities) saveState(ctx context.Context, jobID string, state *trainer
 	if err := a.Artifacts.PutBytes(ctx, key, b); err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)
 	}
-	// Older checkpoints are no longer needed; newer ones (a superseded
-	// attempt's late write is never newer than the live one's) stay.
+	return a.pruneCheckpoints(ctx, jobID, key)
+}
+
+// pruneCheckpoints deletes the job's checkpoints older than key: they are
+// no longer needed. Newer ones (a superseded attempt's late write is never
+// newer than the live one's) stay.
+func (a *Activities) pruneCheckpoints(ctx context.Context, jobID, key string) error {
 	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(jobID))
 	if err != nil {
 		return fmt.Errorf("list checkpoints: %w", err)

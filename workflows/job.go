@@ -262,8 +262,8 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	for epoch := j.state.Epoch + 1; epoch <= in.Hyperparameters.Epochs; epoch++ {
 		var res activities.EpochResult
 		err := workflow.ExecuteActivity(tctx, a.TrainEpoch, activities.EpochInput{
-			JobID: in.JobID, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
-			Hyperparameters: in.Hyperparameters, Epoch: epoch, CreatedAt: in.CreatedAt,
+			JobID: in.JobID, BaseModel: in.BaseModel, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
+			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch, CreatedAt: in.CreatedAt,
 		}).Get(ctx, &res)
 		if err != nil {
 			return true, err

@@ -1,0 +1,349 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/trainer/command"
+)
+
+// Error types of the command trainer's failures.
+const (
+	// ErrTypeOutOfMemory: the trainer ran out of GPU memory; not retried.
+	ErrTypeOutOfMemory = "OutOfMemory"
+	// ErrTypeTrainerProtocol: the trainer broke its protocol; not retried.
+	ErrTypeTrainerProtocol = "TrainerProtocol"
+	// ErrTypeTrainerCrashed: the trainer crashed; retried from the latest checkpoint.
+	ErrTypeTrainerCrashed = "TrainerCrashed"
+)
+
+// Limits of the command trainer's attempts.
+const (
+	// maxCrashAttempts stops retrying a trainer that keeps crashing (a bug
+	// in it would otherwise be retried forever).
+	maxCrashAttempts = 5
+	// pointEvery bounds metric points to 10 a second.
+	pointEvery = 100 * time.Millisecond
+	// uploadTimeout bounds one checkpoint or output upload.
+	uploadTimeout = time.Hour
+)
+
+// WorkRoot is the directory of one training worker's attempts under
+// workDir (TUNEFORGE_WORK_DIR): each worker has its own, since a worker
+// sweeps its directory when it starts.
+func WorkRoot(workDir, workerID string) string {
+	safe := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, workerID)
+	return filepath.Join(workDir, safe)
+}
+
+// SweepWorkRoot kills what an earlier run of this worker left running and
+// removes its attempt directories.
+func SweepWorkRoot(root string) (killed int, err error) {
+	if killed, err = command.Sweep(root); err != nil {
+		return killed, fmt.Errorf("sweep stale trainers: %w", err)
+	}
+	if err := os.RemoveAll(root); err != nil {
+		return killed, fmt.Errorf("remove stale attempt directories: %w", err)
+	}
+	return killed, nil
+}
+
+// trainCommand trains one epoch through the external trainer: it fetches
+// the data and the latest checkpoint into a fresh attempt directory, runs
+// the trainer on it, and records what the trainer reports.
+func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResult, error) {
+	info := activity.GetInfo(ctx)
+	if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
+		return EpochResult{}, fmt.Errorf("create work directory: %w", err)
+	}
+	dir, err := os.MkdirTemp(a.WorkDir, fmt.Sprintf("%s-epoch%d-", in.JobID, in.Epoch))
+	if err != nil {
+		return EpochResult{}, fmt.Errorf("create attempt directory: %w", err)
+	}
+	// Run returns only once the trainer's process group is gone.
+	defer os.RemoveAll(dir)
+
+	h := &commandHandler{a: a, ctx: ctx, in: in}
+	stopBeats := h.heartbeat()
+	defer stopBeats()
+
+	cfg := command.Config{
+		Protocol: command.Protocol, JobID: in.JobID, BaseModel: in.BaseModel,
+		ModelPath:    filepath.Join(a.ModelDir, in.BaseModel),
+		TrainingFile: filepath.Join(dir, "data", "train.jsonl"),
+		Hyperparameters: command.Hyperparameters{
+			Epochs: in.Hyperparameters.Epochs, LearningRate: in.Hyperparameters.LearningRate,
+			BatchSize: in.Hyperparameters.BatchSize, WarmupSteps: in.Hyperparameters.WarmupSteps,
+		},
+		MaxSequenceLength: in.MaxSequenceLength,
+		Seed:              seed(in.JobID) % (1 << 31),
+		Epochs:            command.EpochRange{From: in.Epoch, To: in.Epoch},
+		CheckpointDir:     filepath.Join(dir, "checkpoints"),
+		OutputDir:         filepath.Join(dir, "output"),
+	}
+	if err := a.download(ctx, in.DatasetKey, cfg.TrainingFile); err != nil {
+		return EpochResult{}, err
+	}
+	if in.ValidationKey != "" {
+		path := filepath.Join(dir, "data", "validation.jsonl")
+		if err := a.download(ctx, in.ValidationKey, path); err != nil {
+			return EpochResult{}, err
+		}
+		cfg.ValidationFile = &path
+	}
+	resumeStep, err := a.fetchCheckpoint(ctx, in.JobID, dir, &cfg)
+	if err != nil {
+		return EpochResult{}, err
+	}
+	h.ckpt.Store(int64(resumeStep))
+	h.step.Store(int64(resumeStep))
+
+	msg := fmt.Sprintf("Epoch %d/%d started (command trainer: %s)", in.Epoch, in.Hyperparameters.Epochs, a.Command)
+	if cfg.ResumeFrom != nil {
+		msg += fmt.Sprintf(", resuming from the checkpoint at step %d", resumeStep)
+		var last progress
+		if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &last) == nil && last.Step > resumeStep {
+			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
+		}
+	}
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt); err != nil {
+		return EpochResult{}, err
+	}
+
+	res, err := a.Command.Run(ctx, dir, cfg, h)
+	if ferr := h.flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return EpochResult{}, a.trainerFailure(ctx, in, info.Attempt, int(h.ckpt.Load()), err)
+	}
+	if in.Epoch == in.Hyperparameters.Epochs {
+		n, err := a.Artifacts.PutDir(ctx, artifacts.OutputKey(in.JobID), res.OutputPath)
+		if err != nil {
+			return EpochResult{}, fmt.Errorf("save the trained output: %w", err)
+		}
+		if err := a.appendLog(ctx, in.JobID, LevelInfo, fmt.Sprintf("Trained output saved (%s)", humanBytes(n)), in.CreatedAt); err != nil {
+			return EpochResult{}, err
+		}
+	}
+	return a.epochResult(ctx, in, EpochResult{
+		Epoch: in.Epoch, Step: res.Step, TrainingLoss: res.TrainingLoss, ValidationLoss: res.ValidationLoss, TrainedTokens: res.Tokens,
+	})
+}
+
+// fetchCheckpoint extracts the job's latest checkpoint into the attempt
+// directory and points cfg at it; it returns the checkpoint's step, 0 when
+// the job has none.
+func (a *Activities) fetchCheckpoint(ctx context.Context, jobID, dir string, cfg *command.Config) (int, error) {
+	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(jobID))
+	if err != nil {
+		return 0, fmt.Errorf("list checkpoints: %w", err)
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	key := keys[len(keys)-1]
+	step, ok := strings.CutSuffix(strings.TrimPrefix(key, artifacts.CheckpointPrefix(jobID)+"step-"), ".tar")
+	n, err := strconv.Atoi(step)
+	if !ok || err != nil {
+		return 0, invalidData("the job's latest checkpoint (%s) was not written by a command trainer; "+
+			"a job resumes on the kind of trainer that began it", key)
+	}
+	path := filepath.Join(dir, "resume", fmt.Sprintf("step-%d", n))
+	if err := a.Artifacts.GetDir(ctx, key, path); err != nil {
+		return 0, fmt.Errorf("fetch checkpoint: %w", err)
+	}
+	cfg.ResumeFrom = &path
+	return n, nil
+}
+
+// trainerFailure turns a failed attempt into the error the workflow sees,
+// and logs a crash that will be retried.
+func (a *Activities) trainerFailure(ctx context.Context, in EpochInput, attempt int32, ckpt int, err error) error {
+	var ce *command.Error
+	if !errors.As(err, &ce) {
+		return err // cancelled, or a failure to record: retry
+	}
+	switch ce.Kind {
+	case command.KindInvalid:
+		return invalidData("%s", ce.Message)
+	case command.KindOutOfMemory:
+		return temporal.NewNonRetryableApplicationError(ce.Message, ErrTypeOutOfMemory, nil)
+	case command.KindProtocol:
+		return temporal.NewNonRetryableApplicationError(ce.Message, ErrTypeTrainerProtocol, nil)
+	}
+	if attempt >= maxCrashAttempts {
+		return temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("%s (attempt %d of %d; not retried again)", ce.Message, attempt, maxCrashAttempts), ErrTypeTrainerCrashed, nil)
+	}
+	msg := fmt.Sprintf("Training attempt %d crashed: %s; it is retried from the checkpoint at step %d", attempt, ce.Message, ckpt)
+	if ckpt == 0 {
+		msg = fmt.Sprintf("Training attempt %d crashed: %s; it is retried from the start of the job", attempt, ce.Message)
+	}
+	if lerr := a.appendLog(ctx, in.JobID, LevelWarn, msg, in.CreatedAt); lerr != nil {
+		return lerr
+	}
+	return temporal.NewApplicationError(ce.Message, ErrTypeTrainerCrashed)
+}
+
+// download copies an artifact to a local file.
+func (a *Activities) download(ctx context.Context, key, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	r, err := a.Artifacts.Open(ctx, key)
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", filepath.Base(path), err)
+	}
+	defer r.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// commandHandler records one attempt's messages. Metric points are
+// written at most every pointEvery; the newest unwritten one is kept and
+// written before a checkpoint, an eval and at the end, so a resume never
+// skips a recorded step.
+type commandHandler struct {
+	a   *Activities
+	ctx context.Context
+	in  EpochInput
+
+	step, ckpt atomic.Int64 // read by the heartbeat goroutine
+
+	last      *command.Progress
+	pending   bool
+	lastWrite time.Time
+}
+
+// heartbeat reports progress until the returned func is called. It runs on
+// its own, so long downloads and uploads heartbeat too and a stop is heard
+// at any moment.
+func (h *commandHandler) heartbeat() (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(heartbeatEvery)
+		defer t.Stop()
+		for {
+			activity.RecordHeartbeat(h.ctx, progress{Step: int(h.step.Load()), Checkpoint: int(h.ckpt.Load())})
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// Progress implements command.Handler.
+func (h *commandHandler) Progress(p command.Progress) error {
+	h.step.Store(int64(p.Step))
+	h.last, h.pending = &p, true
+	if time.Since(h.lastWrite) < pointEvery {
+		return nil
+	}
+	return h.flush()
+}
+
+func (h *commandHandler) point(validationLoss *float64) metricPoint {
+	p := h.last
+	return metricPoint{Step: p.Step, Epoch: p.Epoch, TrainingLoss: p.Loss, ValidationLoss: validationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens}
+}
+
+// flush writes the newest progress if it is not written yet.
+func (h *commandHandler) flush() error {
+	if !h.pending {
+		return nil
+	}
+	h.pending, h.lastWrite = false, time.Now()
+	return h.a.writePoint(h.ctx, h.in.JobID, h.point(nil))
+}
+
+// Eval implements command.Handler: the validation loss joins the point of
+// its step (the newest progress, when the trainer evaluates after a step).
+func (h *commandHandler) Eval(e command.Eval) error {
+	if h.last == nil {
+		return h.Log(LevelWarn, fmt.Sprintf("evaluation at step %d before any progress was ignored", e.Step))
+	}
+	if h.last.Step != e.Step {
+		if err := h.flush(); err != nil {
+			return err
+		}
+	}
+	p := h.point(&e.ValidationLoss)
+	p.Step = e.Step
+	h.pending, h.lastWrite = false, time.Now()
+	return h.a.writePoint(h.ctx, h.in.JobID, p)
+}
+
+// Checkpoint implements command.Handler: the directory is uploaded before
+// the trainer's next line is read, becomes the job's latest checkpoint, and
+// leaves the attempt directory.
+func (h *commandHandler) Checkpoint(c command.Checkpoint) error {
+	if err := h.flush(); err != nil {
+		return err
+	}
+	// A stop must not cut the upload of the checkpoint it asked for.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), uploadTimeout)
+	defer cancel()
+	key := artifacts.DirCheckpointKey(h.in.JobID, c.Step)
+	n, err := h.a.Artifacts.PutDir(ctx, key, c.Path)
+	if err != nil {
+		return fmt.Errorf("save checkpoint at step %d: %w", c.Step, err)
+	}
+	h.ckpt.Store(int64(c.Step))
+	if err := h.a.pruneCheckpoints(ctx, h.in.JobID, key); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(c.Path); err != nil {
+		return fmt.Errorf("remove uploaded checkpoint: %w", err)
+	}
+	return h.Log(LevelInfo, fmt.Sprintf("Checkpoint saved at step %d (%s)", c.Step, humanBytes(n)))
+}
+
+// Log implements command.Handler.
+func (h *commandHandler) Log(level, msg string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), 30*time.Second)
+	defer cancel()
+	return h.a.appendLog(ctx, h.in.JobID, level, msg, h.in.CreatedAt)
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -1,0 +1,465 @@
+package command
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Limits on what a trainer's output may cost. Beyond them lines are cut
+// or dropped, never buffered: a runaway trainer cannot exhaust the
+// worker's memory or flood the job log.
+const (
+	// MaxLineBytes cuts longer lines.
+	MaxLineBytes = 64 << 10
+	// logRate and logBurst bound log lines (a token bucket per attempt).
+	logRate  = 20
+	logBurst = 200
+	// stderrTail lines are kept to explain a failure.
+	stderrTail = 20
+	// groupGoneWait bounds the wait for a killed process group to vanish.
+	groupGoneWait = 10 * time.Second
+)
+
+// Kind classifies how an attempt failed.
+type Kind int
+
+// The kinds of failure, as the protocol's exit codes define them.
+const (
+	// KindCrash: any other exit or an unexpected signal; retry from the
+	// latest checkpoint.
+	KindCrash Kind = iota
+	// KindInvalid: exit 2, the data or configuration cannot be trained.
+	KindInvalid
+	// KindOutOfMemory: exit 3, out of GPU memory.
+	KindOutOfMemory
+	// KindProtocol: the trainer broke the protocol (exit 0 without a
+	// result, a path outside its directories, a result with no checkpoint).
+	KindProtocol
+)
+
+// Retryable says whether another attempt may succeed.
+func (k Kind) Retryable() bool { return k == KindCrash }
+
+// Error is a failed attempt.
+type Error struct {
+	Kind Kind
+	// ExitCode is the process's exit code, -1 when a signal killed it.
+	ExitCode int
+	// Message is meant for users: what failed and, where known, why.
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Handler records what a trainer reports. Its methods are called one at a
+// time, in the order of the trainer's output; while one runs the trainer's
+// output waits, so Checkpoint can upload a directory before the trainer
+// moves on. An error from a method stops the attempt and is returned by Run.
+type Handler interface {
+	Progress(Progress) error
+	Eval(Eval) error
+	Checkpoint(Checkpoint) error
+	Log(level, message string) error
+}
+
+// Runner starts trainer processes.
+type Runner struct {
+	// Argv is the command line, split (see Split). Relative paths in it
+	// that name files from the worker's directory are made absolute, since
+	// the trainer runs in its attempt's directory.
+	Argv []string
+	// Grace is how long a trainer has between SIGTERM and SIGKILL.
+	Grace time.Duration
+}
+
+// NewRunner splits cmdline and resolves its relative file paths against
+// the current directory.
+func NewRunner(cmdline string, grace time.Duration) (*Runner, error) {
+	argv, err := Split(cmdline)
+	if err != nil {
+		return nil, fmt.Errorf("TUNEFORGE_TRAINER_CMD: %w", err)
+	}
+	for i, arg := range argv {
+		if filepath.IsAbs(arg) || !strings.ContainsRune(arg, filepath.Separator) {
+			continue
+		}
+		if _, err := os.Stat(arg); err == nil {
+			if argv[i], err = filepath.Abs(arg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		return nil, fmt.Errorf("TUNEFORGE_TRAINER_CMD: %w", err)
+	}
+	return &Runner{Argv: argv, Grace: grace}, nil
+}
+
+// String is the command line, for logs.
+func (r *Runner) String() string { return strings.Join(r.Argv, " ") }
+
+// event is one line of the trainer's output.
+type event struct {
+	line   string
+	stderr bool
+	cut    bool // the line was longer than MaxLineBytes
+}
+
+// Run trains one attempt in dir, which must exist: it writes cfg to
+// dir/config.json, creates the checkpoint and output directories, starts
+// the trainer in its own process group and feeds its messages to h until
+// it exits. When ctx ends it sends SIGTERM, then SIGKILL after the grace
+// period, and returns ctx's error once no process of the group is left.
+// Otherwise it returns the trainer's result, or an *Error that classifies
+// the failure, or the error of a Handler method.
+func (r *Runner) Run(ctx context.Context, dir string, cfg Config, h Handler) (Result, error) {
+	for _, d := range []string{cfg.CheckpointDir, cfg.OutputDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return Result{}, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	cfgPath := filepath.Join(dir, "config.json")
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return Result{}, fmt.Errorf("encode config: %w", err)
+	}
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		return Result{}, fmt.Errorf("write config: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return Result{}, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return Result{}, err
+	}
+	cmd := exec.Command(r.Argv[0], r.Argv[1:]...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), ConfigEnv+"="+cfgPath)
+	cmd.Stdout, cmd.Stderr = outW, errW
+	cmd.SysProcAttr = sysProcAttr()
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return Result{}, fmt.Errorf("start trainer %s: %w", r, err)
+	}
+	pgid := cmd.Process.Pid
+
+	events := make(chan event)
+	readersDone := make(chan struct{}, 2)
+	go readLines(outR, false, events, readersDone)
+	go readLines(errR, true, events, readersDone)
+	go func() {
+		<-readersDone
+		<-readersDone
+		close(events)
+	}()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+
+	a := attempt{cfg: cfg, h: h, logs: newBucket(logRate, logBurst)}
+	var (
+		done        = ctx.Done()
+		graceTimer  <-chan time.Time
+		exited      bool
+		waitErr     error
+		streamsOpen = true
+		drainTimer  <-chan time.Time
+	)
+	for !exited || streamsOpen {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				streamsOpen = false
+				events = nil
+				continue
+			}
+			if a.failed == nil {
+				a.handle(ev)
+				if a.failed != nil && !a.cancelled {
+					// Stop at once: the attempt's outcome is already decided.
+					_ = syscall.Kill(-pgid, syscall.SIGKILL)
+				}
+			}
+		case <-done:
+			done = nil
+			a.cancelled = true
+			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+			graceTimer = time.After(r.Grace)
+		case <-graceTimer:
+			graceTimer = nil
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		case waitErr = <-waited:
+			exited, waited = true, nil
+			// Whatever the trainer left running in its group dies with it,
+			// and closes the pipes it may hold.
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			waitGroupGone(pgid, groupGoneWait)
+			drainTimer = time.After(time.Second)
+		case <-drainTimer:
+			// A process that left the group still holds the pipes; what it
+			// writes no longer belongs to this attempt.
+			outR.Close()
+			errR.Close()
+			drainTimer = nil
+		}
+	}
+	outR.Close()
+	errR.Close()
+	a.flushDropped()
+
+	switch {
+	case a.cancelled && ctx.Err() != nil:
+		return Result{}, ctx.Err()
+	case a.failed != nil:
+		return Result{}, a.failed
+	}
+	return a.outcome(cmd.ProcessState, waitErr)
+}
+
+// readLines sends r's lines to events, cutting long ones without buffering
+// them whole.
+func readLines(r io.Reader, stderr bool, events chan<- event, done chan<- struct{}) {
+	defer func() { done <- struct{}{} }()
+	br := bufio.NewReaderSize(r, MaxLineBytes)
+	for {
+		chunk, err := br.ReadSlice('\n')
+		ev := event{line: strings.TrimRight(string(chunk), "\r\n"), stderr: stderr}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			ev.cut = true
+			// Skip the rest of the line.
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+		}
+		if ev.line != "" || ev.cut {
+			events <- ev
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// attempt is the state of one run's output handling.
+type attempt struct {
+	cfg       Config
+	h         Handler
+	logs      *bucket
+	dropped   int
+	result    *Result
+	lastCkpt  int // step of the last announced checkpoint, -1 for none
+	ckptSeen  bool
+	lastError string   // the last error log line
+	stderr    []string // the last stderrTail stderr lines
+	cancelled bool
+	failed    error
+}
+
+func (a *attempt) handle(ev event) {
+	line := ev.line
+	if ev.cut {
+		line += fmt.Sprintf(" … [line cut at %d KiB]", MaxLineBytes>>10)
+	}
+	if ev.stderr {
+		a.stderr = append(a.stderr, truncate(line, 1024))
+		if len(a.stderr) > stderrTail {
+			a.stderr = a.stderr[1:]
+		}
+		a.log(LevelWarn, line)
+		return
+	}
+	if ev.cut {
+		a.log(LevelInfo, line)
+		return
+	}
+	p := parseLine(line)
+	var err error
+	switch {
+	case p.progress != nil:
+		err = a.h.Progress(*p.progress)
+	case p.eval != nil:
+		err = a.h.Eval(*p.eval)
+	case p.checkpoint != nil:
+		err = a.checkpoint(*p.checkpoint)
+	case p.log != nil:
+		if p.log.level == LevelError {
+			a.lastError = p.log.message
+		}
+		a.log(p.log.level, p.log.message)
+	case p.result != nil:
+		err = a.resultLine(*p.result)
+	case p.malformed != "":
+		a.log(LevelWarn, fmt.Sprintf("trainer protocol: %s: %s", p.malformed, truncate(line, 512)))
+	default:
+		a.log(LevelInfo, line)
+	}
+	if err != nil {
+		a.failed = err
+	}
+}
+
+func (a *attempt) checkpoint(c Checkpoint) error {
+	path, err := a.inside(c.Path, a.cfg.CheckpointDir, "checkpoint path")
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
+		return a.protocolError("checkpoint %s at step %d is not a directory", c.Path, c.Step)
+	}
+	c.Path = path
+	if err := a.h.Checkpoint(c); err != nil {
+		return err
+	}
+	a.lastCkpt, a.ckptSeen = c.Step, true
+	return nil
+}
+
+func (a *attempt) resultLine(res Result) error {
+	path, err := a.inside(res.OutputPath, a.cfg.OutputDir, "output path")
+	if err != nil {
+		return err
+	}
+	res.OutputPath = path
+	if a.cfg.Epochs.To < a.cfg.Hyperparameters.Epochs && (!a.ckptSeen || a.lastCkpt != res.Step) {
+		return a.protocolError("the result at step %d has no checkpoint at that step, so epoch %d cannot resume from it; "+
+			"a trainer must announce a checkpoint at the end of its last epoch", res.Step, a.cfg.Epochs.To+1)
+	}
+	a.result = &res
+	return nil
+}
+
+// inside resolves p (relative paths against the attempt's directory, the
+// trainer's working directory) and checks it lies under root.
+func (a *attempt) inside(p, root, what string) (string, error) {
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(filepath.Dir(root), p)
+	}
+	p = filepath.Clean(p)
+	rel, err := filepath.Rel(root, p)
+	if err != nil || rel == "." || !filepath.IsLocal(rel) {
+		return "", a.protocolError("%s %s is not under %s", what, p, root)
+	}
+	return p, nil
+}
+
+func (a *attempt) protocolError(format string, args ...any) error {
+	return &Error{Kind: KindProtocol, ExitCode: -1, Message: "trainer protocol violation: " + fmt.Sprintf(format, args...)}
+}
+
+// log appends a job log line within the rate limit.
+func (a *attempt) log(level, msg string) {
+	if !a.logs.take() {
+		a.dropped++
+		return
+	}
+	a.flushDropped()
+	if err := a.h.Log(level, msg); err != nil {
+		a.failed = err
+	}
+}
+
+func (a *attempt) flushDropped() {
+	if a.dropped == 0 || a.failed != nil {
+		return
+	}
+	n := a.dropped
+	a.dropped = 0
+	if err := a.h.Log(LevelWarn, fmt.Sprintf("%d trainer output lines were dropped (more than %d a second)", n, logRate)); err != nil {
+		a.failed = err
+	}
+}
+
+// outcome classifies the exit.
+func (a *attempt) outcome(ps *os.ProcessState, waitErr error) (Result, error) {
+	if ps == nil {
+		return Result{}, fmt.Errorf("wait for trainer: %w", waitErr)
+	}
+	code := ps.ExitCode()
+	why := a.why()
+	switch code {
+	case 0:
+		if a.result == nil {
+			return Result{}, &Error{Kind: KindProtocol, Message: "the trainer exited 0 without a result line" + suffix(why)}
+		}
+		return *a.result, nil
+	case 2:
+		if why == "" {
+			why = "no reason given"
+		}
+		return Result{}, &Error{Kind: KindInvalid, ExitCode: code, Message: "the trainer cannot train this job: " + why}
+	case 3:
+		return Result{}, &Error{Kind: KindOutOfMemory, ExitCode: code, Message: "the trainer ran out of GPU memory; " +
+			"create the job with a smaller batchSize or on a hardware pool with more GPU memory" + suffix(why)}
+	case -1:
+		return Result{}, &Error{Kind: KindCrash, ExitCode: code, Message: fmt.Sprintf("the trainer was killed by %s", ps.String()) + suffix(why)}
+	}
+	return Result{}, &Error{Kind: KindCrash, ExitCode: code, Message: fmt.Sprintf("the trainer exited with code %d", code) + suffix(why)}
+}
+
+// why is the trainer's own explanation: its last error log line, or else
+// the end of its stderr.
+func (a *attempt) why() string {
+	if a.lastError != "" {
+		return a.lastError
+	}
+	if n := len(a.stderr); n > 0 {
+		return strings.Join(a.stderr[max(0, n-5):], "\n")
+	}
+	return ""
+}
+
+func suffix(why string) string {
+	if why == "" {
+		return ""
+	}
+	return ": " + why
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// bucket is a token bucket.
+type bucket struct {
+	rate, tokens, burst float64
+	last                time.Time
+}
+
+func newBucket(rate, burst float64) *bucket {
+	return &bucket{rate: rate, tokens: burst, burst: burst, last: time.Now()}
+}
+
+func (b *bucket) take() bool {
+	now := time.Now()
+	b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
