@@ -72,7 +72,7 @@ func FromEnv() (Config, error) {
 	c.RateLimit = rl
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")
-	if err := c.checkTrainer(); err != nil {
+	if err := c.CheckTrainer(); err != nil {
 		return c, err
 	}
 	grace, err := time.ParseDuration(env("TUNEFORGE_TRAINER_GRACE", "30s"))
@@ -99,8 +99,8 @@ func FromEnv() (Config, error) {
 	return c, nil
 }
 
-// checkTrainer validates the trainer backend settings.
-func (c Config) checkTrainer() error {
+// CheckTrainer validates the trainer backend settings.
+func (c Config) CheckTrainer() error {
 	switch c.Trainer {
 	case TrainerBuiltin:
 		return nil

@@ -98,6 +98,15 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	if _, err := acts.Store.Q.GetHardware(ctx, acts.Store.Pool, t.HardwareID); err != nil {
 		return fmt.Errorf("hardware %q is not in the catalog: %w", t.HardwareID, err)
 	}
+	if acts.Command != nil {
+		killed, err := activities.SweepWorkRoot(acts.WorkDir)
+		if err != nil {
+			return err
+		}
+		if killed > 0 {
+			log.Warn("killed trainer processes left by an earlier run of this worker", "worker", t.ID, "processes", killed)
+		}
+	}
 	w := worker.New(c, workflows.TrainingTaskQueue(t.HardwareID), worker.Options{
 		MaxConcurrentActivityExecutionSize: t.Slots,
 		MaxHeartbeatThrottleInterval:       heartbeatThrottle,

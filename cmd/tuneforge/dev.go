@@ -81,7 +81,11 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	for _, h := range hardware {
 		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots}
-		roles = append(roles, func(ctx context.Context) error { return workers.RunTraining(ctx, p.temporal, acts, t, log) })
+		tacts, err := p.trainingActivities(cfg, t.ID)
+		if err != nil {
+			return err
+		}
+		roles = append(roles, func(ctx context.Context) error { return workers.RunTraining(ctx, p.temporal, tacts, t, log) })
 	}
 	fmt.Fprintf(os.Stderr, `
 tuneforge dev is running
@@ -89,13 +93,13 @@ tuneforge dev is running
   Temporal Web UI %s
   Temporal        %s (namespace %s)
   Data directory  %s
-  Training pools  %d slot(s) each on %d hardware pools (builtin CPU trainer)
+  Training pools  %d slot(s) each on %d hardware pools (%s)
 
 Development API key (org org_dev, user user_dev, both scopes):
   export TUNEFORGE_API_KEY=%s
   curl -H "X-API-Key: $TUNEFORGE_API_KEY" http://%s/api/v1/fine-tuning/jobs
 
-`, cfg.HTTPAddr, srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, cfg.DataDir, slots, len(hardware), key, cfg.HTTPAddr)
+`, cfg.HTTPAddr, srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, cfg.DataDir, slots, len(hardware), trainerLabel(cfg), key, cfg.HTTPAddr)
 	return group(ctx, roles...)
 }
 

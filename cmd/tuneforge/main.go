@@ -26,7 +26,7 @@ Usage:
   tuneforge dev                      everything in one process (embedded Temporal, Web UI, workers, API)
   tuneforge api                      the REST API
   tuneforge worker                   the control worker (workflows, control activities)
-  tuneforge worker --hardware ID --slots N [--trainer builtin]
+  tuneforge worker --hardware ID --slots N [--trainer builtin|command]
                                      a training worker for one hardware pool
   tuneforge migrate                  apply the database migrations
   tuneforge apikey create --org ORG --user USER --scopes fine-tuning:read,fine-tuning:write
@@ -131,13 +131,14 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	hardware := fs.String("hardware", "", "hardware pool to train on (omit for the control worker)")
 	slots := fs.Int("slots", 1, "jobs this training worker runs at once (its GPUs)")
-	trainerName := fs.String("trainer", "builtin", "trainer backend: builtin")
+	trainerName := fs.String("trainer", cfg.Trainer, "trainer backend: builtin or command (TUNEFORGE_TRAINER)")
 	id := fs.String("id", "", "stable worker ID (default: host name and pool)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *trainerName != "builtin" {
-		return fmt.Errorf("--trainer %q is not available; this build has: builtin", *trainerName)
+	cfg.Trainer = *trainerName
+	if err := cfg.CheckTrainer(); err != nil {
+		return err
 	}
 	p, err := connect(ctx, cfg, log)
 	if err != nil {
@@ -155,8 +156,20 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []
 		host, _ := os.Hostname()
 		*id = host + "/" + *hardware
 	}
-	log.Info("training worker running", "hardware", *hardware, "slots", *slots, "id", *id)
-	return workers.RunTraining(ctx, p.temporal, p.activities(), workers.Training{ID: *id, HardwareID: *hardware, Slots: *slots}, log)
+	acts, err := p.trainingActivities(cfg, *id)
+	if err != nil {
+		return err
+	}
+	log.Info("training worker running", "hardware", *hardware, "slots", *slots, "id", *id, "trainer", trainerLabel(cfg))
+	return workers.RunTraining(ctx, p.temporal, acts, workers.Training{ID: *id, HardwareID: *hardware, Slots: *slots}, log)
+}
+
+// trainerLabel names the trainer backend for people.
+func trainerLabel(cfg config.Config) string {
+	if cfg.Trainer == config.TrainerCommand {
+		return "command: " + cfg.TrainerCmd
+	}
+	return "builtin CPU trainer"
 }
 
 func splitList(s string) []string {

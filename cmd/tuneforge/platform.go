@@ -12,6 +12,7 @@ import (
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/server"
+	"github.com/tuneforge/tuneforge/trainer/command"
 	"github.com/tuneforge/tuneforge/workers"
 )
 
@@ -61,6 +62,21 @@ func (p *platform) close() {
 
 func (p *platform) activities() *activities.Activities {
 	return &activities.Activities{Store: p.store, Artifacts: p.artifacts, Logger: p.log, GPULiveness: workers.GPULiveness}
+}
+
+// trainingActivities are the activities of one training worker: each has
+// its own work directory, and the trainer backend cfg names.
+func (p *platform) trainingActivities(cfg config.Config, workerID string) (*activities.Activities, error) {
+	acts := p.activities()
+	if cfg.Trainer != config.TrainerCommand {
+		return acts, nil
+	}
+	runner, err := command.NewRunner(cfg.TrainerCmd, cfg.TrainerGrace)
+	if err != nil {
+		return nil, err
+	}
+	acts.Command, acts.ModelDir, acts.WorkDir = runner, cfg.ModelDir, activities.WorkRoot(cfg.WorkDir, workerID)
+	return acts, nil
 }
 
 func (p *platform) api(cfg config.Config) *server.Server {
