@@ -13,9 +13,11 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
@@ -26,6 +28,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/devserver"
 	"github.com/tuneforge/tuneforge/server"
+	"github.com/tuneforge/tuneforge/trainer/command"
 	"github.com/tuneforge/tuneforge/workers"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -206,4 +209,57 @@ func (e *Env) NewOrg(t testing.TB) *Org {
 func (e *Env) Do(t testing.TB, key, method, path string, body any, header http.Header) Response {
 	t.Helper()
 	return (&Client{BaseURL: e.API.URL, Key: key}).Send(t, method, path, body, header)
+}
+
+// StartCommandWorker runs a training worker for pool whose trainer is the
+// command argv, until the returned func is called (or Stop). It has its
+// own work directory, as each worker must.
+func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (stop func()) {
+	t.Helper()
+	id := "test/command-" + pool + "-" + randomHex(3)
+	acts := &activities.Activities{
+		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness,
+		Command: &command.Runner{Argv: argv, Grace: 5 * time.Second}, ModelDir: filepath.Join(e.DataDir, "models"),
+		WorkDir: activities.WorkRoot(filepath.Join(e.DataDir, "work"), id),
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := workers.RunTraining(ctx, e.Temporal, acts, workers.Training{ID: id, HardwareID: pool, Slots: 1}, e.Log); err != nil {
+			e.Log.Error("command worker stopped", "err", err)
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+var (
+	testTrainerOnce sync.Once
+	testTrainerPath string
+	testTrainerErr  error
+)
+
+// TestTrainer builds the protocol test trainer
+// (trainer/command/testdata/testtrainer) once and returns its path.
+func TestTrainer(t testing.TB) string {
+	t.Helper()
+	testTrainerOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tuneforge-testtrainer-")
+		if err != nil {
+			testTrainerErr = err
+			return
+		}
+		testTrainerPath = filepath.Join(dir, "testtrainer")
+		out, err := exec.Command("go", "build", "-o", testTrainerPath, "github.com/tuneforge/tuneforge/trainer/command/testdata/testtrainer").CombinedOutput()
+		if err != nil {
+			testTrainerErr = fmt.Errorf("build the test trainer: %v\n%s", err, out)
+		}
+	})
+	if testTrainerErr != nil {
+		t.Fatal(testTrainerErr)
+	}
+	return testTrainerPath
 }
