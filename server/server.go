@@ -82,6 +82,8 @@ func New(d Deps) *Server {
 	ft.POST("/jobs/:id/deploy", write, s.deployJob)
 	ft.GET("/jobs/:id/logs", read, s.jobLogs)
 	ft.GET("/jobs/:id/metrics", read, s.jobMetrics)
+	ft.GET("/jobs/:id/artifacts", read, s.jobArtifacts)
+	ft.GET("/jobs/:id/artifacts/:artifactId", read, s.downloadJobArtifact)
 	ft.GET("/stats", read, s.stats)
 	ft.GET("/base-models", read, s.baseModels)
 	ft.GET("/hardware", read, s.hardware)
