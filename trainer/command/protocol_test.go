@@ -1,0 +1,59 @@
+package command
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestSplit(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"python3 trainers/hf/train.py", []string{"python3", "trainers/hf/train.py"}},
+		{"  a\t b  ", []string{"a", "b"}},
+		{`run --name 'two words' "x \"y\" \$z \q"`, []string{"run", "--name", "two words", `x "y" $z \q`}},
+		{`a\ b ''`, []string{"a b", ""}},
+		{`it's' 'ok`, nil},
+	} {
+		got, err := Split(tc.in)
+		if tc.want == nil {
+			if err == nil {
+				t.Errorf("Split(%q) = %q, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Split(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if _, err := Split("   "); err == nil {
+		t.Error("Split of blanks: want an error")
+	}
+}
+
+func TestParseLine(t *testing.T) {
+	p := parseLine(`{"type":"progress","step":3,"epoch":1,"loss":0.5,"learningRate":0.0002,"tokens":1200}`)
+	if p.progress == nil || *p.progress != (Progress{Step: 3, Epoch: 1, Loss: 0.5, LearningRate: 0.0002, Tokens: 1200}) {
+		t.Errorf("progress: %+v", p)
+	}
+	p = parseLine(`{"type":"result","step":9,"trainingLoss":0.1,"validationLoss":null,"tokens":5,"outputPath":"output/adapter"}`)
+	if p.result == nil || p.result.ValidationLoss != nil || p.result.OutputPath != "output/adapter" {
+		t.Errorf("result: %+v", p)
+	}
+	p = parseLine(`{"type":"log","level":"loud","message":"hi"}`)
+	if p.log == nil || p.log.level != LevelInfo {
+		t.Errorf("log with an unknown level: %+v", p)
+	}
+	for _, line := range []string{"plain text", `{"type":"telemetry","x":1}`, `{"no type"`, `[1,2]`} {
+		if p := parseLine(line); p != (parsed{}) {
+			t.Errorf("parseLine(%q) = %+v; want no message", line, p)
+		}
+	}
+	for _, line := range []string{`{"type":"progress","step":"three","epoch":1,"loss":1}`, `{"type":"checkpoint","step":3}`, `{"type":"eval","step":3}`} {
+		if p := parseLine(line); !strings.Contains(p.malformed, "message") {
+			t.Errorf("parseLine(%q) = %+v; want it reported as malformed", line, p)
+		}
+	}
+}
