@@ -87,6 +87,10 @@ type Training struct {
 	ID         string // stable across restarts of the same host and pool
 	HardwareID string
 	Slots      int
+	// CheckGPUs makes the worker report the host's GPUs and refuse a pool
+	// they cannot serve before it takes work. Off for the builtin trainer,
+	// which runs on the CPU whatever the pool is called.
+	CheckGPUs bool
 }
 
 // RunTraining runs a training worker for one hardware pool until ctx ends,
@@ -95,8 +99,14 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	if t.Slots < 1 {
 		return fmt.Errorf("--slots must be at least 1, not %d", t.Slots)
 	}
-	if _, err := acts.Store.Q.GetHardware(ctx, acts.Store.Pool, t.HardwareID); err != nil {
+	hw, err := acts.Store.Q.GetHardware(ctx, acts.Store.Pool, t.HardwareID)
+	if err != nil {
 		return fmt.Errorf("hardware %q is not in the catalog: %w", t.HardwareID, err)
+	}
+	if t.CheckGPUs {
+		if err := checkGPUs(ctx, t, hw, log); err != nil {
+			return err
+		}
 	}
 	if acts.Command != nil {
 		killed, err := activities.SweepWorkRoot(acts.WorkDir)
@@ -135,7 +145,7 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 			}
 		}
 	}()
-	err := run(ctx, w)
+	err = run(ctx, w)
 	// Leaving cleanly: the slots stop counting at once rather than after GPULiveness.
 	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
