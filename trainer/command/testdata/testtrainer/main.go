@@ -115,7 +115,13 @@ func main() {
 		fail("%v", err)
 	}
 
+	// An announced checkpoint belongs to the worker: never write it twice.
+	saved := -1
 	checkpoint := func() {
+		if saved == state.Step {
+			return
+		}
+		saved = state.Step
 		dir := filepath.Join(cfg.CheckpointDir, fmt.Sprintf("step-%d", state.Step))
 		b, err := state.MarshalBinary()
 		if err == nil {

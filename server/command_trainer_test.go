@@ -1,0 +1,128 @@
+package server_test
+
+import (
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tuneforge/tuneforge/internal/testenv"
+)
+
+// commandPool is served only by the command workers these tests start.
+const commandPool = "gpu-a100-80gb-x4"
+
+func commandJob(t *testing.T, org *testenv.Org, ds string, epochs int) string {
+	t.Helper()
+	r := org.Do(t, "POST", jobsPath, map[string]any{
+		"name": "command", "baseModel": "llama-3.1-8b", "hardware": commandPool, "trainingDataset": ds, "validationFile": ds,
+		"hyperparameters": map[string]any{"epochs": epochs, "batchSize": 8},
+	})
+	expect(t, r, 201)
+	return r.Body["id"].(string)
+}
+
+// checkIncreasing asserts metric points with no duplicate step, ending at last.
+func checkIncreasing(t *testing.T, steps []int, last int) {
+	t.Helper()
+	if len(steps) == 0 || steps[len(steps)-1] != last {
+		t.Fatalf("metric steps %v; want them to end at step %d", steps, last)
+	}
+	for i := 1; i < len(steps); i++ {
+		if steps[i] <= steps[i-1] {
+			t.Fatalf("metric steps are not strictly increasing at %d: %v", i, steps)
+		}
+	}
+}
+
+func TestCommandTrainerCrashResumes(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(400, 21)) // 50 steps per epoch
+	marker := filepath.Join(t.TempDir(), "crashed")
+	env.StartCommandWorker(t, commandPool, testenv.TestTrainer(t),
+		"--checkpoint-every", "20", "--eval-every", "10", "--crash-at-step", "75", "--crash-marker", marker)
+	id := commandJob(t, org, ds, 2)
+	job := org.WaitStatus(t, id, 2*time.Minute, "completed", "failed")
+	if job["status"] != "completed" {
+		t.Fatalf("the job %s: %v", job["status"], job["error"])
+	}
+	logs := org.Logs(t, id)
+	for _, want := range []string{
+		"Epoch 1/2 started (command trainer:",
+		"Epoch 2/2 started (command trainer:", "resuming from the checkpoint at step 50",
+		"crashing at step 75 on request", "retried from the checkpoint at step 60",
+		"resuming from the checkpoint at step 60", "Checkpoint saved at step 60", "Trained output saved",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the job log lacks %q: %s", want, logs)
+		}
+	}
+	checkIncreasing(t, org.MetricSteps(t, id), 100)
+	m := org.Do(t, "GET", jobsPath+"/"+id+"/metrics", nil).Body["metrics"].(map[string]any)
+	if m["validationLoss"] == nil || m["currentEpoch"] != 2.0 {
+		t.Errorf("metrics %v; want a validation loss and epoch 2", m)
+	}
+}
+
+func TestCommandTrainerStopRestart(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(400, 22))
+	env.StartCommandWorker(t, commandPool, testenv.TestTrainer(t), "--step-delay", "30ms", "--spawn-child")
+	id := commandJob(t, org, ds, 2)
+	org.WaitStatus(t, id, time.Minute, "running")
+	org.WaitMetricPoints(t, id, 5)
+	start := time.Now()
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 200, `"status":"stopped"`)
+	t.Logf("stop answered in %s", time.Since(start))
+	steps := org.MetricSteps(t, id)
+	stoppedAt := steps[len(steps)-1]
+	if !strings.Contains(org.Logs(t, id), "Checkpoint saved at step") {
+		t.Fatalf("the stop left no checkpoint: %s", org.Logs(t, id))
+	}
+	if n := trainerProcesses(t); n != 0 {
+		t.Errorf("%d test trainer processes outlived the stop", n)
+	}
+
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/restart", nil), 200)
+	org.WaitStatus(t, id, 2*time.Minute, "completed")
+	if logs := org.Logs(t, id); !strings.Contains(logs, "resuming from the checkpoint at step") {
+		t.Errorf("the restart did not resume: %s", logs)
+	}
+	after := org.MetricSteps(t, id)
+	checkIncreasing(t, after, 100)
+	if !slices.Contains(after, stoppedAt) {
+		t.Errorf("the point at step %d, recorded before the stop, is gone: %v", stoppedAt, after)
+	}
+}
+
+func TestCommandTrainerFailures(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(200, 23))
+	for _, tc := range []struct {
+		args  []string
+		error string
+	}{
+		{[]string{"--exit-code", "2"}, "cannot train this job: failing on request with exit 2"},
+		{[]string{"--exit-code", "3"}, "out of GPU memory"},
+		{[]string{"--no-final-checkpoint"}, "no checkpoint at that step"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			stop := env.StartCommandWorker(t, commandPool, append([]string{testenv.TestTrainer(t)}, tc.args...)...)
+			defer stop()
+			id := commandJob(t, org, ds, 2)
+			job := org.WaitStatus(t, id, time.Minute, "failed", "completed")
+			if msg, _ := job["error"].(string); job["status"] != "failed" || !strings.Contains(msg, tc.error) {
+				t.Fatalf("job %v with error %q; want failed with %q", job["status"], msg, tc.error)
+			}
+		})
+	}
+}
+
+// trainerProcesses counts running test trainer processes of this test run.
+func trainerProcesses(t *testing.T) int {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", testenv.TestTrainer(t)).Output()
+	return len(strings.Fields(string(out)))
+}
