@@ -80,12 +80,20 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		func(ctx context.Context) error { return p.api(cfg).ListenAndServe(ctx, cfg.HTTPAddr) },
 	}
 	for _, h := range hardware {
-		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots}
+		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots, CheckGPUs: cfg.Trainer == config.TrainerCommand}
 		tacts, err := p.trainingActivities(cfg, t.ID)
 		if err != nil {
 			return err
 		}
-		roles = append(roles, func(ctx context.Context) error { return workers.RunTraining(ctx, p.temporal, tacts, t, log) })
+		roles = append(roles, func(ctx context.Context) error {
+			err := workers.RunTraining(ctx, p.temporal, tacts, t, log)
+			if errors.Is(err, workers.ErrPoolUnfit) {
+				// This host cannot serve every pool; dev serves the others.
+				log.Warn("no dev training worker for this pool", "hardware", h.ID, "reason", err)
+				return nil
+			}
+			return err
+		})
 	}
 	fmt.Fprintf(os.Stderr, `
 tuneforge dev is running

@@ -161,7 +161,9 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []
 		return err
 	}
 	log.Info("training worker running", "hardware", *hardware, "slots", *slots, "id", *id, "trainer", trainerLabel(cfg))
-	return workers.RunTraining(ctx, p.temporal, acts, workers.Training{ID: *id, HardwareID: *hardware, Slots: *slots}, log)
+	return workers.RunTraining(ctx, p.temporal, acts, workers.Training{
+		ID: *id, HardwareID: *hardware, Slots: *slots, CheckGPUs: cfg.Trainer == config.TrainerCommand,
+	}, log)
 }
 
 // trainerLabel names the trainer backend for people.
