@@ -2,12 +2,29 @@
 // protocol (docs/trainer-protocol.md). It trains for real, with tuneforge's
 // builtin trainer, and misbehaves on request: it crashes, ignores SIGTERM,
 // leaves a child process, prints garbage, or exits with a chosen code.
+//
+// It spells the protocol out itself (config.json and the stdout messages)
+// rather than sharing the worker's Go types, so a change to one side that
+// breaks the documented wire format shows up in the tests.
+//
+// Flags (all optional):
+//
+//	--eval-every N          eval line every N steps (0: only at the end of each epoch)
+//	--checkpoint-every N    checkpoint every N steps (0: only at the end)
+//	--step-delay DURATION   sleep after each step, so a stop lands mid-epoch
+//	--crash-at-step N       exit 1 on reaching step N (see --crash-marker)
+//	--crash-marker FILE     crash only if FILE is missing, creating it first
+//	--ignore-sigterm        ignore SIGTERM, so the worker must SIGKILL
+//	--spawn-child           start `sleep 300` in the process group and log its pid
+//	--garbage               print non-messages, a 1 MiB line and a flood first
+//	--exit-code N           exit N after the first progress line
+//	--no-final-checkpoint   skip the checkpoint before the result (a protocol violation)
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -15,68 +32,99 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/trainer"
-	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
 var (
-	stepDelay         = flag.Duration("step-delay", 0, "sleep between steps, so a stop lands mid-epoch")
+	evalEvery         = flag.Int("eval-every", 0, "evaluate every N steps (0: at the end of each epoch only)")
+	checkpointEvery   = flag.Int("checkpoint-every", 0, "checkpoint every N steps (0: at the end only)")
+	stepDelay         = flag.Duration("step-delay", 0, "sleep after each step, so a stop lands mid-epoch")
 	crashAtStep       = flag.Int("crash-at-step", 0, "exit 1 on reaching this step")
 	crashMarker       = flag.String("crash-marker", "", "crash only if this file is missing, and create it")
 	ignoreSigterm     = flag.Bool("ignore-sigterm", false, "ignore SIGTERM")
 	spawnChild        = flag.Bool("spawn-child", false, "start a grandchild `sleep 300` in the process group")
 	garbage           = flag.Bool("garbage", false, "print garbage, a huge line and a flood of lines first")
-	exitCode          = flag.Int("exit-code", -1, "exit with this code after the first step")
+	exitCode          = flag.Int("exit-code", -1, "exit with this code after the first progress line")
 	noFinalCheckpoint = flag.Bool("no-final-checkpoint", false, "skip the checkpoint at the end (a protocol violation)")
-	evalEvery         = flag.Int("eval-every", 0, "evaluate every N steps (0: at the end only)")
-	checkpointEvery   = flag.Int("checkpoint-every", 0, "checkpoint every N steps (0: at the end only)")
 )
 
-func emit(m map[string]any) {
-	b, _ := json.Marshal(m)
-	os.Stdout.Write(append(b, '\n'))
+// config is config.json, as far as this trainer needs it. modelPath is not
+// read: the builtin trainer needs no weights.
+type config struct {
+	Protocol        int     `json:"protocol"`
+	BaseModel       string  `json:"baseModel"`
+	TrainingFile    string  `json:"trainingFile"`
+	ValidationFile  *string `json:"validationFile"`
+	Hyperparameters struct {
+		Epochs       int     `json:"epochs"`
+		LearningRate float64 `json:"learningRate"`
+		BatchSize    int     `json:"batchSize"`
+		WarmupSteps  int     `json:"warmupSteps"`
+	} `json:"hyperparameters"`
+	Seed   int64 `json:"seed"`
+	Epochs struct {
+		From int `json:"from"`
+		To   int `json:"to"`
+	} `json:"epochs"`
+	ResumeFrom    *string `json:"resumeFrom"`
+	CheckpointDir string  `json:"checkpointDir"`
+	OutputDir     string  `json:"outputDir"`
+}
+
+// emit writes one message line: {"type":typ,k1:v1,k2:v2,...}, keys in the
+// order given. Each line is a single write to unbuffered stdout, so it is
+// flushed at once. A value JSON cannot encode (a NaN loss) becomes null.
+func emit(typ string, kv ...any) {
+	b := append([]byte(`{"type":`), encode(typ)...)
+	for i := 0; i+1 < len(kv); i += 2 {
+		b = append(b, ',')
+		b = append(b, encode(kv[i])...)
+		b = append(b, ':')
+		b = append(b, encode(kv[i+1])...)
+	}
+	os.Stdout.Write(append(b, "}\n"...))
+}
+
+func encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return []byte("null")
+	}
+	return b
 }
 
 func logf(level, format string, args ...any) {
-	emit(map[string]any{"type": "log", "level": level, "message": fmt.Sprintf(format, args...)})
+	emit("log", "level", level, "message", fmt.Sprintf(format, args...))
 }
 
-// fail reports an untrainable job: exit 2 with an error log line.
+// fail reports data or a configuration that cannot be trained: an error log
+// line (the job's error) and exit 2.
 func fail(format string, args ...any) {
 	logf("error", format, args...)
 	os.Exit(2)
 }
 
-var errStop = errors.New("stopped by SIGTERM")
-
 func main() {
 	flag.Parse()
-	var terminated atomic.Bool
-	sigs := make(chan os.Signal, 1)
+
+	// A SIGTERM cancels ctx; TrainEpoch checks it before every step, so
+	// training stops at the next step boundary with a consistent state.
+	ctx := context.Background()
 	if *ignoreSigterm {
 		signal.Ignore(syscall.SIGTERM)
 	} else {
-		signal.Notify(sigs, syscall.SIGTERM)
-		go func() { <-sigs; terminated.Store(true) }()
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, syscall.SIGTERM)
+		defer stop()
 	}
 
-	b, err := os.ReadFile(os.Getenv(command.ConfigEnv))
-	if err != nil {
-		fail("read config: %v", err)
-	}
-	var cfg command.Config
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		fail("parse config: %v", err)
-	}
-	if cfg.Protocol != command.Protocol {
-		fail("protocol %d is not supported", cfg.Protocol)
-	}
+	cfg := readConfig()
 	if *spawnChild {
+		// Same process group as ours (exec's default), never waited for.
 		child := exec.Command("sleep", "300")
 		if err := child.Start(); err != nil {
 			fail("spawn child: %v", err)
@@ -102,114 +150,123 @@ func main() {
 		if err != nil {
 			fail("read checkpoint %s: %v", *cfg.ResumeFrom, err)
 		}
-		logf("info", "resumed from step %d", state.Step)
-	} else if state, err = trainer.NewState(train, cfg.Seed); err != nil {
-		fail("%v", err)
+		if state.EpochStep > 0 {
+			logf("info", "resumed from step %d, %d batches into epoch %d", state.Step, state.EpochStep, state.Epoch+1)
+		} else {
+			logf("info", "resumed from step %d, at the end of epoch %d", state.Step, state.Epoch)
+		}
+	} else {
+		var err error
+		if state, err = trainer.NewState(train, cfg.Seed); err != nil {
+			fail("training file: %v", err)
+		}
 	}
 	hp := trainer.Hyperparameters{
-		Epochs: cfg.Hyperparameters.Epochs, LearningRate: cfg.Hyperparameters.LearningRate,
-		BatchSize: cfg.Hyperparameters.BatchSize, WarmupSteps: cfg.Hyperparameters.WarmupSteps,
+		Epochs:       cfg.Hyperparameters.Epochs,
+		LearningRate: cfg.Hyperparameters.LearningRate,
+		BatchSize:    cfg.Hyperparameters.BatchSize,
+		WarmupSteps:  cfg.Hyperparameters.WarmupSteps,
 	}
 	run, err := trainer.NewRun(state, hp, train, valid)
 	if err != nil {
 		fail("%v", err)
 	}
+	if cfg.Epochs.From < 1 || cfg.Epochs.To < cfg.Epochs.From || cfg.Epochs.To > hp.Epochs {
+		fail("epochs %d..%d are not within 1..%d", cfg.Epochs.From, cfg.Epochs.To, hp.Epochs)
+	}
 
-	// An announced checkpoint belongs to the worker: never write it twice.
-	saved := -1
+	startStep := state.Step
+	saved, evaluated := -1, -1 // the steps last checkpointed and evaluated
 	checkpoint := func() {
+		// An announced directory belongs to the worker: never write it twice.
 		if saved == state.Step {
 			return
 		}
 		saved = state.Step
-		dir := filepath.Join(cfg.CheckpointDir, fmt.Sprintf("step-%d", state.Step))
-		b, err := state.MarshalBinary()
-		if err == nil {
-			err = os.MkdirAll(dir, 0o755)
+		writeCheckpoint(cfg.CheckpointDir, state)
+	}
+	onStep := func(s trainer.StepInfo) error {
+		emit("progress", "step", s.Step, "epoch", s.Epoch, "loss", s.BatchLoss,
+			"learningRate", s.LearningRate, "tokens", s.Tokens)
+		if *exitCode >= 0 {
+			logf("error", "failing on request with exit %d", *exitCode)
+			os.Exit(*exitCode)
 		}
-		if err == nil {
-			err = os.WriteFile(filepath.Join(dir, "state.bin"), b, 0o644)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "checkpoint:", err)
+		if s.Step == *crashAtStep && shouldCrash() {
+			fmt.Fprintf(os.Stderr, "crashing at step %d on request\n", s.Step)
 			os.Exit(1)
 		}
-		emit(map[string]any{"type": "checkpoint", "step": state.Step, "epoch": state.Epoch, "path": dir})
-	}
-	evaluate := func(step int) {
-		if v, ok := run.ValidationLoss(); ok {
-			emit(map[string]any{"type": "eval", "step": step, "validationLoss": v})
+		if *evalEvery > 0 && s.Step%*evalEvery == 0 {
+			if loss, ok := run.ValidationLoss(); ok {
+				emit("eval", "step", s.Step, "validationLoss", loss)
+				evaluated = s.Step
+			}
 		}
+		if *checkpointEvery > 0 && s.Step%*checkpointEvery == 0 {
+			checkpoint()
+		}
+		if *stepDelay > 0 {
+			select {
+			case <-ctx.Done(): // stop now rather than after the delay
+			case <-time.After(*stepDelay):
+			}
+		}
+		return nil
 	}
 
-	var last trainer.EpochResult
+	var res trainer.EpochResult
 	for epoch := cfg.Epochs.From; epoch <= cfg.Epochs.To; epoch++ {
-		last, err = run.TrainEpoch(context.Background(), epoch, func(s trainer.StepInfo) error {
-			emit(map[string]any{"type": "progress", "step": s.Step, "epoch": s.Epoch, "loss": s.BatchLoss, "learningRate": s.LearningRate, "tokens": s.Tokens})
-			if *exitCode >= 0 {
-				logf("error", "failing on request with exit %d", *exitCode)
-				os.Exit(*exitCode)
-			}
-			if s.Step == *crashAtStep && crash() {
-				fmt.Fprintf(os.Stderr, "crashing at step %d on request\n", s.Step)
-				os.Exit(1)
-			}
-			if *evalEvery > 0 && s.Step%*evalEvery == 0 {
-				evaluate(s.Step)
-			}
-			if *checkpointEvery > 0 && s.Step%*checkpointEvery == 0 {
+		res, err = run.TrainEpoch(ctx, epoch, onStep)
+		if err != nil && ctx.Err() != nil {
+			// Stopped: a last checkpoint if this process trained anything.
+			if state.Step > startStep {
 				checkpoint()
 			}
-			time.Sleep(*stepDelay)
-			if terminated.Load() {
-				return errStop
-			}
-			return nil
-		})
-		if errors.Is(err, errStop) {
-			checkpoint()
+			logf("info", "stopped by SIGTERM at step %d", state.Step)
 			os.Exit(143)
 		}
 		if err != nil {
 			fail("%v", err)
 		}
-		logf("info", "epoch %d done: loss %.4f", epoch, last.TrainingLoss)
+		if res.ValidationLoss != nil && evaluated != state.Step {
+			emit("eval", "step", state.Step, "validationLoss", *res.ValidationLoss,
+				"metrics", map[string]float64{"validationAccuracy": *res.ValidationAccuracy})
+			evaluated = state.Step
+		}
+		logf("info", "epoch %d done at step %d: training loss %.4f, accuracy %.3f",
+			epoch, state.Step, res.TrainingLoss, res.TrainingAccuracy)
 	}
-	evaluate(state.Step)
+	// The next epoch's process resumes from this checkpoint.
 	if !*noFinalCheckpoint {
 		checkpoint()
 	}
-	out := filepath.Join(cfg.OutputDir, "adapter")
-	b, err = state.MarshalBinary()
-	if err == nil {
-		err = os.MkdirAll(out, 0o755)
+	out := writeOutput(cfg, state)
+	// res.TrainingLoss is Run.TrainingLoss() at the end of the last epoch.
+	emit("result", "step", state.Step, "trainingLoss", res.TrainingLoss,
+		"validationLoss", res.ValidationLoss, "tokens", state.Tokens, "outputPath", out)
+}
+
+func readConfig() config {
+	path := os.Getenv("TUNEFORGE_TRAINER_CONFIG")
+	if path == "" {
+		fail("TUNEFORGE_TRAINER_CONFIG is not set")
 	}
-	if err == nil {
-		err = os.WriteFile(filepath.Join(out, "model.bin"), b, 0o644)
-	}
-	if err == nil {
-		meta, _ := json.Marshal(map[string]string{"base_model_name_or_path": cfg.BaseModel, "peft_type": "TEST"})
-		err = os.WriteFile(filepath.Join(out, "adapter_config.json"), meta, 0o644)
-	}
+	b, err := os.ReadFile(path)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "output:", err)
-		os.Exit(1)
+		fail("read config: %v", err)
 	}
-	emit(map[string]any{"type": "result", "step": state.Step, "trainingLoss": last.TrainingLoss,
-		"validationLoss": last.ValidationLoss, "tokens": state.Tokens, "outputPath": out})
+	var cfg config
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		fail("parse config %s: %v", path, err)
+	}
+	if cfg.Protocol != 1 {
+		fail("trainer protocol %d is not supported; this trainer speaks protocol 1", cfg.Protocol)
+	}
+	return cfg
 }
 
-// crash says whether to crash now: always without a marker, else once.
-func crash() bool {
-	if *crashMarker == "" {
-		return true
-	}
-	if _, err := os.Stat(*crashMarker); err == nil {
-		return false
-	}
-	return os.WriteFile(*crashMarker, nil, 0o644) == nil
-}
-
+// load reads a JSONL dataset into the builtin trainer's examples, as the
+// builtin worker does (activities.toTrainerExample).
 func load(path string) []trainer.Example {
 	f, err := os.Open(path)
 	if err != nil {
@@ -227,13 +284,87 @@ func load(path string) []trainer.Example {
 	return out
 }
 
+// writeCheckpoint saves the state into checkpointDir/step-N and announces
+// it. The directory is the worker's from then on.
+func writeCheckpoint(checkpointDir string, s *trainer.State) {
+	// The epoch the last step belongs to; EpochStep is 0 at an epoch's end.
+	epoch := s.Epoch
+	if s.EpochStep > 0 {
+		epoch++
+	}
+	dir := filepath.Join(checkpointDir, fmt.Sprintf("step-%d", s.Step))
+	meta := encode(map[string]any{"step": s.Step, "epoch": epoch, "epochStep": s.EpochStep, "tokens": s.Tokens})
+	b, err := s.MarshalBinary()
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "state.bin"), b, 0o644)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "meta.json"), append(meta, '\n'), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "write checkpoint:", err)
+		os.Exit(1) // a crash: retried from the previous checkpoint
+	}
+	emit("checkpoint", "step", s.Step, "epoch", epoch, "path", dir)
+}
+
+// writeOutput saves the trained model as outputDir/adapter and returns it.
+func writeOutput(cfg config, s *trainer.State) string {
+	out := filepath.Join(cfg.OutputDir, "adapter")
+	b, err := s.MarshalBinary()
+	if err == nil {
+		err = os.MkdirAll(out, 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(out, "model.bin"), b, 0o644)
+	}
+	if err == nil {
+		meta := encode(map[string]string{"base_model_name_or_path": cfg.BaseModel, "peft_type": "TEST"})
+		err = os.WriteFile(filepath.Join(out, "adapter_config.json"), append(meta, '\n'), 0o644)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "write output:", err)
+		os.Exit(1)
+	}
+	return out
+}
+
+// shouldCrash says whether --crash-at-step crashes now: always without a
+// marker, else only while the marker is missing, creating it so the retry
+// succeeds.
+func shouldCrash() bool {
+	if *crashMarker == "" {
+		return true
+	}
+	if _, err := os.Stat(*crashMarker); err == nil {
+		return false
+	}
+	if err := os.WriteFile(*crashMarker, nil, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "create crash marker:", err)
+	}
+	return true
+}
+
+// printGarbage prints what a careless trainer might: lines that are not
+// messages, a message with a mistyped field, a line far beyond the 64 KiB
+// cut, stderr chatter, and a flood that the worker's log rate limit must
+// absorb.
 func printGarbage() {
 	fmt.Println("this is not json")
 	fmt.Println(`{"type":"telemetry","gpu":0.9}`)
 	fmt.Println(strings.Repeat("x", 1<<20))
 	fmt.Println(`{"type":"progress","step":"one","epoch":1,"loss":1}`)
-	fmt.Fprintln(os.Stderr, "a warning on stderr")
+	for i := range 3 {
+		fmt.Fprintf(os.Stderr, "a warning on stderr (%d of 3)\n", i+1)
+	}
+	w := bufio.NewWriterSize(os.Stdout, 64<<10) // as fast as possible
 	for i := range 50000 {
-		fmt.Printf("flood %d\n", i)
+		fmt.Fprintf(w, "flood %d\n", i)
+	}
+	if err := w.Flush(); err != nil {
+		fmt.Fprintln(os.Stderr, "flood:", err)
 	}
 }
