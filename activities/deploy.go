@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -37,6 +38,13 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	}
 	if !db.IsNotFound(err) {
 		return fmt.Errorf("check model name: %w", err)
+	}
+	if _, err := a.Artifacts.Stat(ctx, artifacts.OutputKey(in.JobID)); err == nil {
+		return temporal.NewNonRetryableApplicationError(
+			"this job was trained by the command trainer; its adapter is stored (GET /api/v1/fine-tuning/jobs/"+in.JobID+
+				"/artifacts/output downloads it), but this build cannot serve adapters yet", ErrTypeConflict, nil)
+	} else if !errors.Is(err, artifacts.ErrNotExist) {
+		return fmt.Errorf("look for the trained output: %w", err)
 	}
 	weights, err := a.latestCheckpoint(ctx, in.JobID)
 	if err != nil {

@@ -64,6 +64,13 @@ func TestCommandTrainerCrashResumes(t *testing.T) {
 	if m["validationLoss"] == nil || m["currentEpoch"] != 2.0 {
 		t.Errorf("metrics %v; want a validation loss and epoch 2", m)
 	}
+	// The trained output is stored and downloadable.
+	arts := org.Do(t, "GET", jobsPath+"/"+id+"/artifacts", nil)
+	expect(t, arts, 200, `"kind":"output"`, `"step":100`)
+	expect(t, org.Do(t, "GET", jobsPath+"/"+id+"/artifacts/output", nil), 200)
+	// Deploying it says clearly what this build cannot do yet; the job stays completed.
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 409, "cannot serve adapters yet")
+	org.WaitStatus(t, id, time.Second, "completed")
 }
 
 func TestCommandTrainerStopRestart(t *testing.T) {
