@@ -50,6 +50,7 @@ type DeployedModel struct {
 	BlobKey        string
 	CreatedAt      time.Time
 	Card           string
+	Adapter        *string
 }
 
 type GpuLease struct {

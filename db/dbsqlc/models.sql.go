@@ -10,9 +10,9 @@ import (
 )
 
 const createDeployedModel = `-- name: CreateDeployedModel :exec
-INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key, card)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key, card = EXCLUDED.card
+INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key, card, adapter)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (job_id) DO UPDATE SET name = EXCLUDED.name, blob_key = EXCLUDED.blob_key, card = EXCLUDED.card, adapter = EXCLUDED.adapter
 `
 
 type CreateDeployedModelParams struct {
@@ -22,6 +22,7 @@ type CreateDeployedModelParams struct {
 	BaseModel      string
 	BlobKey        string
 	Card           string
+	Adapter        *string
 }
 
 func (q *Queries) CreateDeployedModel(ctx context.Context, db DBTX, arg CreateDeployedModelParams) error {
@@ -32,12 +33,13 @@ func (q *Queries) CreateDeployedModel(ctx context.Context, db DBTX, arg CreateDe
 		arg.BaseModel,
 		arg.BlobKey,
 		arg.Card,
+		arg.Adapter,
 	)
 	return err
 }
 
 const findModelNameOwner = `-- name: FindModelNameOwner :one
-SELECT name, organization_id, job_id, base_model, blob_key, created_at, card FROM deployed_models WHERE organization_id = $1 AND name = $2 AND job_id <> $3
+SELECT name, organization_id, job_id, base_model, blob_key, created_at, card, adapter FROM deployed_models WHERE organization_id = $1 AND name = $2 AND job_id <> $3
 `
 
 type FindModelNameOwnerParams struct {
@@ -58,12 +60,13 @@ func (q *Queries) FindModelNameOwner(ctx context.Context, db DBTX, arg FindModel
 		&i.BlobKey,
 		&i.CreatedAt,
 		&i.Card,
+		&i.Adapter,
 	)
 	return i, err
 }
 
 const getDeployedModel = `-- name: GetDeployedModel :one
-SELECT name, organization_id, job_id, base_model, blob_key, created_at, card FROM deployed_models WHERE organization_id = $1 AND name = $2
+SELECT name, organization_id, job_id, base_model, blob_key, created_at, card, adapter FROM deployed_models WHERE organization_id = $1 AND name = $2
 `
 
 type GetDeployedModelParams struct {
@@ -82,12 +85,25 @@ func (q *Queries) GetDeployedModel(ctx context.Context, db DBTX, arg GetDeployed
 		&i.BlobKey,
 		&i.CreatedAt,
 		&i.Card,
+		&i.Adapter,
 	)
 	return i, err
 }
 
+const getJobAdapter = `-- name: GetJobAdapter :one
+SELECT adapter FROM deployed_models WHERE job_id = $1
+`
+
+// The adapter the job's deployed model is served as, if any.
+func (q *Queries) GetJobAdapter(ctx context.Context, db DBTX, jobID string) (*string, error) {
+	row := db.QueryRow(ctx, getJobAdapter, jobID)
+	var adapter *string
+	err := row.Scan(&adapter)
+	return adapter, err
+}
+
 const listDeployedModels = `-- name: ListDeployedModels :many
-SELECT name, organization_id, job_id, base_model, blob_key, created_at, card FROM deployed_models WHERE organization_id = $1 ORDER BY created_at DESC, name
+SELECT name, organization_id, job_id, base_model, blob_key, created_at, card, adapter FROM deployed_models WHERE organization_id = $1 ORDER BY created_at DESC, name
 `
 
 func (q *Queries) ListDeployedModels(ctx context.Context, db DBTX, organizationID string) ([]DeployedModel, error) {
@@ -107,6 +123,7 @@ func (q *Queries) ListDeployedModels(ctx context.Context, db DBTX, organizationI
 			&i.BlobKey,
 			&i.CreatedAt,
 			&i.Card,
+			&i.Adapter,
 		); err != nil {
 			return nil, err
 		}
