@@ -786,7 +786,9 @@ class Trainer:
             loss, targets = self.train_step(batch)
             seconds += time.perf_counter() - started
             if not math.isfinite(loss):
-                raise Untrainable(f"the training loss is {loss} at step {self.state.step + 1}; try a lower learningRate")
+                raise Untrainable(
+                    f"the training loss is {loss} at step {self.state.step + 1}; try a lower learningRate"
+                )
             batch_tokens = sum(len(e.input_ids) for e in batch)
             tokens += batch_tokens
             s = self.state
@@ -929,9 +931,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=positive_int, default=32, metavar="N", help="LoRA alpha (default: 32)")
     p.add_argument("--lora-dropout", type=float, default=0.05, metavar="P", help="LoRA dropout (default: 0.05)")
     p.add_argument("--eval-every", type=non_negative_int, metavar="N",
-                   help="evaluate every N steps and at each epoch's end; 0: at epoch ends only (default: 4 times an epoch)")
+                   help="evaluate every N steps and at each epoch's end; 0: at epoch ends only "
+                        "(default: 4 times an epoch)")
     p.add_argument("--checkpoint-every", type=non_negative_int, metavar="N",
-                   help="checkpoint every N steps and at each epoch's end; 0: at epoch ends only (default: 4 times an epoch)")
+                   help="checkpoint every N steps and at each epoch's end; 0: at epoch ends only "
+                        "(default: 4 times an epoch)")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="recompute activations in the backward pass, to fit long sequences (default: on)")
     p.add_argument("--init-tiny", action="store_true",
