@@ -16,6 +16,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
@@ -27,6 +28,9 @@ const (
 	ErrTypeInvalidData = "InvalidData"
 	// ErrTypeConflict: the request conflicts with other state (a model name in use).
 	ErrTypeConflict = "Conflict"
+	// ErrTypeUnavailable: a service the request needs (the inference
+	// backend) is missing or down; trying again later may succeed.
+	ErrTypeUnavailable = "Unavailable"
 )
 
 // jobGoneGrace is how long after creation a missing row is taken for a
@@ -50,6 +54,11 @@ type Activities struct {
 	// WorkDir holds the command trainer's attempt directories. It is this
 	// training worker's own (see WorkRoot): the worker sweeps it at start.
 	WorkDir string
+	// Inference is the backend that serves adapters the command trainer
+	// produced; nil when none is configured.
+	Inference *inference.Client
+	// AdapterDir is where adapters are materialized for that backend to read.
+	AdapterDir string
 
 	datasets datasetCache
 }

@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,8 +17,13 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/trainer"
 )
+
+// adapterCallTimeout bounds each call to the inference backend, well within
+// the activity's own timeout, so a backend that hangs fails the deploy.
+const adapterCallTimeout = 30 * time.Second
 
 // DeployInput names the model to publish.
 type DeployInput struct {
@@ -25,8 +34,11 @@ type DeployInput struct {
 	CreatedAt      time.Time
 }
 
-// Deploy publishes the job's final weights as ResultModel, so that
-// /v1/chat/completions serves it, and marks the job deployed.
+// Deploy publishes the job's trained model as ResultModel, so that
+// /v1/chat/completions serves it, and marks the job deployed. A job the
+// builtin trainer trained is served in-process from its final checkpoint;
+// one the command trainer trained is loaded into the inference backend as a
+// LoRA adapter.
 func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	owner, err := a.Store.Q.FindModelNameOwner(ctx, a.Store.Pool, dbsqlc.FindModelNameOwnerParams{
 		OrganizationID: in.OrganizationID, Name: in.ResultModel, JobID: in.JobID,
@@ -39,10 +51,9 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	if !db.IsNotFound(err) {
 		return fmt.Errorf("check model name: %w", err)
 	}
+	// Only the command trainer stores a trained output.
 	if _, err := a.Artifacts.Stat(ctx, artifacts.OutputKey(in.JobID)); err == nil {
-		return temporal.NewNonRetryableApplicationError(
-			"this job was trained by the command trainer; its adapter is stored (GET /api/v1/fine-tuning/jobs/"+in.JobID+
-				"/artifacts/output downloads it), but this build cannot serve adapters yet", ErrTypeConflict, nil)
+		return a.deployAdapter(ctx, in)
 	} else if !errors.Is(err, artifacts.ErrNotExist) {
 		return fmt.Errorf("look for the trained output: %w", err)
 	}
@@ -54,24 +65,165 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	if err := state.UnmarshalBinary(weights); err != nil {
 		return invalidData("the final checkpoint is unreadable: %v", err)
 	}
-	job, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, in.JobID)
-	if db.IsNotFound(err) {
-		return jobGone(in.JobID, in.CreatedAt)
-	}
+	job, err := a.deployedJob(ctx, in)
 	if err != nil {
-		return fmt.Errorf("read job: %w", err)
+		return err
 	}
 	card := modelCard(in.ResultModel, job, &state)
 	key := artifacts.ModelKey(in.OrganizationID, in.JobID, in.ResultModel)
 	if err := a.Artifacts.PutBytes(ctx, key, weights); err != nil {
 		return fmt.Errorf("publish model: %w", err)
 	}
+	if err := a.publishCard(ctx, in, card); err != nil {
+		return err
+	}
+	return a.recordDeployment(ctx, in, key, card, nil)
+}
+
+// deployAdapter materializes the job's trained adapter where the inference
+// backend reads it, has the backend load it, and records the deployment.
+// A backend that is missing, down or refuses the adapter fails the deploy
+// at once; the job stays completed and can be deployed again.
+func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
+	if a.Inference == nil {
+		return temporal.NewNonRetryableApplicationError(
+			"this job was trained by the command trainer and its adapter needs an inference backend, "+
+				"but none is configured (TUNEFORGE_INFERENCE_URL is unset)", ErrTypeUnavailable, nil)
+	}
+	job, err := a.deployedJob(ctx, in)
+	if err != nil {
+		return err
+	}
+	name := inference.AdapterName(in.JobID)
+	dir, err := a.materialize(ctx, in.JobID)
+	if err != nil {
+		a.Logger.WarnContext(ctx, "materialize adapter", "job", in.JobID, "err", err)
+		return temporal.NewNonRetryableApplicationError(
+			"the trained adapter could not be prepared for the inference backend; the job stays completed, deploy it again later",
+			ErrTypeUnavailable, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "adapter_config.json")); err != nil {
+		_ = os.RemoveAll(dir)
+		return temporal.NewNonRetryableApplicationError(
+			"the trained output is not a LoRA adapter (it has no adapter_config.json), so it cannot be served", ErrTypeConflict, nil)
+	}
+	if err := a.loadAdapter(ctx, name, dir); err != nil {
+		_ = os.RemoveAll(dir)
+		return err
+	}
+	card := adapterCard(in.ResultModel, job)
+	err = a.publishCard(ctx, in, card)
+	if err == nil {
+		err = a.recordDeployment(ctx, in, artifacts.OutputKey(in.JobID), card, &name)
+	}
+	if err != nil {
+		// Nothing may serve an adapter no deployed model names.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adapterCallTimeout)
+		defer cancel()
+		if uerr := a.Inference.UnloadAdapter(uctx, name); uerr != nil {
+			a.Logger.WarnContext(ctx, "unload the adapter of a failed deploy", "job", in.JobID, "adapter", name, "err", uerr)
+		}
+		_ = os.RemoveAll(dir)
+	}
+	return err
+}
+
+// loadAdapter has the backend (re)load adapter name from dir. The name is
+// unloaded first: an earlier attempt of this deploy may have loaded it, and
+// the backend refuses to load a name twice.
+func (a *Activities) loadAdapter(ctx context.Context, name, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, adapterCallTimeout)
+	defer cancel()
+	err := a.Inference.UnloadAdapter(ctx, name)
+	if err == nil {
+		err = a.Inference.LoadAdapter(ctx, name, dir)
+	}
+	if err == nil {
+		return nil
+	}
+	var ierr *inference.Error
+	if !errors.As(err, &ierr) {
+		return fmt.Errorf("load adapter: %w", err)
+	}
+	switch {
+	case ierr.Status == http.StatusNotFound && ierr.Message == "Not Found":
+		// The route itself is missing, not the adapter: vLLM serves its LoRA
+		// API only when told to.
+		a.Logger.ErrorContext(ctx, "the inference backend has no LoRA API; start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True", "err", err)
+		return temporal.NewNonRetryableApplicationError(
+			"the inference backend does not accept adapters (it has no LoRA API), so the adapter was not published; the job stays completed",
+			ErrTypeUnavailable, err)
+	case inference.IsRefused(err):
+		return temporal.NewNonRetryableApplicationError(
+			"the inference backend refused the adapter: "+ierr.Message, ErrTypeConflict, err)
+	default:
+		a.Logger.WarnContext(ctx, "inference backend unavailable", "adapter", name, "err", err)
+		return temporal.NewNonRetryableApplicationError(
+			"the inference backend is unavailable, so the adapter was not published; the job stays completed, deploy it again later",
+			ErrTypeUnavailable, err)
+	}
+}
+
+// materialize extracts the job's trained adapter into its directory under
+// AdapterDir, replacing any left by an earlier attempt. It is extracted
+// beside its place and renamed there, so the backend never reads a partial
+// adapter.
+func (a *Activities) materialize(ctx context.Context, jobID string) (string, error) {
+	dst := inference.AdapterPath(a.AdapterDir, jobID)
+	if err := os.MkdirAll(a.AdapterDir, 0o755); err != nil {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	tmp, err := os.MkdirTemp(a.AdapterDir, "."+jobID+"-")
+	if err != nil {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	old := tmp + ".old"
+	defer os.RemoveAll(tmp)
+	defer os.RemoveAll(old)
+	// MkdirTemp makes the directory private; the backend may run as another user.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	if err := a.Artifacts.GetDir(ctx, artifacts.OutputKey(jobID), tmp); err != nil {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	// A directory cannot be renamed onto a non-empty one: move the old aside.
+	if err := os.Rename(dst, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	return dst, nil
+}
+
+// deployedJob reads the job being deployed.
+func (a *Activities) deployedJob(ctx context.Context, in DeployInput) (dbsqlc.Job, error) {
+	job, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, in.JobID)
+	if db.IsNotFound(err) {
+		return job, jobGone(in.JobID, in.CreatedAt)
+	}
+	if err != nil {
+		return job, fmt.Errorf("read job: %w", err)
+	}
+	return job, nil
+}
+
+func (a *Activities) publishCard(ctx context.Context, in DeployInput, card string) error {
 	if err := a.Artifacts.PutBytes(ctx, artifacts.ModelCardKey(in.OrganizationID, in.JobID, in.ResultModel), []byte(card)); err != nil {
 		return fmt.Errorf("publish model card: %w", err)
 	}
+	return nil
+}
+
+// recordDeployment writes the deployed model's row, served from blobKey or,
+// when adapter is set, by the inference backend under that name, and marks
+// the job deployed.
+func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobKey, card string, adapter *string) error {
 	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
 		err := a.Store.Q.CreateDeployedModel(ctx, tx, dbsqlc.CreateDeployedModelParams{
-			Name: in.ResultModel, OrganizationID: in.OrganizationID, JobID: in.JobID, BaseModel: in.BaseModel, BlobKey: key, Card: card,
+			Name: in.ResultModel, OrganizationID: in.OrganizationID, JobID: in.JobID, BaseModel: in.BaseModel,
+			BlobKey: blobKey, Card: card, Adapter: adapter,
 		})
 		if db.IsForeignKeyViolation(err) {
 			return jobGone(in.JobID, in.CreatedAt)
@@ -96,17 +248,38 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 // modelCard describes a deployed model honestly: what the builtin trainer
 // trained in place of the base model, on which data, and how well.
 func modelCard(name string, job dbsqlc.Job, state *trainer.State) string {
+	return card(name, job,
+		fmt.Sprintf("Trainer: builtin. This is not %s: it is a compact softmax classifier over hashed word unigrams and bigrams, "+
+			"trained on the CPU in place of the base model. It answers every prompt with one of %d labels learned from the "+
+			"training data: %s.", job.BaseModel, len(state.Labels), strings.Join(state.Labels, ", ")),
+		fmt.Sprintf("%d tokens trained over %d epochs (%d optimizer steps)", state.Tokens, state.Epoch, state.Step))
+}
+
+// adapterCard describes a model the command trainer trained: a LoRA adapter
+// that the inference backend serves on top of the base model.
+func adapterCard(name string, job dbsqlc.Job) string {
+	epochs := job.Epochs
+	if job.Epoch != nil {
+		epochs = *job.Epoch
+	}
+	return card(name, job,
+		fmt.Sprintf("Trainer: command. This is a LoRA adapter of %s trained by the command trainer; "+
+			"the inference backend serves it on top of %s.", job.BaseModel, job.BaseModel),
+		fmt.Sprintf("%d tokens trained over %d epochs", job.TrainedTokens, epochs))
+}
+
+// card is the model card both trainers share: the trainer's own paragraph,
+// then the data, how much was trained, the hyperparameters and the losses.
+func card(name string, job dbsqlc.Job, trainerNote, trained string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n\n", name)
 	fmt.Fprintf(&b, "Fine-tuned by tuneforge job %s (%q) for base model %s.\n\n", job.ID, job.Name, job.BaseModel)
-	fmt.Fprintf(&b, "Trainer: builtin. This is not %s: it is a compact softmax classifier over hashed word unigrams and bigrams, "+
-		"trained on the CPU in place of the base model. It answers every prompt with one of %d labels learned from the "+
-		"training data: %s.\n\n", job.BaseModel, len(state.Labels), strings.Join(state.Labels, ", "))
+	fmt.Fprintf(&b, "%s\n\n", trainerNote)
 	fmt.Fprintf(&b, "Training data: %s", job.TrainingFile)
 	if job.ValidationFile != nil {
 		fmt.Fprintf(&b, ", validated on %s", *job.ValidationFile)
 	}
-	fmt.Fprintf(&b, "; %d tokens trained over %d epochs (%d optimizer steps).\n", state.Tokens, state.Epoch, state.Step)
+	fmt.Fprintf(&b, "; %s.\n", trained)
 	fmt.Fprintf(&b, "Hyperparameters: learning rate %g, batch size %d, warmup steps %d.\n", job.LearningRate, job.BatchSize, job.WarmupSteps)
 	if job.TrainingLoss != nil {
 		fmt.Fprintf(&b, "Final training loss: %.4f.", *job.TrainingLoss)

@@ -52,8 +52,13 @@ func (s *Server) transition(c *gin.Context, update string) {
 
 func (s *Server) transitionError(ctx context.Context, update, status string, err error) error {
 	var appErr *temporal.ApplicationError
-	if errors.As(err, &appErr) && (appErr.Type() == workflows.ErrTypeInvalidTransition || appErr.Type() == activities.ErrTypeConflict) {
-		return conflict("cannot %s: %s", update, appErr.Message())
+	if errors.As(err, &appErr) {
+		switch appErr.Type() {
+		case workflows.ErrTypeInvalidTransition, activities.ErrTypeConflict:
+			return conflict("cannot %s: %s", update, appErr.Message())
+		case activities.ErrTypeUnavailable:
+			return newError(http.StatusServiceUnavailable, "unavailable", "cannot %s: %s", update, appErr.Message())
+		}
 	}
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {

@@ -287,7 +287,14 @@ func (j *job) deploy(ctx workflow.Context) error {
 		return err
 	}
 	if err != nil {
-		j.deployErr = temporal.NewApplicationError(userMessage(err), activities.ErrTypeConflict)
+		// A deploy that failed leaves the job as it was: a conflict, or a
+		// service that is unavailable for now.
+		errType := activities.ErrTypeConflict
+		var appErr *temporal.ApplicationError
+		if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeUnavailable {
+			errType = activities.ErrTypeUnavailable
+		}
+		j.deployErr = temporal.NewApplicationError(userMessage(err), errType)
 		return nil
 	}
 	j.state.ResultModel = j.in.ResultModel
