@@ -1,9 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,36 +17,53 @@ import (
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/trainer"
 )
+
+// maxAnswerBody bounds an answer of the inference backend that is read
+// whole (one not streamed) before it is passed on.
+const maxAnswerBody = 16 << 20
 
 type chatMessage struct {
 	Role    string `json:"role"`
 	Content string `json:"content"`
 }
 
-// chatRequest is the OpenAI-compatible subset served. Other fields OpenAI
-// clients send (sampling parameters, user, …) are accepted and ignored: the
-// builtin model answers its most likely label.
+// chatRequest is the OpenAI-compatible subset tuneforge reads. Other fields
+// OpenAI clients send (sampling parameters, user, …) are passed as sent to
+// the inference backend for a model it serves, and ignored by builtin
+// models, which answer their most likely label.
 type chatRequest struct {
-	Model    string        `json:"model"`
-	Messages []chatMessage `json:"messages"`
-	Stream   bool          `json:"stream"`
+	Model         string        `json:"model"`
+	Messages      []chatMessage `json:"messages"`
+	Stream        bool          `json:"stream"`
+	StreamOptions struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
 }
 
 func (s *Server) chatCompletions(c *gin.Context) {
 	ctx := c.Request.Context()
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody))
+	if err != nil {
+		s.respondError(c, jsonError(err))
+		return
+	}
 	var req chatRequest
-	if err := decodeJSON(c, &req, false); err != nil {
-		s.respondError(c, err)
+	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&req); err != nil {
+		s.respondError(c, jsonError(err))
+		return
+	}
+	// The fields as sent, for the inference backend.
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		s.respondError(c, badRequest("the request body must hold a single JSON object"))
 		return
 	}
 	var errs fieldErrors
 	if req.Model == "" {
 		errs.add("model", "is required: the resultModel of a deployed fine-tuning job")
-	}
-	if req.Stream {
-		errs.add("stream", "streaming is not supported; send stream: false")
 	}
 	if len(req.Messages) == 0 {
 		errs.add("messages", "must hold at least one message")
@@ -57,12 +79,20 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	org := caller(c).OrganizationID
-	model, err := s.model(ctx, org, req.Model)
-	if errors.Is(err, db.ErrNotFound) {
+	rec, err := s.Store.Q.GetDeployedModel(ctx, s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: caller(c).OrganizationID, Name: req.Model})
+	if db.IsNotFound(err) {
 		s.respondError(c, notFound("deployed model", req.Model))
 		return
 	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	if rec.Adapter != nil {
+		s.proxyCompletion(c, rec, fields)
+		return
+	}
+	model, err := s.model(ctx, rec)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -72,10 +102,17 @@ func (s *Server) chatCompletions(c *gin.Context) {
 	prompt := ex.Input()
 	pred := model.Predict(prompt)
 	promptTokens, completionTokens := dataset.CountTokens(prompt), dataset.CountTokens(pred.Label)
+	id, created := newID("chatcmpl-"), time.Now().Unix()
+	usage := gin.H{"prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens}
+	if req.Stream {
+		streamAnswer(c, gin.H{"id": id, "object": "chat.completion.chunk", "created": created, "model": req.Model},
+			pred.Label, usage, req.StreamOptions.IncludeUsage)
+		return
+	}
 	c.JSON(http.StatusOK, gin.H{
-		"id":      newID("chatcmpl-"),
+		"id":      id,
 		"object":  "chat.completion",
-		"created": time.Now().Unix(),
+		"created": created,
 		"model":   req.Model,
 		"choices": []gin.H{{
 			"index":         0,
@@ -83,19 +120,147 @@ func (s *Server) chatCompletions(c *gin.Context) {
 			"finish_reason": "stop",
 			"probability":   pred.Probability,
 		}},
-		"usage": gin.H{"prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens},
+		"usage": usage,
 	})
 }
 
-// model returns the organization's deployed model called name. The row is
-// read on every request, so a deleted or redeployed model is never served
-// from a stale cache (on this replica or another); the weights are cached
-// by their artifact key, which is unique to the deploying job.
-func (s *Server) model(ctx context.Context, org, name string) (*trainer.State, error) {
-	rec, err := s.Store.Q.GetDeployedModel(ctx, s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: org, Name: name})
-	if err != nil {
-		return nil, db.NotFound(err)
+// streamAnswer sends a builtin model's whole answer as OpenAI streams one:
+// a chunk with the content, one with the finish reason, one with the usage
+// when the client asked for it, then [DONE]. Each chunk starts as head.
+func streamAnswer(c *gin.Context, head gin.H, content string, usage gin.H, includeUsage bool) {
+	chunk := func(fields gin.H) gin.H {
+		out := gin.H{}
+		for k, v := range head {
+			out[k] = v
+		}
+		for k, v := range fields {
+			out[k] = v
+		}
+		return out
 	}
+	events := []gin.H{
+		chunk(gin.H{"choices": []gin.H{{"index": 0, "delta": chatMessage{Role: "assistant", Content: content}, "finish_reason": nil}}}),
+		chunk(gin.H{"choices": []gin.H{{"index": 0, "delta": gin.H{}, "finish_reason": "stop"}}}),
+	}
+	if includeUsage {
+		events = append(events, chunk(gin.H{"choices": []gin.H{}, "usage": usage}))
+	}
+	startStream(c)
+	for _, e := range events {
+		b, _ := json.Marshal(e)
+		fmt.Fprintf(c.Writer, "data: %s\n\n", b)
+	}
+	io.WriteString(c.Writer, "data: [DONE]\n\n")
+	c.Writer.Flush()
+}
+
+// startStream begins a 200 answer of server-sent events.
+func startStream(c *gin.Context) {
+	c.Header("Content-Type", "text/event-stream")
+	c.Header("Cache-Control", "no-cache")
+	c.Header("X-Accel-Buffering", "no") // tells proxies such as nginx not to buffer the events
+	c.Status(http.StatusOK)
+}
+
+// proxyCompletion answers with a model the inference backend serves as an
+// adapter: the request goes to the backend as the client sent it, naming
+// the adapter, and the answer comes back, streamed or whole, naming the
+// model the client asked for.
+func (s *Server) proxyCompletion(c *gin.Context, rec dbsqlc.DeployedModel, fields map[string]json.RawMessage) {
+	ctx := c.Request.Context()
+	if s.Inference == nil {
+		s.log.ErrorContext(ctx, "a deployed model needs the inference backend, and TUNEFORGE_INFERENCE_URL is unset", "model", rec.Name, "job", rec.JobID)
+		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "model %s is served by an inference backend, and none is configured", rec.Name))
+		return
+	}
+	adapter := *rec.Adapter
+	fields["model"], _ = json.Marshal(adapter)
+	body, err := json.Marshal(fields)
+	if err != nil {
+		s.respondError(c, fmt.Errorf("encode the request for the inference backend: %w", err))
+		return
+	}
+	resp, err := s.Inference.ChatCompletions(ctx, body)
+	if backendStatus(err) == http.StatusNotFound {
+		// The backend lost the adapter (it restarted, say): load it again
+		// from where the deploy materialized it, and ask once more.
+		s.log.InfoContext(ctx, "reload adapter into the inference backend", "model", rec.Name, "adapter", adapter)
+		if lerr := s.Inference.LoadAdapter(ctx, adapter, inference.AdapterPath(s.AdapterDir, rec.JobID)); inference.IsUnavailable(lerr) {
+			err = lerr
+		} else {
+			// A refusal may be a concurrent request's reload; asking again tells.
+			resp, err = s.Inference.ChatCompletions(ctx, body)
+		}
+	}
+	if err != nil {
+		s.respondError(c, s.backendError(ctx, rec, err))
+		return
+	}
+	defer resp.Body.Close()
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		startStream(c)
+		if err := inference.CopyStream(c.Writer, c.Writer.Flush, resp.Body, rec.Name); err != nil {
+			// The answer has begun, so it can only end here; the log says why.
+			s.log.WarnContext(ctx, "streamed answer of the inference backend broke off", "model", rec.Name, "adapter", adapter, "err", err)
+		}
+		return
+	}
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBody+1))
+	if err == nil && len(answer) > maxAnswerBody {
+		err = fmt.Errorf("the answer exceeds %d bytes", maxAnswerBody)
+	}
+	if err == nil {
+		answer, err = inference.RewriteModel(answer, rec.Name)
+	}
+	if err != nil {
+		s.log.WarnContext(ctx, "unreadable answer of the inference backend", "model", rec.Name, "adapter", adapter, "err", err)
+		s.respondError(c, newError(http.StatusBadGateway, "bad_gateway", "the inference backend's answer was unreadable; try again"))
+		return
+	}
+	c.Data(http.StatusOK, "application/json", answer)
+}
+
+func backendStatus(err error) int {
+	var ierr *inference.Error
+	if errors.As(err, &ierr) {
+		return ierr.Status
+	}
+	return 0
+}
+
+// backendError is the API's answer to a failed call to the inference
+// backend. A refusal of the request is the client's to fix, so its status
+// and message pass through, naming the client's model rather than the
+// adapter; anything else is the backend's trouble, a 503.
+func (s *Server) backendError(ctx context.Context, rec dbsqlc.DeployedModel, err error) error {
+	var ierr *inference.Error
+	if !errors.As(err, &ierr) {
+		return err
+	}
+	codes := map[int]string{
+		http.StatusBadRequest: "invalid_request", http.StatusConflict: "conflict", http.StatusRequestEntityTooLarge: "payload_too_large",
+		http.StatusUnprocessableEntity: "unprocessable_entity", http.StatusTooManyRequests: "rate_limited",
+	}
+	// Authentication failures and unknown models are not the client's doing.
+	if inference.IsRefused(err) && ierr.Status != http.StatusUnauthorized && ierr.Status != http.StatusForbidden &&
+		ierr.Status != http.StatusNotFound && ierr.Status != http.StatusProxyAuthRequired {
+		code, ok := codes[ierr.Status]
+		if !ok {
+			code = "invalid_request"
+		}
+		return newError(ierr.Status, code, "the inference backend refused the request: %s", strings.ReplaceAll(ierr.Message, *rec.Adapter, rec.Name))
+	}
+	if ctx.Err() == nil {
+		s.log.WarnContext(ctx, "inference backend unavailable", "model", rec.Name, "adapter", *rec.Adapter, "err", err)
+	}
+	return newError(http.StatusServiceUnavailable, "unavailable", "the inference backend serving model %s is unavailable; try again later", rec.Name)
+}
+
+// model returns the weights of a builtin model. The row is read on every
+// request, so a deleted or redeployed model is never served from a stale
+// cache (on this replica or another); the weights are cached by their
+// artifact key, which is unique to the deploying job.
+func (s *Server) model(ctx context.Context, rec dbsqlc.DeployedModel) (*trainer.State, error) {
 	return s.models.get(rec.BlobKey, func() (*trainer.State, error) {
 		b, err := s.Artifacts.Get(ctx, rec.BlobKey)
 		if err != nil {

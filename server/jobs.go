@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -416,14 +418,21 @@ func (s *Server) deleteJob(c *gin.Context) {
 		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "the workflow service is unavailable; the job was not deleted, try again"))
 		return
 	}
+	// The deployed model's row goes with the job's, so its adapter is read first.
+	adapter, err := s.Store.Q.GetJobAdapter(ctx, s.Store.Pool, job.ID)
+	if err != nil && !db.IsNotFound(err) {
+		s.respondError(c, err)
+		return
+	}
 	if _, err := s.Store.Q.DeleteJob(ctx, s.Store.Pool, dbsqlc.DeleteJobParams{OrganizationID: job.OrganizationID, ID: job.ID}); err != nil {
 		s.respondError(c, err)
 		return
 	}
+	s.retireAdapter(ctx, job.ID, adapter)
 	if err := s.Artifacts.DeletePrefix(ctx, artifacts.CheckpointPrefix(job.ID)); err != nil {
 		s.log.WarnContext(ctx, "delete job checkpoints", "job", job.ID, "err", err)
 	}
-	var keys []string
+	keys := []string{artifacts.OutputKey(job.ID)}
 	if model := deref(job.ResultModel); model != "" {
 		keys = append(keys, artifacts.ModelKey(job.OrganizationID, job.ID, model), artifacts.ModelCardKey(job.OrganizationID, job.ID, model))
 	}
@@ -433,6 +442,34 @@ func (s *Server) deleteJob(c *gin.Context) {
 		}
 	}
 	c.Status(http.StatusNoContent)
+}
+
+// unloadTimeout bounds the wait for the inference backend when a job is
+// deleted; the delete never waits on it for longer.
+const unloadTimeout = 5 * time.Second
+
+// retireAdapter removes a deleted job's materialized adapter, then has the
+// inference backend stop serving it (in that order, so a concurrent request
+// cannot load it again). Both are best effort: the job is deleted already,
+// and no request reaches an adapter without its model's row.
+func (s *Server) retireAdapter(ctx context.Context, jobID string, adapter *string) {
+	if s.AdapterDir != "" {
+		if err := os.RemoveAll(inference.AdapterPath(s.AdapterDir, jobID)); err != nil {
+			s.log.WarnContext(ctx, "remove the adapter of a deleted job", "job", jobID, "err", err)
+		}
+	}
+	if adapter == nil {
+		return
+	}
+	if s.Inference == nil {
+		s.log.WarnContext(ctx, "cannot unload the adapter of a deleted job: TUNEFORGE_INFERENCE_URL is unset", "job", jobID, "adapter", *adapter)
+		return
+	}
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unloadTimeout)
+	defer cancel()
+	if err := s.Inference.UnloadAdapter(uctx, *adapter); err != nil {
+		s.log.WarnContext(ctx, "unload the adapter of a deleted job", "job", jobID, "adapter", *adapter, "err", err)
+	}
 }
 
 // workflowOpen reports whether the job's workflow still runs; a job whose

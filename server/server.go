@@ -20,6 +20,7 @@ import (
 	"github.com/tuneforge/tuneforge/apikey"
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/inference"
 )
 
 // Limits on what a request may carry.
@@ -41,6 +42,11 @@ type Deps struct {
 	// RateLimit is the requests per second each API key may make (with a
 	// burst of twice that); 0 means unlimited.
 	RateLimit float64
+	// Inference is the backend that serves models trained by the command
+	// trainer; nil when none is configured.
+	Inference *inference.Client
+	// AdapterDir is where deploys materialize adapters for that backend.
+	AdapterDir string
 }
 
 // Server serves the API.
