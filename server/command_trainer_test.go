@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
@@ -68,9 +69,11 @@ func TestCommandTrainerCrashResumes(t *testing.T) {
 	arts := org.Do(t, "GET", jobsPath+"/"+id+"/artifacts", nil)
 	expect(t, arts, 200, `"kind":"output"`, `"step":100`)
 	expect(t, org.Do(t, "GET", jobsPath+"/"+id+"/artifacts/output", nil), 200)
-	// Deploying it says clearly what this build cannot do yet; the job stays completed.
-	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 409, "cannot serve adapters yet")
-	org.WaitStatus(t, id, time.Second, "completed")
+	// Deploying it loads the adapter into the inference backend.
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 200, `"status":"deployed"`)
+	if _, ok := backend.Loaded(inference.AdapterName(id)); !ok {
+		t.Errorf("the inference backend did not load the adapter of %s", id)
+	}
 }
 
 func TestCommandTrainerStopRestart(t *testing.T) {

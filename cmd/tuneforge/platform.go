@@ -11,6 +11,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/trainer/command"
 	"github.com/tuneforge/tuneforge/workers"
@@ -23,6 +24,9 @@ type platform struct {
 	artifacts *artifacts.Store
 	log       *slog.Logger
 	dataDir   string
+	// inference serves command-trained adapters; nil when none is configured.
+	inference  *inference.Client
+	adapterDir string
 }
 
 func openStore(ctx context.Context, cfg config.Config) (*db.Store, error) {
@@ -38,7 +42,7 @@ func connect(ctx context.Context, cfg config.Config, log *slog.Logger) (*platfor
 	if err != nil {
 		return nil, err
 	}
-	p := &platform{store: store, log: log, dataDir: cfg.DataDir}
+	p := &platform{store: store, log: log, dataDir: cfg.DataDir, inference: inference.New(cfg.InferenceURL), adapterDir: cfg.AdapterDir}
 	if p.artifacts, err = artifacts.Open(ctx, cfg.Artifacts); err != nil {
 		p.close()
 		return nil, err
@@ -61,7 +65,10 @@ func (p *platform) close() {
 }
 
 func (p *platform) activities() *activities.Activities {
-	return &activities.Activities{Store: p.store, Artifacts: p.artifacts, Logger: p.log, GPULiveness: workers.GPULiveness}
+	return &activities.Activities{
+		Store: p.store, Artifacts: p.artifacts, Logger: p.log, GPULiveness: workers.GPULiveness,
+		Inference: p.inference, AdapterDir: p.adapterDir,
+	}
 }
 
 // trainingActivities are the activities of one training worker: each has
@@ -83,5 +90,6 @@ func (p *platform) api(cfg config.Config) *server.Server {
 	return server.New(server.Deps{
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
+		Inference: p.inference, AdapterDir: p.adapterDir,
 	})
 }

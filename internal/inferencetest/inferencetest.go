@@ -41,11 +41,12 @@ type Server struct {
 	loaded map[string]string // adapter name → path
 	refuse map[string]string // adapter name → why its load is refused
 	down   map[string]bool
+	held   map[string]chan struct{} // adapter name → released when streams may go on
 }
 
 // New starts a backend; Close it when done.
 func New() *Server {
-	s := &Server{loaded: map[string]string{}, refuse: map[string]string{}, down: map[string]bool{}}
+	s := &Server{loaded: map[string]string{}, refuse: map[string]string{}, down: map[string]bool{}, held: map[string]chan struct{}{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/load_lora_adapter", s.load)
 	mux.HandleFunc("POST /v1/unload_lora_adapter", s.unload)
@@ -81,6 +82,20 @@ func (s *Server) Refuse(adapter, message string) { s.set(func() { s.refuse[adapt
 // SetDown makes every request about adapter find no backend: the
 // connection is closed without an answer.
 func (s *Server) SetDown(adapter string, down bool) { s.set(func() { s.down[adapter] = down }) }
+
+// Hold makes streamed answers of adapter stop after their first chunk
+// until release is called, so a test can see chunks arrive one by one.
+func (s *Server) Hold(adapter string) (release func()) {
+	ch := make(chan struct{})
+	s.set(func() { s.held[adapter] = ch })
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.set(func() { delete(s.held, adapter) })
+			close(ch)
+		})
+	}
+}
 
 // Forget drops adapter as a restart of the backend would.
 func (s *Server) Forget(adapter string) { s.set(func() { delete(s.loaded, adapter) }) }
@@ -211,6 +226,16 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		http.NewResponseController(w).Flush()
 	}
 	chunk(map[string]any{"role": "assistant", "content": ""}, nil)
+	s.mu.Lock()
+	held := s.held[c.Name]
+	s.mu.Unlock()
+	if held != nil {
+		select {
+		case <-held:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	for _, word := range strings.SplitAfter(reply, " ") {
 		chunk(map[string]any{"content": word}, nil)
 	}

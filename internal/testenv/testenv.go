@@ -27,6 +27,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/devserver"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/trainer/command"
 	"github.com/tuneforge/tuneforge/workers"
@@ -50,7 +51,12 @@ type Env struct {
 	Activities *activities.Activities
 	API        *httptest.Server
 	DataDir    string
+	// AdapterDir is where deploys materialize adapters for the inference
+	// backend.
+	AdapterDir string
 	Log        *slog.Logger
+
+	inferenceURL string
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -62,10 +68,20 @@ type Env struct {
 // the others have no worker unless a test starts one.
 var Pools = []string{"gpu-a100-40gb", "gpu-a100-80gb"}
 
+// Option changes how Start brings the platform up.
+type Option func(*Env)
+
+// WithInference has deploys and chat completions of command-trained models
+// use the inference backend at url; without it none is configured.
+func WithInference(url string) Option { return func(e *Env) { e.inferenceURL = url } }
+
 // Start brings the platform up; call Stop when done (from TestMain).
-func Start() (*Env, error) {
+func Start(opts ...Option) (*Env, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Env{ctx: ctx, cancel: cancel, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	for _, o := range opts {
+		o(e)
+	}
 	if err := e.start(); err != nil {
 		e.Stop()
 		return nil, err
@@ -104,7 +120,11 @@ func (e *Env) start() error {
 	if e.Artifacts, err = artifacts.Open(e.ctx, "file://"+filepath.Join(e.DataDir, "artifacts")); err != nil {
 		return err
 	}
-	e.Activities = &activities.Activities{Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness}
+	e.AdapterDir = filepath.Join(e.DataDir, "adapters")
+	inf := inference.New(e.inferenceURL)
+	e.Activities = &activities.Activities{
+		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Inference: inf, AdapterDir: e.AdapterDir,
+	}
 	e.Go(func(ctx context.Context) error { return workers.RunControl(ctx, e.Temporal, e.Activities) })
 	for _, pool := range Pools {
 		t := workers.Training{ID: "test/" + pool, HardwareID: pool, Slots: 1}
@@ -112,6 +132,7 @@ func (e *Env) start() error {
 	}
 	e.API = httptest.NewServer(server.New(server.Deps{
 		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
+		Inference: inf, AdapterDir: e.AdapterDir,
 	}))
 	return nil
 }
