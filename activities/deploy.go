@@ -97,6 +97,9 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 	name := inference.AdapterName(in.JobID)
 	dir, err := a.materialize(ctx, in.JobID)
 	if err != nil {
+		if ctx.Err() != nil {
+			return err // the worker is stopping or the attempt timed out: retried
+		}
 		a.Logger.WarnContext(ctx, "materialize adapter", "job", in.JobID, "err", err)
 		return temporal.NewNonRetryableApplicationError(
 			"the trained adapter could not be prepared for the inference backend; the job stays completed, deploy it again later",
@@ -109,6 +112,9 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 	}
 	if err := a.loadAdapter(ctx, name, dir); err != nil {
 		_ = os.RemoveAll(dir)
+		if ctx.Err() != nil {
+			return fmt.Errorf("load adapter: %w", ctx.Err()) // retried
+		}
 		return err
 	}
 	card := adapterCard(in.ResultModel, job)
