@@ -62,10 +62,11 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 	return a.trainBuiltin(ctx, in)
 }
 
-// trainBuiltin trains one epoch with the builtin trainer. It resumes from the job's latest checkpoint (saved at the
-// last metric point, or when a stop cancelled the previous attempt), records
-// metric points and log lines, heartbeats about twenty times a second and
-// returns promptly when cancelled, after saving a checkpoint.
+// trainBuiltin trains one epoch with the builtin trainer. It resumes from
+// the job's latest checkpoint (saved at the last metric point, or when a
+// stop cancelled the previous attempt), records metric points and log
+// lines, heartbeats about twenty times a second and returns promptly when
+// cancelled, after saving a checkpoint.
 func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
 	train, err := a.loadExamples(ctx, in.DatasetKey, "training file")
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -160,9 +159,8 @@ func (a *Activities) fetchCheckpoint(ctx context.Context, jobID, dir string, cfg
 		return 0, nil
 	}
 	key := keys[len(keys)-1]
-	step, ok := strings.CutSuffix(strings.TrimPrefix(key, artifacts.CheckpointPrefix(jobID)+"step-"), ".tar")
-	n, err := strconv.Atoi(step)
-	if !ok || err != nil {
+	n, isDir, ok := artifacts.ParseCheckpointKey(jobID, key)
+	if !ok || !isDir {
 		return 0, invalidData("the job's latest checkpoint (%s) was not written by a command trainer; "+
 			"a job resumes on the kind of trainer that began it", key)
 	}

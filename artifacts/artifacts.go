@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"gocloud.dev/blob"
@@ -224,4 +226,29 @@ func (s *Store) ListObjects(ctx context.Context, prefix string) ([]Object, error
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, nil
+}
+
+// ParseCheckpointKey reads the step of a checkpoint key and whether it holds
+// a directory (DirCheckpointKey) rather than a builtin checkpoint
+// (CheckpointKey). Only keys those functions would produce are accepted.
+func ParseCheckpointKey(jobID, key string) (step int, dir bool, ok bool) {
+	name, ok := strings.CutPrefix(key, CheckpointPrefix(jobID)+"step-")
+	if !ok {
+		return 0, false, false
+	}
+	digits, ext, ok := strings.Cut(name, ".")
+	if !ok {
+		return 0, false, false
+	}
+	step, err := strconv.Atoi(digits)
+	if err != nil || step < 0 {
+		return 0, false, false
+	}
+	switch {
+	case ext == "ckpt" && key == CheckpointKey(jobID, step):
+		return step, false, true
+	case ext == "tar" && key == DirCheckpointKey(jobID, step):
+		return step, true, true
+	}
+	return 0, false, false
 }

@@ -8,7 +8,6 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -95,29 +94,14 @@ func (s *Server) listJobArtifacts(ctx context.Context, jobID string) ([]jobArtif
 	return out, nil
 }
 
-// parseCheckpointKey reads the step and format of a checkpoint key. Only
-// keys that CheckpointKey or DirCheckpointKey would produce are accepted;
-// anything else under the prefix is not a checkpoint and is not listed.
+// parseCheckpointKey reads the step and format of a checkpoint key; keys
+// that are not checkpoints are not listed.
 func parseCheckpointKey(jobID, key string) (int, string, bool) {
-	name, ok := strings.CutPrefix(key, artifacts.CheckpointPrefix(jobID)+"step-")
-	if !ok {
-		return 0, "", false
+	step, dir, ok := artifacts.ParseCheckpointKey(jobID, key)
+	if dir {
+		return step, formatTar, ok
 	}
-	digits, ext, ok := strings.Cut(name, ".")
-	if !ok {
-		return 0, "", false
-	}
-	step, err := strconv.Atoi(digits)
-	if err != nil || step < 0 {
-		return 0, "", false
-	}
-	switch {
-	case ext == "ckpt" && key == artifacts.CheckpointKey(jobID, step):
-		return step, formatBuiltin, true
-	case ext == "tar" && key == artifacts.DirCheckpointKey(jobID, step):
-		return step, formatTar, true
-	}
-	return 0, "", false
+	return step, formatBuiltin, ok
 }
 
 func artifactURL(jobID, artifactID string) string {

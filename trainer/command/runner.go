@@ -177,7 +177,7 @@ func (r *Runner) Run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 
-	a := attempt{cfg: cfg, h: h, logs: newBucket(logRate, logBurst)}
+	a := attempt{cfg: cfg, h: h, logs: newBucket(logRate, logBurst), lastCkpt: -1}
 	var (
 		done        = ctx.Done()
 		graceTimer  <-chan time.Time
@@ -268,8 +268,7 @@ type attempt struct {
 	logs      *bucket
 	dropped   int
 	result    *Result
-	lastCkpt  int // step of the last announced checkpoint, -1 for none
-	ckptSeen  bool
+	lastCkpt  int      // step of the last announced checkpoint, -1 for none
 	lastError string   // the last error log line
 	stderr    []string // the last stderrTail stderr lines
 	cancelled bool
@@ -331,7 +330,7 @@ func (a *attempt) checkpoint(c Checkpoint) error {
 	if err := a.h.Checkpoint(c); err != nil {
 		return err
 	}
-	a.lastCkpt, a.ckptSeen = c.Step, true
+	a.lastCkpt = c.Step
 	return nil
 }
 
@@ -341,7 +340,7 @@ func (a *attempt) resultLine(res Result) error {
 		return err
 	}
 	res.OutputPath = path
-	if a.cfg.Epochs.To < a.cfg.Hyperparameters.Epochs && (!a.ckptSeen || a.lastCkpt != res.Step) {
+	if a.cfg.Epochs.To < a.cfg.Hyperparameters.Epochs && a.lastCkpt != res.Step {
 		return a.protocolError("the result at step %d has no checkpoint at that step, so epoch %d cannot resume from it; "+
 			"a trainer must announce a checkpoint at the end of its last epoch", res.Step, a.cfg.Epochs.To+1)
 	}
