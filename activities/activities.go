@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
@@ -33,11 +34,6 @@ const (
 	ErrTypeUnavailable = "Unavailable"
 )
 
-// jobGoneGrace is how long after creation a missing row is taken for a
-// commit still in flight (the API starts the workflow inside its
-// transaction) rather than a deleted job.
-const jobGoneGrace = time.Minute
-
 // Activities holds what the activities need.
 type Activities struct {
 	Store     *db.Store
@@ -59,6 +55,8 @@ type Activities struct {
 	Inference *inference.Client
 	// AdapterDir is where adapters are materialized for that backend to read.
 	AdapterDir string
+	// Temporal signals grants to waiting jobs and ends deleted jobs' workflows.
+	Temporal client.Client
 
 	datasets datasetCache
 }
@@ -72,11 +70,10 @@ const (
 
 // StatusRecord is one transition to write to the read model.
 type StatusRecord struct {
-	JobID     string
-	Status    string
-	Error     string
-	At        time.Time
-	CreatedAt time.Time
+	JobID  string
+	Status string
+	Error  string
+	At     time.Time
 	// Log, when set, is appended to the job's log with the transition.
 	Log      string
 	LogLevel string
@@ -96,7 +93,7 @@ func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 			return fmt.Errorf("record status %s of %s: %w", r.Status, r.JobID, err)
 		}
 		if n == 0 {
-			return jobGone(r.JobID, r.CreatedAt)
+			return jobGone(r.JobID)
 		}
 		if r.Log == "" {
 			return nil
@@ -109,10 +106,10 @@ func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 	})
 }
 
-func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string, createdAt time.Time) error {
+func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string) error {
 	err := a.Store.Q.AppendJobLog(ctx, a.Store.Pool, dbsqlc.AppendJobLogParams{JobID: jobID, Level: level, Message: msg})
 	if db.IsForeignKeyViolation(err) {
-		return jobGone(jobID, createdAt)
+		return jobGone(jobID)
 	}
 	if err != nil {
 		return fmt.Errorf("append log of %s: %w", jobID, err)
@@ -120,14 +117,10 @@ func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string, cr
 	return nil
 }
 
-// jobGone reports a missing job row: retryable while the creating
-// transaction may still commit, final after that.
-func jobGone(jobID string, createdAt time.Time) error {
-	msg := fmt.Sprintf("job %s no longer exists", jobID)
-	if time.Since(createdAt) < jobGoneGrace {
-		return temporal.NewApplicationError(msg, ErrTypeJobGone+"Pending")
-	}
-	return temporal.NewNonRetryableApplicationError(msg, ErrTypeJobGone, nil)
+// jobGone reports a missing job row. The workflow writes its job's row
+// before anything else runs, so a missing row means a deleted job.
+func jobGone(jobID string) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("job %s no longer exists", jobID), ErrTypeJobGone, nil)
 }
 
 // invalidData is a non-retryable failure whose message is meant for users.

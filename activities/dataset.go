@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"go.temporal.io/sdk/activity"
 
@@ -19,7 +18,6 @@ type ValidateInput struct {
 	DatasetKey        string
 	ValidationKey     string
 	MaxSequenceLength int
-	CreatedAt         time.Time
 }
 
 // DatasetSummary is what validation found.
@@ -32,7 +30,7 @@ type DatasetSummary struct {
 // ValidateDataset streams the training (and validation) files, checks every
 // line and fails, without retries, with line-numbered errors on bad data.
 func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (DatasetSummary, error) {
-	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset", in.CreatedAt); err != nil {
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset"); err != nil {
 		return DatasetSummary{}, err
 	}
 	var examples []trainer.Example
@@ -59,7 +57,7 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 	if in.ValidationKey != "" {
 		msg += fmt.Sprintf(", %d validation examples", sum.ValidationExamples)
 	}
-	return sum, a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt)
+	return sum, a.appendLog(ctx, in.JobID, LevelInfo, msg)
 }
 
 // scan streams one dataset file through dataset.Scan, heartbeating, and

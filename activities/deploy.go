@@ -31,7 +31,6 @@ type DeployInput struct {
 	OrganizationID string
 	BaseModel      string
 	ResultModel    string
-	CreatedAt      time.Time
 }
 
 // Deploy publishes the job's trained model as ResultModel, so that
@@ -71,13 +70,35 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	}
 	card := modelCard(in.ResultModel, job, &state)
 	key := artifacts.ModelKey(in.OrganizationID, in.JobID, in.ResultModel)
-	if err := a.Artifacts.PutBytes(ctx, key, weights); err != nil {
-		return fmt.Errorf("publish model: %w", err)
+	cardKey := artifacts.ModelCardKey(in.OrganizationID, in.JobID, in.ResultModel)
+	err = a.Artifacts.PutBytes(ctx, key, weights)
+	if err == nil {
+		err = a.publishCard(ctx, in, card)
 	}
-	if err := a.publishCard(ctx, in, card); err != nil {
-		return err
+	if err == nil {
+		err = a.recordDeployment(ctx, in, key, card, nil)
 	}
-	return a.recordDeployment(ctx, in, key, card, nil)
+	if err != nil && !temporal.IsApplicationError(err) {
+		return err // retried, and the retry writes the same keys again
+	}
+	if err != nil {
+		// A deploy that lost (to a deletion, to another job's model name,
+		// to data PostgreSQL refuses) leaves nothing behind.
+		a.removeUnpublished(ctx, in.JobID, key, cardKey)
+	}
+	return err
+}
+
+// removeUnpublished deletes what a failed deploy wrote; a key left behind
+// is removed again when the job is deleted.
+func (a *Activities) removeUnpublished(ctx context.Context, jobID string, keys ...string) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adapterCallTimeout)
+	defer cancel()
+	for _, key := range keys {
+		if err := a.Artifacts.Delete(dctx, key); err != nil {
+			a.Logger.WarnContext(ctx, "remove what a failed deploy wrote", "job", jobID, "key", key, "err", err)
+		}
+	}
 }
 
 // deployAdapter materializes the job's trained adapter where the inference
@@ -130,6 +151,7 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 			a.Logger.WarnContext(ctx, "unload the adapter of a failed deploy", "job", in.JobID, "adapter", name, "err", uerr)
 		}
 		_ = os.RemoveAll(dir)
+		a.removeUnpublished(ctx, in.JobID, artifacts.ModelCardKey(in.OrganizationID, in.JobID, in.ResultModel))
 	}
 	return err
 }
@@ -207,7 +229,7 @@ func (a *Activities) materialize(ctx context.Context, jobID string) (string, err
 func (a *Activities) deployedJob(ctx context.Context, in DeployInput) (dbsqlc.Job, error) {
 	job, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, in.JobID)
 	if db.IsNotFound(err) {
-		return job, jobGone(in.JobID, in.CreatedAt)
+		return job, jobGone(in.JobID)
 	}
 	if err != nil {
 		return job, fmt.Errorf("read job: %w", err)
@@ -232,11 +254,14 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 			BlobKey: blobKey, Card: card, Adapter: adapter,
 		})
 		if db.IsForeignKeyViolation(err) {
-			return jobGone(in.JobID, in.CreatedAt)
+			return jobGone(in.JobID)
 		}
 		if db.IsUniqueViolation(err) {
 			return temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("model %s was just deployed by another job; create this one with another suffix", in.ResultModel), ErrTypeConflict, nil)
+		}
+		if db.IsInvalidText(err) {
+			return invalidData("the model card holds text PostgreSQL cannot store (a NUL character or invalid UTF-8, from the training data's labels); fix the data and train again")
 		}
 		if err != nil {
 			return fmt.Errorf("record deployment: %w", err)

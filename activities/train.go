@@ -24,7 +24,6 @@ type EpochInput struct {
 	MaxSequenceLength int
 	Hyperparameters   trainer.Hyperparameters
 	Epoch             int
-	CreatedAt         time.Time
 }
 
 // EpochResult is an epoch's outcome, as the workflow records it.
@@ -108,7 +107,7 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
 		}
 	}
-	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt); err != nil {
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg); err != nil {
 		return EpochResult{}, err
 	}
 
@@ -176,7 +175,7 @@ func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochRe
 	if res.ValidationLoss != nil {
 		msg += fmt.Sprintf(", validation loss: %.3f", *res.ValidationLoss)
 	}
-	return res, a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt)
+	return res, a.appendLog(ctx, in.JobID, LevelInfo, msg)
 }
 
 // recordPoint writes the builtin trainer's metric point for a step.
@@ -263,6 +262,9 @@ func (a *Activities) saveState(ctx context.Context, jobID string, state *trainer
 	key := artifacts.CheckpointKey(jobID, state.Step)
 	if err := a.Artifacts.PutBytes(ctx, key, b); err != nil {
 		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	if err := a.keepUpload(ctx, jobID, key); err != nil {
+		return err
 	}
 	return a.pruneCheckpoints(ctx, jobID, key)
 }

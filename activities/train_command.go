@@ -122,7 +122,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
 		}
 	}
-	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg, in.CreatedAt); err != nil {
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg); err != nil {
 		return EpochResult{}, err
 	}
 
@@ -138,7 +138,10 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 		if err != nil {
 			return EpochResult{}, fmt.Errorf("save the trained output: %w", err)
 		}
-		if err := a.appendLog(ctx, in.JobID, LevelInfo, fmt.Sprintf("Trained output saved (%s)", humanBytes(n)), in.CreatedAt); err != nil {
+		if err := a.keepUpload(ctx, in.JobID, artifacts.OutputKey(in.JobID)); err != nil {
+			return EpochResult{}, err
+		}
+		if err := a.appendLog(ctx, in.JobID, LevelInfo, fmt.Sprintf("Trained output saved (%s)", humanBytes(n))); err != nil {
 			return EpochResult{}, err
 		}
 	}
@@ -195,7 +198,7 @@ func (a *Activities) trainerFailure(ctx context.Context, in EpochInput, attempt 
 	if ckpt == 0 {
 		msg = fmt.Sprintf("Training attempt %d crashed: %s; it is retried from the start of the job", attempt, ce.Message)
 	}
-	if lerr := a.appendLog(ctx, in.JobID, LevelWarn, msg, in.CreatedAt); lerr != nil {
+	if lerr := a.appendLog(ctx, in.JobID, LevelWarn, msg); lerr != nil {
 		return lerr
 	}
 	return temporal.NewApplicationError(ce.Message, ErrTypeTrainerCrashed)
@@ -317,6 +320,9 @@ func (h *commandHandler) Checkpoint(c command.Checkpoint) error {
 	if err != nil {
 		return fmt.Errorf("save checkpoint at step %d: %w", c.Step, err)
 	}
+	if err := h.a.keepUpload(ctx, h.in.JobID, key); err != nil {
+		return err
+	}
 	h.ckpt.Store(int64(c.Step))
 	if err := h.a.pruneCheckpoints(ctx, h.in.JobID, key); err != nil {
 		return err
@@ -331,7 +337,7 @@ func (h *commandHandler) Checkpoint(c command.Checkpoint) error {
 func (h *commandHandler) Log(level, msg string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), 30*time.Second)
 	defer cancel()
-	return h.a.appendLog(ctx, h.in.JobID, level, msg, h.in.CreatedAt)
+	return h.a.appendLog(ctx, h.in.JobID, level, msg)
 }
 
 func humanBytes(n int64) string {

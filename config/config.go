@@ -26,6 +26,7 @@ type Config struct {
 	Artifacts         string // TUNEFORGE_ARTIFACTS
 	LogLevel          slog.Level
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
+	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -70,6 +71,9 @@ func FromEnv() (Config, error) {
 		return c, fmt.Errorf("TUNEFORGE_RATE_LIMIT %q: must be a number of requests per second, 0 for no limit", os.Getenv("TUNEFORGE_RATE_LIMIT"))
 	}
 	c.RateLimit = rl
+	if c.MaxActiveJobs, err = strconv.Atoi(env("TUNEFORGE_MAX_ACTIVE_JOBS", "500")); err != nil || c.MaxActiveJobs < 1 {
+		return c, fmt.Errorf("TUNEFORGE_MAX_ACTIVE_JOBS %q: must be a positive number of jobs", os.Getenv("TUNEFORGE_MAX_ACTIVE_JOBS"))
+	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")
 	if err := c.CheckTrainer(); err != nil {

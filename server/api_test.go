@@ -527,7 +527,7 @@ func TestTextPostgreSQLCannotStoreIsABadRequest(t *testing.T) {
 	for _, path := range []string{jobsPath + "/%00", jobsPath + "/%ff/logs", "/api/v1/fine-tuning/datasets/%ff", jobsPath + "?search=%00", jobsPath + "?baseModel=%ff"} {
 		expect(t, org.Do(t, "GET", path, nil), 400, "valid UTF-8")
 	}
-	expect(t, org.Do(t, "POST", jobsPath, map[string]any{"name": "a\u0000b", "baseModel": "llama-3.1-8b", "trainingDataset": ds}), 400, "valid UTF-8")
+	expect(t, org.Do(t, "POST", jobsPath, map[string]any{"name": "a\u0000b", "baseModel": "llama-3.1-8b", "trainingDataset": ds}), 400, "name: must not contain NUL characters")
 	expect(t, org.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": "m\u0000", "messages": []map[string]string{{"role": "user", "content": "x"}}}), 400)
 	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":0`)
 }

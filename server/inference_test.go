@@ -222,6 +222,7 @@ func TestAdapterDeployAndServe(t *testing.T) {
 	backend.SetDown(name, false)
 
 	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+	env.WaitDeleted(t, id)
 	calls = backend.Calls(name)
 	if last := calls[len(calls)-1]; last.Path != "/v1/unload_lora_adapter" {
 		t.Errorf("the last call was %+v; want an unload", last)
@@ -251,7 +252,7 @@ func TestAdapterDeployFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	bare := &activities.Activities{Store: env.Store, Artifacts: env.Artifacts, Logger: env.Log, AdapterDir: env.AdapterDir}
-	err = bare.Deploy(context.Background(), activities.DeployInput{JobID: id, OrganizationID: org.ID, BaseModel: job.BaseModel, ResultModel: "llama-3.1-8b-flaky", CreatedAt: job.CreatedAt})
+	err = bare.Deploy(context.Background(), activities.DeployInput{JobID: id, OrganizationID: org.ID, BaseModel: job.BaseModel, ResultModel: "llama-3.1-8b-flaky"})
 	var appErr *temporal.ApplicationError
 	if !errors.As(err, &appErr) || appErr.Type() != activities.ErrTypeUnavailable || !appErr.NonRetryable() || !strings.Contains(appErr.Message(), "TUNEFORGE_INFERENCE_URL is unset") {
 		t.Fatalf("deploy without a backend: %v", err)

@@ -6,25 +6,21 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/jackc/pgx/v5"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
-	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -75,6 +71,11 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
 	}
 	if len(r.Description) > 2000 {
 		errs.add("description", "must be at most 2000 characters")
+	}
+	for _, f := range []struct{ name, value string }{{"name", r.Name}, {"description", r.Description}} {
+		if strings.ContainsRune(f.value, 0) {
+			errs.add(f.name, "must not contain NUL characters")
+		}
 	}
 	if r.Suffix != "" && !suffixPattern.MatchString(r.Suffix) {
 		errs.add("suffix", "must be 1-40 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -186,58 +187,45 @@ func (s *Server) createJob(c *gin.Context) {
 		valid = &v
 	}
 
+	// A quick read first, so an organization at its cap starts nothing; the
+	// job's own creation checks again under a lock.
+	active, err := s.Store.Q.CountActiveJobs(ctx, s.Store.Pool, key.OrganizationID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	if active >= int64(s.MaxActiveJobs) {
+		s.respondError(c, tooManyJobs(active))
+		return
+	}
+
 	jobID := newID("ftjob_")
 	suffix := req.Suffix
 	if suffix == "" {
 		suffix = strings.TrimPrefix(jobID, "ftjob_")[:8]
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	params := dbsqlc.CreateJobParams{
+	row := &activities.NewJob{
 		ID: jobID, OrganizationID: key.OrganizationID, Owner: key.UserID, Name: req.Name, Description: req.Description,
 		BaseModel: model.ID, HardwareID: hardwareID, TrainingDataset: req.TrainingDataset, TrainingDatasetID: train.ID,
-		TrainingFile: train.Filename, Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate,
-		BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps), Suffix: suffix, CreatedAt: now,
+		TrainingFile: train.Filename, Hyperparameters: hp, Suffix: suffix, CreatedAt: now,
+		IdempotencyKey: idemKey, RequestHash: reqHash[:], MaxActiveJobs: s.MaxActiveJobs,
 	}
 	input := workflows.JobInput{
 		JobID: jobID, OrganizationID: key.OrganizationID, BaseModel: model.ID, HardwareID: hardwareID,
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
-		ResultModel: model.ID + "-" + suffix, CreatedAt: now, QueuedAt: now,
+		ResultModel: model.ID + "-" + suffix, CreatedAt: now, QueuedAt: now, Create: row,
 	}
 	if valid != nil {
-		params.ValidationFile, params.ValidationDatasetID = &valid.Filename, &valid.ID
+		row.ValidationFile, row.ValidationDatasetID = &valid.Filename, &valid.ID
 		input.ValidationKey = valid.BlobKey
 	}
 
-	var job dbsqlc.Job
-	var replayed bool
-	err = s.Store.InTx(ctx, func(tx pgx.Tx) error {
-		if idemKey != "" {
-			if err := s.Store.Q.DeleteStaleIdempotencyKey(ctx, tx, dbsqlc.DeleteStaleIdempotencyKeyParams{OrganizationID: key.OrganizationID, Key: idemKey}); err != nil {
-				return err
-			}
-		}
-		var err error
-		if job, err = s.Store.Q.CreateJob(ctx, tx, params); err != nil {
-			return fmt.Errorf("insert job: %w", err)
-		}
-		if idemKey != "" {
-			err := s.Store.Q.CreateIdempotencyKey(ctx, tx, dbsqlc.CreateIdempotencyKeyParams{
-				OrganizationID: key.OrganizationID, Key: idemKey, RequestHash: reqHash[:], JobID: jobID,
-			})
-			if db.IsUniqueViolation(err) {
-				// A concurrent request with the same key won the race.
-				replayed = true
-				return errRollback
-			}
-			if err != nil {
-				return fmt.Errorf("record idempotency key: %w", err)
-			}
-		}
-		// Started inside the transaction: if Temporal refuses, no row is left.
-		return s.startWorkflow(ctx, input)
-	})
-	if errors.Is(err, errRollback) && replayed {
-		job, _, err = s.idempotentReplay(ctx, key.OrganizationID, idemKey, reqHash[:])
+	err = s.startJob(ctx, input)
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest {
+		// A concurrent request with the same Idempotency-Key won the race.
+		job, _, err := s.idempotentReplay(ctx, key.OrganizationID, idemKey, reqHash[:])
 		if err != nil {
 			s.respondError(c, err)
 			return
@@ -246,7 +234,11 @@ func (s *Server) createJob(c *gin.Context) {
 		return
 	}
 	if err != nil {
-		s.terminateOrphan(jobID)
+		s.respondError(c, err)
+		return
+	}
+	job, err := s.Store.Q.GetJob(ctx, s.Store.Pool, dbsqlc.GetJobParams{OrganizationID: key.OrganizationID, ID: jobID})
+	if err != nil {
 		s.respondError(c, err)
 		return
 	}
@@ -254,38 +246,65 @@ func (s *Server) createJob(c *gin.Context) {
 	c.JSON(http.StatusCreated, createdJob(job))
 }
 
-var errRollback = errors.New("rollback")
-
-func (s *Server) startWorkflow(ctx context.Context, in workflows.JobInput) error {
-	// Bounded: the job's transaction stays open until the start returns.
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// started reports whether an update-with-start call that failed had
+// started its workflow, asking Temporal for at most a second more.
+func started(ctx context.Context, start client.WithStartWorkflowOperation) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	_, err := s.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                    in.JobID,
-		TaskQueue:             workflows.ControlTaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+	_, err := start.Get(ctx)
+	return err == nil
+}
+
+func tooManyJobs(active int64) error {
+	return newError(http.StatusTooManyRequests, "too_many_jobs",
+		"your organization has %d queued or running jobs, the most it may have; wait for some to finish, or stop or delete queued ones", active)
+}
+
+// createTimeout bounds the wait for a new job's workflow to write its row.
+const createTimeout = 15 * time.Second
+
+// startJob starts the job's workflow and waits, in the same call, for it to
+// write the job's row: the workflow owns the row, so a request cut short
+// after the start still leaves a whole job, and one cut short before it
+// leaves nothing.
+func (s *Server) startJob(ctx context.Context, in workflows.JobInput) error {
+	ctx, cancel := context.WithTimeout(ctx, createTimeout)
+	defer cancel()
+	start := s.Temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		ID:                       in.JobID,
+		TaskQueue:                workflows.ControlTaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		TypedSearchAttributes: temporal.NewSearchAttributes(
 			workflows.SearchAttrStatus.ValueSet(string(workflows.StatusQueued)),
 			workflows.SearchAttrBaseModel.ValueSet(in.BaseModel),
 			workflows.SearchAttrOrganization.ValueSet(in.OrganizationID),
 		),
 	}, workflows.FineTuningJob, in)
-	if err != nil {
-		s.log.ErrorContext(ctx, "start workflow", "job", in.JobID, "err", err)
-		return newError(http.StatusServiceUnavailable, "unavailable", "the workflow service did not accept the job; nothing was created, try again")
+	handle, err := s.Temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions:          client.UpdateWorkflowOptions{UpdateName: workflows.UpdateCreated, WaitForStage: client.WorkflowUpdateStageCompleted},
+	})
+	if err == nil {
+		err = handle.Get(ctx, nil)
 	}
-	return nil
-}
-
-// terminateOrphan ends a workflow whose job row did not commit.
-func (s *Server) terminateOrphan(jobID string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := s.Temporal.TerminateWorkflow(ctx, jobID, "", "job creation rolled back")
-	var nf *serviceerror.NotFound
-	if err != nil && !errors.As(err, &nf) {
-		s.log.Warn("terminate orphan workflow", "job", jobID, "err", err)
+	var appErr *temporal.ApplicationError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeTooManyJobs:
+		return newError(http.StatusTooManyRequests, "too_many_jobs", "%s", appErr.Message())
+	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeInvalidData:
+		return newError(http.StatusUnprocessableEntity, "invalid_request", "%s", appErr.Message())
+	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest:
+		return err
 	}
+	s.log.ErrorContext(ctx, "start job workflow", "job", in.JobID, "err", err)
+	if started(ctx, start) {
+		return newError(http.StatusServiceUnavailable, "unavailable",
+			"job %s was accepted but not confirmed in time; it appears in GET /api/v1/fine-tuning/jobs once created (retry with the same Idempotency-Key to get it)", in.JobID)
+	}
+	return newError(http.StatusServiceUnavailable, "unavailable", "the workflow service did not accept the job; nothing was created, try again")
 }
 
 // idempotentReplay returns the job an earlier request with the same key made.
@@ -411,65 +430,32 @@ func (s *Server) deleteJob(c *gin.Context) {
 		s.respondError(c, conflict("job %s is running; stop it (POST /api/v1/fine-tuning/jobs/%s/stop) before deleting it", job.ID, job.ID))
 		return
 	}
-	err := s.Temporal.TerminateWorkflow(ctx, job.ID, "", "job deleted through the API")
-	var nf *serviceerror.NotFound
-	if err != nil && !errors.As(err, &nf) {
-		s.log.ErrorContext(ctx, "terminate workflow", "job", job.ID, "err", err)
+	ctx, cancel := context.WithTimeout(ctx, updateTimeout)
+	defer cancel()
+	start := s.Temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		ID:                       workflows.DeleteWorkflowID(job.ID),
+		TaskQueue:                workflows.ControlTaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+	}, workflows.DeleteJob, activities.DeleteRequest{JobID: job.ID, OrganizationID: job.OrganizationID})
+	handle, err := s.Temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions:          client.UpdateWorkflowOptions{UpdateName: workflows.UpdateDeleted, WaitForStage: client.WorkflowUpdateStageCompleted},
+	})
+	if err == nil {
+		err = handle.Get(ctx, nil)
+	}
+	if err != nil {
+		s.log.ErrorContext(ctx, "delete job", "job", job.ID, "err", err)
+		if started(ctx, start) {
+			// The delete workflow runs to the end on its own.
+			s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "the job is being deleted but that was not confirmed in time; it disappears shortly"))
+			return
+		}
 		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "the workflow service is unavailable; the job was not deleted, try again"))
 		return
 	}
-	// The deployed model's row goes with the job's, so its adapter is read first.
-	adapter, err := s.Store.Q.GetJobAdapter(ctx, s.Store.Pool, job.ID)
-	if err != nil && !db.IsNotFound(err) {
-		s.respondError(c, err)
-		return
-	}
-	if _, err := s.Store.Q.DeleteJob(ctx, s.Store.Pool, dbsqlc.DeleteJobParams{OrganizationID: job.OrganizationID, ID: job.ID}); err != nil {
-		s.respondError(c, err)
-		return
-	}
-	s.retireAdapter(ctx, job.ID, adapter)
-	if err := s.Artifacts.DeletePrefix(ctx, artifacts.CheckpointPrefix(job.ID)); err != nil {
-		s.log.WarnContext(ctx, "delete job checkpoints", "job", job.ID, "err", err)
-	}
-	keys := []string{artifacts.OutputKey(job.ID)}
-	if model := deref(job.ResultModel); model != "" {
-		keys = append(keys, artifacts.ModelKey(job.OrganizationID, job.ID, model), artifacts.ModelCardKey(job.OrganizationID, job.ID, model))
-	}
-	for _, key := range keys {
-		if err := s.Artifacts.Delete(ctx, key); err != nil {
-			s.log.WarnContext(ctx, "delete job artifact", "job", job.ID, "key", key, "err", err)
-		}
-	}
 	c.Status(http.StatusNoContent)
-}
-
-// unloadTimeout bounds the wait for the inference backend when a job is
-// deleted; the delete never waits on it for longer.
-const unloadTimeout = 5 * time.Second
-
-// retireAdapter removes a deleted job's materialized adapter, then has the
-// inference backend stop serving it (in that order, so a concurrent request
-// cannot load it again). Both are best effort: the job is deleted already,
-// and no request reaches an adapter without its model's row.
-func (s *Server) retireAdapter(ctx context.Context, jobID string, adapter *string) {
-	if s.AdapterDir != "" {
-		if err := os.RemoveAll(inference.AdapterPath(s.AdapterDir, jobID)); err != nil {
-			s.log.WarnContext(ctx, "remove the adapter of a deleted job", "job", jobID, "err", err)
-		}
-	}
-	if adapter == nil {
-		return
-	}
-	if s.Inference == nil {
-		s.log.WarnContext(ctx, "cannot unload the adapter of a deleted job: TUNEFORGE_INFERENCE_URL is unset", "job", jobID, "adapter", *adapter)
-		return
-	}
-	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unloadTimeout)
-	defer cancel()
-	if err := s.Inference.UnloadAdapter(uctx, *adapter); err != nil {
-		s.log.WarnContext(ctx, "unload the adapter of a deleted job", "job", jobID, "adapter", *adapter, "err", err)
-	}
 }
 
 // workflowOpen reports whether the job's workflow still runs; a job whose

@@ -47,6 +47,8 @@ type Deps struct {
 	Inference *inference.Client
 	// AdapterDir is where deploys materialize adapters for that backend.
 	AdapterDir string
+	// MaxActiveJobs caps each organization's queued plus running jobs.
+	MaxActiveJobs int
 }
 
 // Server serves the API.

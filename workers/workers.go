@@ -13,7 +13,6 @@ import (
 
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/opentelemetry"
 	"go.temporal.io/sdk/interceptor"
@@ -70,15 +69,10 @@ func RunControl(ctx context.Context, c client.Client, acts *activities.Activitie
 		WorkerStopTimeout:            10 * time.Second,
 	})
 	w.RegisterWorkflowWithOptions(workflows.FineTuningJob, workflow.RegisterOptions{Name: "FineTuningJob"})
-	for name, fn := range map[string]any{
-		"ValidateDataset": acts.ValidateDataset,
-		"AcquireGPU":      acts.AcquireGPU,
-		"ReleaseGPU":      acts.ReleaseGPU,
-		"RecordStatus":    acts.RecordStatus,
-		"Deploy":          acts.Deploy,
-	} {
-		w.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name})
-	}
+	w.RegisterWorkflowWithOptions(workflows.DeleteJob, workflow.RegisterOptions{Name: "DeleteJob"})
+	// Activities are registered under their method names, the names the
+	// workflows' method values resolve to: a rename cannot break the link.
+	w.RegisterActivity(acts)
 	return run(ctx, w)
 }
 
@@ -124,9 +118,16 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 		// TrainEpoch checkpoints on cancel, and another worker resumes.
 		Identity: t.ID,
 	})
-	w.RegisterActivityWithOptions(acts.TrainEpoch, activity.RegisterOptions{Name: "TrainEpoch"})
+	w.RegisterActivity(acts)
+	// Each advertisement also dispatches the pool: slots this worker adds
+	// go to waiting jobs at once, and a grant whose signal was lost (a
+	// crash between grant and signal) is sent again.
 	advertise := func(ctx context.Context) error {
-		return acts.Store.Q.HeartbeatGPUWorker(ctx, acts.Store.Pool, dbsqlc.HeartbeatGPUWorkerParams{ID: t.ID, HardwareID: t.HardwareID, Slots: int32(t.Slots)})
+		err := acts.Store.Q.HeartbeatGPUWorker(ctx, acts.Store.Pool, dbsqlc.HeartbeatGPUWorkerParams{ID: t.ID, HardwareID: t.HardwareID, Slots: int32(t.Slots)})
+		if err != nil {
+			return err
+		}
+		return acts.DispatchGPUs(ctx, t.HardwareID)
 	}
 	if err := advertise(ctx); err != nil {
 		return fmt.Errorf("advertise training worker: %w", err)

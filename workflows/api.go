@@ -6,6 +6,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -28,6 +29,21 @@ const (
 	SignalRestart = "restart"
 	SignalDeploy  = "deploy"
 	QueryStatus   = "status"
+	// UpdateCreated answers once the job's first run has written its row,
+	// or with why it could not; the API sends it with the workflow's start.
+	UpdateCreated = "created"
+	// UpdateDeleted answers once a DeleteJob workflow has removed the row.
+	UpdateDeleted = "deleted"
+)
+
+// Change IDs for workflow.GetVersion, so runs recorded before a change replay.
+const (
+	// versionGrantSignal: the GPU wait became a signal instead of the
+	// AcquireGPU activity.
+	versionGrantSignal = "gpu-grant-signal"
+	// versionOutcomeBeforeRelease: a job records how training ended before
+	// it releases its GPU slot.
+	versionOutcomeBeforeRelease = "outcome-before-release"
 )
 
 // Search attributes that make jobs findable in the Temporal Web UI.
@@ -82,6 +98,9 @@ type JobInput struct {
 	MaxSequenceLength int
 	Hyperparameters   trainer.Hyperparameters
 	ResultModel       string
+	// Create is the row the first run writes; nil in runs that continue
+	// the job.
+	Create *activities.NewJob `json:",omitempty"`
 	// CreatedAt is when the API created the job.
 	CreatedAt time.Time
 	// QueuedAt orders the job in its hardware pool's queue.

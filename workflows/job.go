@@ -41,6 +41,23 @@ type job struct {
 	deployErr   error
 	deployGen   int
 	cancelTrain workflow.CancelFunc
+	// created is set once the job's row exists (or failed to be written,
+	// with createErr), which the created update waits for.
+	created   bool
+	createErr error
+}
+
+// create writes the job's row, when this run is the job's first: the
+// workflow owns its row, so a job whose creation was cut short anywhere is
+// either whole or absent, and a missing row always means a deleted job.
+func (j *job) create(ctx workflow.Context) error {
+	defer func() { j.created = true }()
+	if j.in.Create == nil {
+		return nil
+	}
+	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
+	j.createErr = workflow.ExecuteLocalActivity(lctx, a.CreateJob, *j.in.Create).Get(ctx, nil)
+	return j.createErr
 }
 
 // FineTuningJob is the job workflow.
@@ -53,6 +70,11 @@ func FineTuningJob(ctx workflow.Context, in JobInput) error {
 	if err := j.setup(ctx); err != nil {
 		return err
 	}
+	if err := j.create(ctx); err != nil {
+		// No row was written: the job never existed, and nothing is left.
+		workflow.GetLogger(ctx).Info("job not created", "job", in.JobID, "reason", err)
+		return workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
+	}
 	err := j.run(ctx)
 	if activities.IsJobGone(err) {
 		workflow.GetLogger(ctx).Info("job deleted; ending its workflow", "job", in.JobID)
@@ -63,6 +85,15 @@ func FineTuningJob(ctx workflow.Context, in JobInput) error {
 
 func (j *job) setup(ctx workflow.Context) error {
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (JobState, error) { return j.state, nil }); err != nil {
+		return err
+	}
+	err := workflow.SetUpdateHandler(ctx, UpdateCreated, func(ctx workflow.Context) error {
+		if err := workflow.Await(ctx, func() bool { return j.created }); err != nil {
+			return err
+		}
+		return j.createErr
+	})
+	if err != nil {
 		return err
 	}
 	for _, act := range []action{actionStop, actionRestart, actionDeploy} {
@@ -207,27 +238,41 @@ func (j *job) train(ctx workflow.Context) error {
 	if activities.IsJobGone(err) {
 		return err
 	}
-	// Decided before the release: a stop that arrives while the slot is
-	// being released finds training already over (check rejects it).
 	stopped := j.requested == actionStop && temporal.IsCanceledError(err)
-	if leased {
+	release := func() error {
+		if !leased {
+			return nil
+		}
 		// Disconnected: the slot must come back even when stopping.
 		rctx, _ := workflow.NewDisconnectedContext(ctx)
-		if rerr := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.ReleaseGPU, j.in.JobID).Get(rctx, nil); rerr != nil {
-			return rerr
+		return workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.ReleaseGPU, j.in.JobID).Get(rctx, nil)
+	}
+	// The outcome is recorded before the slot is released, so the next job
+	// of the pool never starts before this one has finished.
+	outcomeFirst := workflow.GetVersion(ctx, versionOutcomeBeforeRelease, workflow.DefaultVersion, 1) == 1
+	if !outcomeFirst {
+		if err := release(); err != nil {
+			return err
 		}
 	}
 	j.state.Phase = PhaseIdle
+	var terr error
 	switch {
 	case stopped:
 		j.requested = actionNone
-		return j.transition(ctx, StatusStopped, "", "Training stopped at the user's request")
+		terr = j.transition(ctx, StatusStopped, "", "Training stopped at the user's request")
 	case err != nil:
 		msg := userMessage(err)
-		return j.transition(ctx, StatusFailed, msg, "Training failed: "+msg)
+		terr = j.transition(ctx, StatusFailed, msg, "Training failed: "+msg)
 	default:
-		return j.transition(ctx, StatusCompleted, "", fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens))
+		terr = j.transition(ctx, StatusCompleted, "", fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens))
 	}
+	if outcomeFirst {
+		if err := release(); err != nil {
+			return err
+		}
+	}
+	return terr
 }
 
 // trainSteps validates, leases a slot and runs the epochs. leased says
@@ -238,17 +283,14 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	var sum activities.DatasetSummary
 	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, validateOptions), a.ValidateDataset, activities.ValidateInput{
 		JobID: in.JobID, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
-		MaxSequenceLength: in.MaxSequenceLength, CreatedAt: in.CreatedAt,
+		MaxSequenceLength: in.MaxSequenceLength,
 	}).Get(ctx, &sum)
 	if err != nil {
 		return false, err
 	}
 
 	j.state.Phase = PhaseWaitingForGPU
-	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, leaseOptions), a.AcquireGPU, activities.LeaseRequest{
-		JobID: in.JobID, HardwareID: in.HardwareID, QueuedAt: in.QueuedAt, CreatedAt: in.CreatedAt,
-	}).Get(ctx, nil)
-	if err != nil {
+	if err := j.awaitGPU(ctx); err != nil {
 		return true, err
 	}
 	if err := j.transition(ctx, StatusRunning, "", fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID)); err != nil {
@@ -263,7 +305,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		var res activities.EpochResult
 		err := workflow.ExecuteActivity(tctx, a.TrainEpoch, activities.EpochInput{
 			JobID: in.JobID, BaseModel: in.BaseModel, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
-			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch, CreatedAt: in.CreatedAt,
+			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch,
 		}).Get(ctx, &res)
 		if err != nil {
 			return true, err
@@ -274,11 +316,44 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	return true, nil
 }
 
+// awaitGPU joins the pool's queue and waits for the grant signal: the wait
+// holds no worker slot and no database connection, however many wait.
+func (j *job) awaitGPU(ctx workflow.Context) error {
+	req := activities.LeaseRequest{JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, HardwareID: j.in.HardwareID, QueuedAt: j.in.QueuedAt}
+	actx := workflow.WithActivityOptions(ctx, controlOptions)
+	if workflow.GetVersion(ctx, versionGrantSignal, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		// Runs that were waiting in AcquireGPU when the signal replaced it.
+		return workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, leaseOptions), a.AcquireGPU, req).Get(ctx, nil)
+	}
+	var ticket activities.GPUTicket
+	if err := workflow.ExecuteActivity(actx, a.RequestGPU, req).Get(ctx, &ticket); err != nil {
+		return err
+	}
+	if ticket.Granted {
+		return nil
+	}
+	grants := workflow.GetSignalChannel(ctx, activities.SignalGPUGranted)
+	for {
+		var g activities.GPUGrant
+		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(grants, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, &g) })
+		sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
+		sel.Select(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// A duplicate meant for an earlier request of this job is ignored.
+		if g.RequestedAt.Equal(ticket.RequestedAt) {
+			return workflow.ExecuteActivity(actx, a.GPUGranted, req).Get(ctx, nil)
+		}
+	}
+}
+
 func (j *job) deploy(ctx workflow.Context) error {
 	j.state.Phase = PhaseDeploying
 	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, controlOptions), a.Deploy, activities.DeployInput{
 		JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, BaseModel: j.in.BaseModel,
-		ResultModel: j.in.ResultModel, CreatedAt: j.in.CreatedAt,
+		ResultModel: j.in.ResultModel,
 	}).Get(ctx, nil)
 	j.state.Phase = PhaseIdle
 	j.requested = actionNone
@@ -291,8 +366,8 @@ func (j *job) deploy(ctx workflow.Context) error {
 		// service that is unavailable for now.
 		errType := activities.ErrTypeConflict
 		var appErr *temporal.ApplicationError
-		if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeUnavailable {
-			errType = activities.ErrTypeUnavailable
+		if errors.As(err, &appErr) && (appErr.Type() == activities.ErrTypeUnavailable || appErr.Type() == activities.ErrTypeInvalidData) {
+			errType = appErr.Type()
 		}
 		j.deployErr = temporal.NewApplicationError(userMessage(err), errType)
 		return nil
@@ -306,6 +381,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 // training resumes from the job's latest checkpoint.
 func (j *job) restart(ctx workflow.Context) error {
 	next := j.in
+	next.Create = nil // the row exists
 	next.QueuedAt = workflow.Now(ctx)
 	next.EpochsDone, next.Step, next.TrainedTokens = j.state.Epoch, j.state.Step, j.state.TrainedTokens
 	next.TrainingLoss, next.ValidationLoss = j.state.TrainingLoss, j.state.ValidationLoss
@@ -331,7 +407,7 @@ func (j *job) transition(ctx workflow.Context, s Status, errMsg, logMsg string) 
 	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 	err := workflow.ExecuteLocalActivity(lctx, a.RecordStatus, activities.StatusRecord{
 		JobID: j.in.JobID, Status: string(s), Error: errMsg, At: workflow.Now(ctx),
-		CreatedAt: j.in.CreatedAt, Log: logMsg, LogLevel: level,
+		Log: logMsg, LogLevel: level,
 	}).Get(ctx, nil)
 	if err != nil {
 		return err

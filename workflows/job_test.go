@@ -103,7 +103,8 @@ func (h *harness) run(in workflows.JobInput) {
 	// RecordStatus is a local activity; the test environment mocks it by name too.
 	h.env.OnActivity("RecordStatus", mock.Anything, mock.Anything).Return(h.recordStatus)
 	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).Return(h.validate)
-	h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).Return(h.acquire)
+	h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(h.acquire)
+	h.env.OnActivity("GPUGranted", mock.Anything, mock.Anything).Return(nil)
 	h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).Return(h.trainEpoch)
 	h.env.OnActivity("ReleaseGPU", mock.Anything, mock.Anything).Return(func(_ context.Context, jobID string) error {
 		h.mu.Lock()
@@ -131,12 +132,13 @@ func (h *harness) validate(_ context.Context, v activities.ValidateInput) (activ
 	return activities.DatasetSummary{Examples: 100, Tokens: 5000}, nil
 }
 
-func (h *harness) acquire(_ context.Context, r activities.LeaseRequest) error {
+// acquire is the RequestGPU mock: the slot is free at once.
+func (h *harness) acquire(_ context.Context, r activities.LeaseRequest) (activities.GPUTicket, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.leases = append(h.leases, r)
-	h.events = append(h.events, "AcquireGPU")
-	return nil
+	h.events = append(h.events, "RequestGPU")
+	return activities.GPUTicket{Granted: true, RequestedAt: r.QueuedAt}, nil
 }
 
 func (h *harness) trainEpoch(_ context.Context, in activities.EpochInput) (activities.EpochResult, error) {
@@ -202,6 +204,8 @@ func (h *harness) update(name, id string) *outcome {
 
 func decodeResult(t *testing.T, res any) workflows.TransitionResult {
 	switch v := res.(type) {
+	case nil: // the created update has no result
+		return workflows.TransitionResult{}
 	case workflows.TransitionResult:
 		return v
 	case *workflows.TransitionResult:
@@ -266,7 +270,7 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	// Each step takes ten minutes of workflow time, so queries in between
 	// see each phase.
 	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.validate).Once()
-	h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.acquire).Once()
+	h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.acquire).Once()
 	h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).After(10 * time.Minute).Return(h.trainEpoch).Times(3)
 
 	var states []workflows.JobState
@@ -314,16 +318,16 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	assert.Equal(t, workflows.PhaseIdle, final.Phase)
 
 	events, epochs, releases, deploys := h.snapshot()
-	assert.Equal(t, []string{"ValidateDataset", "AcquireGPU", "RecordStatus:running", "TrainEpoch:1", "TrainEpoch:2", "TrainEpoch:3", "ReleaseGPU", "RecordStatus:completed", "Deploy"}, events)
+	assert.Equal(t, []string{"ValidateDataset", "RequestGPU", "RecordStatus:running", "TrainEpoch:1", "TrainEpoch:2", "TrainEpoch:3", "RecordStatus:completed", "ReleaseGPU", "Deploy"}, events)
 	assert.Equal(t, []int{1, 2, 3}, epochs)
 	assert.Equal(t, []string{in.JobID}, releases)
 	assert.Equal(t, 1, deploys)
 	assert.Equal(t, []string{"running", "completed"}, h.statuses())
 	h.mu.Lock()
 	require.Len(t, h.validations, 1)
-	assert.Equal(t, activities.ValidateInput{JobID: in.JobID, DatasetKey: in.DatasetKey, MaxSequenceLength: 2048, CreatedAt: in.CreatedAt}, h.validations[0])
+	assert.Equal(t, activities.ValidateInput{JobID: in.JobID, DatasetKey: in.DatasetKey, MaxSequenceLength: 2048}, h.validations[0])
 	require.Len(t, h.leases, 1)
-	assert.Equal(t, activities.LeaseRequest{JobID: in.JobID, HardwareID: "cpu-small", QueuedAt: in.QueuedAt, CreatedAt: in.CreatedAt}, h.leases[0])
+	assert.Equal(t, activities.LeaseRequest{JobID: in.JobID, OrganizationID: in.OrganizationID, HardwareID: "cpu-small", QueuedAt: in.QueuedAt}, h.leases[0])
 	assert.Equal(t, []string{workflows.TrainingTaskQueue(in.HardwareID)}, unique(h.trainQueue))
 	assert.Equal(t, in.ResultModel, h.deploys[0].ResultModel)
 	assert.Equal(t, in.OrganizationID, h.deploys[0].OrganizationID)
@@ -338,7 +342,7 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	assert.Equal(t, startTime.Add(50*time.Minute), h.records[1].At)
 	h.mu.Unlock()
 	h.env.AssertActivityNumberOfCalls(t, "ValidateDataset", 1)
-	h.env.AssertActivityNumberOfCalls(t, "AcquireGPU", 1)
+	h.env.AssertActivityNumberOfCalls(t, "RequestGPU", 1)
 }
 
 func unique(in []string) []string {
@@ -375,7 +379,7 @@ func TestBadDatasetFails(t *testing.T) {
 	h.mu.Unlock()
 	// Validation failed before a slot was asked for: nothing to release.
 	h.env.AssertActivityNumberOfCalls(t, "ValidateDataset", 1) // non-retryable: not retried
-	h.env.AssertActivityNotCalled(t, "AcquireGPU", mock.Anything, mock.Anything)
+	h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
 	h.env.AssertActivityNotCalled(t, "ReleaseGPU", mock.Anything, mock.Anything)
 	h.env.AssertActivityNotCalled(t, "TrainEpoch", mock.Anything, mock.Anything)
 }
@@ -418,7 +422,7 @@ func TestStop(t *testing.T) {
 		{
 			name: "while waiting for a GPU",
 			block: func(h *harness) {
-				h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).After(time.Hour).Return(nil)
+				h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(activities.GPUTicket{RequestedAt: startTime}, nil)
 			},
 			leased:   true,
 			statuses: []string{"stopped"},
@@ -461,7 +465,7 @@ func TestStop(t *testing.T) {
 				assert.Equal(t, []string{"ftjob-test"}, releases, "a requested slot is released")
 			} else {
 				assert.Empty(t, releases, "no slot was requested, none is released")
-				h.env.AssertActivityNotCalled(t, "AcquireGPU", mock.Anything, mock.Anything)
+				h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
 			}
 			h.mu.Lock()
 			last := h.records[len(h.records)-1]
@@ -547,7 +551,7 @@ func TestDeployRejectedUnlessCompleted(t *testing.T) {
 		{
 			name: "queued",
 			block: func(h *harness) {
-				h.env.OnActivity("AcquireGPU", mock.Anything, mock.Anything).After(time.Hour).Return(nil)
+				h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(activities.GPUTicket{RequestedAt: startTime}, nil)
 			},
 			status: workflows.StatusQueued,
 		},
@@ -778,4 +782,73 @@ func TestConcurrentDeployUpdatesBothSeeFailure(t *testing.T) {
 			assert.Equal(t, activities.ErrTypeConflict, appErr.Type())
 		}
 	}
+}
+
+// TestWaitsForGrantSignal: a job that finds its pool full waits, with no
+// activity running, for the grant signal of its own request; a late
+// duplicate of an earlier request's grant does not start it.
+func TestWaitsForGrantSignal(t *testing.T) {
+	h := newHarness(t)
+	in := jobInput(1)
+	h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(activities.GPUTicket{RequestedAt: in.QueuedAt}, nil)
+	var waiting, stale, granted workflows.JobState
+	h.at(10*time.Minute, func() { waiting = h.state() })
+	h.at(20*time.Minute, func() {
+		h.env.SignalWorkflow(activities.SignalGPUGranted, activities.GPUGrant{RequestedAt: in.QueuedAt.Add(-time.Hour)})
+	})
+	h.at(30*time.Minute, func() { stale = h.state() })
+	h.at(40*time.Minute, func() { h.env.SignalWorkflow(activities.SignalGPUGranted, activities.GPUGrant{RequestedAt: in.QueuedAt}) })
+	h.at(50*time.Minute, func() { granted = h.state(); h.update(workflows.UpdateDeploy, "deploy-1") })
+	h.run(in)
+
+	require.NoError(t, h.env.GetWorkflowError())
+	assert.Equal(t, workflows.PhaseWaitingForGPU, waiting.Phase)
+	assert.Equal(t, workflows.PhaseWaitingForGPU, stale.Phase, "a grant of another request is ignored")
+	assert.Equal(t, workflows.StatusCompleted, granted.Status)
+	h.env.AssertActivityNumberOfCalls(t, "GPUGranted", 1)
+	assert.Equal(t, startTime.Add(40*time.Minute), h.records[0].At, "training starts at the grant")
+}
+
+// TestCreateWritesRowFirst: a first run writes its row before anything else
+// and answers the created update; a run that cannot write it ends at once.
+func TestCreateWritesRowFirst(t *testing.T) {
+	newJob := &activities.NewJob{ID: "ftjob-test", OrganizationID: "org-test", MaxActiveJobs: 10}
+	t.Run("written", func(t *testing.T) {
+		h := newHarness(t)
+		in := jobInput(1)
+		in.Create = newJob
+		h.env.OnActivity("CreateJob", mock.Anything, mock.Anything).Return(func(_ context.Context, j activities.NewJob) error {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.events = append(h.events, "CreateJob:"+j.ID)
+			return nil
+		})
+		var created *outcome
+		h.at(0, func() { created = h.update(workflows.UpdateCreated, "created") })
+		h.at(time.Minute, func() { h.update(workflows.UpdateDeploy, "deploy-1") })
+		h.run(in)
+		require.NoError(t, h.env.GetWorkflowError())
+		require.NotNil(t, created)
+		assert.True(t, created.completed)
+		assert.NoError(t, created.err)
+		events, _, _, _ := h.snapshot()
+		assert.Equal(t, []string{"CreateJob:ftjob-test", "ValidateDataset"}, events[:2])
+	})
+	t.Run("refused", func(t *testing.T) {
+		h := newHarness(t)
+		in := jobInput(1)
+		in.Create = newJob
+		h.env.OnActivity("CreateJob", mock.Anything, mock.Anything).Return(
+			temporal.NewNonRetryableApplicationError("at the cap", activities.ErrTypeTooManyJobs, nil))
+		var created *outcome
+		h.at(0, func() { created = h.update(workflows.UpdateCreated, "created") })
+		h.run(in)
+		require.NoError(t, h.env.GetWorkflowError(), "a job that was never created ends quietly")
+		require.NotNil(t, created)
+		var appErr *temporal.ApplicationError
+		require.ErrorAs(t, created.err, &appErr)
+		assert.Equal(t, activities.ErrTypeTooManyJobs, appErr.Type())
+		events, _, _, _ := h.snapshot()
+		assert.Empty(t, events, "nothing runs for a job without a row")
+	})
 }

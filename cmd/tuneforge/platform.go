@@ -67,7 +67,7 @@ func (p *platform) close() {
 func (p *platform) activities() *activities.Activities {
 	return &activities.Activities{
 		Store: p.store, Artifacts: p.artifacts, Logger: p.log, GPULiveness: workers.GPULiveness,
-		Inference: p.inference, AdapterDir: p.adapterDir,
+		Inference: p.inference, AdapterDir: p.adapterDir, Temporal: p.temporal,
 	}
 }
 
@@ -90,6 +90,6 @@ func (p *platform) api(cfg config.Config) *server.Server {
 	return server.New(server.Deps{
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
-		Inference: p.inference, AdapterDir: p.adapterDir,
+		Inference: p.inference, AdapterDir: p.adapterDir, MaxActiveJobs: cfg.MaxActiveJobs,
 	})
 }

@@ -48,30 +48,66 @@ func (q *Queries) GPUPoolUsage(ctx context.Context, db DBTX, arg GPUPoolUsagePar
 
 const gPUQueuePosition = `-- name: GPUQueuePosition :one
 SELECT count(*) FROM gpu_leases
-WHERE hardware_id = $1 AND granted_at IS NULL
-  AND (requested_at, job_id) < ($2::timestamptz, $3::text)
+WHERE hardware_id = $1 AND organization_id = $2 AND granted_at IS NULL
+  AND (requested_at, job_id) < ($3::timestamptz, $4::text)
 `
 
 type GPUQueuePositionParams struct {
-	HardwareID  string
-	RequestedAt time.Time
-	JobID       string
+	HardwareID     string
+	OrganizationID string
+	RequestedAt    time.Time
+	JobID          string
 }
 
+// How many of the same organization's jobs wait ahead of this one: other
+// organizations' queues are not the caller's business.
 func (q *Queries) GPUQueuePosition(ctx context.Context, db DBTX, arg GPUQueuePositionParams) (int64, error) {
-	row := db.QueryRow(ctx, gPUQueuePosition, arg.HardwareID, arg.RequestedAt, arg.JobID)
+	row := db.QueryRow(ctx, gPUQueuePosition,
+		arg.HardwareID,
+		arg.OrganizationID,
+		arg.RequestedAt,
+		arg.JobID,
+	)
 	var count int64
 	err := row.Scan(&count)
 	return count, err
 }
 
-const grantGPULease = `-- name: GrantGPULease :exec
-UPDATE gpu_leases SET granted_at = now() WHERE job_id = $1
+const getGPULease = `-- name: GetGPULease :one
+SELECT job_id, hardware_id, requested_at, granted_at, organization_id, notified_at FROM gpu_leases WHERE job_id = $1
 `
 
-func (q *Queries) GrantGPULease(ctx context.Context, db DBTX, jobID string) error {
-	_, err := db.Exec(ctx, grantGPULease, jobID)
-	return err
+func (q *Queries) GetGPULease(ctx context.Context, db DBTX, jobID string) (GpuLease, error) {
+	row := db.QueryRow(ctx, getGPULease, jobID)
+	var i GpuLease
+	err := row.Scan(
+		&i.JobID,
+		&i.HardwareID,
+		&i.RequestedAt,
+		&i.GrantedAt,
+		&i.OrganizationID,
+		&i.NotifiedAt,
+	)
+	return i, err
+}
+
+const grantGPULease = `-- name: GrantGPULease :one
+UPDATE gpu_leases SET granted_at = now() WHERE job_id = $1
+RETURNING job_id, hardware_id, requested_at, granted_at, organization_id, notified_at
+`
+
+func (q *Queries) GrantGPULease(ctx context.Context, db DBTX, jobID string) (GpuLease, error) {
+	row := db.QueryRow(ctx, grantGPULease, jobID)
+	var i GpuLease
+	err := row.Scan(
+		&i.JobID,
+		&i.HardwareID,
+		&i.RequestedAt,
+		&i.GrantedAt,
+		&i.OrganizationID,
+		&i.NotifiedAt,
+	)
+	return i, err
 }
 
 const heartbeatGPUWorker = `-- name: HeartbeatGPUWorker :exec
@@ -144,51 +180,153 @@ func (q *Queries) LockGPUPool(ctx context.Context, db DBTX, hardwareID string) e
 	return err
 }
 
-const nextGPUWaiter = `-- name: NextGPUWaiter :one
-SELECT job_id FROM gpu_leases
-WHERE hardware_id = $1 AND granted_at IS NULL
-ORDER BY requested_at, job_id
+const markGPUGrantNotified = `-- name: MarkGPUGrantNotified :exec
+UPDATE gpu_leases SET notified_at = now() WHERE job_id = $1 AND requested_at = $2
+`
+
+type MarkGPUGrantNotifiedParams struct {
+	JobID       string
+	RequestedAt time.Time
+}
+
+func (q *Queries) MarkGPUGrantNotified(ctx context.Context, db DBTX, arg MarkGPUGrantNotifiedParams) error {
+	_, err := db.Exec(ctx, markGPUGrantNotified, arg.JobID, arg.RequestedAt)
+	return err
+}
+
+const nextFairGPUWaiter = `-- name: NextFairGPUWaiter :one
+WITH heads AS (
+    SELECT DISTINCT ON (organization_id) job_id, organization_id, requested_at
+    FROM gpu_leases
+    WHERE hardware_id = $1 AND granted_at IS NULL
+    ORDER BY organization_id, requested_at, job_id
+), held AS (
+    SELECT organization_id, count(*) AS n FROM gpu_leases
+    WHERE hardware_id = $1 AND granted_at IS NOT NULL
+    GROUP BY organization_id
+)
+SELECT h.job_id FROM heads h
+LEFT JOIN held ON held.organization_id = h.organization_id
+LEFT JOIN gpu_pool_turns t ON t.hardware_id = $1 AND t.organization_id = h.organization_id
+ORDER BY coalesce(held.n, 0), t.last_granted_at NULLS FIRST, h.requested_at, h.job_id
 LIMIT 1
 `
 
-func (q *Queries) NextGPUWaiter(ctx context.Context, db DBTX, hardwareID string) (string, error) {
-	row := db.QueryRow(ctx, nextGPUWaiter, hardwareID)
+// The next job to get a slot: each organization's oldest waiter competes,
+// and the organization with the fewest slots of the pool wins, then the one
+// served least recently (never served first), then the oldest request. One
+// organization's thousand jobs therefore wait behind another's one.
+func (q *Queries) NextFairGPUWaiter(ctx context.Context, db DBTX, hardwareID string) (string, error) {
+	row := db.QueryRow(ctx, nextFairGPUWaiter, hardwareID)
 	var job_id string
 	err := row.Scan(&job_id)
 	return job_id, err
 }
 
-const releaseGPULease = `-- name: ReleaseGPULease :exec
-DELETE FROM gpu_leases WHERE job_id = $1
+const recordGPUTurn = `-- name: RecordGPUTurn :exec
+INSERT INTO gpu_pool_turns (hardware_id, organization_id, last_granted_at)
+VALUES ($1, $2, clock_timestamp())
+ON CONFLICT (hardware_id, organization_id) DO UPDATE SET last_granted_at = EXCLUDED.last_granted_at
 `
 
-func (q *Queries) ReleaseGPULease(ctx context.Context, db DBTX, jobID string) error {
-	_, err := db.Exec(ctx, releaseGPULease, jobID)
+type RecordGPUTurnParams struct {
+	HardwareID     string
+	OrganizationID string
+}
+
+func (q *Queries) RecordGPUTurn(ctx context.Context, db DBTX, arg RecordGPUTurnParams) error {
+	_, err := db.Exec(ctx, recordGPUTurn, arg.HardwareID, arg.OrganizationID)
 	return err
 }
 
+const releaseGPULease = `-- name: ReleaseGPULease :many
+DELETE FROM gpu_leases WHERE job_id = $1
+RETURNING hardware_id
+`
+
+// Returns the freed lease's pool (no row when there was none).
+func (q *Queries) ReleaseGPULease(ctx context.Context, db DBTX, jobID string) ([]string, error) {
+	rows, err := db.Query(ctx, releaseGPULease, jobID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var hardware_id string
+		if err := rows.Scan(&hardware_id); err != nil {
+			return nil, err
+		}
+		items = append(items, hardware_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const requestGPULease = `-- name: RequestGPULease :one
-INSERT INTO gpu_leases (job_id, hardware_id, requested_at)
-VALUES ($1, $2, $3)
+INSERT INTO gpu_leases (job_id, hardware_id, organization_id, requested_at)
+VALUES ($1, $2, $3, $4)
 ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id
-RETURNING job_id, hardware_id, requested_at, granted_at
+RETURNING job_id, hardware_id, requested_at, granted_at, organization_id, notified_at
 `
 
 type RequestGPULeaseParams struct {
-	JobID       string
-	HardwareID  string
-	RequestedAt time.Time
+	JobID          string
+	HardwareID     string
+	OrganizationID string
+	RequestedAt    time.Time
 }
 
 // Joins the pool's queue (idempotent: a retried request keeps its place).
 func (q *Queries) RequestGPULease(ctx context.Context, db DBTX, arg RequestGPULeaseParams) (GpuLease, error) {
-	row := db.QueryRow(ctx, requestGPULease, arg.JobID, arg.HardwareID, arg.RequestedAt)
+	row := db.QueryRow(ctx, requestGPULease,
+		arg.JobID,
+		arg.HardwareID,
+		arg.OrganizationID,
+		arg.RequestedAt,
+	)
 	var i GpuLease
 	err := row.Scan(
 		&i.JobID,
 		&i.HardwareID,
 		&i.RequestedAt,
 		&i.GrantedAt,
+		&i.OrganizationID,
+		&i.NotifiedAt,
 	)
 	return i, err
+}
+
+const unnotifiedGPUGrants = `-- name: UnnotifiedGPUGrants :many
+SELECT job_id, requested_at FROM gpu_leases
+WHERE hardware_id = $1 AND granted_at IS NOT NULL AND notified_at IS NULL
+ORDER BY granted_at, job_id
+`
+
+type UnnotifiedGPUGrantsRow struct {
+	JobID       string
+	RequestedAt time.Time
+}
+
+// Grants whose workflow has not been told yet.
+func (q *Queries) UnnotifiedGPUGrants(ctx context.Context, db DBTX, hardwareID string) ([]UnnotifiedGPUGrantsRow, error) {
+	rows, err := db.Query(ctx, unnotifiedGPUGrants, hardwareID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []UnnotifiedGPUGrantsRow{}
+	for rows.Next() {
+		var i UnnotifiedGPUGrantsRow
+		if err := rows.Scan(&i.JobID, &i.RequestedAt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -10,6 +10,17 @@ import (
 	"time"
 )
 
+const countActiveJobs = `-- name: CountActiveJobs :one
+SELECT count(*) FROM jobs WHERE organization_id = $1 AND status IN ('queued', 'running')
+`
+
+func (q *Queries) CountActiveJobs(ctx context.Context, db DBTX, organizationID string) (int64, error) {
+	row := db.QueryRow(ctx, countActiveJobs, organizationID)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
 const countJobs = `-- name: CountJobs :one
 SELECT count(*) FROM jobs
 WHERE organization_id = $1
@@ -413,6 +424,17 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 		return nil, err
 	}
 	return items, nil
+}
+
+const lockOrganizationJobs = `-- name: LockOrganizationJobs :exec
+SELECT pg_advisory_xact_lock(hashtext('org-jobs:' || $1::text))
+`
+
+// Serializes job creation within one organization until the transaction
+// ends, so its cap on active jobs holds under concurrent requests.
+func (q *Queries) LockOrganizationJobs(ctx context.Context, db DBTX, organizationID string) error {
+	_, err := db.Exec(ctx, lockOrganizationJobs, organizationID)
+	return err
 }
 
 const setJobDeployed = `-- name: SetJobDeployed :execrows

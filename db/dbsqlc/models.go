@@ -54,10 +54,18 @@ type DeployedModel struct {
 }
 
 type GpuLease struct {
-	JobID       string
-	HardwareID  string
-	RequestedAt time.Time
-	GrantedAt   *time.Time
+	JobID          string
+	HardwareID     string
+	RequestedAt    time.Time
+	GrantedAt      *time.Time
+	OrganizationID string
+	NotifiedAt     *time.Time
+}
+
+type GpuPoolTurn struct {
+	HardwareID     string
+	OrganizationID string
+	LastGrantedAt  time.Time
 }
 
 type GpuWorker struct {

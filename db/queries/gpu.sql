@@ -14,8 +14,8 @@ SELECT pg_advisory_xact_lock(hashtext('gpu-pool:' || @hardware_id::text));
 
 -- name: RequestGPULease :one
 -- Joins the pool's queue (idempotent: a retried request keeps its place).
-INSERT INTO gpu_leases (job_id, hardware_id, requested_at)
-VALUES ($1, $2, $3)
+INSERT INTO gpu_leases (job_id, hardware_id, organization_id, requested_at)
+VALUES ($1, $2, $3, $4)
 ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id
 RETURNING *;
 
@@ -27,17 +27,49 @@ SELECT
     (SELECT count(*) FROM gpu_leases l WHERE l.hardware_id = @hardware_id AND l.granted_at IS NOT NULL) AS granted,
     (SELECT count(*) FROM gpu_leases l WHERE l.hardware_id = @hardware_id AND l.granted_at IS NULL) AS waiting;
 
--- name: NextGPUWaiter :one
-SELECT job_id FROM gpu_leases
-WHERE hardware_id = $1 AND granted_at IS NULL
-ORDER BY requested_at, job_id
+-- name: NextFairGPUWaiter :one
+-- The next job to get a slot: each organization's oldest waiter competes,
+-- and the organization with the fewest slots of the pool wins, then the one
+-- served least recently (never served first), then the oldest request. One
+-- organization's thousand jobs therefore wait behind another's one.
+WITH heads AS (
+    SELECT DISTINCT ON (organization_id) job_id, organization_id, requested_at
+    FROM gpu_leases
+    WHERE hardware_id = @hardware_id AND granted_at IS NULL
+    ORDER BY organization_id, requested_at, job_id
+), held AS (
+    SELECT organization_id, count(*) AS n FROM gpu_leases
+    WHERE hardware_id = @hardware_id AND granted_at IS NOT NULL
+    GROUP BY organization_id
+)
+SELECT h.job_id FROM heads h
+LEFT JOIN held ON held.organization_id = h.organization_id
+LEFT JOIN gpu_pool_turns t ON t.hardware_id = @hardware_id AND t.organization_id = h.organization_id
+ORDER BY coalesce(held.n, 0), t.last_granted_at NULLS FIRST, h.requested_at, h.job_id
 LIMIT 1;
 
--- name: GrantGPULease :exec
-UPDATE gpu_leases SET granted_at = now() WHERE job_id = $1;
+-- name: GrantGPULease :one
+UPDATE gpu_leases SET granted_at = now() WHERE job_id = $1
+RETURNING *;
 
--- name: ReleaseGPULease :exec
-DELETE FROM gpu_leases WHERE job_id = $1;
+-- name: RecordGPUTurn :exec
+INSERT INTO gpu_pool_turns (hardware_id, organization_id, last_granted_at)
+VALUES ($1, $2, clock_timestamp())
+ON CONFLICT (hardware_id, organization_id) DO UPDATE SET last_granted_at = EXCLUDED.last_granted_at;
+
+-- name: UnnotifiedGPUGrants :many
+-- Grants whose workflow has not been told yet.
+SELECT job_id, requested_at FROM gpu_leases
+WHERE hardware_id = $1 AND granted_at IS NOT NULL AND notified_at IS NULL
+ORDER BY granted_at, job_id;
+
+-- name: MarkGPUGrantNotified :exec
+UPDATE gpu_leases SET notified_at = now() WHERE job_id = $1 AND requested_at = $2;
+
+-- name: ReleaseGPULease :many
+-- Returns the freed lease's pool (no row when there was none).
+DELETE FROM gpu_leases WHERE job_id = $1
+RETURNING hardware_id;
 
 -- name: ListGPUPoolUsage :many
 SELECT h.id,
@@ -48,6 +80,11 @@ SELECT h.id,
 FROM hardware h ORDER BY h.position;
 
 -- name: GPUQueuePosition :one
+-- How many of the same organization's jobs wait ahead of this one: other
+-- organizations' queues are not the caller's business.
 SELECT count(*) FROM gpu_leases
-WHERE hardware_id = @hardware_id AND granted_at IS NULL
+WHERE hardware_id = @hardware_id AND organization_id = @organization_id AND granted_at IS NULL
   AND (requested_at, job_id) < (@requested_at::timestamptz, @job_id::text);
+
+-- name: GetGPULease :one
+SELECT * FROM gpu_leases WHERE job_id = $1;

@@ -96,3 +96,11 @@ WHERE id = @id;
 -- name: SetJobDeployed :execrows
 UPDATE jobs SET status = 'deployed', result_model = @result_model, updated_at = now()
 WHERE id = @id;
+
+-- name: LockOrganizationJobs :exec
+-- Serializes job creation within one organization until the transaction
+-- ends, so its cap on active jobs holds under concurrent requests.
+SELECT pg_advisory_xact_lock(hashtext('org-jobs:' || @organization_id::text));
+
+-- name: CountActiveJobs :one
+SELECT count(*) FROM jobs WHERE organization_id = $1 AND status IN ('queued', 'running');

@@ -57,6 +57,7 @@ type Env struct {
 	Log        *slog.Logger
 
 	inferenceURL string
+	maxActive    int
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -75,10 +76,14 @@ type Option func(*Env)
 // use the inference backend at url; without it none is configured.
 func WithInference(url string) Option { return func(e *Env) { e.inferenceURL = url } }
 
+// WithMaxActiveJobs sets each organization's cap on queued plus running
+// jobs (500 by default, as in production).
+func WithMaxActiveJobs(n int) Option { return func(e *Env) { e.maxActive = n } }
+
 // Start brings the platform up; call Stop when done (from TestMain).
 func Start(opts ...Option) (*Env, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Env{ctx: ctx, cancel: cancel, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	e := &Env{ctx: ctx, cancel: cancel, maxActive: 500, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	for _, o := range opts {
 		o(e)
 	}
@@ -124,6 +129,7 @@ func (e *Env) start() error {
 	inf := inference.New(e.inferenceURL)
 	e.Activities = &activities.Activities{
 		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Inference: inf, AdapterDir: e.AdapterDir,
+		Temporal: e.Temporal,
 	}
 	e.Go(func(ctx context.Context) error { return workers.RunControl(ctx, e.Temporal, e.Activities) })
 	for _, pool := range Pools {
@@ -132,7 +138,7 @@ func (e *Env) start() error {
 	}
 	e.API = httptest.NewServer(server.New(server.Deps{
 		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
-		Inference: inf, AdapterDir: e.AdapterDir,
+		Inference: inf, AdapterDir: e.AdapterDir, MaxActiveJobs: e.maxActive,
 	}))
 	return nil
 }
@@ -232,6 +238,17 @@ func (e *Env) Do(t testing.TB, key, method, path string, body any, header http.H
 	return (&Client{BaseURL: e.API.URL, Key: key}).Send(t, method, path, body, header)
 }
 
+// WaitDeleted waits until the delete of job id has finished its cleanup
+// (DELETE answers once the job is gone from the API; the rest follows).
+func (e *Env) WaitDeleted(t testing.TB, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+	defer cancel()
+	if err := e.Temporal.GetWorkflow(ctx, workflows.DeleteWorkflowID(id), "").Get(ctx, nil); err != nil {
+		t.Fatalf("delete of job %s: %v", id, err)
+	}
+}
+
 // StartCommandWorker runs a training worker for pool whose trainer is the
 // command argv, until the returned func is called (or Stop). It has its
 // own work directory, as each worker must.
@@ -239,7 +256,7 @@ func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (sto
 	t.Helper()
 	id := "test/command-" + pool + "-" + randomHex(3)
 	acts := &activities.Activities{
-		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness,
+		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Temporal: e.Temporal,
 		Command: &command.Runner{Argv: argv, Grace: 5 * time.Second}, ModelDir: filepath.Join(e.DataDir, "models"),
 		WorkDir: activities.WorkRoot(filepath.Join(e.DataDir, "work"), id),
 	}

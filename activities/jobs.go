@@ -1,0 +1,244 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/trainer"
+)
+
+// A job's workflow owns its row: the workflow's first step writes it and a
+// delete workflow removes it before anything else of the job, so a missing
+// row always means a deleted job and no clock is ever consulted.
+
+// Error types of job creation.
+const (
+	// ErrTypeTooManyJobs: the organization is at its cap of queued plus
+	// running jobs.
+	ErrTypeTooManyJobs = "TooManyJobs"
+	// ErrTypeDuplicateRequest: a concurrent request with the same
+	// Idempotency-Key created the job; its details hold that job's ID.
+	ErrTypeDuplicateRequest = "DuplicateRequest"
+)
+
+// NewJob is the row a job's workflow writes when it starts.
+type NewJob struct {
+	ID                  string
+	OrganizationID      string
+	Owner               string
+	Name                string
+	Description         string
+	BaseModel           string
+	HardwareID          string
+	TrainingDataset     string
+	TrainingDatasetID   string
+	TrainingFile        string
+	ValidationFile      *string
+	ValidationDatasetID *string
+	Hyperparameters     trainer.Hyperparameters
+	Suffix              string
+	CreatedAt           time.Time
+	// IdempotencyKey, when set, is recorded with the row, with RequestHash.
+	IdempotencyKey string
+	RequestHash    []byte
+	// MaxActiveJobs caps the organization's queued plus running jobs.
+	MaxActiveJobs int
+}
+
+// CreateJob writes a new job's row (and its idempotency key) unless the
+// organization is at its cap; a retry after a commit changes nothing.
+func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
+	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
+		q := a.Store.Q
+		if _, err := q.GetJobByID(ctx, tx, j.ID); err == nil {
+			return nil
+		} else if !db.IsNotFound(err) {
+			return fmt.Errorf("read job: %w", err)
+		}
+		// One creation per organization at a time, so the cap holds exactly.
+		if err := q.LockOrganizationJobs(ctx, tx, j.OrganizationID); err != nil {
+			return fmt.Errorf("lock organization: %w", err)
+		}
+		active, err := q.CountActiveJobs(ctx, tx, j.OrganizationID)
+		if err != nil {
+			return fmt.Errorf("count active jobs: %w", err)
+		}
+		if active >= int64(j.MaxActiveJobs) {
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+				"your organization has %d queued or running jobs, the most it may have; wait for some to finish, or stop or delete queued ones", active),
+				ErrTypeTooManyJobs, nil)
+		}
+		if j.IdempotencyKey != "" {
+			if err := q.DeleteStaleIdempotencyKey(ctx, tx, dbsqlc.DeleteStaleIdempotencyKeyParams{OrganizationID: j.OrganizationID, Key: j.IdempotencyKey}); err != nil {
+				return fmt.Errorf("expire idempotency key: %w", err)
+			}
+		}
+		hp := j.Hyperparameters
+		_, err = q.CreateJob(ctx, tx, dbsqlc.CreateJobParams{
+			ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
+			BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
+			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
+			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
+			Suffix: j.Suffix, CreatedAt: j.CreatedAt,
+		})
+		switch {
+		case db.IsForeignKeyViolation(err):
+			return invalidData("a dataset of the job was deleted while the job was being created; upload it again")
+		case db.IsInvalidText(err):
+			return invalidData("the job's name or description holds a NUL character or invalid UTF-8")
+		case err != nil:
+			return fmt.Errorf("insert job: %w", err)
+		}
+		if j.IdempotencyKey == "" {
+			return nil
+		}
+		err = q.CreateIdempotencyKey(ctx, tx, dbsqlc.CreateIdempotencyKeyParams{
+			OrganizationID: j.OrganizationID, Key: j.IdempotencyKey, RequestHash: j.RequestHash, JobID: j.ID,
+		})
+		if db.IsUniqueViolation(err) {
+			return temporal.NewNonRetryableApplicationError("a concurrent request with the same Idempotency-Key created the job",
+				ErrTypeDuplicateRequest, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("record idempotency key: %w", err)
+		}
+		return nil
+	})
+}
+
+// DeleteRequest names a job to delete.
+type DeleteRequest struct {
+	JobID          string
+	OrganizationID string
+}
+
+// DeletedJob is what a deleted job leaves to clean up.
+type DeletedJob struct {
+	Found          bool
+	JobID          string
+	OrganizationID string
+	ResultModel    string
+	// Adapter is the inference backend's name for the deployed adapter.
+	Adapter *string
+	// Pool is the hardware pool the job held or waited for a slot of.
+	Pool string
+}
+
+// DeleteJobRow removes the job's row, and with it (by cascade) its logs,
+// metrics, GPU lease and deployed model, so the job is gone from the API at
+// once; it returns what the row pointed at outside PostgreSQL.
+func (a *Activities) DeleteJobRow(ctx context.Context, req DeleteRequest) (DeletedJob, error) {
+	out := DeletedJob{JobID: req.JobID, OrganizationID: req.OrganizationID}
+	err := a.Store.InTx(ctx, func(tx pgx.Tx) error {
+		q := a.Store.Q
+		job, err := q.GetJob(ctx, tx, dbsqlc.GetJobParams{OrganizationID: req.OrganizationID, ID: req.JobID})
+		if db.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read job: %w", err)
+		}
+		out.Found = true
+		if job.ResultModel != nil {
+			out.ResultModel = *job.ResultModel
+		}
+		if out.Adapter, err = q.GetJobAdapter(ctx, tx, req.JobID); err != nil && !db.IsNotFound(err) {
+			return fmt.Errorf("read adapter: %w", err)
+		}
+		if lease, err := q.GetGPULease(ctx, tx, req.JobID); err == nil {
+			out.Pool = lease.HardwareID
+		} else if !db.IsNotFound(err) {
+			return fmt.Errorf("read lease: %w", err)
+		}
+		if _, err := q.DeleteJob(ctx, tx, dbsqlc.DeleteJobParams{OrganizationID: req.OrganizationID, ID: req.JobID}); err != nil {
+			return fmt.Errorf("delete job: %w", err)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// EndJobWorkflow terminates a deleted job's workflow; one already closed is
+// fine.
+func (a *Activities) EndJobWorkflow(ctx context.Context, jobID string) error {
+	err := a.Temporal.TerminateWorkflow(ctx, jobID, "", "job deleted")
+	var nf *serviceerror.NotFound
+	if err != nil && !errors.As(err, &nf) {
+		return fmt.Errorf("terminate the workflow of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// RetireJob removes what a deleted job left outside PostgreSQL: its
+// materialized adapter (before the backend unloads it, so no request can
+// load it again), the adapter in the backend, its checkpoints, output and
+// published model. Each part is idempotent, so the activity can be retried.
+func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
+	if a.AdapterDir != "" {
+		if err := os.RemoveAll(inference.AdapterPath(a.AdapterDir, d.JobID)); err != nil {
+			return fmt.Errorf("remove adapter of %s: %w", d.JobID, err)
+		}
+	}
+	if d.Adapter != nil {
+		a.unloadAdapter(ctx, d.JobID, *d.Adapter)
+	}
+	if err := a.Artifacts.DeletePrefix(ctx, artifacts.CheckpointPrefix(d.JobID)); err != nil {
+		return fmt.Errorf("delete checkpoints of %s: %w", d.JobID, err)
+	}
+	keys := []string{artifacts.OutputKey(d.JobID)}
+	if d.ResultModel != "" {
+		keys = append(keys, artifacts.ModelKey(d.OrganizationID, d.JobID, d.ResultModel), artifacts.ModelCardKey(d.OrganizationID, d.JobID, d.ResultModel))
+	}
+	for _, key := range keys {
+		if err := a.Artifacts.Delete(ctx, key); err != nil {
+			return fmt.Errorf("delete %s: %w", key, err)
+		}
+	}
+	return nil
+}
+
+// unloadAdapter asks the backend to stop serving a deleted job's adapter.
+// Best effort: no request reaches an adapter without its model's row, which
+// is gone already, and a backend that is down has unloaded it anyway.
+func (a *Activities) unloadAdapter(ctx context.Context, jobID, adapter string) {
+	if a.Inference == nil {
+		a.Logger.WarnContext(ctx, "cannot unload the adapter of a deleted job: TUNEFORGE_INFERENCE_URL is unset", "job", jobID, "adapter", adapter)
+		return
+	}
+	uctx, cancel := context.WithTimeout(ctx, adapterCallTimeout)
+	defer cancel()
+	if err := a.Inference.UnloadAdapter(uctx, adapter); err != nil {
+		a.Logger.WarnContext(ctx, "unload the adapter of a deleted job", "job", jobID, "adapter", adapter, "err", err)
+	}
+}
+
+// keepUpload makes sure an artifact just written for a job is not left
+// behind by the job's deletion: the delete removes the row before it sweeps
+// the store, so an upload that still finds the row was swept or will be,
+// and one that does not removes itself.
+func (a *Activities) keepUpload(ctx context.Context, jobID string, keys ...string) error {
+	_, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, jobID)
+	if err == nil {
+		return nil
+	}
+	if !db.IsNotFound(err) {
+		return fmt.Errorf("read job: %w", err)
+	}
+	for _, key := range keys {
+		if derr := a.Artifacts.Delete(ctx, key); derr != nil {
+			return fmt.Errorf("remove an upload of deleted job %s: %w", jobID, derr)
+		}
+	}
+	return jobGone(jobID)
+}
