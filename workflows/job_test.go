@@ -797,7 +797,9 @@ func TestWaitsForGrantSignal(t *testing.T) {
 		h.env.SignalWorkflow(activities.SignalGPUGranted, activities.GPUGrant{RequestedAt: in.QueuedAt.Add(-time.Hour)})
 	})
 	h.at(30*time.Minute, func() { stale = h.state() })
-	h.at(40*time.Minute, func() { h.env.SignalWorkflow(activities.SignalGPUGranted, activities.GPUGrant{RequestedAt: in.QueuedAt}) })
+	h.at(40*time.Minute, func() {
+		h.env.SignalWorkflow(activities.SignalGPUGranted, activities.GPUGrant{RequestedAt: in.QueuedAt})
+	})
 	h.at(50*time.Minute, func() { granted = h.state(); h.update(workflows.UpdateDeploy, "deploy-1") })
 	h.run(in)
 
