@@ -4,6 +4,8 @@ BIN       := bin/tuneforge
 PKGS      := ./...
 # Packages without the embedded Temporal server run under the race detector.
 RACE_PKGS := ./dataset/... ./trainer/... ./workflows/... ./apikey/...
+# The interpreter of trainers/hf's tests; they need pytest and torch.
+PYTHON    ?= python3
 
 .DEFAULT_GOAL := help
 
@@ -20,10 +22,21 @@ build:
 	$(GO) build -o $(BIN) ./cmd/tuneforge
 	CGO_ENABLED=0 $(GO) build -tags nodev -o $(BIN)-prod ./cmd/tuneforge
 
-## test: run every test against the local PostgreSQL and an embedded Temporal server
+## test: run every test against the local PostgreSQL and an embedded Temporal server, then test-python
 test:
 	$(GO) test -race -count=1 $(RACE_PKGS)
 	$(GO) test -count=1 -timeout 20m $(PKGS)
+	@$(MAKE) --no-print-directory test-python
+
+## test-python: run trainers/hf's pytest tests with $(PYTHON); skipped, saying why, without pytest or torch
+test-python:
+	@if ! $(PYTHON) -c 'import pytest, torch' 2>/dev/null; then \
+	  echo "trainers/hf Python tests skipped: $(PYTHON) cannot import pytest and torch (apt-get install python3-pytest python3-torch, or pip install -r trainers/hf/requirements.txt; PYTHON=... picks the interpreter)"; \
+	else \
+	  rc=0; $(PYTHON) -m pytest trainers/hf -q || rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "trainers/hf Python tests: pytest ran no tests (exit 5)"; \
+	  elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	fi
 
 ## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency)
 bench:
@@ -40,4 +53,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev build test bench lint generate
+.PHONY: help dev build test test-python bench lint generate
