@@ -1,10 +1,17 @@
 # syntax=docker/dockerfile:1
 
-# Production image for tuneforge: one static binary serving every role
-# (api, worker, migrate, apikey) selected by the first argument.
+# Production images for tuneforge.
+#
+# The default target: one static binary serving every role (api, worker,
+# migrate, apikey) selected by the first argument.
 #
 #   docker build -t tuneforge:latest .
 #   docker run --rm -p 8080:8080 -e DATABASE_URL=... tuneforge:latest api
+#
+# Target trainer-gpu: a training worker with the command trainer, running
+# trainers/hf/train.py on an NVIDIA GPU (compose's trainer-gpu service).
+#
+#   docker build --target trainer-gpu -t tuneforge-trainer-gpu:latest .
 
 ARG GO_VERSION=1.26
 
@@ -23,8 +30,37 @@ RUN --mount=type=bind,target=. \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -tags nodev -ldflags="-s -w" -o /out/tuneforge ./cmd/tuneforge \
- && mkdir -p /out/data
+ && mkdir -p /out/data/adapters
 
+# The GPU training worker. The torch wheel of requirements.txt brings its own
+# CUDA 12.4 libraries, so the CUDA base image is enough: it carries the
+# NVIDIA container toolkit's settings, which mount the driver and nvidia-smi
+# (the worker checks its GPUs against the pool with it).
+FROM nvidia/cuda:12.4.1-base-ubuntu22.04 AS trainer-gpu
+# tini as PID 1 reaps what a killed trainer's process group leaves behind.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv tini \
+ && rm -rf /var/lib/apt/lists/*
+# The dependencies before the script, so editing train.py keeps this layer.
+COPY trainers/hf/requirements.txt /opt/tuneforge/trainers/hf/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/hf \
+ && /opt/hf/bin/pip install -r /opt/tuneforge/trainers/hf/requirements.txt
+COPY trainers/hf /opt/tuneforge/trainers/hf
+COPY --from=build /out/tuneforge /usr/local/bin/tuneforge
+# The same uid as the default image; its home is the data directory (work
+# directories, and the caches torch may write).
+RUN groupadd --system --gid 65532 tuneforge \
+ && useradd --system --uid 65532 --gid 65532 --create-home --home-dir /var/lib/tuneforge tuneforge
+ENV TUNEFORGE_DATA_DIR=/var/lib/tuneforge \
+    TUNEFORGE_TRAINER=command \
+    TUNEFORGE_TRAINER_CMD="/opt/hf/bin/python3 /opt/tuneforge/trainers/hf/train.py" \
+    TUNEFORGE_MODEL_DIR=/models
+USER 65532:65532
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/tuneforge"]
+CMD ["worker", "--hardware", "gpu-a100-80gb", "--slots", "1", "--trainer", "command"]
+
+# The default image, last so that a plain `docker build` makes it.
 # Debian 12 distroless images reached end of support in September 2026.
 FROM gcr.io/distroless/static-debian13:nonroot
 
@@ -39,7 +75,9 @@ LABEL org.opencontainers.image.title="tuneforge" \
       org.opencontainers.image.base.name="gcr.io/distroless/static-debian13:nonroot"
 
 COPY --from=build /out/tuneforge /tuneforge
-# Writable scratch directory for the non-root user (uid 65532).
+# Writable scratch directory for the non-root user (uid 65532). Its
+# adapters/ is there so that a volume mounted on it (compose's adapters)
+# starts owned by that user.
 COPY --from=build --chown=65532:65532 /out/data /var/lib/tuneforge
 
 ENV TUNEFORGE_HTTP_ADDR=0.0.0.0:8080 \
