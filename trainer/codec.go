@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 )
 
 // checkpointMagic opens every encoded State; the byte after it is the
@@ -25,7 +27,7 @@ const maxCheckpointBody = 1 << 30
 // Only feature rows with a non-zero weight or moment are written: a row that
 // was never touched is all zeros and is restored as such, so the encoding
 // is exact while a checkpoint scales with the vocabulary seen, not with Dims.
-// gzip's CRC-32 lets UnmarshalBinary detect corruption.
+// gzip's CRC-32 lets decoding detect corruption.
 func (s *State) MarshalBinary() ([]byte, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
@@ -98,63 +100,23 @@ var errCorrupt = errors.New("trainer: corrupt checkpoint")
 // s only when the whole blob decodes and validates, so a failed decode
 // leaves s untouched.
 func (s *State) UnmarshalBinary(b []byte) error {
-	if len(b) < len(checkpointMagic)+1 || string(b[:len(checkpointMagic)]) != checkpointMagic {
-		return fmt.Errorf("%w: missing header", errCorrupt)
-	}
-	if v := b[len(checkpointMagic)]; v != checkpointVersion {
-		return fmt.Errorf("%w: unsupported version %d", errCorrupt, v)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(b[len(checkpointMagic)+1:]))
+	d, h, err := openCheckpoint(bytes.NewReader(b))
 	if err != nil {
-		return fmt.Errorf("%w: %v", errCorrupt, err)
+		return err
 	}
-	// Reading to EOF verifies the gzip checksum before any field is trusted.
-	body, err := io.ReadAll(io.LimitReader(zr, maxCheckpointBody+1))
-	if err != nil {
-		return fmt.Errorf("%w: %v", errCorrupt, err)
-	}
-	if len(body) > maxCheckpointBody {
-		return fmt.Errorf("%w: body too large", errCorrupt)
-	}
-	d := decoder{b: body}
-	dims, L := int(d.u32()), int(d.u32())
-	if d.err == nil && (dims < 1 || dims > maxDims || L < 2 || L > MaxLabels) {
-		return fmt.Errorf("%w: %d dims x %d labels out of range", errCorrupt, dims, L)
-	}
-	labels := make([]string, 0, L)
-	for range L {
-		labels = append(labels, d.str())
-	}
-	if d.err != nil {
-		return d.err
-	}
-	ns := newZeroState(labels, dims, d.i64())
-	ns.Step = int(d.i64())
-	ns.Epoch = int(d.i64())
-	ns.EpochStep = int(d.i64())
-	ns.Tokens = d.i64()
+	ns := newZeroState(h.labels, h.dims, h.seed)
+	ns.Step, ns.Epoch, ns.EpochStep, ns.Tokens = h.step, h.epoch, h.epochStep, h.tokens
 	d.f32s(ns.Bias)
 	d.f32s(ns.BiasM)
 	d.f32s(ns.BiasV)
-	prev := -1
-	for range d.u32() {
-		j := int(d.u32())
-		if d.err != nil {
-			break
-		}
-		if j <= prev || j >= dims {
-			return fmt.Errorf("%w: feature row %d out of order or range", errCorrupt, j)
-		}
-		prev = j
+	L := len(h.labels)
+	err = d.rows(h.dims, nil, func(j int) {
 		d.f32s(ns.W[j*L : j*L+L])
 		d.f32s(ns.M[j*L : j*L+L])
 		d.f32s(ns.V[j*L : j*L+L])
-	}
-	if d.err != nil {
-		return d.err
-	}
-	if len(d.b) != 0 {
-		return fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.b))
+	})
+	if err != nil {
+		return err
 	}
 	if err := ns.validate(); err != nil {
 		return fmt.Errorf("%w: %v", errCorrupt, err)
@@ -163,23 +125,87 @@ func (s *State) UnmarshalBinary(b []byte) error {
 	return nil
 }
 
-// decoder reads little-endian fields, latching the first short read so the
-// caller checks once instead of after every field.
+// header is what an encoded State holds before its bias and feature rows.
+type header struct {
+	dims                   int
+	labels                 []string // sorted and distinct
+	seed                   int64
+	step, epoch, epochStep int
+	tokens                 int64
+}
+
+// openCheckpoint checks the magic and version, starts decompressing and
+// decodes the header. The body is decoded as it streams, never buffered
+// whole, so decoding needs little beyond what the caller keeps.
+func openCheckpoint(r io.Reader) (*decoder, header, error) {
+	var h header
+	br := bufio.NewReader(r)
+	lead := make([]byte, len(checkpointMagic)+1)
+	if _, err := io.ReadFull(br, lead); err != nil || string(lead[:len(checkpointMagic)]) != checkpointMagic {
+		return nil, h, fmt.Errorf("%w: missing header", errCorrupt)
+	}
+	if v := lead[len(checkpointMagic)]; v != checkpointVersion {
+		return nil, h, fmt.Errorf("%w: unsupported version %d", errCorrupt, v)
+	}
+	zr, err := gzip.NewReader(br)
+	if err != nil {
+		return nil, h, fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	d := &decoder{limit: &io.LimitedReader{R: zr, N: maxCheckpointBody + 1}}
+	d.r = bufio.NewReader(d.limit)
+	h.dims, h.labels = int(d.u32()), make([]string, 0, 2)
+	L := int(d.u32())
+	if d.err == nil && (h.dims < 1 || h.dims > maxDims || L < 2 || L > MaxLabels) {
+		return nil, h, fmt.Errorf("%w: %d dims x %d labels out of range", errCorrupt, h.dims, L)
+	}
+	for range L {
+		h.labels = append(h.labels, d.str())
+	}
+	h.seed = d.i64()
+	h.step, h.epoch, h.epochStep = int(d.i64()), int(d.i64()), int(d.i64())
+	h.tokens = d.i64()
+	if d.err != nil {
+		return nil, h, d.err
+	}
+	if !slices.IsSorted(h.labels) || len(slices.Compact(slices.Clone(h.labels))) != L {
+		return nil, h, fmt.Errorf("%w: labels are not sorted and distinct", errCorrupt)
+	}
+	return d, h, nil
+}
+
+// decoder reads little-endian fields from a checkpoint's gzip stream,
+// latching the first error so the caller checks once instead of after
+// every field.
 type decoder struct {
-	b   []byte
-	err error
+	r       *bufio.Reader
+	limit   *io.LimitedReader // the decompressed body, cut past maxCheckpointBody
+	err     error
+	scratch []byte
 }
 
 func (d *decoder) take(n int) []byte {
-	if d.err != nil || n > len(d.b) {
-		if d.err == nil {
-			d.err = fmt.Errorf("%w: truncated", errCorrupt)
-		}
+	if d.err != nil {
 		return nil
 	}
-	v := d.b[:n]
-	d.b = d.b[n:]
+	if cap(d.scratch) < n {
+		d.scratch = make([]byte, n)
+	}
+	v := d.scratch[:n]
+	if _, err := io.ReadFull(d.r, v); err != nil {
+		d.fail(err)
+		return nil
+	}
 	return v
+}
+
+// fail latches err as a corrupt checkpoint: a short body is truncated, and
+// anything else the decompressor says (a bad checksum) is corruption too.
+func (d *decoder) fail(err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		d.err = fmt.Errorf("%w: truncated", errCorrupt)
+		return
+	}
+	d.err = fmt.Errorf("%w: %v", errCorrupt, err)
 }
 
 func (d *decoder) u32() uint32 {
@@ -197,17 +223,23 @@ func (d *decoder) i64() int64 {
 }
 
 func (d *decoder) str() string {
-	n, k := binary.Uvarint(d.b)
-	if d.err == nil && (k <= 0 || n > uint64(len(d.b)-k)) {
-		d.err = fmt.Errorf("%w: bad label", errCorrupt)
-	}
 	if d.err != nil {
 		return ""
 	}
-	d.b = d.b[k:]
-	return string(d.take(int(n)))
+	n, err := binary.ReadUvarint(d.r)
+	if err != nil || n > uint64(d.limit.N)+uint64(d.r.Buffered()) {
+		d.err = fmt.Errorf("%w: bad label", errCorrupt)
+		return ""
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(d.r, b); err != nil {
+		d.fail(err)
+		return ""
+	}
+	return string(b)
 }
 
+// f32s fills dst.
 func (d *decoder) f32s(dst []float32) {
 	v := d.take(4 * len(dst))
 	for i := range dst {
@@ -216,4 +248,54 @@ func (d *decoder) f32s(dst []float32) {
 		}
 		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(v[4*i:]))
 	}
+}
+
+// skip passes over n floats the caller does not keep.
+func (d *decoder) skip(n int) {
+	if d.err != nil {
+		return
+	}
+	if _, err := d.r.Discard(4 * n); err != nil {
+		d.fail(err)
+	}
+}
+
+// rows decodes the feature rows: their count, passed to begin (if
+// non-nil), then each row's index, which must ascend and stay below dims,
+// followed by what row reads for that feature. It then checks the body ends
+// there, which also verifies the gzip checksum, and returns the first error.
+func (d *decoder) rows(dims int, begin func(n int), row func(j int)) error {
+	n := d.u32()
+	if d.err == nil && uint64(n) > uint64(dims) {
+		return fmt.Errorf("%w: %d feature rows for %d dims", errCorrupt, n, dims)
+	}
+	if d.err == nil && begin != nil {
+		begin(int(n))
+	}
+	prev := -1
+	for range n {
+		j := int(d.u32())
+		if d.err != nil {
+			return d.err
+		}
+		if j <= prev || j >= dims {
+			return fmt.Errorf("%w: feature row %d out of order or range", errCorrupt, j)
+		}
+		prev = j
+		row(j)
+	}
+	if d.err != nil {
+		return d.err
+	}
+	trailing, err := io.Copy(io.Discard, d.r)
+	switch {
+	case err != nil:
+		d.fail(err)
+		return d.err
+	case d.limit.N == 0:
+		return fmt.Errorf("%w: body too large", errCorrupt)
+	case trailing != 0:
+		return fmt.Errorf("%w: %d trailing bytes", errCorrupt, trailing)
+	}
+	return nil
 }

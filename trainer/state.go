@@ -3,6 +3,7 @@ package trainer
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"slices"
 )
@@ -51,9 +52,6 @@ type State struct {
 // distinct labels, and no more than len(train)/2 of them, so each label
 // repeats on average. Otherwise the error wraps ErrNotLearnable.
 func NewState(train []Example, seed int64) (*State, error) {
-	if len(train) == 0 {
-		return nil, fmt.Errorf("%w: no training examples", ErrNotLearnable)
-	}
 	seen := make(map[string]bool)
 	var labels []string
 	for _, e := range train {
@@ -62,19 +60,58 @@ func NewState(train []Example, seed int64) (*State, error) {
 			labels = append(labels, e.Label)
 		}
 	}
-	slices.Sort(labels)
-	n := len(labels)
-	switch {
-	case n < 2:
-		return nil, fmt.Errorf("%w: every assistant reply is the same, so there is nothing to classify", ErrNotLearnable)
-	case n > MaxLabels:
-		return nil, fmt.Errorf("%w: %d distinct assistant replies among %d examples: the builtin trainer learns at most %d labels",
-			ErrNotLearnable, n, len(train), MaxLabels)
-	case n > len(train)/2:
-		return nil, fmt.Errorf("%w: %d distinct assistant replies among %d examples: the builtin trainer learns classification data whose replies repeat as labels",
-			ErrNotLearnable, n, len(train))
+	if err := learnable(len(labels), len(train)); err != nil {
+		return nil, err
 	}
+	slices.Sort(labels)
 	return newZeroState(labels, DefaultDims, seed), nil
+}
+
+// learnable applies NewState's rule to the number of distinct labels
+// (any number past MaxLabels counts alike) among n examples.
+func learnable(distinct, n int) error {
+	switch {
+	case n == 0:
+		return fmt.Errorf("%w: no training examples", ErrNotLearnable)
+	case distinct < 2:
+		return fmt.Errorf("%w: every assistant reply is the same, so there is nothing to classify", ErrNotLearnable)
+	case distinct > MaxLabels:
+		return fmt.Errorf("%w: more than %d distinct assistant replies among %d examples: the builtin trainer learns at most %d labels",
+			ErrNotLearnable, MaxLabels, n, MaxLabels)
+	case distinct > n/2:
+		return fmt.Errorf("%w: %d distinct assistant replies among %d examples: the builtin trainer learns classification data whose replies repeat as labels",
+			ErrNotLearnable, distinct, n)
+	}
+	return nil
+}
+
+// LabelCheck applies NewState's rule on labels one example at a time, so a
+// training file can be checked as it streams. It remembers a hash of each
+// distinct label, and no more than MaxLabels+1 of them, so its memory does
+// not grow with the data, however long the file or its replies.
+type LabelCheck struct {
+	seed     maphash.Seed
+	hashes   map[uint64]struct{}
+	examples int
+}
+
+// Add counts one example with the given label.
+func (c *LabelCheck) Add(label string) {
+	c.examples++
+	if len(c.hashes) > MaxLabels {
+		return // already not learnable; more labels change nothing
+	}
+	if c.hashes == nil {
+		c.seed, c.hashes = maphash.MakeSeed(), make(map[uint64]struct{}, MaxLabels+1)
+	}
+	// A 64-bit collision among at most 65 labels is too unlikely to matter.
+	c.hashes[maphash.String(c.seed, label)] = struct{}{}
+}
+
+// Err is what NewState would return for the examples added so far: nil,
+// or an error wrapping ErrNotLearnable.
+func (c *LabelCheck) Err() error {
+	return learnable(len(c.hashes), c.examples)
 }
 
 func newZeroState(labels []string, dims int, seed int64) *State {
@@ -152,12 +189,18 @@ type Prediction struct {
 }
 
 // Predict classifies text with the state's current weights, as the deployed
-// model does. Ties go to the label that sorts first, keeping it deterministic.
+// model does.
 func (s *State) Predict(text string) Prediction {
 	f := featurizer{dims: s.Dims}
 	idx, val := f.features(text, nil, nil)
 	z := make([]float64, len(s.Labels))
 	s.logits(idx, val, z)
+	return predict(s.Labels, z)
+}
+
+// predict turns logits into the most probable label. Ties go to the label
+// that sorts first, keeping it deterministic.
+func predict(labels []string, z []float64) Prediction {
 	softmax(z)
 	best := 0
 	for k, p := range z {
@@ -165,5 +208,5 @@ func (s *State) Predict(text string) Prediction {
 			best = k
 		}
 	}
-	return Prediction{Label: s.Labels[best], Probability: z[best]}
+	return Prediction{Label: labels[best], Probability: z[best]}
 }
