@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"go.temporal.io/sdk/activity"
@@ -29,20 +30,19 @@ type DatasetSummary struct {
 
 // ValidateDataset streams the training (and validation) files, checks every
 // line and fails, without retries, with line-numbered errors on bad data.
+// It keeps nothing per example, so its memory does not grow with the files.
 func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (DatasetSummary, error) {
 	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset"); err != nil {
 		return DatasetSummary{}, err
 	}
-	var examples []trainer.Example
-	train, err := a.scan(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, 0, func(e dataset.Example) error {
-		examples = append(examples, toTrainerExample(e))
-		return nil
-	})
+	r, err := a.open(ctx, in.DatasetKey, "training file")
 	if err != nil {
 		return DatasetSummary{}, err
 	}
-	if _, err := trainer.NewState(examples, 0); err != nil {
-		return DatasetSummary{}, invalidData("training file: %v", err)
+	defer r.Close()
+	train, err := validateTraining(ctx, r, in.MaxSequenceLength)
+	if err != nil {
+		return DatasetSummary{}, err
 	}
 	sum := DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
 	if in.ValidationKey != "" {
@@ -60,17 +60,50 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 	return sum, a.appendLog(ctx, in.JobID, LevelInfo, msg)
 }
 
-// scan streams one dataset file through dataset.Scan, heartbeating, and
-// turns bad data into a non-retryable error naming the file.
-func (a *Activities) scan(ctx context.Context, key, what string, maxSeq, minExamples int, fn func(dataset.Example) error) (dataset.Summary, error) {
+// validateTraining checks a training file as it streams from r: every line,
+// and the labels as the builtin trainer will check them.
+func validateTraining(ctx context.Context, r io.Reader, maxSeq int) (dataset.Summary, error) {
+	var labels trainer.LabelCheck
+	sum, err := scanReader(ctx, r, "training file", dataset.Options{MaxSequenceLength: maxSeq}, func(e dataset.Example) error {
+		labels.Add(e.Target())
+		return nil
+	})
+	if err != nil {
+		return sum, err
+	}
+	if err := labels.Err(); err != nil {
+		return sum, invalidData("training file: %v", err)
+	}
+	return sum, nil
+}
+
+func (a *Activities) open(ctx context.Context, key, what string) (io.ReadCloser, error) {
 	r, err := a.Artifacts.Open(ctx, key)
 	if err != nil {
-		return dataset.Summary{}, fmt.Errorf("open %s: %w", what, err)
+		return nil, fmt.Errorf("open %s: %w", what, err)
+	}
+	return r, nil
+}
+
+// scan streams one dataset file of the artifact store through scanReader.
+func (a *Activities) scan(ctx context.Context, key, what string, maxSeq, minExamples int, fn func(dataset.Example) error) (dataset.Summary, error) {
+	r, err := a.open(ctx, key, what)
+	if err != nil {
+		return dataset.Summary{}, err
 	}
 	defer r.Close()
+	return scanReader(ctx, r, what, dataset.Options{MinExamples: minExamples, MaxSequenceLength: maxSeq}, fn)
+}
+
+// scanReader streams r through dataset.Scan, calling fn (if non-nil) for
+// each valid example and heartbeating every 1000, and turns bad data into a
+// non-retryable error naming the file.
+func scanReader(ctx context.Context, r io.Reader, what string, opts dataset.Options, fn func(dataset.Example) error) (dataset.Summary, error) {
+	// Outside an activity (tests, benchmarks) there is nothing to heartbeat.
+	beat := activity.IsActivity(ctx)
 	n := 0
-	sum, err := dataset.Scan(ctx, r, dataset.Options{MinExamples: minExamples, MaxSequenceLength: maxSeq}, func(e dataset.Example) error {
-		if n++; n%1000 == 0 {
+	sum, err := dataset.Scan(ctx, r, opts, func(e dataset.Example) error {
+		if n++; beat && n%1000 == 0 {
 			activity.RecordHeartbeat(ctx, n)
 		}
 		if fn != nil {
