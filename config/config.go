@@ -27,6 +27,7 @@ type Config struct {
 	LogLevel          slog.Level
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
 	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization
+	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -73,6 +74,13 @@ func FromEnv() (Config, error) {
 	c.RateLimit = rl
 	if c.MaxActiveJobs, err = strconv.Atoi(env("TUNEFORGE_MAX_ACTIVE_JOBS", "500")); err != nil || c.MaxActiveJobs < 1 {
 		return c, fmt.Errorf("TUNEFORGE_MAX_ACTIVE_JOBS %q: must be a positive number of jobs", os.Getenv("TUNEFORGE_MAX_ACTIVE_JOBS"))
+	}
+	if v := env("TUNEFORGE_MODEL_CACHE_BYTES", ""); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return c, fmt.Errorf("TUNEFORGE_MODEL_CACHE_BYTES %q: must be a positive number of bytes", v)
+		}
+		c.ModelCacheBytes = n
 	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")

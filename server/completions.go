@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -256,22 +255,12 @@ func (s *Server) backendError(ctx context.Context, rec dbsqlc.DeployedModel, err
 	return newError(http.StatusServiceUnavailable, "unavailable", "the inference backend serving model %s is unavailable; try again later", rec.Name)
 }
 
-// model returns the weights of a builtin model. The row is read on every
-// request, so a deleted or redeployed model is never served from a stale
-// cache (on this replica or another); the weights are cached by their
-// artifact key, which is unique to the deploying job.
-func (s *Server) model(ctx context.Context, rec dbsqlc.DeployedModel) (*trainer.State, error) {
-	return s.models.get(rec.BlobKey, func() (*trainer.State, error) {
-		b, err := s.Artifacts.Get(ctx, rec.BlobKey)
-		if err != nil {
-			return nil, err
-		}
-		var st trainer.State
-		if err := st.UnmarshalBinary(b); err != nil {
-			return nil, err
-		}
-		return &st, nil
-	})
+// model returns a builtin model. The row is read on every request, so a
+// deleted or redeployed model is never served from a stale cache (on this
+// replica or another); the model is cached by its artifact key, which is
+// unique to the deploying job.
+func (s *Server) model(ctx context.Context, rec dbsqlc.DeployedModel) (*trainer.Model, error) {
+	return s.models.Get(ctx, rec.BlobKey)
 }
 
 type modelView struct {
@@ -315,38 +304,4 @@ func (s *Server) getModel(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, viewModel(m))
-}
-
-// modelCache keeps recently used model weights in memory, by artifact key.
-type modelCache struct {
-	mu     sync.Mutex
-	max    int
-	models map[string]*trainer.State
-}
-
-func newModelCache(max int) *modelCache {
-	return &modelCache{max: max, models: make(map[string]*trainer.State)}
-}
-
-func (m *modelCache) get(key string, load func() (*trainer.State, error)) (*trainer.State, error) {
-	m.mu.Lock()
-	st, ok := m.models[key]
-	m.mu.Unlock()
-	if ok {
-		return st, nil
-	}
-	st, err := load()
-	if err != nil {
-		return nil, err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.models) >= m.max {
-		for evict := range m.models {
-			delete(m.models, evict)
-			break
-		}
-	}
-	m.models[key] = st
-	return st, nil
 }

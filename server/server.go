@@ -21,6 +21,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/serving"
 )
 
 // Limits on what a request may carry.
@@ -49,6 +50,9 @@ type Deps struct {
 	AdapterDir string
 	// MaxActiveJobs caps each organization's queued plus running jobs.
 	MaxActiveJobs int
+	// ModelCacheBytes is the memory builtin models may take while served;
+	// 0 means serving.DefaultCacheBytes.
+	ModelCacheBytes int64
 }
 
 // Server serves the API.
@@ -56,7 +60,7 @@ type Server struct {
 	Deps
 	log     *slog.Logger
 	engine  *gin.Engine
-	models  *modelCache
+	models  *serving.Models
 	metrics *httpMetrics
 	limiter *rateLimiter
 }
@@ -64,7 +68,7 @@ type Server struct {
 // New builds the API's router.
 func New(d Deps) *Server {
 	gin.SetMode(gin.ReleaseMode)
-	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: newModelCache(64),
+	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: serving.New(d.Artifacts, d.ModelCacheBytes),
 		limiter: newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit)))}
 	s.metrics = newHTTPMetrics(prometheus.DefaultRegisterer)
 	s.engine.Use(s.recover, s.observe)

@@ -91,5 +91,6 @@ func (p *platform) api(cfg config.Config) *server.Server {
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
 		Inference: p.inference, AdapterDir: p.adapterDir, MaxActiveJobs: cfg.MaxActiveJobs,
+		ModelCacheBytes: cfg.ModelCacheBytes,
 	})
 }
