@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"unsafe"
 
 	"go.temporal.io/sdk/activity"
 
@@ -140,46 +142,75 @@ func (a *Activities) loadExamples(ctx context.Context, key, what string) ([]trai
 	return out, nil
 }
 
-// datasetCache holds the most recently loaded datasets of a worker.
+// datasetCache holds the most recently loaded datasets of a worker, up to a
+// budget in bytes of examples.
 type datasetCache struct {
+	maxBytes int64 // 0 means datasetCacheBytes
+
 	mu      sync.Mutex
 	entries []cachedDataset // most recent last
+	bytes   int64
 }
 
 type cachedDataset struct {
 	key      string
 	examples []trainer.Example
+	bytes    int64
 }
 
-// datasetCacheSize bounds the cache: a few jobs' training and validation
-// files per worker.
-const datasetCacheSize = 4
+// datasetCacheBytes bounds the cache: a few jobs' training and validation
+// files per worker. A dataset larger than that is parsed again for each
+// epoch rather than held between epochs.
+const datasetCacheBytes = 1 << 30
 
 func (c *datasetCache) get(key string) ([]trainer.Example, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, e := range c.entries {
-		if e.key == key {
-			c.entries = append(append(c.entries[:i:i], c.entries[i+1:]...), e)
-			return e.examples, true
-		}
+	i := c.index(key)
+	if i < 0 {
+		return nil, false
 	}
-	return nil, false
+	e := c.entries[i]
+	c.entries = append(slices.Delete(c.entries, i, i+1), e)
+	return e.examples, true
 }
 
 func (c *datasetCache) put(key string, examples []trainer.Example) {
+	limit := c.maxBytes
+	if limit == 0 {
+		limit = datasetCacheBytes
+	}
+	size := examplesBytes(examples)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, e := range c.entries {
-		if e.key == key {
-			c.entries = append(c.entries[:i:i], c.entries[i+1:]...)
-			break
-		}
+	if i := c.index(key); i >= 0 {
+		c.bytes -= c.entries[i].bytes
+		c.entries = slices.Delete(c.entries, i, i+1)
 	}
-	c.entries = append(c.entries, cachedDataset{key, examples})
-	if len(c.entries) > datasetCacheSize {
-		c.entries = c.entries[len(c.entries)-datasetCacheSize:]
+	if size > limit {
+		return
 	}
+	c.entries = append(c.entries, cachedDataset{key, examples, size})
+	c.bytes += size
+	for c.bytes > limit {
+		c.bytes -= c.entries[0].bytes
+		// Delete clears the vacated slot, so the evicted examples can be freed.
+		c.entries = slices.Delete(c.entries, 0, 1)
+	}
+}
+
+func (c *datasetCache) index(key string) int {
+	return slices.IndexFunc(c.entries, func(e cachedDataset) bool { return e.key == key })
+}
+
+// examplesBytes approximates the memory examples take: the slice and the
+// text of each example.
+func examplesBytes(examples []trainer.Example) int64 {
+	n := int64(cap(examples)) * int64(unsafe.Sizeof(trainer.Example{}))
+	for _, e := range examples {
+		n += int64(len(e.Text) + len(e.Label))
+	}
+	return n
 }
 
 func toTrainerExample(e dataset.Example) trainer.Example {

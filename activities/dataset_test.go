@@ -8,12 +8,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/internal/peakheap"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // jsonl synthesizes a JSONL file line by line, cycling through a few
@@ -127,4 +129,34 @@ func BenchmarkValidateDataset1GiB(b *testing.B) {
 	p := w.Stop()
 	b.ReportMetric(float64(p.Heap), "peak-heap-B")
 	b.ReportMetric(float64(p.Live), "peak-live-B")
+}
+
+func TestDatasetCacheBoundedInBytes(t *testing.T) {
+	examples := func(n int) []trainer.Example {
+		return slices.Repeat([]trainer.Example{{Text: strings.Repeat("x", 60), Label: "label"}}, n)
+	}
+	size := examplesBytes(examples(100))
+	c := datasetCache{maxBytes: 3 * size}
+	for _, key := range []string{"a", "b", "c"} {
+		c.put(key, examples(100))
+	}
+	c.get("a") // b is now the least recently used
+	c.put("d", examples(100))
+	var held []string
+	for _, key := range []string{"a", "b", "c", "d"} {
+		if _, ok := c.get(key); ok {
+			held = append(held, key)
+		}
+	}
+	if !slices.Equal(held, []string{"a", "c", "d"}) || c.bytes != 3*size {
+		t.Errorf("cache holds %v in %d bytes, want [a c d] in %d", held, c.bytes, 3*size)
+	}
+	c.put("huge", examples(301))
+	if _, ok := c.get("huge"); ok || len(c.entries) != 3 {
+		t.Errorf("a dataset over the whole budget was kept, or evicted others: %d entries", len(c.entries))
+	}
+	c.put("a", examples(200)) // replaced by one twice the size: c, now the oldest, goes
+	if len(c.entries) != 2 || c.entries[0].key != "d" || c.bytes != size+examplesBytes(examples(200)) {
+		t.Errorf("after replacing a: %d entries, %d bytes", len(c.entries), c.bytes)
+	}
 }
