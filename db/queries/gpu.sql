@@ -28,24 +28,31 @@ SELECT
     (SELECT count(*) FROM gpu_leases l WHERE l.hardware_id = @hardware_id AND l.granted_at IS NULL) AS waiting;
 
 -- name: NextFairGPUWaiter :one
--- The next job to get a slot: each organization's oldest waiter competes,
--- and the organization with the fewest slots of the pool wins, then the one
--- served least recently (never served first), then the oldest request. One
--- organization's thousand jobs therefore wait behind another's one.
+-- The next job to get a slot: each organization's oldest waiter competes.
+-- The organization holding the fewest slots of the pool wins, then the one
+-- served least recently; organizations never served come first, those
+-- with the fewest waiting jobs before others, so an organization new to a
+-- long queue gets one of the next turns; then the oldest request. One
+-- organization's thousand jobs therefore never starve another's one job.
 WITH heads AS (
     SELECT DISTINCT ON (organization_id) job_id, organization_id, requested_at
     FROM gpu_leases
     WHERE hardware_id = @hardware_id AND granted_at IS NULL
     ORDER BY organization_id, requested_at, job_id
-), held AS (
-    SELECT organization_id, count(*) AS n FROM gpu_leases
-    WHERE hardware_id = @hardware_id AND granted_at IS NOT NULL
+), counts AS (
+    SELECT organization_id,
+        count(*) FILTER (WHERE granted_at IS NOT NULL) AS held,
+        count(*) FILTER (WHERE granted_at IS NULL) AS waiting
+    FROM gpu_leases
+    WHERE hardware_id = @hardware_id
     GROUP BY organization_id
 )
 SELECT h.job_id FROM heads h
-LEFT JOIN held ON held.organization_id = h.organization_id
+JOIN counts c ON c.organization_id = h.organization_id
 LEFT JOIN gpu_pool_turns t ON t.hardware_id = @hardware_id AND t.organization_id = h.organization_id
-ORDER BY coalesce(held.n, 0), t.last_granted_at NULLS FIRST, h.requested_at, h.job_id
+ORDER BY c.held, t.last_granted_at NULLS FIRST,
+    CASE WHEN t.last_granted_at IS NULL THEN c.waiting END,
+    h.requested_at, h.job_id
 LIMIT 1;
 
 -- name: GrantGPULease :one

@@ -260,12 +260,23 @@ func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (sto
 		Command: &command.Runner{Argv: argv, Grace: 5 * time.Second}, ModelDir: filepath.Join(e.DataDir, "models"),
 		WorkDir: activities.WorkRoot(filepath.Join(e.DataDir, "work"), id),
 	}
+	return e.startWorker(t, acts, workers.Training{ID: id, HardwareID: pool, Slots: 1})
+}
+
+// StartWorker runs a builtin-trainer worker with slots slots for pool,
+// until the returned func is called (or Stop).
+func (e *Env) StartWorker(t testing.TB, pool string, slots int) (stop func()) {
+	t.Helper()
+	return e.startWorker(t, e.Activities, workers.Training{ID: "test/" + pool + "-" + randomHex(3), HardwareID: pool, Slots: slots})
+}
+
+func (e *Env) startWorker(t testing.TB, acts *activities.Activities, w workers.Training) (stop func()) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := workers.RunTraining(ctx, e.Temporal, acts, workers.Training{ID: id, HardwareID: pool, Slots: 1}, e.Log); err != nil {
-			e.Log.Error("command worker stopped", "err", err)
+		if err := workers.RunTraining(ctx, e.Temporal, acts, w, e.Log); err != nil {
+			e.Log.Error("training worker stopped", "worker", w.ID, "err", err)
 		}
 	}()
 	var once sync.Once

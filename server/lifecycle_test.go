@@ -1,0 +1,251 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/server"
+	"github.com/tuneforge/tuneforge/workers"
+	"github.com/tuneforge/tuneforge/workflows"
+)
+
+// Fault tests of job creation and deletion: each interrupts one step and
+// checks that what is left is a whole job or none, never half of one.
+// Faults are real: a Temporal server that does not answer, a client that
+// gives up mid-request, and PostgreSQL refusing the row's insert or delete
+// (a trigger) until the fault is healed.
+
+// fault makes PostgreSQL refuse op (INSERT or DELETE) on the jobs rows
+// named name until the returned func heals it.
+func fault(t *testing.T, op, name string) (heal func()) {
+	t.Helper()
+	fn := "fault_" + strings.ToLower(op) + "_" + strings.NewReplacer("-", "_").Replace(name)
+	row := "NEW"
+	if op == "DELETE" {
+		row = "OLD"
+	}
+	ctx := context.Background()
+	_, err := env.Store.Pool.Exec(ctx, fmt.Sprintf(`
+		CREATE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF %[2]s.name = '%[3]s' THEN RAISE EXCEPTION 'injected fault'; END IF;
+			RETURN %[2]s;
+		END $$;
+		CREATE TRIGGER %[1]s BEFORE %[4]s ON jobs FOR EACH ROW EXECUTE FUNCTION %[1]s();`, fn, row, name, op))
+	if err != nil {
+		t.Fatal(err)
+	}
+	heal = func() {
+		if _, err := env.Store.Pool.Exec(ctx, fmt.Sprintf(`DROP TRIGGER IF EXISTS %[1]s ON jobs; DROP FUNCTION IF EXISTS %[1]s();`, fn)); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(heal)
+	return heal
+}
+
+// impatient is the org's client with a short timeout: a caller who gives
+// up (or an API that dies) while the request is in flight.
+func impatient(org *testenv.Org, method, path string, body string) error {
+	req, err := http.NewRequest(method, org.BaseURL+path, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-API-Key", org.Key)
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+	if err == nil {
+		resp.Body.Close()
+		return fmt.Errorf("the request finished with %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func jobCount(t *testing.T, org *testenv.Org) float64 {
+	t.Helper()
+	r := org.Do(t, "GET", jobsPath, nil)
+	expect(t, r, 200)
+	return r.Body["count"].(float64)
+}
+
+// workflowOpen reports whether a workflow of id is running.
+func workflowOpen(t *testing.T, id string) bool {
+	t.Helper()
+	desc, err := env.Temporal.DescribeWorkflowExecution(context.Background(), id, "")
+	if err != nil {
+		return false
+	}
+	return desc.GetWorkflowExecutionInfo().GetCloseTime() == nil
+}
+
+// leftovers lists what the store holds for the job.
+func leftovers(t *testing.T, org *testenv.Org, id string) []string {
+	t.Helper()
+	var out []string
+	for _, prefix := range []string{artifacts.CheckpointPrefix(id), "outputs/" + id + "/", "models/" + org.ID + "/" + id} {
+		keys, err := env.Artifacts.List(context.Background(), prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, keys...)
+	}
+	return out
+}
+
+func TestCreateFaults(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(20, 5))
+	body := func(name string) string {
+		return fmt.Sprintf(`{"name": %q, "baseModel": "llama-3.1-8b", "trainingDataset": %q, "hyperparameters": {"epochs": 1}}`, name, ds)
+	}
+
+	t.Run("Temporal does not answer before the start", func(t *testing.T) {
+		dead, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		api := httptest.NewServer(server.New(server.Deps{
+			Store: env.Store, Temporal: dead, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log,
+			GPULiveness: workers.GPULiveness, MaxActiveJobs: 10,
+		}))
+		defer api.Close()
+		r := (&testenv.Client{BaseURL: api.URL, Key: org.Key}).Do(t, "POST", jobsPath, body("never"))
+		expect(t, r, 503, "nothing was created")
+		if n := jobCount(t, org); n != 0 {
+			t.Fatalf("%v jobs after a refused start; want none", n)
+		}
+	})
+
+	t.Run("the row cannot be written and the caller gives up", func(t *testing.T) {
+		heal := fault(t, "INSERT", "fault-create")
+		if err := impatient(org, "POST", jobsPath, body("fault-create")); err != nil {
+			t.Fatal(err)
+		}
+		if n := jobCount(t, org); n != 0 {
+			t.Fatalf("%v jobs while the row cannot be written; want none", n)
+		}
+		heal()
+		// The workflow owns its row: once PostgreSQL takes it, the job is whole.
+		var id string
+		deadline := time.Now().Add(time.Minute)
+		for id == "" {
+			if time.Now().After(deadline) {
+				t.Fatal("the job never appeared after the fault healed")
+			}
+			r := org.Do(t, "GET", jobsPath+"?search=fault-create", nil)
+			if jobs := r.Body["jobs"].([]any); len(jobs) == 1 {
+				id = jobs[0].(map[string]any)["id"].(string)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if job := org.WaitStatus(t, id, time.Minute, "completed", "failed"); job["status"] != "completed" {
+			t.Fatalf("the job created through the fault %s: %v", job["status"], job["error"])
+		}
+	})
+
+	t.Run("the organization is at its cap", func(t *testing.T) {
+		capped := env.NewOrg(t)
+		api := httptest.NewServer(server.New(server.Deps{
+			Store: env.Store, Temporal: env.Temporal, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log,
+			GPULiveness: workers.GPULiveness, MaxActiveJobs: 1,
+		}))
+		defer api.Close()
+		c := &testenv.Client{BaseURL: api.URL, Key: capped.Key}
+		cds := capped.Upload(t, "tickets.jsonl", testenv.Tickets(20, 5))
+		req := map[string]any{"name": "first", "baseModel": "llama-3.1-8b", "trainingDataset": cds, "hardware": "gpu-a100-80gb-x4"}
+		expect(t, c.Do(t, "POST", jobsPath, req), 201)
+		req["name"] = "second"
+		expect(t, c.Do(t, "POST", jobsPath, req), 429, "1 queued or running jobs")
+		if n := jobCount(t, capped); n != 1 {
+			t.Fatalf("%v jobs; want the first only", n)
+		}
+	})
+}
+
+func TestDeleteFaults(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(20, 6))
+	completed := func(name string) string {
+		r := org.Do(t, "POST", jobsPath, map[string]any{"name": name, "baseModel": "llama-3.1-8b", "trainingDataset": ds, "hyperparameters": map[string]any{"epochs": 1}})
+		expect(t, r, 201)
+		id := r.Body["id"].(string)
+		if job := org.WaitStatus(t, id, time.Minute, "completed", "failed"); job["status"] != "completed" {
+			t.Fatalf("job %s: %v", id, job["error"])
+		}
+		expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 200)
+		return id
+	}
+
+	t.Run("Temporal does not answer before the start", func(t *testing.T) {
+		id := completed("kept")
+		dead, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		api := httptest.NewServer(server.New(server.Deps{
+			Store: env.Store, Temporal: dead, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log, GPULiveness: workers.GPULiveness,
+		}))
+		defer api.Close()
+		expect(t, (&testenv.Client{BaseURL: api.URL, Key: org.Key}).Do(t, "DELETE", jobsPath+"/"+id, nil), 503, "was not deleted")
+		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"deployed"`)
+		if len(leftovers(t, org, id)) == 0 {
+			t.Fatal("the job that was not deleted lost its artifacts")
+		}
+	})
+
+	t.Run("the row cannot be deleted and the caller gives up", func(t *testing.T) {
+		id := completed("fault-delete")
+		heal := fault(t, "DELETE", "fault-delete")
+		if err := impatient(org, "DELETE", jobsPath+"/"+id, ""); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing is half deleted while the row stays.
+		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"deployed"`)
+		if len(leftovers(t, org, id)) == 0 {
+			t.Fatal("the job lost its artifacts while its row stayed")
+		}
+		heal()
+		env.WaitDeleted(t, id)
+		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 404)
+		if left := leftovers(t, org, id); len(left) > 0 {
+			t.Fatalf("the deleted job left %v in the store", left)
+		}
+		if workflowOpen(t, id) {
+			t.Fatal("the deleted job's workflow is still open")
+		}
+	})
+
+	t.Run("a queued job holding its place", func(t *testing.T) {
+		// Queued on a pool without workers: the delete must free its place.
+		r := org.Do(t, "POST", jobsPath, map[string]any{"name": "queued", "baseModel": "llama-3.1-8b", "trainingDataset": ds, "hardware": "gpu-a100-80gb-x4"})
+		expect(t, r, 201)
+		id := r.Body["id"].(string)
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(string(org.Do(t, "GET", jobsPath+"/"+id+"/logs", nil).Raw), "Waiting for a GPU slot") {
+			if time.Now().After(deadline) {
+				t.Fatal("the job never queued")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 404)
+		env.WaitDeleted(t, id)
+		var leases int
+		if err := env.Store.Pool.QueryRow(context.Background(), `SELECT count(*) FROM gpu_leases WHERE job_id = $1`, id).Scan(&leases); err != nil {
+			t.Fatal(err)
+		}
+		if leases != 0 || workflowOpen(t, id) || workflowOpen(t, workflows.DeleteWorkflowID(id)) {
+			t.Fatalf("after the delete: %d leases, job workflow open %v", leases, workflowOpen(t, id))
+		}
+	})
+}
