@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"encoding/json"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -107,12 +108,35 @@ type JobInput struct {
 	QueuedAt time.Time
 	// Attempt counts restarts; 0 for the first run.
 	Attempt int
-	// Progress carried across a restart.
-	EpochsDone     int
-	Step           int
-	TrainedTokens  int64
-	TrainingLoss   *float64
-	ValidationLoss *float64
+	// State is the job's state carried whole across a restart (continue-as-
+	// new), so no field can be missed; nil in a job's first run.
+	State *JobState `json:",omitempty"`
+}
+
+// UnmarshalJSON also reads the inputs of runs recorded before State was
+// carried whole, which named the progress field by field; their histories
+// must still replay.
+func (in *JobInput) UnmarshalJSON(b []byte) error {
+	type input JobInput // without this method
+	var v struct {
+		input
+		EpochsDone     int
+		Step           int
+		TrainedTokens  int64
+		TrainingLoss   *float64
+		ValidationLoss *float64
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*in = JobInput(v.input)
+	if in.State == nil && v.EpochsDone > 0 {
+		in.State = &JobState{
+			Status: StatusQueued, Phase: PhaseIdle, Epoch: v.EpochsDone, TotalEpochs: in.Hyperparameters.Epochs, Step: v.Step,
+			TrainedTokens: v.TrainedTokens, TrainingLoss: v.TrainingLoss, ValidationLoss: v.ValidationLoss,
+		}
+	}
+	return nil
 }
 
 // JobState is what the status query returns: the live state of the job.

@@ -62,11 +62,10 @@ func (j *job) create(ctx workflow.Context) error {
 
 // FineTuningJob is the job workflow.
 func FineTuningJob(ctx workflow.Context, in JobInput) error {
-	j := &job{in: in, state: JobState{
-		Status: StatusQueued, Phase: PhaseIdle, TotalEpochs: in.Hyperparameters.Epochs,
-		Epoch: in.EpochsDone, Step: in.Step, TrainedTokens: in.TrainedTokens,
-		TrainingLoss: in.TrainingLoss, ValidationLoss: in.ValidationLoss,
-	}}
+	j := &job{in: in, state: JobState{Status: StatusQueued, Phase: PhaseIdle, TotalEpochs: in.Hyperparameters.Epochs}}
+	if in.State != nil {
+		j.state = *in.State
+	}
 	if err := j.setup(ctx); err != nil {
 		return err
 	}
@@ -383,8 +382,6 @@ func (j *job) restart(ctx workflow.Context) error {
 	next := j.in
 	next.Create = nil // the row exists
 	next.QueuedAt = workflow.Now(ctx)
-	next.EpochsDone, next.Step, next.TrainedTokens = j.state.Epoch, j.state.Step, j.state.TrainedTokens
-	next.TrainingLoss, next.ValidationLoss = j.state.TrainingLoss, j.state.ValidationLoss
 	next.Attempt++
 	msg := fmt.Sprintf("Job restarted (restart %d); it resumes from its latest checkpoint", next.Attempt)
 	if err := j.transition(ctx, StatusQueued, "", msg); err != nil {
@@ -394,6 +391,8 @@ func (j *job) restart(ctx workflow.Context) error {
 	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 		return err
 	}
+	carried := j.state
+	next.State = &carried
 	return workflow.NewContinueAsNewError(ctx, FineTuningJob, next)
 }
 

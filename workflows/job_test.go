@@ -2,6 +2,7 @@ package workflows_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -396,7 +397,9 @@ func TestRestartFailedJob(t *testing.T) {
 	requireCompleted(t, restart, workflows.StatusQueued, "Fine-tuning job restarted successfully")
 	next := continuedAs(t, h.env)
 	assert.Equal(t, 1, next.Attempt)
-	assert.Equal(t, 0, next.EpochsDone)
+	require.NotNil(t, next.State)
+	assert.Equal(t, 0, next.State.Epoch)
+	assert.Empty(t, next.State.Error, "the failure is not carried into the new run")
 	assert.Equal(t, in.DatasetKey, next.DatasetKey)
 	assert.Equal(t, []string{"failed", "queued"}, h.statuses())
 }
@@ -494,17 +497,16 @@ func TestRestartFromStoppedContinuesAsNew(t *testing.T) {
 	assert.Equal(t, int64(2000), stopped.TrainedTokens)
 
 	next := continuedAs(t, h.env)
-	assert.Equal(t, 2, next.EpochsDone)
-	assert.Equal(t, int64(2000), next.TrainedTokens)
 	assert.Equal(t, 3, next.Attempt)
 	assert.Equal(t, startTime.Add(20*time.Minute), next.QueuedAt.UTC(), "a restarted job queues anew")
+	// The status query's state is carried whole, queued again.
+	wantState := stopped
+	wantState.Status = workflows.StatusQueued
+	require.NotNil(t, next.State)
+	assert.Equal(t, wantState, *next.State)
 	// Everything else is carried unchanged.
 	want := in
-	want.EpochsDone, want.TrainedTokens, want.Attempt = 2, 2000, 3
-	// The status query's progress is carried too.
-	assert.Equal(t, 20, next.Step)
-	require.NotNil(t, next.TrainingLoss)
-	want.Step, want.TrainingLoss = next.Step, next.TrainingLoss
+	want.Attempt, want.State = 3, next.State
 	want.QueuedAt, want.CreatedAt = next.QueuedAt, next.CreatedAt // compared above and below, without their time zones
 	assert.Equal(t, want, next)
 	assert.True(t, in.CreatedAt.Equal(next.CreatedAt))
@@ -521,7 +523,8 @@ func TestRestartFromStoppedContinuesAsNew(t *testing.T) {
 func TestRestartedRunTrainsRemainingEpochs(t *testing.T) {
 	h := newHarness(t)
 	in := jobInput(3)
-	in.EpochsDone, in.TrainedTokens, in.Attempt = 2, 2000, 1
+	in.Attempt = 1
+	in.State = &workflows.JobState{Status: workflows.StatusQueued, Phase: workflows.PhaseIdle, Epoch: 2, TotalEpochs: 3, Step: 20, TrainedTokens: 2000}
 	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).After(10*time.Minute).Return(activities.DatasetSummary{}, nil).Once()
 	var first, done workflows.JobState
 	var deploy *outcome
@@ -661,8 +664,9 @@ func TestSignalStopAndRestart(t *testing.T) {
 	assert.Equal(t, []int{1}, epochs)
 	assert.Equal(t, []string{"ftjob-test"}, releases)
 	next := continuedAs(t, h.env)
-	assert.Equal(t, 1, next.EpochsDone)
-	assert.Equal(t, int64(1000), next.TrainedTokens)
+	require.NotNil(t, next.State)
+	assert.Equal(t, 1, next.State.Epoch)
+	assert.Equal(t, int64(1000), next.State.TrainedTokens)
 	assert.Equal(t, 1, next.Attempt)
 }
 
@@ -853,4 +857,19 @@ func TestCreateWritesRowFirst(t *testing.T) {
 		events, _, _, _ := h.snapshot()
 		assert.Empty(t, events, "nothing runs for a job without a row")
 	})
+}
+
+// TestInputOfOlderRuns: runs recorded before the state was carried whole
+// named the progress field by field; their input still resumes the job.
+func TestInputOfOlderRuns(t *testing.T) {
+	var in workflows.JobInput
+	err := json.Unmarshal([]byte(`{"JobID":"ftjob-old","Hyperparameters":{"Epochs":3},"EpochsDone":2,"Step":20,"TrainedTokens":2000,"TrainingLoss":0.5}`), &in)
+	require.NoError(t, err)
+	require.NotNil(t, in.State)
+	loss := 0.5
+	assert.Equal(t, workflows.JobState{Status: workflows.StatusQueued, Phase: workflows.PhaseIdle, Epoch: 2, TotalEpochs: 3, Step: 20, TrainedTokens: 2000, TrainingLoss: &loss}, *in.State)
+	assert.Equal(t, "ftjob-old", in.JobID)
+
+	require.NoError(t, json.Unmarshal([]byte(`{"JobID":"ftjob-new"}`), &in))
+	assert.Nil(t, in.State, "a first run has no state to carry")
 }
