@@ -18,6 +18,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
@@ -71,7 +72,7 @@ const (
 // StatusRecord is one transition to write to the read model.
 type StatusRecord struct {
 	JobID  string
-	Status string
+	Status jobstatus.Status
 	Error  string
 	At     time.Time
 	// Log, when set, is appended to the job's log with the transition.
@@ -88,6 +89,7 @@ func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
 		n, err := a.Store.Q.SetJobStatus(ctx, tx, dbsqlc.SetJobStatusParams{
 			Status: r.Status, Error: errText, At: r.At, ID: r.JobID,
+			Starts: r.Status == jobstatus.Running, Finishes: r.Status.Finished(), Reactivates: r.Status.IsActive(),
 		})
 		if err != nil {
 			return fmt.Errorf("record status %s of %s: %w", r.Status, r.JobID, err)

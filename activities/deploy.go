@@ -18,6 +18,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -267,7 +268,7 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 			return fmt.Errorf("record deployment: %w", err)
 		}
 		model := in.ResultModel
-		if _, err := a.Store.Q.SetJobDeployed(ctx, tx, dbsqlc.SetJobDeployedParams{ID: in.JobID, ResultModel: &model}); err != nil {
+		if _, err := a.Store.Q.SetJobDeployed(ctx, tx, dbsqlc.SetJobDeployedParams{ID: in.JobID, Status: jobstatus.Deployed, ResultModel: &model}); err != nil {
 			return fmt.Errorf("record deployment: %w", err)
 		}
 		return a.Store.Q.AppendJobLog(ctx, tx, dbsqlc.AppendJobLogParams{

@@ -15,6 +15,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -70,7 +71,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		if err := q.LockOrganizationJobs(ctx, tx, j.OrganizationID); err != nil {
 			return fmt.Errorf("lock organization: %w", err)
 		}
-		active, err := q.CountActiveJobs(ctx, tx, j.OrganizationID)
+		active, err := q.CountActiveJobs(ctx, tx, dbsqlc.CountActiveJobsParams{OrganizationID: j.OrganizationID, Statuses: jobstatus.Strings(jobstatus.Active)})
 		if err != nil {
 			return fmt.Errorf("count active jobs: %w", err)
 		}
@@ -90,7 +91,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 			BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
-			Suffix: j.Suffix, CreatedAt: j.CreatedAt,
+			Suffix: j.Suffix, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
 		})
 		switch {
 		case db.IsForeignKeyViolation(err):

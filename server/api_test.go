@@ -14,6 +14,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/workers"
 )
@@ -509,7 +510,7 @@ func insertJobs(tb testing.TB, org *testenv.Org, ds string, n int) {
 		_, err := env.Store.Q.CreateJob(ctx, env.Store.Pool, dbsqlc.CreateJobParams{
 			ID: id, OrganizationID: org.ID, Owner: "u", Name: fmt.Sprintf("job %03d", i), Description: desc,
 			BaseModel: models[i%3], HardwareID: hw, TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "t.jsonl",
-			Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", CreatedAt: base.Add(time.Duration(i) * time.Minute),
+			Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", Status: jobstatus.Queued, CreatedAt: base.Add(time.Duration(i) * time.Minute),
 		})
 		if err != nil {
 			tb.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -189,7 +190,7 @@ func (s *Server) createJob(c *gin.Context) {
 
 	// A quick read first, so an organization at its cap starts nothing; the
 	// job's own creation checks again under a lock.
-	active, err := s.Store.Q.CountActiveJobs(ctx, s.Store.Pool, key.OrganizationID)
+	active, err := s.Store.Q.CountActiveJobs(ctx, s.Store.Pool, dbsqlc.CountActiveJobsParams{OrganizationID: key.OrganizationID, Statuses: jobstatus.Strings(jobstatus.Active)})
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -276,7 +277,7 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) error {
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		TypedSearchAttributes: temporal.NewSearchAttributes(
-			workflows.SearchAttrStatus.ValueSet(string(workflows.StatusQueued)),
+			workflows.SearchAttrStatus.ValueSet(string(jobstatus.Queued)),
 			workflows.SearchAttrBaseModel.ValueSet(in.BaseModel),
 			workflows.SearchAttrOrganization.ValueSet(in.OrganizationID),
 		),
@@ -349,8 +350,6 @@ func (s *Server) getJob(c *gin.Context) {
 
 var sortKeys = map[string]bool{"createdAt": true, "updatedAt": true, "startedAt": true, "finishedAt": true, "name": true, "status": true}
 
-var statuses = map[string]bool{"queued": true, "running": true, "completed": true, "failed": true, "stopped": true, "deployed": true}
-
 func (s *Server) listJobs(c *gin.Context) {
 	ctx := c.Request.Context()
 	var errs fieldErrors
@@ -370,8 +369,8 @@ func (s *Server) listJobs(c *gin.Context) {
 		return nil
 	}
 	status, baseModel, search := optional("status"), optional("baseModel"), optional("search")
-	if status != nil && !statuses[*status] {
-		errs.add("status", "must be one of queued, running, completed, failed, stopped, deployed")
+	if status != nil && !jobstatus.Status(*status).Valid() {
+		errs.add("status", "must be one of %s", jobstatus.Names())
 	}
 	if search != nil {
 		escaped := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(*search)
@@ -426,7 +425,7 @@ func (s *Server) deleteJob(c *gin.Context) {
 	if !ok {
 		return
 	}
-	if job.Status == string(workflows.StatusRunning) && s.workflowOpen(ctx, job.ID) {
+	if job.Status == jobstatus.Running && s.workflowOpen(ctx, job.ID) {
 		s.respondError(c, conflict("job %s is running; stop it (POST /api/v1/fine-tuning/jobs/%s/stop) before deleting it", job.ID, job.ID))
 		return
 	}
@@ -480,12 +479,12 @@ func (s *Server) stats(c *gin.Context) {
 		return
 	}
 	out := gin.H{"total": int64(0)}
-	for st := range statuses {
-		out[st] = int64(0)
+	for _, st := range jobstatus.All {
+		out[string(st)] = int64(0)
 	}
 	var total int64
 	for _, r := range rows {
-		out[r.Status] = r.N
+		out[string(r.Status)] = r.N
 		total += r.N
 	}
 	out["total"] = total

@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
@@ -50,7 +51,7 @@ func (s *Server) transition(c *gin.Context, update string) {
 	c.JSON(http.StatusOK, body)
 }
 
-func (s *Server) transitionError(ctx context.Context, update, status string, err error) error {
+func (s *Server) transitionError(ctx context.Context, update string, status jobstatus.Status, err error) error {
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) {
 		switch appErr.Type() {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 // The API's JSON shapes, field names exactly as the spec's.
@@ -22,18 +23,18 @@ type jobMetricsSummary struct {
 }
 
 type jobSummary struct {
-	ID             string     `json:"id"`
-	Name           string     `json:"name"`
-	BaseModel      string     `json:"baseModel"`
-	Status         string     `json:"status"`
-	Description    string     `json:"description"`
-	Owner          string     `json:"owner"`
-	OrganizationID string     `json:"organizationId"`
-	TrainedTokens  int64      `json:"trainedTokens"`
-	StartedAt      *time.Time `json:"startedAt"`
-	FinishedAt     *time.Time `json:"finishedAt"`
-	CreatedAt      time.Time  `json:"createdAt"`
-	UpdatedAt      time.Time  `json:"updatedAt"`
+	ID             string           `json:"id"`
+	Name           string           `json:"name"`
+	BaseModel      string           `json:"baseModel"`
+	Status         jobstatus.Status `json:"status"`
+	Description    string           `json:"description"`
+	Owner          string           `json:"owner"`
+	OrganizationID string           `json:"organizationId"`
+	TrainedTokens  int64            `json:"trainedTokens"`
+	StartedAt      *time.Time       `json:"startedAt"`
+	FinishedAt     *time.Time       `json:"finishedAt"`
+	CreatedAt      time.Time        `json:"createdAt"`
+	UpdatedAt      time.Time        `json:"updatedAt"`
 }
 
 // jobView is the full FineTuningJob object: the list's fields and more.
@@ -51,11 +52,11 @@ type jobView struct {
 }
 
 type createdJobView struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	BaseModel string    `json:"baseModel"`
-	Status    string    `json:"status"`
-	CreatedAt time.Time `json:"createdAt"`
+	ID        string           `json:"id"`
+	Name      string           `json:"name"`
+	BaseModel string           `json:"baseModel"`
+	Status    jobstatus.Status `json:"status"`
+	CreatedAt time.Time        `json:"createdAt"`
 }
 
 func createdJob(j dbsqlc.Job) createdJobView {

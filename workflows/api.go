@@ -8,6 +8,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -62,19 +63,6 @@ func SearchAttributes() map[string]enumspb.IndexedValueType {
 		SearchAttrOrganization.GetName(): enumspb.INDEXED_VALUE_TYPE_KEYWORD,
 	}
 }
-
-// Status is a job's status as the API shows it.
-type Status string
-
-// The statuses of a job.
-const (
-	StatusQueued    Status = "queued"
-	StatusRunning   Status = "running"
-	StatusCompleted Status = "completed"
-	StatusFailed    Status = "failed"
-	StatusStopped   Status = "stopped"
-	StatusDeployed  Status = "deployed"
-)
 
 // Phase says what a queued or running job is doing right now.
 type Phase string
@@ -132,7 +120,7 @@ func (in *JobInput) UnmarshalJSON(b []byte) error {
 	*in = JobInput(v.input)
 	if in.State == nil && v.EpochsDone > 0 {
 		in.State = &JobState{
-			Status: StatusQueued, Phase: PhaseIdle, Epoch: v.EpochsDone, TotalEpochs: in.Hyperparameters.Epochs, Step: v.Step,
+			Status: jobstatus.Queued, Phase: PhaseIdle, Epoch: v.EpochsDone, TotalEpochs: in.Hyperparameters.Epochs, Step: v.Step,
 			TrainedTokens: v.TrainedTokens, TrainingLoss: v.TrainingLoss, ValidationLoss: v.ValidationLoss,
 		}
 	}
@@ -141,23 +129,23 @@ func (in *JobInput) UnmarshalJSON(b []byte) error {
 
 // JobState is what the status query returns: the live state of the job.
 type JobState struct {
-	Status         Status   `json:"status"`
-	Phase          Phase    `json:"phase"`
-	Epoch          int      `json:"epoch"`
-	TotalEpochs    int      `json:"totalEpochs"`
-	Step           int      `json:"step"`
-	TrainingLoss   *float64 `json:"trainingLoss,omitempty"`
-	ValidationLoss *float64 `json:"validationLoss,omitempty"`
-	TrainedTokens  int64    `json:"trainedTokens"`
-	ResultModel    string   `json:"resultModel,omitempty"`
-	Error          string   `json:"error,omitempty"`
+	Status         jobstatus.Status `json:"status"`
+	Phase          Phase            `json:"phase"`
+	Epoch          int              `json:"epoch"`
+	TotalEpochs    int              `json:"totalEpochs"`
+	Step           int              `json:"step"`
+	TrainingLoss   *float64         `json:"trainingLoss,omitempty"`
+	ValidationLoss *float64         `json:"validationLoss,omitempty"`
+	TrainedTokens  int64            `json:"trainedTokens"`
+	ResultModel    string           `json:"resultModel,omitempty"`
+	Error          string           `json:"error,omitempty"`
 }
 
 // TransitionResult is what the stop, restart and deploy updates return.
 type TransitionResult struct {
-	Status      Status `json:"status"`
-	ResultModel string `json:"resultModel,omitempty"`
-	Message     string `json:"message"`
+	Status      jobstatus.Status `json:"status"`
+	ResultModel string           `json:"resultModel,omitempty"`
+	Message     string           `json:"message"`
 }
 
 // EpochTimeout bounds one TrainEpoch attempt; HeartbeatTimeout decides how

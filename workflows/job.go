@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 // a references activity methods by name; it is never dereferenced.
@@ -62,7 +63,7 @@ func (j *job) create(ctx workflow.Context) error {
 
 // FineTuningJob is the job workflow.
 func FineTuningJob(ctx workflow.Context, in JobInput) error {
-	j := &job{in: in, state: JobState{Status: StatusQueued, Phase: PhaseIdle, TotalEpochs: in.Hyperparameters.Epochs}}
+	j := &job{in: in, state: JobState{Status: jobstatus.Queued, Phase: PhaseIdle, TotalEpochs: in.Hyperparameters.Epochs}}
 	if in.State != nil {
 		j.state = *in.State
 	}
@@ -140,21 +141,21 @@ func (j *job) check(act action) error {
 	}
 	switch act {
 	case actionStop:
-		if s != StatusQueued && s != StatusRunning {
+		if s != jobstatus.Queued && s != jobstatus.Running {
 			return reject("the job is %s; only queued or running jobs can be stopped", s)
 		}
-		if s == StatusRunning && j.cancelTrain == nil {
+		if s == jobstatus.Running && j.cancelTrain == nil {
 			return reject("the job has finished training and is recording the outcome; nothing is left to stop")
 		}
 	case actionRestart:
-		if s != StatusStopped && s != StatusFailed {
+		if s != jobstatus.Stopped && s != jobstatus.Failed {
 			return reject("the job is %s; only stopped or failed jobs can be restarted", s)
 		}
 	case actionDeploy:
-		if s == StatusDeployed {
+		if s == jobstatus.Deployed {
 			return reject("the job is already deployed as %s", j.state.ResultModel)
 		}
-		if s != StatusCompleted {
+		if s != jobstatus.Completed {
 			return reject("the job is %s; only completed jobs can be deployed", s)
 		}
 	}
@@ -176,19 +177,19 @@ func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error)
 	var done func() bool
 	switch act {
 	case actionStop:
-		done = func() bool { return j.state.Status != StatusQueued && j.state.Status != StatusRunning }
+		done = func() bool { return j.state.Status != jobstatus.Queued && j.state.Status != jobstatus.Running }
 	case actionRestart:
-		done = func() bool { return j.state.Status == StatusQueued }
+		done = func() bool { return j.state.Status == jobstatus.Queued }
 	case actionDeploy:
-		done = func() bool { return j.state.Status == StatusDeployed || j.deployGen > gen }
+		done = func() bool { return j.state.Status == jobstatus.Deployed || j.deployGen > gen }
 	}
 	if err := workflow.Await(ctx, done); err != nil {
 		return TransitionResult{}, err
 	}
 	switch {
-	case act == actionDeploy && j.state.Status != StatusDeployed:
+	case act == actionDeploy && j.state.Status != jobstatus.Deployed:
 		return TransitionResult{}, j.deployErr
-	case act == actionStop && j.state.Status != StatusStopped:
+	case act == actionStop && j.state.Status != jobstatus.Stopped:
 		return TransitionResult{}, temporal.NewApplicationError(
 			fmt.Sprintf("the job became %s before it could be stopped", j.state.Status), ErrTypeInvalidTransition)
 	}
@@ -215,7 +216,7 @@ func (j *job) run(ctx workflow.Context) error {
 			if err := j.deploy(ctx); err != nil {
 				return err
 			}
-			if j.state.Status == StatusDeployed {
+			if j.state.Status == jobstatus.Deployed {
 				// Nothing can happen to a deployed job but deletion.
 				return workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) })
 			}
@@ -259,12 +260,12 @@ func (j *job) train(ctx workflow.Context) error {
 	switch {
 	case stopped:
 		j.requested = actionNone
-		terr = j.transition(ctx, StatusStopped, "", "Training stopped at the user's request")
+		terr = j.transition(ctx, jobstatus.Stopped, "", "Training stopped at the user's request")
 	case err != nil:
 		msg := userMessage(err)
-		terr = j.transition(ctx, StatusFailed, msg, "Training failed: "+msg)
+		terr = j.transition(ctx, jobstatus.Failed, msg, "Training failed: "+msg)
 	default:
-		terr = j.transition(ctx, StatusCompleted, "", fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens))
+		terr = j.transition(ctx, jobstatus.Completed, "", fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens))
 	}
 	if outcomeFirst {
 		if err := release(); err != nil {
@@ -292,7 +293,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	if err := j.awaitGPU(ctx); err != nil {
 		return true, err
 	}
-	if err := j.transition(ctx, StatusRunning, "", fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID)); err != nil {
+	if err := j.transition(ctx, jobstatus.Running, "", fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID)); err != nil {
 		return true, err
 	}
 
@@ -372,7 +373,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 		return nil
 	}
 	j.state.ResultModel = j.in.ResultModel
-	j.state.Status = StatusDeployed
+	j.state.Status = jobstatus.Deployed
 	return j.upsertStatus(ctx)
 }
 
@@ -384,7 +385,7 @@ func (j *job) restart(ctx workflow.Context) error {
 	next.QueuedAt = workflow.Now(ctx)
 	next.Attempt++
 	msg := fmt.Sprintf("Job restarted (restart %d); it resumes from its latest checkpoint", next.Attempt)
-	if err := j.transition(ctx, StatusQueued, "", msg); err != nil {
+	if err := j.transition(ctx, jobstatus.Queued, "", msg); err != nil {
 		return err
 	}
 	j.requested = actionNone
@@ -398,14 +399,14 @@ func (j *job) restart(ctx workflow.Context) error {
 
 // transition records a new status in PostgreSQL and the search attributes,
 // then makes it visible to queries and waiting handlers.
-func (j *job) transition(ctx workflow.Context, s Status, errMsg, logMsg string) error {
+func (j *job) transition(ctx workflow.Context, s jobstatus.Status, errMsg, logMsg string) error {
 	level := activities.LevelInfo
-	if s == StatusFailed {
+	if s == jobstatus.Failed {
 		level = activities.LevelError
 	}
 	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 	err := workflow.ExecuteLocalActivity(lctx, a.RecordStatus, activities.StatusRecord{
-		JobID: j.in.JobID, Status: string(s), Error: errMsg, At: workflow.Now(ctx),
+		JobID: j.in.JobID, Status: s, Error: errMsg, At: workflow.Now(ctx),
 		Log: logMsg, LogLevel: level,
 	}).Get(ctx, nil)
 	if err != nil {

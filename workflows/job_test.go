@@ -19,6 +19,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -93,7 +94,7 @@ func (h *harness) recordStatus(_ context.Context, r activities.StatusRecord) err
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.records = append(h.records, r)
-	h.events = append(h.events, "RecordStatus:"+r.Status)
+	h.events = append(h.events, "RecordStatus:"+string(r.Status))
 	return nil
 }
 
@@ -169,7 +170,7 @@ func (h *harness) statuses() []string {
 	defer h.mu.Unlock()
 	out := make([]string, 0, len(h.records))
 	for _, r := range h.records {
-		out = append(out, r.Status)
+		out = append(out, string(r.Status))
 	}
 	return out
 }
@@ -221,7 +222,7 @@ func decodeResult(t *testing.T, res any) workflows.TransitionResult {
 }
 
 // requireCompleted checks an update that was accepted and succeeded.
-func requireCompleted(t *testing.T, o *outcome, status workflows.Status, message string) {
+func requireCompleted(t *testing.T, o *outcome, status jobstatus.Status, message string) {
 	t.Helper()
 	require.NotNil(t, o, "the update was never sent")
 	require.NoError(t, o.rejected)
@@ -283,12 +284,12 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	h.run(in)
 
 	require.NoError(t, h.env.GetWorkflowError(), "a deployed job's workflow completes")
-	requireCompleted(t, deploy, workflows.StatusDeployed, "Fine-tuned model deployed successfully")
+	requireCompleted(t, deploy, jobstatus.Deployed, "Fine-tuned model deployed successfully")
 	assert.Equal(t, in.ResultModel, deploy.result.ResultModel)
 
 	require.Len(t, states, 6)
 	type phase struct {
-		Status workflows.Status
+		Status jobstatus.Status
 		Phase  workflows.Phase
 		Epoch  int
 	}
@@ -298,12 +299,12 @@ func TestHappyPathThenDeploy(t *testing.T) {
 		assert.Equal(t, 3, s.TotalEpochs)
 	}
 	assert.Equal(t, []phase{
-		{workflows.StatusQueued, workflows.PhaseValidating, 0},
-		{workflows.StatusQueued, workflows.PhaseWaitingForGPU, 0},
-		{workflows.StatusRunning, workflows.PhaseTraining, 0},
-		{workflows.StatusRunning, workflows.PhaseTraining, 1},
-		{workflows.StatusRunning, workflows.PhaseTraining, 2},
-		{workflows.StatusCompleted, workflows.PhaseIdle, 3},
+		{jobstatus.Queued, workflows.PhaseValidating, 0},
+		{jobstatus.Queued, workflows.PhaseWaitingForGPU, 0},
+		{jobstatus.Running, workflows.PhaseTraining, 0},
+		{jobstatus.Running, workflows.PhaseTraining, 1},
+		{jobstatus.Running, workflows.PhaseTraining, 2},
+		{jobstatus.Completed, workflows.PhaseIdle, 3},
 	}, got)
 	done := states[5]
 	assert.Equal(t, int64(3000), done.TrainedTokens)
@@ -314,7 +315,7 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	assert.Empty(t, done.Error)
 
 	final := h.state()
-	assert.Equal(t, workflows.StatusDeployed, final.Status)
+	assert.Equal(t, jobstatus.Deployed, final.Status)
 	assert.Equal(t, in.ResultModel, final.ResultModel)
 	assert.Equal(t, workflows.PhaseIdle, final.Phase)
 
@@ -368,12 +369,12 @@ func TestBadDatasetFails(t *testing.T) {
 	h.run(jobInput(2))
 
 	requireCanceled(t, h.env)
-	assert.Equal(t, workflows.StatusFailed, st.Status)
+	assert.Equal(t, jobstatus.Failed, st.Status)
 	assert.Equal(t, msg, st.Error)
 	assert.Equal(t, workflows.PhaseIdle, st.Phase)
 	h.mu.Lock()
 	require.Len(t, h.records, 1)
-	assert.Equal(t, "failed", h.records[0].Status)
+	assert.Equal(t, jobstatus.Failed, h.records[0].Status)
 	assert.Equal(t, msg, h.records[0].Error)
 	assert.Equal(t, activities.LevelError, h.records[0].LogLevel)
 	assert.Equal(t, "Training failed: "+msg, h.records[0].Log)
@@ -394,7 +395,7 @@ func TestRestartFailedJob(t *testing.T) {
 	in := jobInput(2)
 	h.run(in)
 
-	requireCompleted(t, restart, workflows.StatusQueued, "Fine-tuning job restarted successfully")
+	requireCompleted(t, restart, jobstatus.Queued, "Fine-tuning job restarted successfully")
 	next := continuedAs(t, h.env)
 	assert.Equal(t, 1, next.Attempt)
 	require.NotNil(t, next.State)
@@ -454,9 +455,9 @@ func TestStop(t *testing.T) {
 			h.run(jobInput(3))
 
 			requireCanceled(t, h.env)
-			requireCompleted(t, stop, workflows.StatusStopped, "Fine-tuning job stopped successfully")
+			requireCompleted(t, stop, jobstatus.Stopped, "Fine-tuning job stopped successfully")
 			assert.NotEqual(t, workflows.PhaseIdle, before.Phase)
-			assert.Equal(t, workflows.StatusStopped, after.Status)
+			assert.Equal(t, jobstatus.Stopped, after.Status)
 			assert.Equal(t, workflows.PhaseIdle, after.Phase)
 			assert.Equal(t, tc.epochAtStop, after.Epoch)
 			assert.Empty(t, after.Error)
@@ -491,8 +492,8 @@ func TestRestartFromStoppedContinuesAsNew(t *testing.T) {
 	h.at(20*time.Minute, func() { stopped = h.state(); restart = h.update(workflows.UpdateRestart, "restart-1") })
 	h.run(in)
 
-	requireCompleted(t, stop, workflows.StatusStopped, "Fine-tuning job stopped successfully")
-	requireCompleted(t, restart, workflows.StatusQueued, "Fine-tuning job restarted successfully")
+	requireCompleted(t, stop, jobstatus.Stopped, "Fine-tuning job stopped successfully")
+	requireCompleted(t, restart, jobstatus.Queued, "Fine-tuning job restarted successfully")
 	assert.Equal(t, 2, stopped.Epoch)
 	assert.Equal(t, int64(2000), stopped.TrainedTokens)
 
@@ -501,7 +502,7 @@ func TestRestartFromStoppedContinuesAsNew(t *testing.T) {
 	assert.Equal(t, startTime.Add(20*time.Minute), next.QueuedAt.UTC(), "a restarted job queues anew")
 	// The status query's state is carried whole, queued again.
 	wantState := stopped
-	wantState.Status = workflows.StatusQueued
+	wantState.Status = jobstatus.Queued
 	require.NotNil(t, next.State)
 	assert.Equal(t, wantState, *next.State)
 	// Everything else is carried unchanged.
@@ -524,7 +525,7 @@ func TestRestartedRunTrainsRemainingEpochs(t *testing.T) {
 	h := newHarness(t)
 	in := jobInput(3)
 	in.Attempt = 1
-	in.State = &workflows.JobState{Status: workflows.StatusQueued, Phase: workflows.PhaseIdle, Epoch: 2, TotalEpochs: 3, Step: 20, TrainedTokens: 2000}
+	in.State = &workflows.JobState{Status: jobstatus.Queued, Phase: workflows.PhaseIdle, Epoch: 2, TotalEpochs: 3, Step: 20, TrainedTokens: 2000}
 	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).After(10*time.Minute).Return(activities.DatasetSummary{}, nil).Once()
 	var first, done workflows.JobState
 	var deploy *outcome
@@ -533,12 +534,12 @@ func TestRestartedRunTrainsRemainingEpochs(t *testing.T) {
 	h.run(in)
 
 	require.NoError(t, h.env.GetWorkflowError())
-	assert.Equal(t, workflows.StatusQueued, first.Status)
+	assert.Equal(t, jobstatus.Queued, first.Status)
 	assert.Equal(t, 2, first.Epoch, "progress is carried into the new run")
 	assert.Equal(t, int64(2000), first.TrainedTokens)
 	assert.Equal(t, 3, done.Epoch)
-	assert.Equal(t, workflows.StatusCompleted, done.Status)
-	requireCompleted(t, deploy, workflows.StatusDeployed, "Fine-tuned model deployed successfully")
+	assert.Equal(t, jobstatus.Completed, done.Status)
+	requireCompleted(t, deploy, jobstatus.Deployed, "Fine-tuned model deployed successfully")
 	_, epochs, _, _ := h.snapshot()
 	assert.Equal(t, []int{3}, epochs, "only the epochs not done are trained")
 	h.env.AssertActivityNumberOfCalls(t, "TrainEpoch", 1)
@@ -549,21 +550,21 @@ func TestDeployRejectedUnlessCompleted(t *testing.T) {
 		name   string
 		block  func(h *harness)
 		stop   bool
-		status workflows.Status
+		status jobstatus.Status
 	}{
 		{
 			name: "queued",
 			block: func(h *harness) {
 				h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(activities.GPUTicket{RequestedAt: startTime}, nil)
 			},
-			status: workflows.StatusQueued,
+			status: jobstatus.Queued,
 		},
 		{
 			name: "running",
 			block: func(h *harness) {
 				h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).After(time.Hour).Return(h.trainEpoch)
 			},
-			status: workflows.StatusRunning,
+			status: jobstatus.Running,
 		},
 		{
 			name: "stopped",
@@ -571,7 +572,7 @@ func TestDeployRejectedUnlessCompleted(t *testing.T) {
 				h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).After(time.Hour).Return(h.trainEpoch)
 			},
 			stop:   true,
-			status: workflows.StatusStopped,
+			status: jobstatus.Stopped,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -605,10 +606,10 @@ func TestTransitionsRejectedWhenCompleted(t *testing.T) {
 
 	requireRejected(t, stop, "the job is completed; only queued or running jobs can be stopped")
 	requireRejected(t, restart, "the job is completed; only stopped or failed jobs can be restarted")
-	assert.Equal(t, workflows.StatusCompleted, st.Status)
+	assert.Equal(t, jobstatus.Completed, st.Status)
 	assert.Equal(t, 2, st.Epoch)
 	// The rejected requests changed nothing: the job is still deployable.
-	requireCompleted(t, deploy, workflows.StatusDeployed, "Fine-tuned model deployed successfully")
+	requireCompleted(t, deploy, jobstatus.Deployed, "Fine-tuned model deployed successfully")
 	require.NoError(t, h.env.GetWorkflowError())
 	assert.Equal(t, []string{"running", "completed"}, h.statuses())
 	_, _, releases, _ := h.snapshot()
@@ -635,14 +636,14 @@ func TestDeployFailureThenRetry(t *testing.T) {
 	assert.Equal(t, activities.ErrTypeConflict, appErr.Type())
 	assert.Equal(t, msg, appErr.Message())
 
-	assert.Equal(t, workflows.StatusCompleted, between.Status, "a failed deploy leaves the job completed")
+	assert.Equal(t, jobstatus.Completed, between.Status, "a failed deploy leaves the job completed")
 	assert.Equal(t, workflows.PhaseIdle, between.Phase)
 	assert.Empty(t, between.ResultModel)
 
-	requireCompleted(t, second, workflows.StatusDeployed, "Fine-tuned model deployed successfully")
+	requireCompleted(t, second, jobstatus.Deployed, "Fine-tuned model deployed successfully")
 	require.NoError(t, h.env.GetWorkflowError())
 	h.env.AssertActivityNumberOfCalls(t, "Deploy", 2)
-	assert.Equal(t, workflows.StatusDeployed, h.state().Status)
+	assert.Equal(t, jobstatus.Deployed, h.state().Status)
 }
 
 func TestSignalStopAndRestart(t *testing.T) {
@@ -656,8 +657,8 @@ func TestSignalStopAndRestart(t *testing.T) {
 	h.at(30*time.Minute, func() { h.env.SignalWorkflow(workflows.SignalRestart, nil) })
 	h.run(jobInput(3))
 
-	assert.Equal(t, workflows.StatusRunning, running.Status)
-	assert.Equal(t, workflows.StatusStopped, stopped.Status)
+	assert.Equal(t, jobstatus.Running, running.Status)
+	assert.Equal(t, jobstatus.Stopped, stopped.Status)
 	assert.Equal(t, 1, stopped.Epoch)
 	assert.Equal(t, []string{"running", "stopped", "queued"}, h.statuses())
 	_, epochs, releases, _ := h.snapshot()
@@ -678,9 +679,9 @@ func TestSignalDeploy(t *testing.T) {
 	h.run(in)
 
 	require.NoError(t, h.env.GetWorkflowError(), "a deployed job's workflow completes")
-	assert.Equal(t, workflows.StatusCompleted, before.Status)
+	assert.Equal(t, jobstatus.Completed, before.Status)
 	st := h.state()
-	assert.Equal(t, workflows.StatusDeployed, st.Status)
+	assert.Equal(t, jobstatus.Deployed, st.Status)
 	assert.Equal(t, in.ResultModel, st.ResultModel)
 	_, _, _, deploys := h.snapshot()
 	assert.Equal(t, 1, deploys)
@@ -708,7 +709,7 @@ func TestInvalidSignalsAreIgnored(t *testing.T) {
 	requireCanceled(t, h.env)
 	assert.Equal(t, 0, deploysWhileRunning)
 	assert.Equal(t, 0, deploysAfter)
-	assert.Equal(t, workflows.StatusCompleted, done.Status, "the job trained on and stayed completed")
+	assert.Equal(t, jobstatus.Completed, done.Status, "the job trained on and stayed completed")
 	assert.Equal(t, 2, done.Epoch)
 	assert.Equal(t, []string{"running", "completed"}, h.statuses())
 	_, epochs, _, _ := h.snapshot()
@@ -729,7 +730,7 @@ func TestStopLosesRaceWithCompletion(t *testing.T) {
 	h.at(20*time.Minute, func() { after = h.state(); deploy = h.update(workflows.UpdateDeploy, "deploy-1") })
 	h.run(jobInput(1))
 
-	assert.Equal(t, workflows.StatusRunning, during.Status)
+	assert.Equal(t, jobstatus.Running, during.Status)
 	require.NotNil(t, stop)
 	// Training is over; only its outcome is being recorded: nothing to stop.
 	require.False(t, stop.accepted)
@@ -737,10 +738,10 @@ func TestStopLosesRaceWithCompletion(t *testing.T) {
 	require.ErrorAs(t, stop.rejected, &appErr)
 	assert.Equal(t, workflows.ErrTypeInvalidTransition, appErr.Type())
 	assert.Contains(t, appErr.Message(), "finished training")
-	assert.Equal(t, workflows.StatusCompleted, after.Status)
+	assert.Equal(t, jobstatus.Completed, after.Status)
 	assert.Equal(t, []string{"running", "completed"}, h.statuses())
 	// The stale stop request does not block what comes next.
-	requireCompleted(t, deploy, workflows.StatusDeployed, "Fine-tuned model deployed successfully")
+	requireCompleted(t, deploy, jobstatus.Deployed, "Fine-tuned model deployed successfully")
 	require.NoError(t, h.env.GetWorkflowError())
 }
 
@@ -757,9 +758,9 @@ func TestDeployUpdateAfterFailedDeploySignal(t *testing.T) {
 	h.at(2*time.Minute, func() { between = h.state(); deploy = h.update(workflows.UpdateDeploy, "deploy-1") })
 	h.run(jobInput(1))
 
-	assert.Equal(t, workflows.StatusCompleted, between.Status, "the signalled deploy failed")
-	requireCompleted(t, deploy, workflows.StatusDeployed, "Fine-tuned model deployed successfully")
-	assert.Equal(t, workflows.StatusDeployed, h.state().Status)
+	assert.Equal(t, jobstatus.Completed, between.Status, "the signalled deploy failed")
+	requireCompleted(t, deploy, jobstatus.Deployed, "Fine-tuned model deployed successfully")
+	assert.Equal(t, jobstatus.Deployed, h.state().Status)
 	h.env.AssertActivityNumberOfCalls(t, "Deploy", 2)
 }
 
@@ -810,7 +811,7 @@ func TestWaitsForGrantSignal(t *testing.T) {
 	require.NoError(t, h.env.GetWorkflowError())
 	assert.Equal(t, workflows.PhaseWaitingForGPU, waiting.Phase)
 	assert.Equal(t, workflows.PhaseWaitingForGPU, stale.Phase, "a grant of another request is ignored")
-	assert.Equal(t, workflows.StatusCompleted, granted.Status)
+	assert.Equal(t, jobstatus.Completed, granted.Status)
 	h.env.AssertActivityNumberOfCalls(t, "GPUGranted", 1)
 	assert.Equal(t, startTime.Add(40*time.Minute), h.records[0].At, "training starts at the grant")
 }
@@ -867,7 +868,7 @@ func TestInputOfOlderRuns(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, in.State)
 	loss := 0.5
-	assert.Equal(t, workflows.JobState{Status: workflows.StatusQueued, Phase: workflows.PhaseIdle, Epoch: 2, TotalEpochs: 3, Step: 20, TrainedTokens: 2000, TrainingLoss: &loss}, *in.State)
+	assert.Equal(t, workflows.JobState{Status: jobstatus.Queued, Phase: workflows.PhaseIdle, Epoch: 2, TotalEpochs: 3, Step: 20, TrainedTokens: 2000, TrainingLoss: &loss}, *in.State)
 	assert.Equal(t, "ftjob-old", in.JobID)
 
 	require.NoError(t, json.Unmarshal([]byte(`{"JobID":"ftjob-new"}`), &in))

@@ -8,14 +8,21 @@ package dbsqlc
 import (
 	"context"
 	"time"
+
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 const countActiveJobs = `-- name: CountActiveJobs :one
-SELECT count(*) FROM jobs WHERE organization_id = $1 AND status IN ('queued', 'running')
+SELECT count(*) FROM jobs WHERE organization_id = $1 AND status::text = ANY($2::text[])
 `
 
-func (q *Queries) CountActiveJobs(ctx context.Context, db DBTX, organizationID string) (int64, error) {
-	row := db.QueryRow(ctx, countActiveJobs, organizationID)
+type CountActiveJobsParams struct {
+	OrganizationID string
+	Statuses       []string
+}
+
+func (q *Queries) CountActiveJobs(ctx context.Context, db DBTX, arg CountActiveJobsParams) (int64, error) {
+	row := db.QueryRow(ctx, countActiveJobs, arg.OrganizationID, arg.Statuses)
 	var count int64
 	err := row.Scan(&count)
 	return count, err
@@ -78,9 +85,9 @@ INSERT INTO jobs (
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
     epochs, learning_rate, batch_size, warmup_steps, suffix, created_at, updated_at
 ) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, 'queued',
-    $8, $9, $10, $11, $12,
-    $13, $14, $15, $16, $17, $18, $18
+    $1, $2, $3, $4, $5, $6, $7, $8,
+    $9, $10, $11, $12, $13,
+    $14, $15, $16, $17, $18, $19, $19
 )
 RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at
 `
@@ -93,6 +100,7 @@ type CreateJobParams struct {
 	Description         string
 	BaseModel           string
 	HardwareID          string
+	Status              jobstatus.Status
 	TrainingDataset     string
 	TrainingDatasetID   string
 	TrainingFile        string
@@ -115,6 +123,7 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		arg.Description,
 		arg.BaseModel,
 		arg.HardwareID,
+		arg.Status,
 		arg.TrainingDataset,
 		arg.TrainingDatasetID,
 		arg.TrainingFile,
@@ -307,7 +316,7 @@ SELECT status, count(*) AS n FROM jobs WHERE organization_id = $1 GROUP BY statu
 `
 
 type JobStatsRow struct {
-	Status string
+	Status jobstatus.Status
 	N      int64
 }
 
@@ -438,17 +447,18 @@ func (q *Queries) LockOrganizationJobs(ctx context.Context, db DBTX, organizatio
 }
 
 const setJobDeployed = `-- name: SetJobDeployed :execrows
-UPDATE jobs SET status = 'deployed', result_model = $1, updated_at = now()
-WHERE id = $2
+UPDATE jobs SET status = $1, result_model = $2, updated_at = now()
+WHERE id = $3
 `
 
 type SetJobDeployedParams struct {
+	Status      jobstatus.Status
 	ResultModel *string
 	ID          string
 }
 
 func (q *Queries) SetJobDeployed(ctx context.Context, db DBTX, arg SetJobDeployedParams) (int64, error) {
-	result, err := db.Exec(ctx, setJobDeployed, arg.ResultModel, arg.ID)
+	result, err := db.Exec(ctx, setJobDeployed, arg.Status, arg.ResultModel, arg.ID)
 	if err != nil {
 		return 0, err
 	}
@@ -491,28 +501,35 @@ const setJobStatus = `-- name: SetJobStatus :execrows
 UPDATE jobs SET
     status      = $1,
     error       = $2,
-    started_at  = CASE WHEN $1 = 'running' THEN coalesce(started_at, $3) ELSE started_at END,
-    finished_at = CASE WHEN $1 IN ('completed', 'failed', 'stopped') THEN $3
-                       WHEN $1 IN ('queued', 'running') THEN NULL
+    started_at  = CASE WHEN $3::bool THEN coalesce(started_at, $4) ELSE started_at END,
+    finished_at = CASE WHEN $5::bool THEN $4
+                       WHEN $6::bool THEN NULL
                        ELSE finished_at END,
-    updated_at  = $3
-WHERE id = $4
+    updated_at  = $4
+WHERE id = $7
 `
 
 type SetJobStatusParams struct {
-	Status string
-	Error  *string
-	At     time.Time
-	ID     string
+	Status      jobstatus.Status
+	Error       *string
+	Starts      bool
+	At          time.Time
+	Finishes    bool
+	Reactivates bool
+	ID          string
 }
 
 // Records a workflow transition. started_at is set once, when training first
-// starts; finished_at is set on terminal states and cleared on re-queue.
+// starts; finished_at is set when a run finishes and cleared when the job is
+// active again. The caller says which, from the status's own rules.
 func (q *Queries) SetJobStatus(ctx context.Context, db DBTX, arg SetJobStatusParams) (int64, error) {
 	result, err := db.Exec(ctx, setJobStatus,
 		arg.Status,
 		arg.Error,
+		arg.Starts,
 		arg.At,
+		arg.Finishes,
+		arg.Reactivates,
 		arg.ID,
 	)
 	if err != nil {

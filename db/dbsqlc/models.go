@@ -6,6 +6,8 @@ package dbsqlc
 
 import (
 	"time"
+
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 type ApiKey struct {
@@ -102,7 +104,7 @@ type Job struct {
 	Description         string
 	BaseModel           string
 	HardwareID          string
-	Status              string
+	Status              jobstatus.Status
 	TrainingDataset     string
 	TrainingDatasetID   string
 	TrainingFile        string

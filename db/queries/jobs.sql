@@ -4,9 +4,9 @@ INSERT INTO jobs (
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
     epochs, learning_rate, batch_size, warmup_steps, suffix, created_at, updated_at
 ) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, 'queued',
-    $8, $9, $10, $11, $12,
-    $13, $14, $15, $16, $17, $18, $18
+    @id, @organization_id, @owner, @name, @description, @base_model, @hardware_id, @status,
+    @training_dataset, @training_dataset_id, @training_file, @validation_file, @validation_dataset_id,
+    @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @created_at, @created_at
 )
 RETURNING *;
 
@@ -73,13 +73,14 @@ VALUES ($1, $2, $3, $4);
 
 -- name: SetJobStatus :execrows
 -- Records a workflow transition. started_at is set once, when training first
--- starts; finished_at is set on terminal states and cleared on re-queue.
+-- starts; finished_at is set when a run finishes and cleared when the job is
+-- active again. The caller says which, from the status's own rules.
 UPDATE jobs SET
     status      = @status,
     error       = sqlc.narg(error),
-    started_at  = CASE WHEN @status = 'running' THEN coalesce(started_at, @at) ELSE started_at END,
-    finished_at = CASE WHEN @status IN ('completed', 'failed', 'stopped') THEN @at
-                       WHEN @status IN ('queued', 'running') THEN NULL
+    started_at  = CASE WHEN @starts::bool THEN coalesce(started_at, @at) ELSE started_at END,
+    finished_at = CASE WHEN @finishes::bool THEN @at
+                       WHEN @reactivates::bool THEN NULL
                        ELSE finished_at END,
     updated_at  = @at
 WHERE id = @id;
@@ -94,7 +95,7 @@ UPDATE jobs SET
 WHERE id = @id;
 
 -- name: SetJobDeployed :execrows
-UPDATE jobs SET status = 'deployed', result_model = @result_model, updated_at = now()
+UPDATE jobs SET status = @status, result_model = @result_model, updated_at = now()
 WHERE id = @id;
 
 -- name: LockOrganizationJobs :exec
@@ -103,4 +104,4 @@ WHERE id = @id;
 SELECT pg_advisory_xact_lock(hashtext('org-jobs:' || @organization_id::text));
 
 -- name: CountActiveJobs :one
-SELECT count(*) FROM jobs WHERE organization_id = $1 AND status IN ('queued', 'running');
+SELECT count(*) FROM jobs WHERE organization_id = @organization_id AND status::text = ANY(@statuses::text[]);
