@@ -249,3 +249,78 @@ func TestDeleteFaults(t *testing.T) {
 		}
 	})
 }
+
+// TestDeployThatCannotSucceed: a deploy PostgreSQL refuses for good (the
+// model card would hold a NUL, from a label of the training data) fails at
+// once with a 4xx instead of retrying forever, and leaves the job
+// completed: deployable again, with nothing published.
+func TestDeployThatCannotSucceed(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	data := strings.ReplaceAll(string(testenv.Tickets(40, 9)), `"billing"`, `"bill\u0000ing"`)
+	ds := org.Upload(t, "nul.jsonl", []byte(data))
+	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "nul label", "baseModel": "llama-3.1-8b", "trainingDataset": ds, "hyperparameters": map[string]any{"epochs": 1}})
+	expect(t, r, 201)
+	id := r.Body["id"].(string)
+	if job := org.WaitStatus(t, id, time.Minute, "completed", "failed"); job["status"] != "completed" {
+		t.Fatalf("job %s: %v", id, job["error"])
+	}
+	for range 2 {
+		expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil), 422, "NUL")
+		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"completed"`)
+	}
+	for _, key := range leftovers(t, org, id) {
+		if strings.HasPrefix(key, "models/") {
+			t.Fatalf("the failed deploy left %s", key)
+		}
+	}
+}
+
+// TestLostDeployRaceLeavesNothing: two jobs deploy the same model name at
+// once; the loser answers 409 and leaves nothing published in the store.
+func TestLostDeployRaceLeavesNothing(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(40, 10))
+	ids := make([]string, 2)
+	for i := range ids {
+		r := org.Do(t, "POST", jobsPath, map[string]any{"name": "racer", "baseModel": "llama-3.1-8b", "trainingDataset": ds, "suffix": "race", "hyperparameters": map[string]any{"epochs": 1}})
+		expect(t, r, 201)
+		ids[i] = r.Body["id"].(string)
+	}
+	for _, id := range ids {
+		org.WaitStatus(t, id, time.Minute, "completed")
+	}
+	statuses := make([]int, 2)
+	done := make(chan struct{})
+	for i, id := range ids {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			req, _ := http.NewRequest("POST", org.BaseURL+jobsPath+"/"+id+"/deploy", nil)
+			req.Header.Set("X-API-Key", org.Key)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				statuses[i] = resp.StatusCode
+				resp.Body.Close()
+			}
+		}()
+	}
+	<-done
+	<-done
+	loser := -1
+	for i, s := range statuses {
+		if s == http.StatusConflict {
+			loser = i
+		}
+	}
+	if loser < 0 || statuses[1-loser] != http.StatusOK {
+		t.Fatalf("deploy statuses %v; want one 200 and one 409", statuses)
+	}
+	for _, key := range leftovers(t, org, ids[loser]) {
+		if strings.HasPrefix(key, "models/") {
+			t.Fatalf("the losing deploy left %s", key)
+		}
+	}
+	if len(leftovers(t, org, ids[1-loser])) == 0 {
+		t.Fatal("the winning deploy published nothing")
+	}
+}

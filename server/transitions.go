@@ -57,6 +57,8 @@ func (s *Server) transitionError(ctx context.Context, update string, status jobs
 		switch appErr.Type() {
 		case workflows.ErrTypeInvalidTransition, activities.ErrTypeConflict:
 			return conflict("cannot %s: %s", update, appErr.Message())
+		case activities.ErrTypeInvalidData:
+			return newError(http.StatusUnprocessableEntity, "invalid_request", "cannot %s: %s", update, appErr.Message())
 		case activities.ErrTypeUnavailable:
 			return newError(http.StatusServiceUnavailable, "unavailable", "cannot %s: %s", update, appErr.Message())
 		}
