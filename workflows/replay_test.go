@@ -21,10 +21,14 @@ func TestReplayRecordedHistories(t *testing.T) {
 	for _, tc := range []struct{ file, what string }{
 		{"job_deployed.json", "2 epochs, completed, deployed through the deploy update"},
 		{"job_stopped_restarted.json", "stopped mid-training by the stop update (epoch cancelled, slot released), then restarted: continue-as-new"},
+		{"job_granted_deployed_v2.json", "created by update-with-start (its row written by the workflow), queued behind another job, granted by signal, 2 epochs, deployed"},
+		{"job_stopped_restarted_v2.json", "created by update-with-start, stopped mid-training, restarted: continue-as-new carrying its state"},
+		{"job_deleted_v2.json", "a DeleteJob run: row deleted, job workflow terminated, artifacts removed"},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			replayer := worker.NewWorkflowReplayer()
 			replayer.RegisterWorkflowWithOptions(workflows.FineTuningJob, workflow.RegisterOptions{Name: "FineTuningJob"})
+			replayer.RegisterWorkflowWithOptions(workflows.DeleteJob, workflow.RegisterOptions{Name: "DeleteJob"})
 			err := replayer.ReplayWorkflowHistoryFromJSONFile(nil, filepath.Join("testdata", tc.file))
 			require.NoError(t, err, "replaying a job that was %s", tc.what)
 		})
