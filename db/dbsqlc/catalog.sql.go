@@ -118,3 +118,41 @@ func (q *Queries) ListHardware(ctx context.Context, db DBTX) ([]Hardware, error)
 	}
 	return items, nil
 }
+
+const listOrganizationPoolJobs = `-- name: ListOrganizationPoolJobs :many
+SELECT l.hardware_id,
+    count(*) FILTER (WHERE l.granted_at IS NULL) AS queued,
+    count(*) FILTER (WHERE l.granted_at IS NOT NULL) AS running
+FROM gpu_leases l
+JOIN jobs j ON j.id = l.job_id
+WHERE j.organization_id = $1
+GROUP BY l.hardware_id
+`
+
+type ListOrganizationPoolJobsRow struct {
+	HardwareID string
+	Queued     int64
+	Running    int64
+}
+
+// The organization's own jobs waiting for (queued) and holding (running) a
+// slot of each pool; other organizations' jobs are theirs to know.
+func (q *Queries) ListOrganizationPoolJobs(ctx context.Context, db DBTX, organizationID string) ([]ListOrganizationPoolJobsRow, error) {
+	rows, err := db.Query(ctx, listOrganizationPoolJobs, organizationID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListOrganizationPoolJobsRow{}
+	for rows.Next() {
+		var i ListOrganizationPoolJobsRow
+		if err := rows.Scan(&i.HardwareID, &i.Queued, &i.Running); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

@@ -9,3 +9,14 @@ SELECT * FROM hardware ORDER BY position;
 
 -- name: GetHardware :one
 SELECT * FROM hardware WHERE id = $1;
+
+-- name: ListOrganizationPoolJobs :many
+-- The organization's own jobs waiting for (queued) and holding (running) a
+-- slot of each pool; other organizations' jobs are theirs to know.
+SELECT l.hardware_id,
+    count(*) FILTER (WHERE l.granted_at IS NULL) AS queued,
+    count(*) FILTER (WHERE l.granted_at IS NOT NULL) AS running
+FROM gpu_leases l
+JOIN jobs j ON j.id = l.job_id
+WHERE j.organization_id = $1
+GROUP BY l.hardware_id;
