@@ -28,6 +28,7 @@ type Config struct {
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
 	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization
 	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
+	MetricsAddr       string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -81,6 +82,12 @@ func FromEnv() (Config, error) {
 			return c, fmt.Errorf("TUNEFORGE_MODEL_CACHE_BYTES %q: must be a positive number of bytes", v)
 		}
 		c.ModelCacheBytes = n
+	}
+	// Set but empty turns the metrics listener off.
+	if v, ok := os.LookupEnv("TUNEFORGE_METRICS_ADDR"); ok {
+		c.MetricsAddr = strings.TrimSpace(v)
+	} else {
+		c.MetricsAddr = "127.0.0.1:9090"
 	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")

@@ -81,7 +81,6 @@ func New(d Deps) *Server {
 	})
 
 	s.engine.GET("/healthz", s.health)
-	s.engine.GET("/metrics", gin.WrapH(promhttp.Handler()))
 
 	read, write := s.auth(apikey.ScopeRead), s.auth(apikey.ScopeWrite)
 	ft := s.engine.Group("/api/v1/fine-tuning")
@@ -112,9 +111,31 @@ func New(d Deps) *Server {
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.engine.ServeHTTP(w, r) }
 
+// HTTPServer is the API's HTTP server on addr.
+func (s *Server) HTTPServer(addr string) *http.Server {
+	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 10 * time.Second}
+}
+
 // ListenAndServe serves on addr until ctx ends, then shuts down gracefully.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	srv := &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	return serve(ctx, s.HTTPServer(addr))
+}
+
+// MetricsServer serves Prometheus metrics at /metrics on addr: a listener
+// of its own, kept off the public API port.
+func MetricsServer(addr string) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.Handler())
+	return &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
+
+// ListenAndServeMetrics serves MetricsServer on addr until ctx ends.
+func ListenAndServeMetrics(ctx context.Context, addr string) error {
+	return serve(ctx, MetricsServer(addr))
+}
+
+// serve runs srv until ctx ends, then shuts it down gracefully.
+func serve(ctx context.Context, srv *http.Server) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	select {

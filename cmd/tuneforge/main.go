@@ -124,7 +124,7 @@ func runAPI(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	defer p.close()
 	log.Info("API listening", "addr", cfg.HTTPAddr)
-	return p.api(cfg).ListenAndServe(ctx, cfg.HTTPAddr)
+	return group(ctx, p.apiRoles(cfg)...)
 }
 
 func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []string) error {

@@ -94,3 +94,15 @@ func (p *platform) api(cfg config.Config) *server.Server {
 		ModelCacheBytes: cfg.ModelCacheBytes,
 	})
 }
+
+// apiRoles serve the API and, on its own address unless turned off, the
+// Prometheus metrics.
+func (p *platform) apiRoles(cfg config.Config) []func(context.Context) error {
+	api := p.api(cfg)
+	roles := []func(context.Context) error{func(ctx context.Context) error { return api.ListenAndServe(ctx, cfg.HTTPAddr) }}
+	if cfg.MetricsAddr != "" {
+		p.log.Info("metrics listening", "addr", cfg.MetricsAddr)
+		roles = append(roles, func(ctx context.Context) error { return server.ListenAndServeMetrics(ctx, cfg.MetricsAddr) })
+	}
+	return roles
+}
