@@ -41,7 +41,7 @@ func viewDataset(d dbsqlc.Dataset) datasetView {
 // streamed to the artifact store and checked line by line on the way, so a
 // bad file is refused with line numbers and nothing is kept.
 func (s *Server) uploadDataset(c *gin.Context) {
-	body := http.MaxBytesReader(c.Writer, c.Request.Body, maxUploadBody)
+	body := http.MaxBytesReader(c.Writer, io.NopCloser(s.uploadBody(c)), maxUploadBody)
 	filename := c.Query("filename")
 	var src io.Reader = body
 	mediaType, params, _ := mime.ParseMediaType(c.GetHeader("Content-Type"))
@@ -65,6 +65,8 @@ func (s *Server) uploadDataset(c *gin.Context) {
 		return
 	}
 	d, err := s.storeDataset(c.Request.Context(), caller(c), filename, src)
+	// The upload may have outlasted the server's write timeout.
+	s.extendWrite(c)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -154,6 +156,8 @@ func uploadError(err error) error {
 		return &apiError{Status: http.StatusUnprocessableEntity, Code: "invalid_dataset", Message: verr.Error(), Details: details}
 	case errors.As(err, &maxErr):
 		return newError(http.StatusRequestEntityTooLarge, "payload_too_large", "the dataset exceeds %d bytes", maxErr.Limit)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errStalled
 	}
 	return badRequest("the upload could not be read: %v", err)
 }

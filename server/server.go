@@ -28,6 +28,9 @@ import (
 const (
 	maxJSONBody   = 1 << 20
 	maxUploadBody = 1 << 30
+	// maxHeaderBytes bounds the request line and headers; keys, trace
+	// context and query strings fit many times over.
+	maxHeaderBytes = 64 << 10
 )
 
 // Deps is what the API needs.
@@ -53,6 +56,8 @@ type Deps struct {
 	// ModelCacheBytes is the memory builtin models may take while served;
 	// 0 means serving.DefaultCacheBytes.
 	ModelCacheBytes int64
+	// Timeouts bound how long a client may hold a connection.
+	Timeouts Timeouts
 }
 
 // Server serves the API.
@@ -68,6 +73,7 @@ type Server struct {
 // New builds the API's router.
 func New(d Deps) *Server {
 	gin.SetMode(gin.ReleaseMode)
+	d.Timeouts = d.Timeouts.withDefaults()
 	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: serving.New(d.Artifacts, d.ModelCacheBytes),
 		limiter: newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit)))}
 	s.metrics = newHTTPMetrics(prometheus.DefaultRegisterer)
@@ -111,9 +117,13 @@ func New(d Deps) *Server {
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.engine.ServeHTTP(w, r) }
 
-// HTTPServer is the API's HTTP server on addr.
+// HTTPServer is the API's HTTP server on addr, with its timeouts.
 func (s *Server) HTTPServer(addr string) *http.Server {
-	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	t := s.Timeouts
+	return &http.Server{
+		Addr: addr, Handler: s, MaxHeaderBytes: maxHeaderBytes,
+		ReadHeaderTimeout: t.ReadHeader, ReadTimeout: t.Read, WriteTimeout: t.Write, IdleTimeout: t.Idle,
+	}
 }
 
 // ListenAndServe serves on addr until ctx ends, then shuts down gracefully.
@@ -126,7 +136,11 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 func MetricsServer(addr string) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.Handler())
-	return &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	t := Timeouts{}.withDefaults()
+	return &http.Server{
+		Addr: addr, Handler: mux, MaxHeaderBytes: maxHeaderBytes,
+		ReadHeaderTimeout: t.ReadHeader, ReadTimeout: t.Read, WriteTimeout: t.Write, IdleTimeout: t.Idle,
+	}
 }
 
 // ListenAndServeMetrics serves MetricsServer on addr until ctx ends.
