@@ -4,6 +4,7 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +30,10 @@ type Config struct {
 	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization
 	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
 	MetricsAddr       string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
+
+	// Abuse limits of the API.
+	AuthFailureRate float64  // TUNEFORGE_AUTH_FAILURE_RATE: failed authentications per second per client address; 0 is unlimited
+	TrustedProxies  []string // TUNEFORGE_TRUSTED_PROXIES: proxies whose X-Forwarded-For names the client
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -89,6 +94,17 @@ func FromEnv() (Config, error) {
 	} else {
 		c.MetricsAddr = "127.0.0.1:9090"
 	}
+	if c.AuthFailureRate, err = strconv.ParseFloat(env("TUNEFORGE_AUTH_FAILURE_RATE", "10"), 64); err != nil || c.AuthFailureRate < 0 {
+		return c, fmt.Errorf("TUNEFORGE_AUTH_FAILURE_RATE %q: must be a number of failed authentications per second, 0 for no limit", os.Getenv("TUNEFORGE_AUTH_FAILURE_RATE"))
+	}
+	c.TrustedProxies = SplitList(env("TUNEFORGE_TRUSTED_PROXIES", ""))
+	for _, p := range c.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				return c, fmt.Errorf("TUNEFORGE_TRUSTED_PROXIES: %q is not an IP address or CIDR network", p)
+			}
+		}
+	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")
 	if err := c.CheckTrainer(); err != nil {
@@ -130,6 +146,17 @@ func (c Config) CheckTrainer() error {
 		return nil
 	}
 	return fmt.Errorf("TUNEFORGE_TRAINER %q: must be builtin or command", c.Trainer)
+}
+
+// SplitList splits a comma-separated list, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }
 
 func env(name, def string) string {

@@ -46,6 +46,14 @@ type Deps struct {
 	// RateLimit is the requests per second each API key may make (with a
 	// burst of twice that); 0 means unlimited.
 	RateLimit float64
+	// AuthFailureRate is the failed authentications per second (with a
+	// burst of as many) a client address may make before its requests are
+	// refused without a database lookup; 0 means unlimited.
+	AuthFailureRate float64
+	// TrustedProxies are the proxies (addresses or CIDRs) whose
+	// X-Forwarded-For header names the client; with none, the client is
+	// the connection's peer and the header is ignored.
+	TrustedProxies []string
 	// Inference is the backend that serves models trained by the command
 	// trainer; nil when none is configured.
 	Inference *inference.Client
@@ -68,6 +76,8 @@ type Server struct {
 	models  *serving.Models
 	metrics *httpMetrics
 	limiter *rateLimiter
+	// authFailures counts failed authentications per client address.
+	authFailures *rateLimiter
 }
 
 // New builds the API's router.
@@ -75,7 +85,14 @@ func New(d Deps) *Server {
 	gin.SetMode(gin.ReleaseMode)
 	d.Timeouts = d.Timeouts.withDefaults()
 	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: serving.New(d.Artifacts, d.ModelCacheBytes),
-		limiter: newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit)))}
+		limiter:      newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit))),
+		authFailures: newRateLimiter(d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
+	}
+	if err := s.engine.SetTrustedProxies(d.TrustedProxies); err != nil {
+		// config.FromEnv checks them; trusting no proxy is the safe fallback.
+		s.log.Error("ignoring the trusted proxies", "err", err)
+		_ = s.engine.SetTrustedProxies(nil)
+	}
 	s.metrics = newHTTPMetrics(prometheus.DefaultRegisterer)
 	s.engine.Use(s.recover, s.observe)
 	s.engine.HandleMethodNotAllowed = true
@@ -172,22 +189,31 @@ func (s *Server) health(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"status": "ok"})
 }
 
-type keyCtx struct{}
-
 // auth admits requests whose key (X-API-Key, or Authorization: Bearer for
-// OpenAI clients) is valid and carries scope.
+// OpenAI clients) is valid and carries scope. A client address that keeps
+// failing is refused before its key is looked up, so guessing keys costs
+// the database nothing.
 func (s *Server) auth(scope string) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		addr := clientAddr(c.ClientIP())
+		if blocked, wait := s.authFailures.blocked(addr); blocked {
+			c.Header("Retry-After", retryAfter(wait))
+			s.respondError(c, newError(http.StatusTooManyRequests, "rate_limited",
+				"too many failed authentications from your address; retry in %s with a valid API key", wait.Round(time.Millisecond)))
+			return
+		}
 		plaintext := c.GetHeader("X-API-Key")
 		if plaintext == "" {
 			plaintext, _ = strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
 		}
 		if plaintext == "" {
+			s.authFailures.take(addr)
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: send it in the X-API-Key header"))
 			return
 		}
 		key, err := apikey.Lookup(c.Request.Context(), s.Store, strings.TrimSpace(plaintext))
 		if errors.Is(err, apikey.ErrInvalid) {
+			s.authFailures.take(addr)
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "invalid API key"))
 			return
 		}

@@ -90,6 +90,7 @@ func (p *platform) api(cfg config.Config) *server.Server {
 	return server.New(server.Deps{
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
+		AuthFailureRate: cfg.AuthFailureRate, TrustedProxies: cfg.TrustedProxies,
 		Inference: p.inference, AdapterDir: p.adapterDir, MaxActiveJobs: cfg.MaxActiveJobs,
 		ModelCacheBytes: cfg.ModelCacheBytes,
 	})
