@@ -32,8 +32,11 @@ type Config struct {
 	MetricsAddr       string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
 
 	// Abuse limits of the API.
-	AuthFailureRate float64  // TUNEFORGE_AUTH_FAILURE_RATE: failed authentications per second per client address; 0 is unlimited
-	TrustedProxies  []string // TUNEFORGE_TRUSTED_PROXIES: proxies whose X-Forwarded-For names the client
+	AuthFailureRate   float64  // TUNEFORGE_AUTH_FAILURE_RATE: failed authentications per second per client address; 0 is unlimited
+	TrustedProxies    []string // TUNEFORGE_TRUSTED_PROXIES: proxies whose X-Forwarded-For names the client
+	DatasetMaxBytes   int64    // TUNEFORGE_DATASET_MAX_BYTES: the size of one dataset, uploaded or imported
+	DatasetQuotaBytes int64    // TUNEFORGE_DATASET_QUOTA_BYTES: an organization's datasets' total size; 0 is unlimited
+	DatasetQuotaCount int64    // TUNEFORGE_DATASET_QUOTA_COUNT: an organization's number of datasets; 0 is unlimited
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -104,6 +107,22 @@ func FromEnv() (Config, error) {
 				return c, fmt.Errorf("TUNEFORGE_TRUSTED_PROXIES: %q is not an IP address or CIDR network", p)
 			}
 		}
+	}
+	for _, b := range []struct {
+		dst      *int64
+		name     string
+		def, min int64
+		what     string
+	}{
+		{&c.DatasetMaxBytes, "TUNEFORGE_DATASET_MAX_BYTES", 1 << 30, 1, "a positive number of bytes"},
+		{&c.DatasetQuotaBytes, "TUNEFORGE_DATASET_QUOTA_BYTES", 10 << 30, 0, "a number of bytes, 0 for no limit"},
+		{&c.DatasetQuotaCount, "TUNEFORGE_DATASET_QUOTA_COUNT", 1000, 0, "a number of datasets, 0 for no limit"},
+	} {
+		v, err := strconv.ParseInt(env(b.name, strconv.FormatInt(b.def, 10)), 10, 64)
+		if err != nil || v < b.min {
+			return c, fmt.Errorf("%s %q: must be %s", b.name, os.Getenv(b.name), b.what)
+		}
+		*b.dst = v
 	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")

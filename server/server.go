@@ -26,8 +26,7 @@ import (
 
 // Limits on what a request may carry.
 const (
-	maxJSONBody   = 1 << 20
-	maxUploadBody = 1 << 30
+	maxJSONBody = 1 << 20
 	// maxHeaderBytes bounds the request line and headers; keys, trace
 	// context and query strings fit many times over.
 	maxHeaderBytes = 64 << 10
@@ -54,6 +53,10 @@ type Deps struct {
 	// X-Forwarded-For header names the client; with none, the client is
 	// the connection's peer and the header is ignored.
 	TrustedProxies []string
+	// Datasets bounds what each organization stores.
+	Datasets DatasetLimits
+	// Timeouts bound how long a client may hold a connection.
+	Timeouts Timeouts
 	// Inference is the backend that serves models trained by the command
 	// trainer; nil when none is configured.
 	Inference *inference.Client
@@ -64,8 +67,6 @@ type Deps struct {
 	// ModelCacheBytes is the memory builtin models may take while served;
 	// 0 means serving.DefaultCacheBytes.
 	ModelCacheBytes int64
-	// Timeouts bound how long a client may hold a connection.
-	Timeouts Timeouts
 }
 
 // Server serves the API.
@@ -125,6 +126,7 @@ func New(d Deps) *Server {
 	ft.POST("/datasets", write, s.uploadDataset)
 	ft.GET("/datasets", read, s.listDatasets)
 	ft.GET("/datasets/:id", read, s.getDataset)
+	ft.DELETE("/datasets/:id", write, s.deleteDataset)
 	s.engine.POST("/v1/chat/completions", read, s.chatCompletions)
 	s.engine.GET("/v1/models", read, s.listModels)
 	s.engine.GET("/v1/models/:model", read, s.getModel)

@@ -91,6 +91,9 @@ func (p *platform) api(cfg config.Config) *server.Server {
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
 		AuthFailureRate: cfg.AuthFailureRate, TrustedProxies: cfg.TrustedProxies,
+		Datasets: server.DatasetLimits{
+			MaxBytes: cfg.DatasetMaxBytes, QuotaBytes: cfg.DatasetQuotaBytes, QuotaCount: cfg.DatasetQuotaCount,
+		},
 		Inference: p.inference, AdapterDir: p.adapterDir, MaxActiveJobs: cfg.MaxActiveJobs,
 		ModelCacheBytes: cfg.ModelCacheBytes,
 	})
