@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -49,5 +52,19 @@ func TestClientAddr(t *testing.T) {
 		if got := clientAddr(in); got != want {
 			t.Errorf("clientAddr(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestHealthCheckPingsAtMostOnceASecond(t *testing.T) {
+	var h healthCheck
+	var pings atomic.Int32
+	ping := func(context.Context) error { pings.Add(1); time.Sleep(10 * time.Millisecond); return nil }
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() { _ = h.check(context.Background(), ping) })
+	}
+	wg.Wait()
+	if n := pings.Load(); n != 1 {
+		t.Fatalf("100 concurrent health checks pinged %d times", n)
 	}
 }

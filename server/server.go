@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -79,6 +80,7 @@ type Server struct {
 	limiter *rateLimiter
 	// authFailures counts failed authentications per client address.
 	authFailures *rateLimiter
+	healthy      healthCheck
 }
 
 // New builds the API's router.
@@ -182,13 +184,31 @@ func serve(ctx context.Context, srv *http.Server) error {
 }
 
 func (s *Server) health(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
-	defer cancel()
-	if err := s.Store.Pool.Ping(ctx); err != nil {
+	if err := s.healthy.check(c.Request.Context(), s.Store.Pool.Ping); err != nil {
 		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "database unavailable"))
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+}
+
+// healthCheck pings PostgreSQL at most once a second and shares the answer:
+// /healthz takes no key, so a flood of it must not become database work.
+type healthCheck struct {
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
+func (h *healthCheck) check(ctx context.Context, ping func(context.Context) error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if time.Since(h.at) < time.Second {
+		return h.err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	h.err, h.at = ping(ctx), time.Now()
+	return h.err
 }
 
 // auth admits requests whose key (X-API-Key, or Authorization: Bearer for
