@@ -129,13 +129,17 @@ func fileFromMultipart(body io.Reader, boundary string) (*multipart.Part, error)
 // object nor a row behind.
 func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename string, src io.Reader, size int64) (dbsqlc.Dataset, error) {
 	org := key.OrganizationID
-	usage, err := s.Store.Q.DatasetUsage(ctx, s.Store.Pool, org)
-	if err != nil {
-		return dbsqlc.Dataset{}, fmt.Errorf("read dataset usage: %w", err)
-	}
-	// Refused before a byte is read when the answer is already known.
-	if err := s.checkQuota(usage, max(size, 0)); err != nil {
-		return dbsqlc.Dataset{}, err
+	quota := s.Datasets.QuotaBytes > 0 || s.Datasets.QuotaCount > 0
+	var usage dbsqlc.DatasetUsageRow
+	if quota {
+		var err error
+		if usage, err = s.Store.Q.DatasetUsage(ctx, s.Store.Pool, org); err != nil {
+			return dbsqlc.Dataset{}, fmt.Errorf("read dataset usage: %w", err)
+		}
+		// Refused before a byte is read when the answer is already known.
+		if err := s.checkQuota(usage, max(size, 0)); err != nil {
+			return dbsqlc.Dataset{}, err
+		}
 	}
 	limit, tooLarge := s.maxDatasetBytes(), errDatasetTooLarge(s.maxDatasetBytes())
 	if q := s.Datasets.QuotaBytes; q > 0 && q-usage.Bytes < limit {
@@ -187,17 +191,20 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		return dbsqlc.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 	}
 	var d dbsqlc.Dataset
-	err = s.Store.InTx(ctx, func(tx pgx.Tx) error {
-		if err := s.Store.Q.LockDatasetQuota(ctx, tx, org); err != nil {
-			return fmt.Errorf("lock dataset quota: %w", err)
+	err := s.Store.InTx(ctx, func(tx pgx.Tx) error {
+		if quota {
+			if err := s.Store.Q.LockDatasetQuota(ctx, tx, org); err != nil {
+				return fmt.Errorf("lock dataset quota: %w", err)
+			}
+			usage, err := s.Store.Q.DatasetUsage(ctx, tx, org)
+			if err != nil {
+				return fmt.Errorf("read dataset usage: %w", err)
+			}
+			if err := s.checkQuota(usage, put.n); err != nil {
+				return err
+			}
 		}
-		usage, err := s.Store.Q.DatasetUsage(ctx, tx, org)
-		if err != nil {
-			return fmt.Errorf("read dataset usage: %w", err)
-		}
-		if err := s.checkQuota(usage, put.n); err != nil {
-			return err
-		}
+		var err error
 		d, err = s.Store.Q.CreateDataset(ctx, tx, dbsqlc.CreateDatasetParams{
 			ID: id, OrganizationID: org, Filename: filename, Bytes: put.n, Sha256: put.sum,
 			BlobKey: blobKey, CreatedBy: key.UserID,
