@@ -154,15 +154,6 @@ func IsForeignKeyViolation(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "23503"
 }
 
-// ViolatedConstraint names the constraint err violated, or is "".
-func ViolatedConstraint(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.ConstraintName
-	}
-	return ""
-}
-
 // IsInvalidText reports text PostgreSQL refuses to store or compare: a NUL
 // character or bytes that are not valid UTF-8.
 func IsInvalidText(err error) bool {

@@ -122,7 +122,7 @@ func TestDeleteDataset(t *testing.T) {
 	// A deleted dataset names nothing a new job can use.
 	expect(t, org.Do(t, "POST", jobsPath, map[string]any{"name": "n", "baseModel": "llama-3.1-8b", "trainingDataset": train}), 422, "unknown dataset")
 	err := insertJobRow(env.Store.Pool, org.ID, jobID+"x", "gpu-a100-40gb", train, nil)
-	if db.ViolatedConstraint(err) != "jobs_dataset_exists" {
+	if !db.IsForeignKeyViolation(err) {
 		t.Errorf("a job row naming a deleted dataset: %v", err)
 	}
 }
@@ -164,7 +164,7 @@ func TestDeleteDatasetRacesJobCreation(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	commit()
-	if err := <-inserted; db.ViolatedConstraint(err) != "jobs_dataset_exists" {
+	if err := <-inserted; !db.IsForeignKeyViolation(err) {
 		t.Fatalf("insert after the delete: %v", err)
 	}
 

@@ -78,10 +78,6 @@ func (s *Server) respondError(c *gin.Context, err error) {
 		// Text PostgreSQL cannot store (a NUL, invalid UTF-8) came from the client.
 		apiErr = badRequest("text in the request must be valid UTF-8 without NUL characters")
 	}
-	if db.ViolatedConstraint(err) == "jobs_dataset_exists" {
-		// The dataset was deleted while a job was being created with it.
-		apiErr = conflict("a dataset this job names was deleted while the job was being created; upload it again")
-	}
 	if apiErr == nil && !errors.As(err, &apiErr) {
 		s.log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
 		apiErr = newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed")

@@ -28,8 +28,8 @@ func TestHardwareShowsOnlyOwnJobs(t *testing.T) {
 			if err := insertJobRow(env.Store.Pool, org.ID, id, pool, ds, nil); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := env.Store.Pool.Exec(ctx, `INSERT INTO gpu_leases (job_id, hardware_id, requested_at, granted_at)
-				VALUES ($1, $2, now(), CASE WHEN $3 THEN now() END)`, id, pool, granted); err != nil {
+			if _, err := env.Store.Pool.Exec(ctx, `INSERT INTO gpu_leases (job_id, hardware_id, organization_id, requested_at, granted_at, notified_at)
+				VALUES ($1, $2, $3, now(), CASE WHEN $4 THEN now() END, CASE WHEN $4 THEN now() END)`, id, pool, org.ID, granted); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -120,13 +120,12 @@ func (q *Queries) ListHardware(ctx context.Context, db DBTX) ([]Hardware, error)
 }
 
 const listOrganizationPoolJobs = `-- name: ListOrganizationPoolJobs :many
-SELECT l.hardware_id,
-    count(*) FILTER (WHERE l.granted_at IS NULL) AS queued,
-    count(*) FILTER (WHERE l.granted_at IS NOT NULL) AS running
-FROM gpu_leases l
-JOIN jobs j ON j.id = l.job_id
-WHERE j.organization_id = $1
-GROUP BY l.hardware_id
+SELECT hardware_id,
+    count(*) FILTER (WHERE granted_at IS NULL) AS queued,
+    count(*) FILTER (WHERE granted_at IS NOT NULL) AS running
+FROM gpu_leases
+WHERE organization_id = $1
+GROUP BY hardware_id
 `
 
 type ListOrganizationPoolJobsRow struct {
@@ -136,7 +135,8 @@ type ListOrganizationPoolJobsRow struct {
 }
 
 // The organization's own jobs waiting for (queued) and holding (running) a
-// slot of each pool; other organizations' jobs are theirs to know.
+// slot of each pool; other organizations' jobs are theirs to know. Leases
+// carry their job's organization since 0005, so no join to jobs is needed.
 func (q *Queries) ListOrganizationPoolJobs(ctx context.Context, db DBTX, organizationID string) ([]ListOrganizationPoolJobsRow, error) {
 	rows, err := db.Query(ctx, listOrganizationPoolJobs, organizationID)
 	if err != nil {

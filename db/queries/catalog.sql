@@ -12,11 +12,11 @@ SELECT * FROM hardware WHERE id = $1;
 
 -- name: ListOrganizationPoolJobs :many
 -- The organization's own jobs waiting for (queued) and holding (running) a
--- slot of each pool; other organizations' jobs are theirs to know.
-SELECT l.hardware_id,
-    count(*) FILTER (WHERE l.granted_at IS NULL) AS queued,
-    count(*) FILTER (WHERE l.granted_at IS NOT NULL) AS running
-FROM gpu_leases l
-JOIN jobs j ON j.id = l.job_id
-WHERE j.organization_id = $1
-GROUP BY l.hardware_id;
+-- slot of each pool; other organizations' jobs are theirs to know. Leases
+-- carry their job's organization since 0005, so no join to jobs is needed.
+SELECT hardware_id,
+    count(*) FILTER (WHERE granted_at IS NULL) AS queued,
+    count(*) FILTER (WHERE granted_at IS NOT NULL) AS running
+FROM gpu_leases
+WHERE organization_id = $1
+GROUP BY hardware_id;
