@@ -4,6 +4,7 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -28,6 +29,14 @@ type Config struct {
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
 	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization
 	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
+	MetricsAddr       string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
+
+	// Abuse limits of the API.
+	AuthFailureRate   float64  // TUNEFORGE_AUTH_FAILURE_RATE: failed authentications per second per client address; 0 is unlimited
+	TrustedProxies    []string // TUNEFORGE_TRUSTED_PROXIES: proxies whose X-Forwarded-For names the client
+	DatasetMaxBytes   int64    // TUNEFORGE_DATASET_MAX_BYTES: the size of one dataset, uploaded or imported
+	DatasetQuotaBytes int64    // TUNEFORGE_DATASET_QUOTA_BYTES: an organization's datasets' total size; 0 is unlimited
+	DatasetQuotaCount int64    // TUNEFORGE_DATASET_QUOTA_COUNT: an organization's number of datasets; 0 is unlimited
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -82,6 +91,39 @@ func FromEnv() (Config, error) {
 		}
 		c.ModelCacheBytes = n
 	}
+	// Set but empty turns the metrics listener off.
+	if v, ok := os.LookupEnv("TUNEFORGE_METRICS_ADDR"); ok {
+		c.MetricsAddr = strings.TrimSpace(v)
+	} else {
+		c.MetricsAddr = "127.0.0.1:9090"
+	}
+	if c.AuthFailureRate, err = strconv.ParseFloat(env("TUNEFORGE_AUTH_FAILURE_RATE", "10"), 64); err != nil || c.AuthFailureRate < 0 {
+		return c, fmt.Errorf("TUNEFORGE_AUTH_FAILURE_RATE %q: must be a number of failed authentications per second, 0 for no limit", os.Getenv("TUNEFORGE_AUTH_FAILURE_RATE"))
+	}
+	c.TrustedProxies = SplitList(env("TUNEFORGE_TRUSTED_PROXIES", ""))
+	for _, p := range c.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				return c, fmt.Errorf("TUNEFORGE_TRUSTED_PROXIES: %q is not an IP address or CIDR network", p)
+			}
+		}
+	}
+	for _, b := range []struct {
+		dst      *int64
+		name     string
+		def, min int64
+		what     string
+	}{
+		{&c.DatasetMaxBytes, "TUNEFORGE_DATASET_MAX_BYTES", 1 << 30, 1, "a positive number of bytes"},
+		{&c.DatasetQuotaBytes, "TUNEFORGE_DATASET_QUOTA_BYTES", 10 << 30, 0, "a number of bytes, 0 for no limit"},
+		{&c.DatasetQuotaCount, "TUNEFORGE_DATASET_QUOTA_COUNT", 1000, 0, "a number of datasets, 0 for no limit"},
+	} {
+		v, err := strconv.ParseInt(env(b.name, strconv.FormatInt(b.def, 10)), 10, 64)
+		if err != nil || v < b.min {
+			return c, fmt.Errorf("%s %q: must be %s", b.name, os.Getenv(b.name), b.what)
+		}
+		*b.dst = v
+	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")
 	if err := c.CheckTrainer(); err != nil {
@@ -123,6 +165,17 @@ func (c Config) CheckTrainer() error {
 		return nil
 	}
 	return fmt.Errorf("TUNEFORGE_TRAINER %q: must be builtin or command", c.Trainer)
+}
+
+// SplitList splits a comma-separated list, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }
 
 func env(name, def string) string {

@@ -174,7 +174,7 @@ func (s *Server) downloadJobArtifact(c *gin.Context) {
 	h.Set("Content-Length", strconv.FormatInt(size, 10))
 	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": job.ID + "-" + id + ext}))
 	c.Status(http.StatusOK)
-	if _, err := io.Copy(c.Writer, r); err != nil {
+	if _, err := io.Copy(s.streamWriter(c), r); err != nil {
 		// The status is sent; the short body (against Content-Length) is
 		// what tells the client the download failed.
 		s.log.WarnContext(ctx, "stream job artifact", "job", job.ID, "artifact", id, "err", err)

@@ -27,6 +27,10 @@ func (s *Server) baseModels(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"models": out})
 }
 
+// hardware lists the pools with their live capacity, and the caller's own
+// jobs waiting for and holding their slots. Nothing derived from other
+// organizations' jobs is shown (not even free slots, which would be
+// capacity less everyone's running jobs): their activity is theirs.
 func (s *Server) hardware(c *gin.Context) {
 	ctx := c.Request.Context()
 	rows, err := s.Store.Q.ListHardware(ctx, s.Store.Pool)
@@ -39,16 +43,24 @@ func (s *Server) hardware(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	byID := make(map[string]dbsqlc.ListGPUPoolUsageRow, len(usage))
+	capacity := make(map[string]int64, len(usage))
 	for _, u := range usage {
-		byID[u.ID] = u
+		capacity[u.ID] = u.Capacity
+	}
+	own, err := s.Store.Q.ListOrganizationPoolJobs(ctx, s.Store.Pool, caller(c).OrganizationID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	jobs := make(map[string]dbsqlc.ListOrganizationPoolJobsRow, len(own))
+	for _, j := range own {
+		jobs[j.HardwareID] = j
 	}
 	out := make([]gin.H, len(rows))
 	for i, h := range rows {
-		u := byID[h.ID]
 		out[i] = gin.H{
 			"id": h.ID, "name": h.Name, "gpuMemory": h.GpuMemory, "gpuCount": h.GpuCount, "costPerHour": h.CostPerHour,
-			"totalSlots": u.Capacity, "availableSlots": max(0, u.Capacity-u.Granted), "queuedJobs": u.Waiting,
+			"totalSlots": capacity[h.ID], "queuedJobs": jobs[h.ID].Queued, "runningJobs": jobs[h.ID].Running,
 		}
 	}
 	c.JSON(http.StatusOK, gin.H{"hardware": out})

@@ -191,6 +191,8 @@ func (s *Server) proxyCompletion(c *gin.Context, rec dbsqlc.DeployedModel, field
 			resp, err = s.Inference.ChatCompletions(ctx, body)
 		}
 	}
+	// The backend may have taken longer than the server's write timeout.
+	s.extendWrite(c)
 	if err != nil {
 		s.respondError(c, s.backendError(ctx, rec, err))
 		return
@@ -198,7 +200,7 @@ func (s *Server) proxyCompletion(c *gin.Context, rec dbsqlc.DeployedModel, field
 	defer resp.Body.Close()
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		startStream(c)
-		if err := inference.CopyStream(c.Writer, c.Writer.Flush, resp.Body, rec.Name); err != nil {
+		if err := inference.CopyStream(s.streamWriter(c), c.Writer.Flush, resp.Body, rec.Name); err != nil {
 			// The answer has begun, so it can only end here; the log says why.
 			s.log.WarnContext(ctx, "streamed answer of the inference backend broke off", "model", rec.Name, "adapter", adapter, "err", err)
 		}
@@ -211,6 +213,7 @@ func (s *Server) proxyCompletion(c *gin.Context, rec dbsqlc.DeployedModel, field
 	if err == nil {
 		answer, err = inference.RewriteModel(answer, rec.Name)
 	}
+	s.extendWrite(c)
 	if err != nil {
 		s.log.WarnContext(ctx, "unreadable answer of the inference backend", "model", rec.Name, "adapter", adapter, "err", err)
 		s.respondError(c, newError(http.StatusBadGateway, "bad_gateway", "the inference backend's answer was unreadable; try again"))

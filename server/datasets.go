@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tuneforge/tuneforge/apikey"
 	"github.com/tuneforge/tuneforge/artifacts"
@@ -36,14 +37,43 @@ func viewDataset(d dbsqlc.Dataset) datasetView {
 	return datasetView{ID: d.ID, Filename: d.Filename, Bytes: d.Bytes, SHA256: d.Sha256, CreatedAt: d.CreatedAt.UTC()}
 }
 
+// DatasetLimits bound the datasets of each organization.
+type DatasetLimits struct {
+	// MaxBytes is the size of one dataset, uploaded or imported; 0 means
+	// defaultMaxDatasetBytes.
+	MaxBytes int64
+	// QuotaBytes and QuotaCount bound an organization's datasets' total
+	// size and number; 0 means no limit.
+	QuotaBytes, QuotaCount int64
+}
+
+const (
+	defaultMaxDatasetBytes = 1 << 30
+	// multipartOverhead is what a multipart body may carry besides the file.
+	multipartOverhead = 1 << 20
+)
+
+func (s *Server) maxDatasetBytes() int64 {
+	if s.Datasets.MaxBytes > 0 {
+		return s.Datasets.MaxBytes
+	}
+	return defaultMaxDatasetBytes
+}
+
 // uploadDataset stores a JSONL file sent as the raw body (name in
 // ?filename=) or as the "file" part of a multipart form. The body is
 // streamed to the artifact store and checked line by line on the way, so a
 // bad file is refused with line numbers and nothing is kept.
 func (s *Server) uploadDataset(c *gin.Context) {
-	body := http.MaxBytesReader(c.Writer, c.Request.Body, maxUploadBody)
+	maxBody := s.maxDatasetBytes() + multipartOverhead
+	if c.Request.ContentLength > maxBody {
+		s.respondError(c, errDatasetTooLarge(s.maxDatasetBytes()))
+		return
+	}
+	body := http.MaxBytesReader(c.Writer, io.NopCloser(s.uploadBody(c)), maxBody)
 	filename := c.Query("filename")
 	var src io.Reader = body
+	size := c.Request.ContentLength
 	mediaType, params, _ := mime.ParseMediaType(c.GetHeader("Content-Type"))
 	if mediaType == "multipart/form-data" {
 		part, err := fileFromMultipart(body, params["boundary"])
@@ -54,7 +84,7 @@ func (s *Server) uploadDataset(c *gin.Context) {
 		if filename == "" {
 			filename = part.FileName()
 		}
-		src = part
+		src, size = part, -1
 	}
 	filename = path.Base(strings.ReplaceAll(strings.TrimSpace(filename), `\`, "/"))
 	if filename == "" || filename == "." || filename == "/" {
@@ -64,7 +94,9 @@ func (s *Server) uploadDataset(c *gin.Context) {
 		s.respondError(c, badRequest("filename must be at most 255 characters"))
 		return
 	}
-	d, err := s.storeDataset(c.Request.Context(), caller(c), filename, src)
+	d, err := s.storeDataset(c.Request.Context(), caller(c), filename, src, size)
+	// The upload may have outlasted the server's write timeout.
+	s.extendWrite(c)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -83,7 +115,7 @@ func fileFromMultipart(body io.Reader, boundary string) (*multipart.Part, error)
 			return nil, badRequest(`the multipart form has no "file" part`)
 		}
 		if err != nil {
-			return nil, badRequest("malformed multipart body: %v", err)
+			return nil, uploadError(fmt.Errorf("malformed multipart body: %w", err))
 		}
 		if p.FormName() == "file" {
 			return p, nil
@@ -91,10 +123,35 @@ func fileFromMultipart(body io.Reader, boundary string) (*multipart.Part, error)
 	}
 }
 
-// storeDataset streams src into the artifact store while validating it.
-func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename string, src io.Reader) (dbsqlc.Dataset, error) {
+// storeDataset streams src into the artifact store while validating it,
+// then records it within the organization's quota. size is src's length
+// when known beforehand, else -1. A dataset that fails leaves neither an
+// object nor a row behind.
+func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename string, src io.Reader, size int64) (dbsqlc.Dataset, error) {
+	org := key.OrganizationID
+	quota := s.Datasets.QuotaBytes > 0 || s.Datasets.QuotaCount > 0
+	var usage dbsqlc.DatasetUsageRow
+	if quota {
+		var err error
+		if usage, err = s.Store.Q.DatasetUsage(ctx, s.Store.Pool, org); err != nil {
+			return dbsqlc.Dataset{}, fmt.Errorf("read dataset usage: %w", err)
+		}
+		// Refused before a byte is read when the answer is already known.
+		if err := s.checkQuota(usage, max(size, 0)); err != nil {
+			return dbsqlc.Dataset{}, err
+		}
+	}
+	limit, tooLarge := s.maxDatasetBytes(), errDatasetTooLarge(s.maxDatasetBytes())
+	if q := s.Datasets.QuotaBytes; q > 0 && q-usage.Bytes < limit {
+		limit, tooLarge = q-usage.Bytes, s.quotaError(usage, "this dataset is larger than the space left")
+	}
+	if size > limit {
+		return dbsqlc.Dataset{}, tooLarge
+	}
+	src = &capReader{r: src, n: limit, err: tooLarge}
+
 	id := newID("ds_")
-	blobKey := artifacts.DatasetKey(key.OrganizationID, id)
+	blobKey := artifacts.DatasetKey(org, id)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -118,9 +175,10 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		cancel()
 		pw.CloseWithError(scanErr)
 		put := <-done
-		_ = s.Artifacts.Delete(context.WithoutCancel(ctx), blobKey)
+		s.discardBlob(ctx, blobKey)
 		var verr *dataset.ValidationError
-		if put.err != nil && !errors.As(scanErr, &verr) && !errors.Is(put.err, scanErr) && !errors.Is(put.err, context.Canceled) {
+		var apiErr *apiError
+		if put.err != nil && !errors.As(scanErr, &verr) && !errors.As(scanErr, &apiErr) && !errors.Is(put.err, scanErr) && !errors.Is(put.err, context.Canceled) {
 			// The store failed, not the client: a server error, logged, not shown.
 			return dbsqlc.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 		}
@@ -129,23 +187,128 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 	pw.Close()
 	put := <-done
 	if put.err != nil {
+		s.discardBlob(ctx, blobKey)
 		return dbsqlc.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 	}
-	d, err := s.Store.Q.CreateDataset(ctx, s.Store.Pool, dbsqlc.CreateDatasetParams{
-		ID: id, OrganizationID: key.OrganizationID, Filename: filename, Bytes: put.n, Sha256: put.sum,
-		BlobKey: blobKey, CreatedBy: key.UserID,
+	var d dbsqlc.Dataset
+	err := s.Store.InTx(ctx, func(tx pgx.Tx) error {
+		if quota {
+			if err := s.Store.Q.LockDatasetQuota(ctx, tx, org); err != nil {
+				return fmt.Errorf("lock dataset quota: %w", err)
+			}
+			usage, err := s.Store.Q.DatasetUsage(ctx, tx, org)
+			if err != nil {
+				return fmt.Errorf("read dataset usage: %w", err)
+			}
+			if err := s.checkQuota(usage, put.n); err != nil {
+				return err
+			}
+		}
+		var err error
+		d, err = s.Store.Q.CreateDataset(ctx, tx, dbsqlc.CreateDatasetParams{
+			ID: id, OrganizationID: org, Filename: filename, Bytes: put.n, Sha256: put.sum,
+			BlobKey: blobKey, CreatedBy: key.UserID,
+		})
+		if err != nil {
+			return fmt.Errorf("record dataset: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
-		_ = s.Artifacts.Delete(context.WithoutCancel(ctx), blobKey)
-		return dbsqlc.Dataset{}, fmt.Errorf("record dataset: %w", err)
+		s.discardBlob(ctx, blobKey)
+		return dbsqlc.Dataset{}, err
 	}
 	return d, nil
+}
+
+// discardBlob deletes the object of a dataset that was not recorded, even
+// when the request is over.
+func (s *Server) discardBlob(ctx context.Context, key string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := s.Artifacts.Delete(ctx, key); err != nil {
+		s.log.ErrorContext(ctx, "delete the object of a refused dataset", "key", key, "err", err)
+	}
+}
+
+// checkQuota refuses one more dataset of size bytes when it would take the
+// organization past its quota.
+func (s *Server) checkQuota(usage dbsqlc.DatasetUsageRow, size int64) error {
+	q := s.Datasets
+	switch {
+	case q.QuotaCount > 0 && usage.Datasets+1 > q.QuotaCount:
+		return s.quotaError(usage, "it holds as many datasets as it may")
+	case q.QuotaBytes > 0 && usage.Bytes+size > q.QuotaBytes:
+		return s.quotaError(usage, fmt.Sprintf("this dataset of %s would exceed it", formatBytes(size)))
+	}
+	return nil
+}
+
+// quotaError is a 409: the request conflicts with the organization's
+// current storage, which the client can change (delete datasets) before
+// retrying. Not a 413, which would blame this request's size alone, nor a
+// 429, since waiting does not help.
+func (s *Server) quotaError(usage dbsqlc.DatasetUsageRow, why string) *apiError {
+	var quota []string
+	if n := s.Datasets.QuotaCount; n > 0 {
+		quota = append(quota, fmt.Sprintf("%d datasets", n))
+	}
+	if n := s.Datasets.QuotaBytes; n > 0 {
+		quota = append(quota, fmt.Sprintf("%s (%d bytes)", formatBytes(n), n))
+	}
+	return newError(http.StatusConflict, "quota_exceeded",
+		"dataset quota exceeded: your organization stores %d datasets of %s (%d bytes) and its quota is %s; %s. "+
+			"Delete datasets you no longer need (DELETE /api/v1/fine-tuning/datasets/{id}) and try again",
+		usage.Datasets, formatBytes(usage.Bytes), usage.Bytes, strings.Join(quota, " and "), why)
+}
+
+// formatBytes writes n in binary units for people, e.g. "1.5 GiB".
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func errDatasetTooLarge(limit int64) *apiError {
+	return newError(http.StatusRequestEntityTooLarge, "payload_too_large", "the dataset exceeds %d bytes (%s), the most one dataset may hold", limit, formatBytes(limit))
+}
+
+// capReader reads r and fails with err once more than n bytes have come:
+// a limit enforced while the data streams, not after.
+type capReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n < 0 {
+		return 0, c.err
+	}
+	if int64(len(p)) > c.n+1 {
+		p = p[:c.n+1]
+	}
+	k, err := c.r.Read(p)
+	if c.n -= int64(k); c.n < 0 {
+		return k, c.err
+	}
+	return k, err
 }
 
 func uploadError(err error) error {
 	var verr *dataset.ValidationError
 	var maxErr *http.MaxBytesError
+	var apiErr *apiError
 	switch {
+	case errors.As(err, &apiErr):
+		return apiErr
 	case errors.As(err, &verr):
 		details := make([]fieldDetail, len(verr.Lines))
 		for i, l := range verr.Lines {
@@ -153,7 +316,9 @@ func uploadError(err error) error {
 		}
 		return &apiError{Status: http.StatusUnprocessableEntity, Code: "invalid_dataset", Message: verr.Error(), Details: details}
 	case errors.As(err, &maxErr):
-		return newError(http.StatusRequestEntityTooLarge, "payload_too_large", "the dataset exceeds %d bytes", maxErr.Limit)
+		return newError(http.StatusRequestEntityTooLarge, "payload_too_large", "the request body exceeds %d bytes", maxErr.Limit)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errStalled
 	}
 	return badRequest("the upload could not be read: %v", err)
 }
@@ -202,10 +367,13 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 		return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "cannot read %q inside the data directory: %v", ref, errors.Unwrap(err))
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil || st.IsDir() {
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
 		return dbsqlc.Dataset{}, notFound
 	}
-	d, err := s.storeDataset(ctx, key, filepath.Base(rel), f)
+	// Capped and validated like an upload: a file growing while it is
+	// read is cut off at the limit all the same.
+	d, err := s.storeDataset(ctx, key, filepath.Base(rel), f, st.Size())
 	var apiErr *apiError
 	if errors.As(err, &apiErr) {
 		apiErr.Message = field + ": " + apiErr.Message
@@ -257,6 +425,63 @@ func (s *Server) getDataset(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, viewDataset(d))
+}
+
+// deleteDataset removes a dataset: its row, then its object. A dataset a
+// job may still read is kept (409): queued and running jobs read it now,
+// and stopped and failed ones read it again when restarted. Completed and
+// deployed jobs never train again; they keep naming the dataset as a record.
+func (s *Server) deleteDataset(c *gin.Context) {
+	org, id := caller(c).OrganizationID, c.Param("id")
+	// Not cut short by a client that hangs up: the row and its object go
+	// together.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 30*time.Second)
+	defer cancel()
+	err := s.Store.InTx(ctx, func(tx pgx.Tx) error {
+		d, err := s.Store.Q.LockDataset(ctx, tx, dbsqlc.LockDatasetParams{OrganizationID: org, ID: id})
+		if db.IsNotFound(err) {
+			return notFound("dataset", id)
+		}
+		if err != nil {
+			return fmt.Errorf("lock dataset: %w", err)
+		}
+		users, err := s.Store.Q.ListJobsReadingDataset(ctx, tx, dbsqlc.ListJobsReadingDatasetParams{OrganizationID: org, DatasetID: id, Lim: 5})
+		if err != nil {
+			return fmt.Errorf("find the jobs using dataset %s: %w", id, err)
+		}
+		if len(users) > 0 {
+			return datasetInUse(id, users)
+		}
+		if _, err := s.Store.Q.DeleteDataset(ctx, tx, dbsqlc.DeleteDatasetParams{OrganizationID: org, ID: id}); err != nil {
+			return fmt.Errorf("delete dataset: %w", err)
+		}
+		// The object goes before the row's delete commits: if the store
+		// fails, the dataset stays whole and the delete can be retried.
+		if err := s.Artifacts.Delete(ctx, d.BlobKey); err != nil {
+			s.log.ErrorContext(ctx, "delete the object of a dataset", "dataset", id, "err", err)
+			return newError(http.StatusServiceUnavailable, "unavailable", "the artifact store did not delete the dataset's file; nothing was deleted, try again")
+		}
+		return nil
+	})
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+func datasetInUse(id string, users []dbsqlc.ListJobsReadingDatasetRow) error {
+	names := make([]string, len(users))
+	for i, u := range users {
+		names[i] = u.ID + " (" + u.Status + ")"
+	}
+	list := strings.Join(names, ", ")
+	if more := users[0].Total - int64(len(users)); more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return conflict("dataset %s is used by %d job(s) that may still read it: %s. Queued and running jobs read it while they train, "+
+		"and stopped or failed jobs read it again when restarted; delete those jobs (DELETE /api/v1/fine-tuning/jobs/{id}) "+
+		"or let them complete, then delete the dataset", id, users[0].Total, list)
 }
 
 // reservedPath reports paths of the data directory that hold tuneforge's

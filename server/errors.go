@@ -44,6 +44,9 @@ func conflict(format string, args ...any) *apiError {
 	return newError(http.StatusConflict, "conflict", format, args...)
 }
 
+// errStalled answers a request whose body stopped arriving in time.
+var errStalled = newError(http.StatusRequestTimeout, "request_timeout", "the request body stopped arriving in time; send it without pausing")
+
 // fieldErrors collects validation problems so a request reports all at once.
 type fieldErrors []fieldDetail
 

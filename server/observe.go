@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -89,6 +90,8 @@ func jsonError(err error) error {
 	switch {
 	case errors.As(err, &maxErr):
 		return newError(http.StatusRequestEntityTooLarge, "payload_too_large", "the request body exceeds %d bytes", maxErr.Limit)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errStalled
 	case errors.Is(err, io.EOF):
 		return badRequest("the request body is empty; send a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):

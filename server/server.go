@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -26,8 +27,10 @@ import (
 
 // Limits on what a request may carry.
 const (
-	maxJSONBody   = 1 << 20
-	maxUploadBody = 1 << 30
+	maxJSONBody = 1 << 20
+	// maxHeaderBytes bounds the request line and headers; keys, trace
+	// context and query strings fit many times over.
+	maxHeaderBytes = 64 << 10
 )
 
 // Deps is what the API needs.
@@ -43,6 +46,18 @@ type Deps struct {
 	// RateLimit is the requests per second each API key may make (with a
 	// burst of twice that); 0 means unlimited.
 	RateLimit float64
+	// AuthFailureRate is the failed authentications per second (with a
+	// burst of as many) a client address may make before its requests are
+	// refused without a database lookup; 0 means unlimited.
+	AuthFailureRate float64
+	// TrustedProxies are the proxies (addresses or CIDRs) whose
+	// X-Forwarded-For header names the client; with none, the client is
+	// the connection's peer and the header is ignored.
+	TrustedProxies []string
+	// Datasets bounds what each organization stores.
+	Datasets DatasetLimits
+	// Timeouts bound how long a client may hold a connection.
+	Timeouts Timeouts
 	// Inference is the backend that serves models trained by the command
 	// trainer; nil when none is configured.
 	Inference *inference.Client
@@ -63,13 +78,24 @@ type Server struct {
 	models  *serving.Models
 	metrics *httpMetrics
 	limiter *rateLimiter
+	// authFailures counts failed authentications per client address.
+	authFailures *rateLimiter
+	healthy      healthCheck
 }
 
 // New builds the API's router.
 func New(d Deps) *Server {
 	gin.SetMode(gin.ReleaseMode)
+	d.Timeouts = d.Timeouts.withDefaults()
 	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: serving.New(d.Artifacts, d.ModelCacheBytes),
-		limiter: newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit)))}
+		limiter:      newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit))),
+		authFailures: newRateLimiter(d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
+	}
+	if err := s.engine.SetTrustedProxies(d.TrustedProxies); err != nil {
+		// config.FromEnv checks them; trusting no proxy is the safe fallback.
+		s.log.Error("ignoring the trusted proxies", "err", err)
+		_ = s.engine.SetTrustedProxies(nil)
+	}
 	s.metrics = newHTTPMetrics(prometheus.DefaultRegisterer)
 	s.engine.Use(s.recover, s.observe)
 	s.engine.HandleMethodNotAllowed = true
@@ -81,7 +107,6 @@ func New(d Deps) *Server {
 	})
 
 	s.engine.GET("/healthz", s.health)
-	s.engine.GET("/metrics", gin.WrapH(promhttp.Handler()))
 
 	read, write := s.auth(apikey.ScopeRead), s.auth(apikey.ScopeWrite)
 	ft := s.engine.Group("/api/v1/fine-tuning")
@@ -103,6 +128,7 @@ func New(d Deps) *Server {
 	ft.POST("/datasets", write, s.uploadDataset)
 	ft.GET("/datasets", read, s.listDatasets)
 	ft.GET("/datasets/:id", read, s.getDataset)
+	ft.DELETE("/datasets/:id", write, s.deleteDataset)
 	s.engine.POST("/v1/chat/completions", read, s.chatCompletions)
 	s.engine.GET("/v1/models", read, s.listModels)
 	s.engine.GET("/v1/models/:model", read, s.getModel)
@@ -112,9 +138,39 @@ func New(d Deps) *Server {
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.engine.ServeHTTP(w, r) }
 
+// HTTPServer is the API's HTTP server on addr, with its timeouts.
+func (s *Server) HTTPServer(addr string) *http.Server {
+	t := s.Timeouts
+	return &http.Server{
+		Addr: addr, Handler: s, MaxHeaderBytes: maxHeaderBytes,
+		ReadHeaderTimeout: t.ReadHeader, ReadTimeout: t.Read, WriteTimeout: t.Write, IdleTimeout: t.Idle,
+	}
+}
+
 // ListenAndServe serves on addr until ctx ends, then shuts down gracefully.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	srv := &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	return serve(ctx, s.HTTPServer(addr))
+}
+
+// MetricsServer serves Prometheus metrics at /metrics on addr: a listener
+// of its own, kept off the public API port.
+func MetricsServer(addr string) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.Handler())
+	t := Timeouts{}.withDefaults()
+	return &http.Server{
+		Addr: addr, Handler: mux, MaxHeaderBytes: maxHeaderBytes,
+		ReadHeaderTimeout: t.ReadHeader, ReadTimeout: t.Read, WriteTimeout: t.Write, IdleTimeout: t.Idle,
+	}
+}
+
+// ListenAndServeMetrics serves MetricsServer on addr until ctx ends.
+func ListenAndServeMetrics(ctx context.Context, addr string) error {
+	return serve(ctx, MetricsServer(addr))
+}
+
+// serve runs srv until ctx ends, then shuts it down gracefully.
+func serve(ctx context.Context, srv *http.Server) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	select {
@@ -128,31 +184,58 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 }
 
 func (s *Server) health(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
-	defer cancel()
-	if err := s.Store.Pool.Ping(ctx); err != nil {
+	if err := s.healthy.check(c.Request.Context(), s.Store.Pool.Ping); err != nil {
 		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "database unavailable"))
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"status": "ok"})
 }
 
-type keyCtx struct{}
+// healthCheck pings PostgreSQL at most once a second and shares the answer:
+// /healthz takes no key, so a flood of it must not become database work.
+type healthCheck struct {
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
+func (h *healthCheck) check(ctx context.Context, ping func(context.Context) error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if time.Since(h.at) < time.Second {
+		return h.err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	h.err, h.at = ping(ctx), time.Now()
+	return h.err
+}
 
 // auth admits requests whose key (X-API-Key, or Authorization: Bearer for
-// OpenAI clients) is valid and carries scope.
+// OpenAI clients) is valid and carries scope. A client address that keeps
+// failing is refused before its key is looked up, so guessing keys costs
+// the database nothing.
 func (s *Server) auth(scope string) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		addr := clientAddr(c.ClientIP())
+		if blocked, wait := s.authFailures.blocked(addr); blocked {
+			c.Header("Retry-After", retryAfter(wait))
+			s.respondError(c, newError(http.StatusTooManyRequests, "rate_limited",
+				"too many failed authentications from your address; retry in %s with a valid API key", wait.Round(time.Millisecond)))
+			return
+		}
 		plaintext := c.GetHeader("X-API-Key")
 		if plaintext == "" {
 			plaintext, _ = strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
 		}
 		if plaintext == "" {
+			s.authFailures.take(addr)
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: send it in the X-API-Key header"))
 			return
 		}
 		key, err := apikey.Lookup(c.Request.Context(), s.Store, strings.TrimSpace(plaintext))
 		if errors.Is(err, apikey.ErrInvalid) {
+			s.authFailures.take(addr)
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "invalid API key"))
 			return
 		}

@@ -78,7 +78,7 @@ func TestStopRestartResumes(t *testing.T) {
 	if after := len(org.MetricSteps(t, id)); after != before {
 		t.Fatalf("training went on after the stop: %d then %d metric points", before, after)
 	}
-	if h := pool(t, org, "gpu-a100-80gb"); h["availableSlots"] != 1.0 {
+	if h := pool(t, org, "gpu-a100-80gb"); h["runningJobs"] != 0.0 {
 		t.Errorf("the slot was not released: %v", h)
 	}
 	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 409, "stopped")
@@ -109,7 +109,7 @@ func TestOneSlotRunsJobsInTurn(t *testing.T) {
 		}
 		h := pool(t, org, "gpu-a100-80gb")
 		if h["queuedJobs"] == 2.0 {
-			if h["totalSlots"] != 1.0 || h["availableSlots"] != 0.0 {
+			if h["totalSlots"] != 1.0 || h["runningJobs"] != 1.0 {
 				t.Errorf("pool while busy: %v", h)
 			}
 			break
@@ -138,7 +138,7 @@ func TestOneSlotRunsJobsInTurn(t *testing.T) {
 	for _, id := range []string{first, second, third} {
 		expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
 	}
-	if h := pool(t, org, "gpu-a100-80gb"); h["availableSlots"] != 1.0 || h["queuedJobs"] != 0.0 {
+	if h := pool(t, org, "gpu-a100-80gb"); h["runningJobs"] != 0.0 || h["queuedJobs"] != 0.0 {
 		t.Errorf("pool after all three: %v", h)
 	}
 }

@@ -75,10 +75,7 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 	acts := p.activities()
-	roles := []func(context.Context) error{
-		func(ctx context.Context) error { return workers.RunControl(ctx, p.temporal, acts) },
-		func(ctx context.Context) error { return p.api(cfg).ListenAndServe(ctx, cfg.HTTPAddr) },
-	}
+	roles := append(p.apiRoles(cfg), func(ctx context.Context) error { return workers.RunControl(ctx, p.temporal, acts) })
 	for _, h := range hardware {
 		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots, CheckGPUs: cfg.Trainer == config.TrainerCommand}
 		tacts, err := p.trainingActivities(cfg, t.ID)
@@ -98,6 +95,7 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	fmt.Fprintf(os.Stderr, `
 tuneforge dev is running
   API             http://%s/api/v1/fine-tuning
+  Metrics         %s
   Temporal Web UI %s
   Temporal        %s (namespace %s)
   Data directory  %s
@@ -107,7 +105,7 @@ Development API key (org org_dev, user user_dev, both scopes):
   export TUNEFORGE_API_KEY=%s
   curl -H "X-API-Key: $TUNEFORGE_API_KEY" http://%s/api/v1/fine-tuning/jobs
 
-`, cfg.HTTPAddr, srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, cfg.DataDir, slots, len(hardware), trainerLabel(cfg), key, cfg.HTTPAddr)
+`, cfg.HTTPAddr, metricsURL(cfg.MetricsAddr), srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, cfg.DataDir, slots, len(hardware), trainerLabel(cfg), key, cfg.HTTPAddr)
 	return group(ctx, roles...)
 }
 
@@ -129,4 +127,11 @@ func devKey(ctx context.Context, p *platform, dataDir string) (string, error) {
 		return "", fmt.Errorf("save development key: %w", err)
 	}
 	return key, nil
+}
+
+func metricsURL(addr string) string {
+	if addr == "" {
+		return "off (TUNEFORGE_METRICS_ADDR is empty)"
+	}
+	return "http://" + addr + "/metrics"
 }

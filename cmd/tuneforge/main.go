@@ -109,7 +109,7 @@ func runAPIKey(ctx context.Context, cfg config.Config, args []string) error {
 		return err
 	}
 	defer store.Close()
-	key, err := apikey.Create(ctx, store, *org, *user, splitList(*scopes))
+	key, err := apikey.Create(ctx, store, *org, *user, config.SplitList(*scopes))
 	if err != nil {
 		return err
 	}
@@ -124,7 +124,7 @@ func runAPI(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	defer p.close()
 	log.Info("API listening", "addr", cfg.HTTPAddr)
-	return p.api(cfg).ListenAndServe(ctx, cfg.HTTPAddr)
+	return group(ctx, p.apiRoles(cfg)...)
 }
 
 func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []string) error {
@@ -172,16 +172,6 @@ func trainerLabel(cfg config.Config) string {
 		return "command: " + cfg.TrainerCmd
 	}
 	return "builtin CPU trainer"
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }
 
 // group runs fns until the first fails or ctx ends.

@@ -90,7 +90,23 @@ func (p *platform) api(cfg config.Config) *server.Server {
 	return server.New(server.Deps{
 		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
+		AuthFailureRate: cfg.AuthFailureRate, TrustedProxies: cfg.TrustedProxies,
+		Datasets: server.DatasetLimits{
+			MaxBytes: cfg.DatasetMaxBytes, QuotaBytes: cfg.DatasetQuotaBytes, QuotaCount: cfg.DatasetQuotaCount,
+		},
 		Inference: p.inference, AdapterDir: p.adapterDir, MaxActiveJobs: cfg.MaxActiveJobs,
 		ModelCacheBytes: cfg.ModelCacheBytes,
 	})
+}
+
+// apiRoles serve the API and, on its own address unless turned off, the
+// Prometheus metrics.
+func (p *platform) apiRoles(cfg config.Config) []func(context.Context) error {
+	api := p.api(cfg)
+	roles := []func(context.Context) error{func(ctx context.Context) error { return api.ListenAndServe(ctx, cfg.HTTPAddr) }}
+	if cfg.MetricsAddr != "" {
+		p.log.Info("metrics listening", "addr", cfg.MetricsAddr)
+		roles = append(roles, func(ctx context.Context) error { return server.ListenAndServeMetrics(ctx, cfg.MetricsAddr) })
+	}
+	return roles
 }

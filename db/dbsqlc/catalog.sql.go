@@ -118,3 +118,41 @@ func (q *Queries) ListHardware(ctx context.Context, db DBTX) ([]Hardware, error)
 	}
 	return items, nil
 }
+
+const listOrganizationPoolJobs = `-- name: ListOrganizationPoolJobs :many
+SELECT hardware_id,
+    count(*) FILTER (WHERE granted_at IS NULL) AS queued,
+    count(*) FILTER (WHERE granted_at IS NOT NULL) AS running
+FROM gpu_leases
+WHERE organization_id = $1
+GROUP BY hardware_id
+`
+
+type ListOrganizationPoolJobsRow struct {
+	HardwareID string
+	Queued     int64
+	Running    int64
+}
+
+// The organization's own jobs waiting for (queued) and holding (running) a
+// slot of each pool; other organizations' jobs are theirs to know. Leases
+// carry their job's organization since 0005, so no join to jobs is needed.
+func (q *Queries) ListOrganizationPoolJobs(ctx context.Context, db DBTX, organizationID string) ([]ListOrganizationPoolJobsRow, error) {
+	rows, err := db.Query(ctx, listOrganizationPoolJobs, organizationID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListOrganizationPoolJobsRow{}
+	for rows.Next() {
+		var i ListOrganizationPoolJobsRow
+		if err := rows.Scan(&i.HardwareID, &i.Queued, &i.Running); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

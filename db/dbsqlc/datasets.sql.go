@@ -60,6 +60,40 @@ func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetP
 	return i, err
 }
 
+const datasetUsage = `-- name: DatasetUsage :one
+SELECT count(*) AS datasets, coalesce(sum(bytes), 0)::bigint AS bytes
+FROM datasets WHERE organization_id = $1
+`
+
+type DatasetUsageRow struct {
+	Datasets int64
+	Bytes    int64
+}
+
+func (q *Queries) DatasetUsage(ctx context.Context, db DBTX, organizationID string) (DatasetUsageRow, error) {
+	row := db.QueryRow(ctx, datasetUsage, organizationID)
+	var i DatasetUsageRow
+	err := row.Scan(&i.Datasets, &i.Bytes)
+	return i, err
+}
+
+const deleteDataset = `-- name: DeleteDataset :execrows
+DELETE FROM datasets WHERE organization_id = $1 AND id = $2
+`
+
+type DeleteDatasetParams struct {
+	OrganizationID string
+	ID             string
+}
+
+func (q *Queries) DeleteDataset(ctx context.Context, db DBTX, arg DeleteDatasetParams) (int64, error) {
+	result, err := db.Exec(ctx, deleteDataset, arg.OrganizationID, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const getDataset = `-- name: GetDataset :one
 SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at FROM datasets WHERE organization_id = $1 AND id = $2
 `
@@ -125,4 +159,86 @@ func (q *Queries) ListDatasets(ctx context.Context, db DBTX, arg ListDatasetsPar
 		return nil, err
 	}
 	return items, nil
+}
+
+const listJobsReadingDataset = `-- name: ListJobsReadingDataset :many
+SELECT id, status, count(*) OVER () AS total FROM jobs
+WHERE organization_id = $1
+  AND (training_dataset_id = $2 OR validation_dataset_id = $2)
+  AND status NOT IN ('completed', 'deployed')
+ORDER BY created_at, id
+LIMIT $3
+`
+
+type ListJobsReadingDatasetParams struct {
+	OrganizationID string
+	DatasetID      string
+	Lim            int32
+}
+
+type ListJobsReadingDatasetRow struct {
+	ID     string
+	Status string
+	Total  int64
+}
+
+// The organization's jobs that may still read the dataset: all but
+// completed and deployed ones, which never train again (failed and stopped
+// jobs can be restarted). total counts them all; at most @lim are listed.
+func (q *Queries) ListJobsReadingDataset(ctx context.Context, db DBTX, arg ListJobsReadingDatasetParams) ([]ListJobsReadingDatasetRow, error) {
+	rows, err := db.Query(ctx, listJobsReadingDataset, arg.OrganizationID, arg.DatasetID, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListJobsReadingDatasetRow{}
+	for rows.Next() {
+		var i ListJobsReadingDatasetRow
+		if err := rows.Scan(&i.ID, &i.Status, &i.Total); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const lockDataset = `-- name: LockDataset :one
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE
+`
+
+type LockDatasetParams struct {
+	OrganizationID string
+	ID             string
+}
+
+// Holds the dataset until the transaction ends: a job being created with it
+// waits (the jobs_dataset_exists trigger), so none starts using it unseen.
+func (q *Queries) LockDataset(ctx context.Context, db DBTX, arg LockDatasetParams) (Dataset, error) {
+	row := db.QueryRow(ctx, lockDataset, arg.OrganizationID, arg.ID)
+	var i Dataset
+	err := row.Scan(
+		&i.ID,
+		&i.OrganizationID,
+		&i.Filename,
+		&i.Bytes,
+		&i.Sha256,
+		&i.BlobKey,
+		&i.CreatedBy,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
+const lockDatasetQuota = `-- name: LockDatasetQuota :exec
+SELECT pg_advisory_xact_lock(hashtext('dataset-quota:' || $1::text))
+`
+
+// Serializes the quota check and insert of one organization's datasets
+// until the transaction ends, so parallel uploads cannot overshoot it.
+func (q *Queries) LockDatasetQuota(ctx context.Context, db DBTX, organizationID string) error {
+	_, err := db.Exec(ctx, lockDatasetQuota, organizationID)
+	return err
 }

@@ -14,3 +14,31 @@ LIMIT $2 OFFSET $3;
 
 -- name: CountDatasets :one
 SELECT count(*) FROM datasets WHERE organization_id = $1;
+
+-- name: LockDatasetQuota :exec
+-- Serializes the quota check and insert of one organization's datasets
+-- until the transaction ends, so parallel uploads cannot overshoot it.
+SELECT pg_advisory_xact_lock(hashtext('dataset-quota:' || @organization_id::text));
+
+-- name: DatasetUsage :one
+SELECT count(*) AS datasets, coalesce(sum(bytes), 0)::bigint AS bytes
+FROM datasets WHERE organization_id = $1;
+
+-- name: LockDataset :one
+-- Holds the dataset until the transaction ends: a job being created with it
+-- waits (the jobs_dataset_exists trigger), so none starts using it unseen.
+SELECT * FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE;
+
+-- name: ListJobsReadingDataset :many
+-- The organization's jobs that may still read the dataset: all but
+-- completed and deployed ones, which never train again (failed and stopped
+-- jobs can be restarted). total counts them all; at most @lim are listed.
+SELECT id, status, count(*) OVER () AS total FROM jobs
+WHERE organization_id = @organization_id
+  AND (training_dataset_id = @dataset_id OR validation_dataset_id = @dataset_id)
+  AND status NOT IN ('completed', 'deployed')
+ORDER BY created_at, id
+LIMIT @lim;
+
+-- name: DeleteDataset :execrows
+DELETE FROM datasets WHERE organization_id = $1 AND id = $2;

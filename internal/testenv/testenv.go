@@ -136,10 +136,14 @@ func (e *Env) start() error {
 		t := workers.Training{ID: "test/" + pool, HardwareID: pool, Slots: 1}
 		e.Go(func(ctx context.Context) error { return workers.RunTraining(ctx, e.Temporal, e.Activities, t, e.Log) })
 	}
-	e.API = httptest.NewServer(server.New(server.Deps{
+	api := server.New(server.Deps{
 		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
 		Inference: inf, AdapterDir: e.AdapterDir, MaxActiveJobs: e.maxActive,
-	}))
+	})
+	// The API's own HTTP server settings (timeouts, header limit), as in production.
+	e.API = httptest.NewUnstartedServer(api)
+	e.API.Config = api.HTTPServer("")
+	e.API.Start()
 	return nil
 }
 
