@@ -238,6 +238,15 @@ func TestDatasets(t *testing.T) {
 	expect(t, r, 201)
 	job := org.Do(t, "GET", jobsPath+"/"+r.Body["id"].(string), nil)
 	expect(t, job, 200, `"trainingFile":"local.jsonl"`, `"trainingDataset":"local.jsonl"`)
+	// A request that imports and then fails (here its validation file does
+	// not exist) keeps nothing it imported.
+	fresh := env.NewOrg(t)
+	r = fresh.Do(t, "POST", jobsPath, map[string]any{"name": "half", "baseModel": "llama-3.1-8b", "trainingDataset": "local.jsonl", "validationFile": "missing.jsonl"})
+	expect(t, r, 422, "validationFile")
+	expect(t, fresh.Do(t, "GET", "/api/v1/fine-tuning/datasets", nil), 200, `"count":0`)
+	if keys, err := env.Artifacts.List(context.Background(), "datasets/"+fresh.ID+"/"); err != nil || len(keys) > 0 {
+		t.Fatalf("the failed request left %v in the store (%v)", keys, err)
+	}
 	// The platform's own files in the data directory are not importable:
 	// another organization's dataset in the artifact store, the dev key.
 	other2 := env.NewOrg(t)

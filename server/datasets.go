@@ -328,7 +328,7 @@ func uploadError(err error) error {
 // data directory, which is imported (a path that escapes it is refused).
 func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field string) (dbsqlc.Dataset, error) {
 	ref = strings.TrimSpace(ref)
-	if strings.HasPrefix(ref, "ds_") {
+	if isDatasetID(ref) {
 		d, err := s.Store.Q.GetDataset(ctx, s.Store.Pool, dbsqlc.GetDatasetParams{OrganizationID: key.OrganizationID, ID: ref})
 		if db.IsNotFound(err) {
 			return d, fieldError(http.StatusUnprocessableEntity, field, "unknown dataset %q; upload one with POST /api/v1/fine-tuning/datasets", ref)
@@ -381,6 +381,9 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 	return d, err
 }
 
+// isDatasetID tells a dataset ID from a path to import.
+func isDatasetID(ref string) bool { return strings.HasPrefix(strings.TrimSpace(ref), "ds_") }
+
 func fieldError(status int, field, format string, args ...any) error {
 	var errs fieldErrors
 	errs.add(field, format, args...)
@@ -432,12 +435,30 @@ func (s *Server) getDataset(c *gin.Context) {
 // and stopped and failed ones read it again when restarted. Completed and
 // deployed jobs never train again; they keep naming the dataset as a record.
 func (s *Server) deleteDataset(c *gin.Context) {
-	org, id := caller(c).OrganizationID, c.Param("id")
+	if err := s.removeDataset(c.Request.Context(), caller(c).OrganizationID, c.Param("id")); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+// dropImports deletes datasets a failed job request imported by path.
+func (s *Server) dropImports(ctx context.Context, org string, ids []string) {
+	for _, id := range ids {
+		if err := s.removeDataset(ctx, org, id); err != nil {
+			s.log.WarnContext(ctx, "delete a dataset imported for a job that was not created", "dataset", id, "err", err)
+		}
+	}
+}
+
+// removeDataset deletes a dataset no job may read any more, its row and
+// its object together.
+func (s *Server) removeDataset(ctx context.Context, org, id string) error {
 	// Not cut short by a client that hangs up: the row and its object go
 	// together.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := s.Store.InTx(ctx, func(tx pgx.Tx) error {
+	return s.Store.InTx(ctx, func(tx pgx.Tx) error {
 		d, err := s.Store.Q.LockDataset(ctx, tx, dbsqlc.LockDatasetParams{OrganizationID: org, ID: id})
 		if db.IsNotFound(err) {
 			return notFound("dataset", id)
@@ -463,11 +484,6 @@ func (s *Server) deleteDataset(c *gin.Context) {
 		}
 		return nil
 	})
-	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	c.Status(http.StatusNoContent)
 }
 
 func datasetInUse(id string, users []dbsqlc.ListJobsReadingDatasetRow) error {

@@ -173,22 +173,7 @@ func (s *Server) createJob(c *gin.Context) {
 			return
 		}
 	}
-	train, err := s.resolveDataset(ctx, key, req.TrainingDataset, "trainingDataset")
-	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	var valid *dbsqlc.Dataset
-	if req.ValidationFile != "" {
-		v, err := s.resolveDataset(ctx, key, req.ValidationFile, "validationFile")
-		if err != nil {
-			s.respondError(c, err)
-			return
-		}
-		valid = &v
-	}
-
-	// A quick read first, so an organization at its cap starts nothing; the
+	// A quick read first, so an organization at its cap starts (and imports) nothing; the
 	// job's own creation checks again under a lock.
 	active, err := s.Store.Q.CountActiveJobs(ctx, s.Store.Pool, dbsqlc.CountActiveJobsParams{OrganizationID: key.OrganizationID, Statuses: jobstatus.Strings(jobstatus.Active)})
 	if err != nil {
@@ -198,6 +183,37 @@ func (s *Server) createJob(c *gin.Context) {
 	if active >= int64(s.MaxActiveJobs) {
 		s.respondError(c, tooManyJobs(active))
 		return
+	}
+
+	// Datasets the request imports by path are its own: a request that
+	// creates no job deletes them again, so they never count against the
+	// organization's quota.
+	var imported []string
+	keepImports := false
+	defer func() {
+		if !keepImports {
+			s.dropImports(ctx, key.OrganizationID, imported)
+		}
+	}()
+	train, err := s.resolveDataset(ctx, key, req.TrainingDataset, "trainingDataset")
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	if !isDatasetID(req.TrainingDataset) {
+		imported = append(imported, train.ID)
+	}
+	var valid *dbsqlc.Dataset
+	if req.ValidationFile != "" {
+		v, err := s.resolveDataset(ctx, key, req.ValidationFile, "validationFile")
+		if err != nil {
+			s.respondError(c, err)
+			return
+		}
+		if !isDatasetID(req.ValidationFile) {
+			imported = append(imported, v.ID)
+		}
+		valid = &v
 	}
 
 	jobID := newID("ftjob_")
@@ -222,7 +238,9 @@ func (s *Server) createJob(c *gin.Context) {
 		input.ValidationKey = valid.BlobKey
 	}
 
-	err = s.startJob(ctx, input)
+	pending, err := s.startJob(ctx, input)
+	// A job that is (or may yet be) created reads the imported datasets.
+	keepImports = err == nil || pending
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest {
 		// A concurrent request with the same Idempotency-Key won the race.
@@ -267,8 +285,9 @@ const createTimeout = 15 * time.Second
 // startJob starts the job's workflow and waits, in the same call, for it to
 // write the job's row: the workflow owns the row, so a request cut short
 // after the start still leaves a whole job, and one cut short before it
-// leaves nothing.
-func (s *Server) startJob(ctx context.Context, in workflows.JobInput) error {
+// leaves nothing. pending says that the workflow started but did not
+// confirm in time, so the job may yet appear.
+func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, createTimeout)
 	defer cancel()
 	start := s.Temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
@@ -292,20 +311,20 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) error {
 	var appErr *temporal.ApplicationError
 	switch {
 	case err == nil:
-		return nil
+		return false, nil
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeTooManyJobs:
-		return newError(http.StatusTooManyRequests, "too_many_jobs", "%s", appErr.Message())
+		return false, newError(http.StatusTooManyRequests, "too_many_jobs", "%s", appErr.Message())
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeInvalidData:
-		return newError(http.StatusUnprocessableEntity, "invalid_request", "%s", appErr.Message())
+		return false, newError(http.StatusUnprocessableEntity, "invalid_request", "%s", appErr.Message())
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest:
-		return err
+		return false, err
 	}
 	s.log.ErrorContext(ctx, "start job workflow", "job", in.JobID, "err", err)
 	if started(ctx, start) {
-		return newError(http.StatusServiceUnavailable, "unavailable",
+		return true, newError(http.StatusServiceUnavailable, "unavailable",
 			"job %s was accepted but not confirmed in time; it appears in GET /api/v1/fine-tuning/jobs once created (retry with the same Idempotency-Key to get it)", in.JobID)
 	}
-	return newError(http.StatusServiceUnavailable, "unavailable", "the workflow service did not accept the job; nothing was created, try again")
+	return false, newError(http.StatusServiceUnavailable, "unavailable", "the workflow service did not accept the job; nothing was created, try again")
 }
 
 // idempotentReplay returns the job an earlier request with the same key made.
@@ -371,6 +390,9 @@ func (s *Server) listJobs(c *gin.Context) {
 	status, baseModel, search := optional("status"), optional("baseModel"), optional("search")
 	if status != nil && !jobstatus.Status(*status).Valid() {
 		errs.add("status", "must be one of %s", jobstatus.Names())
+	}
+	if search != nil && len(*search) > 200 {
+		errs.add("search", "must be at most 200 characters")
 	}
 	if search != nil {
 		escaped := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(*search)
