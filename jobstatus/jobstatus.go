@@ -26,6 +26,11 @@ var All = []Status{Queued, Running, Completed, Failed, Stopped, Deployed}
 // organization's cap counts them.
 var Active = []Status{Queued, Running}
 
+// MayTrain lists the statuses of jobs that may still read their datasets:
+// active ones, and failed or stopped ones, which a restart trains again.
+// Completed and deployed jobs never train again.
+var MayTrain = []Status{Queued, Running, Failed, Stopped}
+
 // Valid reports whether s is a status.
 func (s Status) Valid() bool {
 	for _, v := range All {

@@ -23,6 +23,7 @@ import (
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 type datasetView struct {
@@ -466,7 +467,9 @@ func (s *Server) removeDataset(ctx context.Context, org, id string) error {
 		if err != nil {
 			return fmt.Errorf("lock dataset: %w", err)
 		}
-		users, err := s.Store.Q.ListJobsReadingDataset(ctx, tx, dbsqlc.ListJobsReadingDatasetParams{OrganizationID: org, DatasetID: id, Lim: 5})
+		users, err := s.Store.Q.ListJobsReadingDataset(ctx, tx, dbsqlc.ListJobsReadingDatasetParams{
+			OrganizationID: org, DatasetID: id, Statuses: jobstatus.Strings(jobstatus.MayTrain), Lim: 5,
+		})
 		if err != nil {
 			return fmt.Errorf("find the jobs using dataset %s: %w", id, err)
 		}
@@ -489,7 +492,7 @@ func (s *Server) removeDataset(ctx context.Context, org, id string) error {
 func datasetInUse(id string, users []dbsqlc.ListJobsReadingDatasetRow) error {
 	names := make([]string, len(users))
 	for i, u := range users {
-		names[i] = u.ID + " (" + u.Status + ")"
+		names[i] = u.ID + " (" + string(u.Status) + ")"
 	}
 	list := strings.Join(names, ", ")
 	if more := users[0].Total - int64(len(users)); more > 0 {

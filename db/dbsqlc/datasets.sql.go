@@ -7,6 +7,8 @@ package dbsqlc
 
 import (
 	"context"
+
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 const countDatasets = `-- name: CountDatasets :one
@@ -165,28 +167,34 @@ const listJobsReadingDataset = `-- name: ListJobsReadingDataset :many
 SELECT id, status, count(*) OVER () AS total FROM jobs
 WHERE organization_id = $1
   AND (training_dataset_id = $2 OR validation_dataset_id = $2)
-  AND status NOT IN ('completed', 'deployed')
+  AND status::text = ANY($3::text[])
 ORDER BY created_at, id
-LIMIT $3
+LIMIT $4
 `
 
 type ListJobsReadingDatasetParams struct {
 	OrganizationID string
 	DatasetID      string
+	Statuses       []string
 	Lim            int32
 }
 
 type ListJobsReadingDatasetRow struct {
 	ID     string
-	Status string
+	Status jobstatus.Status
 	Total  int64
 }
 
-// The organization's jobs that may still read the dataset: all but
-// completed and deployed ones, which never train again (failed and stopped
-// jobs can be restarted). total counts them all; at most @lim are listed.
+// The organization's jobs in @statuses (those that may still read their
+// datasets) that use the dataset. total counts them all; at most @lim are
+// listed.
 func (q *Queries) ListJobsReadingDataset(ctx context.Context, db DBTX, arg ListJobsReadingDatasetParams) ([]ListJobsReadingDatasetRow, error) {
-	rows, err := db.Query(ctx, listJobsReadingDataset, arg.OrganizationID, arg.DatasetID, arg.Lim)
+	rows, err := db.Query(ctx, listJobsReadingDataset,
+		arg.OrganizationID,
+		arg.DatasetID,
+		arg.Statuses,
+		arg.Lim,
+	)
 	if err != nil {
 		return nil, err
 	}

@@ -30,13 +30,13 @@ FROM datasets WHERE organization_id = $1;
 SELECT * FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE;
 
 -- name: ListJobsReadingDataset :many
--- The organization's jobs that may still read the dataset: all but
--- completed and deployed ones, which never train again (failed and stopped
--- jobs can be restarted). total counts them all; at most @lim are listed.
+-- The organization's jobs in @statuses (those that may still read their
+-- datasets) that use the dataset. total counts them all; at most @lim are
+-- listed.
 SELECT id, status, count(*) OVER () AS total FROM jobs
 WHERE organization_id = @organization_id
   AND (training_dataset_id = @dataset_id OR validation_dataset_id = @dataset_id)
-  AND status NOT IN ('completed', 'deployed')
+  AND status::text = ANY(@statuses::text[])
 ORDER BY created_at, id
 LIMIT @lim;
 
