@@ -53,7 +53,8 @@ type NewJob struct {
 	// IdempotencyKey, when set, is recorded with the row, with RequestHash.
 	IdempotencyKey string
 	RequestHash    []byte
-	// MaxActiveJobs caps the organization's queued plus running jobs.
+	// MaxActiveJobs caps the organization's queued plus running jobs; 0
+	// means no cap.
 	MaxActiveJobs int
 }
 
@@ -75,7 +76,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		if err != nil {
 			return fmt.Errorf("count active jobs: %w", err)
 		}
-		if active >= int64(j.MaxActiveJobs) {
+		if j.MaxActiveJobs > 0 && active >= int64(j.MaxActiveJobs) {
 			return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
 				"your organization has %d queued or running jobs, the most it may have; wait for some to finish, or stop or delete queued ones", active),
 				ErrTypeTooManyJobs, nil)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/workers"
 )
@@ -80,7 +81,7 @@ func insertJobRow(dbtx dbsqlc.DBTX, org, id, hardware, ds string, valid *string)
 	_, err := env.Store.Q.CreateJob(context.Background(), dbtx, dbsqlc.CreateJobParams{
 		ID: id, OrganizationID: org, Owner: "u", Name: "n", BaseModel: "llama-3.1-8b", HardwareID: hardware,
 		TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "train.jsonl", ValidationDatasetID: valid,
-		Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", CreatedAt: time.Now(),
+		Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", Status: jobstatus.Queued, CreatedAt: time.Now(),
 	})
 	return err
 }

@@ -180,7 +180,7 @@ func (s *Server) createJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	if active >= int64(s.MaxActiveJobs) {
+	if s.MaxActiveJobs > 0 && active >= int64(s.MaxActiveJobs) {
 		s.respondError(c, tooManyJobs(active))
 		return
 	}

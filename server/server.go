@@ -63,7 +63,8 @@ type Deps struct {
 	Inference *inference.Client
 	// AdapterDir is where deploys materialize adapters for that backend.
 	AdapterDir string
-	// MaxActiveJobs caps each organization's queued plus running jobs.
+	// MaxActiveJobs caps each organization's queued plus running jobs; 0
+	// means no cap.
 	MaxActiveJobs int
 	// ModelCacheBytes is the memory builtin models may take while served;
 	// 0 means serving.DefaultCacheBytes.
