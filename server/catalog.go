@@ -16,15 +16,14 @@ func (s *Server) baseModels(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	out := make([]gin.H, len(rows))
+	out := baseModelList{Models: make([]baseModelView, len(rows))}
 	for i, m := range rows {
-		out[i] = gin.H{
-			"id": m.ID, "name": m.Name, "provider": m.Provider, "parameterCount": m.ParameterCount,
-			"supportedTasks": m.SupportedTasks, "maxSequenceLength": m.MaxSequenceLength,
-			"defaultHardware": m.DefaultHardwareID,
+		out.Models[i] = baseModelView{
+			ID: m.ID, Name: m.Name, Provider: m.Provider, ParameterCount: m.ParameterCount,
+			SupportedTasks: m.SupportedTasks, MaxSequenceLength: m.MaxSequenceLength, DefaultHardware: m.DefaultHardwareID,
 		}
 	}
-	c.JSON(http.StatusOK, gin.H{"models": out})
+	c.JSON(http.StatusOK, out)
 }
 
 // hardware lists the pools with their live capacity, and the caller's own
@@ -56,14 +55,14 @@ func (s *Server) hardware(c *gin.Context) {
 	for _, j := range own {
 		jobs[j.HardwareID] = j
 	}
-	out := make([]gin.H, len(rows))
+	out := hardwareList{Hardware: make([]hardwareView, len(rows))}
 	for i, h := range rows {
-		out[i] = gin.H{
-			"id": h.ID, "name": h.Name, "gpuMemory": h.GpuMemory, "gpuCount": h.GpuCount, "costPerHour": h.CostPerHour,
-			"totalSlots": capacity[h.ID], "queuedJobs": jobs[h.ID].Queued, "runningJobs": jobs[h.ID].Running,
+		out.Hardware[i] = hardwareView{
+			ID: h.ID, Name: h.Name, GPUMemory: h.GpuMemory, GPUCount: h.GpuCount, CostPerHour: h.CostPerHour,
+			TotalSlots: capacity[h.ID], QueuedJobs: jobs[h.ID].Queued, RunningJobs: jobs[h.ID].Running,
 		}
 	}
-	c.JSON(http.StatusOK, gin.H{"hardware": out})
+	c.JSON(http.StatusOK, out)
 }
 
 // The cost model. A job trains datasetSize × tokensPerExample × epochs
@@ -138,14 +137,9 @@ func (s *Server) estimateCost(c *gin.Context) {
 	throughput := referenceThroughput / model.ParametersBillions * hw.SpeedFactor
 	seconds := tokens / throughput
 	cost := seconds / 3600 * hw.CostPerHour
-	c.JSON(http.StatusOK, gin.H{
-		"baseModel":            model.ID,
-		"datasetSize":          *req.DatasetSize,
-		"hardware":             hw.ID,
-		"epochs":               epochs,
-		"estimatedTokens":      int64(tokens),
-		"estimatedCost":        math.Ceil(cost*100) / 100,
-		"estimatedTimeMinutes": int64(math.Ceil(seconds / 60)),
-		"currency":             "USD",
+	c.JSON(http.StatusOK, costEstimate{
+		BaseModel: model.ID, DatasetSize: *req.DatasetSize, Hardware: hw.ID, Epochs: epochs,
+		EstimatedTokens: int64(tokens), EstimatedCost: math.Ceil(cost*100) / 100,
+		EstimatedTimeMinutes: int64(math.Ceil(seconds / 60)), Currency: "USD",
 	})
 }

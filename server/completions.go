@@ -102,47 +102,78 @@ func (s *Server) chatCompletions(c *gin.Context) {
 	pred := model.Predict(prompt)
 	promptTokens, completionTokens := dataset.CountTokens(prompt), dataset.CountTokens(pred.Label)
 	id, created := newID("chatcmpl-"), time.Now().Unix()
-	usage := gin.H{"prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens}
+	usage := chatUsage{PromptTokens: promptTokens, CompletionTokens: completionTokens, TotalTokens: promptTokens + completionTokens}
 	if req.Stream {
-		streamAnswer(c, gin.H{"id": id, "object": "chat.completion.chunk", "created": created, "model": req.Model},
+		streamAnswer(c, chatChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: req.Model},
 			pred.Label, usage, req.StreamOptions.IncludeUsage)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{
-		"id":      id,
-		"object":  "chat.completion",
-		"created": created,
-		"model":   req.Model,
-		"choices": []gin.H{{
-			"index":         0,
-			"message":       chatMessage{Role: "assistant", Content: pred.Label},
-			"finish_reason": "stop",
-			"probability":   pred.Probability,
+	c.JSON(http.StatusOK, chatCompletion{
+		ID: id, Object: "chat.completion", Created: created, Model: req.Model,
+		Choices: []chatChoice{{
+			Message: chatMessage{Role: "assistant", Content: pred.Label}, FinishReason: "stop", Probability: pred.Probability,
 		}},
-		"usage": usage,
+		Usage: usage,
 	})
 }
+
+// The OpenAI chat completion objects a builtin model answers with.
+type (
+	chatUsage struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+		TotalTokens      int `json:"total_tokens"`
+	}
+	chatChoice struct {
+		Index        int         `json:"index"`
+		Message      chatMessage `json:"message"`
+		FinishReason string      `json:"finish_reason"`
+		// Probability is the model's confidence in its label (tuneforge's own).
+		Probability float64 `json:"probability"`
+	}
+	chatCompletion struct {
+		ID      string       `json:"id"`
+		Object  string       `json:"object"`
+		Created int64        `json:"created"`
+		Model   string       `json:"model"`
+		Choices []chatChoice `json:"choices"`
+		Usage   chatUsage    `json:"usage"`
+	}
+	chatDelta struct {
+		Role    string `json:"role,omitempty"`
+		Content string `json:"content,omitempty"`
+	}
+	chunkChoice struct {
+		Index        int       `json:"index"`
+		Delta        chatDelta `json:"delta"`
+		FinishReason *string   `json:"finish_reason"`
+	}
+	chatChunk struct {
+		ID      string        `json:"id"`
+		Object  string        `json:"object"`
+		Created int64         `json:"created"`
+		Model   string        `json:"model"`
+		Choices []chunkChoice `json:"choices"`
+		Usage   *chatUsage    `json:"usage,omitempty"`
+	}
+)
 
 // streamAnswer sends a builtin model's whole answer as OpenAI streams one:
 // a chunk with the content, one with the finish reason, one with the usage
 // when the client asked for it, then [DONE]. Each chunk starts as head.
-func streamAnswer(c *gin.Context, head gin.H, content string, usage gin.H, includeUsage bool) {
-	chunk := func(fields gin.H) gin.H {
-		out := gin.H{}
-		for k, v := range head {
-			out[k] = v
-		}
-		for k, v := range fields {
-			out[k] = v
-		}
+func streamAnswer(c *gin.Context, head chatChunk, content string, usage chatUsage, includeUsage bool) {
+	chunk := func(choices []chunkChoice, usage *chatUsage) chatChunk {
+		out := head
+		out.Choices, out.Usage = choices, usage
 		return out
 	}
-	events := []gin.H{
-		chunk(gin.H{"choices": []gin.H{{"index": 0, "delta": chatMessage{Role: "assistant", Content: content}, "finish_reason": nil}}}),
-		chunk(gin.H{"choices": []gin.H{{"index": 0, "delta": gin.H{}, "finish_reason": "stop"}}}),
+	stop := "stop"
+	events := []chatChunk{
+		chunk([]chunkChoice{{Delta: chatDelta{Role: "assistant", Content: content}}}, nil),
+		chunk([]chunkChoice{{FinishReason: &stop}}, nil),
 	}
 	if includeUsage {
-		events = append(events, chunk(gin.H{"choices": []gin.H{}, "usage": usage}))
+		events = append(events, chunk([]chunkChoice{}, &usage))
 	}
 	startStream(c)
 	for _, e := range events {
@@ -276,6 +307,11 @@ type modelView struct {
 	Card      string `json:"card"`
 }
 
+type modelList struct {
+	Object string      `json:"object"`
+	Data   []modelView `json:"data"`
+}
+
 func viewModel(m dbsqlc.DeployedModel) modelView {
 	return modelView{ID: m.Name, Object: "model", Created: m.CreatedAt.Unix(), OwnedBy: m.OrganizationID, BaseModel: m.BaseModel, JobID: m.JobID, Card: m.Card}
 }
@@ -292,7 +328,7 @@ func (s *Server) listModels(c *gin.Context) {
 	for i, m := range rows {
 		out[i] = viewModel(m)
 	}
-	c.JSON(http.StatusOK, gin.H{"object": "list", "data": out})
+	c.JSON(http.StatusOK, modelList{Object: "list", Data: out})
 }
 
 func (s *Server) getModel(c *gin.Context) {

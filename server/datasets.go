@@ -414,7 +414,7 @@ func (s *Server) listDatasets(c *gin.Context) {
 	for i, d := range rows {
 		out[i] = viewDataset(d)
 	}
-	c.JSON(http.StatusOK, gin.H{"count": count, "limit": limit, "offset": offset, "datasets": out})
+	c.JSON(http.StatusOK, datasetPage{pageInfo{count, limit, offset}, out})
 }
 
 func (s *Server) getDataset(c *gin.Context) {

@@ -420,7 +420,7 @@ func (s *Server) listJobs(c *gin.Context) {
 	for i, j := range jobs {
 		items[i] = summarize(j)
 	}
-	c.JSON(http.StatusOK, gin.H{"count": count, "limit": limit, "offset": offset, "jobs": items})
+	c.JSON(http.StatusOK, jobPage{pageInfo{count, limit, offset}, items})
 }
 
 // pagination reads limit (default 20, at most 100) and offset.
@@ -500,9 +500,10 @@ func (s *Server) stats(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	out := gin.H{"total": int64(0)}
+	// A count for every status, even those without jobs, and the total.
+	out := map[string]int64{"total": 0}
 	for _, st := range jobstatus.All {
-		out[string(st)] = int64(0)
+		out[string(st)] = 0
 	}
 	var total int64
 	for _, r := range rows {

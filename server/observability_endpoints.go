@@ -44,7 +44,7 @@ func (s *Server) jobLogs(c *gin.Context) {
 	for i, r := range rows {
 		out[i] = logLine{Timestamp: r.Ts.UTC(), Level: r.Level, Message: r.Message}
 	}
-	c.JSON(http.StatusOK, gin.H{"jobId": job.ID, "logs": out})
+	c.JSON(http.StatusOK, jobLogs{JobID: job.ID, Logs: out})
 }
 
 type metricPoint struct {
@@ -74,12 +74,8 @@ func (s *Server) jobMetrics(c *gin.Context) {
 	if job.Epoch != nil {
 		epoch = *job.Epoch
 	}
-	c.JSON(http.StatusOK, gin.H{"jobId": job.ID, "metrics": gin.H{
-		"trainingLoss":   job.TrainingLoss,
-		"validationLoss": job.ValidationLoss,
-		"currentEpoch":   epoch,
-		"totalEpochs":    job.Epochs,
-		"trainedTokens":  job.TrainedTokens,
-		"steps":          steps,
+	c.JSON(http.StatusOK, jobMetricsView{JobID: job.ID, Metrics: metricsSummary{
+		TrainingLoss: job.TrainingLoss, ValidationLoss: job.ValidationLoss, CurrentEpoch: epoch,
+		TotalEpochs: job.Epochs, TrainedTokens: job.TrainedTokens, Steps: steps,
 	}})
 }

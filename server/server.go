@@ -189,7 +189,7 @@ func (s *Server) health(c *gin.Context) {
 		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "database unavailable"))
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+	c.JSON(http.StatusOK, healthView{Status: "ok"})
 }
 
 // healthCheck pings PostgreSQL at most once a second and shares the answer:

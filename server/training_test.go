@@ -173,6 +173,8 @@ func TestSignalsFromAnotherService(t *testing.T) {
 	}
 	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 200, `"status":"stopped"`)
 	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+	// The job is gone from the API at once; its workflow ends right after.
+	env.WaitDeleted(t, id)
 	if _, err := env.Temporal.DescribeWorkflowExecution(ctx, id, ""); err == nil {
 		d, _ := env.Temporal.DescribeWorkflowExecution(ctx, id, "")
 		if d.WorkflowExecutionInfo.Status.String() == "Running" {

@@ -44,9 +44,9 @@ func (s *Server) transition(c *gin.Context, update string) {
 		s.respondError(c, s.transitionError(ctx, update, job.Status, err))
 		return
 	}
-	body := gin.H{"id": job.ID, "status": res.Status, "message": res.Message}
+	body := transitionView{ID: job.ID, Status: res.Status, Message: res.Message}
 	if update == workflows.UpdateDeploy {
-		body["resultModel"] = res.ResultModel
+		body.ResultModel = &res.ResultModel
 	}
 	c.JSON(http.StatusOK, body)
 }

@@ -88,3 +88,97 @@ func utc(t *time.Time) *time.Time {
 	u := t.UTC()
 	return &u
 }
+
+type baseModelView struct {
+	ID                string   `json:"id"`
+	Name              string   `json:"name"`
+	Provider          string   `json:"provider"`
+	ParameterCount    string   `json:"parameterCount"`
+	SupportedTasks    []string `json:"supportedTasks"`
+	MaxSequenceLength int32    `json:"maxSequenceLength"`
+	DefaultHardware   string   `json:"defaultHardware"`
+}
+
+type baseModelList struct {
+	Models []baseModelView `json:"models"`
+}
+
+// hardwareView is a pool with its live capacity and the caller's own jobs
+// on it; nothing derived from other organizations' jobs.
+type hardwareView struct {
+	ID          string  `json:"id"`
+	Name        string  `json:"name"`
+	GPUMemory   string  `json:"gpuMemory"`
+	GPUCount    int32   `json:"gpuCount"`
+	CostPerHour float64 `json:"costPerHour"`
+	TotalSlots  int64   `json:"totalSlots"`
+	QueuedJobs  int64   `json:"queuedJobs"`
+	RunningJobs int64   `json:"runningJobs"`
+}
+
+type hardwareList struct {
+	Hardware []hardwareView `json:"hardware"`
+}
+
+type costEstimate struct {
+	BaseModel            string  `json:"baseModel"`
+	DatasetSize          int64   `json:"datasetSize"`
+	Hardware             string  `json:"hardware"`
+	Epochs               int     `json:"epochs"`
+	EstimatedTokens      int64   `json:"estimatedTokens"`
+	EstimatedCost        float64 `json:"estimatedCost"`
+	EstimatedTimeMinutes int64   `json:"estimatedTimeMinutes"`
+	Currency             string  `json:"currency"`
+}
+
+// pageInfo heads a list response: the total count and the page asked for.
+type pageInfo struct {
+	Count  int64 `json:"count"`
+	Limit  int   `json:"limit"`
+	Offset int   `json:"offset"`
+}
+
+type jobPage struct {
+	pageInfo
+	Jobs []jobSummary `json:"jobs"`
+}
+
+type datasetPage struct {
+	pageInfo
+	Datasets []datasetView `json:"datasets"`
+}
+
+type jobLogs struct {
+	JobID string    `json:"jobId"`
+	Logs  []logLine `json:"logs"`
+}
+
+type jobMetricsView struct {
+	JobID   string         `json:"jobId"`
+	Metrics metricsSummary `json:"metrics"`
+}
+
+type metricsSummary struct {
+	TrainingLoss   *float64      `json:"trainingLoss"`
+	ValidationLoss *float64      `json:"validationLoss"`
+	CurrentEpoch   int32         `json:"currentEpoch"`
+	TotalEpochs    int32         `json:"totalEpochs"`
+	TrainedTokens  int64         `json:"trainedTokens"`
+	Steps          []metricPoint `json:"steps"`
+}
+
+// transitionView answers stop, restart and deploy; resultModel only deploy.
+type transitionView struct {
+	ID          string           `json:"id"`
+	Status      jobstatus.Status `json:"status"`
+	Message     string           `json:"message"`
+	ResultModel *string          `json:"resultModel,omitempty"`
+}
+
+type healthView struct {
+	Status string `json:"status"`
+}
+
+type errorView struct {
+	Error *apiError `json:"error"`
+}
