@@ -351,7 +351,7 @@ func (j *job) awaitGPU(ctx workflow.Context) error {
 
 func (j *job) deploy(ctx workflow.Context) error {
 	j.state.Phase = PhaseDeploying
-	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, controlOptions), a.Deploy, activities.DeployInput{
+	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, deployOptions), a.Deploy, activities.DeployInput{
 		JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, BaseModel: j.in.BaseModel,
 		ResultModel: j.in.ResultModel,
 	}).Get(ctx, nil)
@@ -362,11 +362,12 @@ func (j *job) deploy(ctx workflow.Context) error {
 		return err
 	}
 	if err != nil {
-		// A deploy that failed leaves the job as it was: a conflict, or a
-		// service that is unavailable for now.
-		errType := activities.ErrTypeConflict
+		// A deploy that failed leaves the job as it was. It failed for a
+		// reason the deploy named (a conflict, data that cannot be stored),
+		// or for one that may pass: a service down, attempts used up.
+		errType := activities.ErrTypeUnavailable
 		var appErr *temporal.ApplicationError
-		if errors.As(err, &appErr) && (appErr.Type() == activities.ErrTypeUnavailable || appErr.Type() == activities.ErrTypeInvalidData) {
+		if errors.As(err, &appErr) && (appErr.Type() == activities.ErrTypeConflict || appErr.Type() == activities.ErrTypeInvalidData) {
 			errType = appErr.Type()
 		}
 		j.deployErr = temporal.NewApplicationError(userMessage(err), errType)
@@ -440,6 +441,14 @@ var (
 		TaskQueue:           ControlTaskQueue,
 		StartToCloseTimeout: time.Minute,
 		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 30 * time.Second},
+	}
+	// A deploy may copy a large adapter to where the inference backend
+	// reads it; its attempts are bounded, so a deploy that cannot succeed
+	// fails (the job stays completed, deployable again) instead of looping.
+	deployOptions = workflow.ActivityOptions{
+		TaskQueue:           ControlTaskQueue,
+		StartToCloseTimeout: 30 * time.Minute,
+		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 30 * time.Second, MaximumAttempts: 10},
 	}
 	validateOptions = workflow.ActivityOptions{
 		TaskQueue:           ControlTaskQueue,
