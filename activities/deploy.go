@@ -227,15 +227,12 @@ func (a *Activities) materialize(ctx context.Context, jobID string) (string, err
 }
 
 // deployedJob reads the job being deployed.
-func (a *Activities) deployedJob(ctx context.Context, in DeployInput) (dbsqlc.Job, error) {
-	job, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, in.JobID)
+func (a *Activities) deployedJob(ctx context.Context, in DeployInput) (db.Job, error) {
+	job, err := a.Store.JobByID(ctx, in.JobID)
 	if db.IsNotFound(err) {
 		return job, jobGone(in.JobID)
 	}
-	if err != nil {
-		return job, fmt.Errorf("read job: %w", err)
-	}
-	return job, nil
+	return job, err
 }
 
 func (a *Activities) publishCard(ctx context.Context, in DeployInput, card string) error {
@@ -279,7 +276,7 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 
 // modelCard describes a deployed model honestly: what the builtin trainer
 // trained in place of the base model, on which data, and how well.
-func modelCard(name string, job dbsqlc.Job, state *trainer.State) string {
+func modelCard(name string, job db.Job, state *trainer.State) string {
 	return card(name, job,
 		fmt.Sprintf("Trainer: builtin. This is not %s: it is a compact softmax classifier over hashed word unigrams and bigrams, "+
 			"trained on the CPU in place of the base model. It answers every prompt with one of %d labels learned from the "+
@@ -289,7 +286,7 @@ func modelCard(name string, job dbsqlc.Job, state *trainer.State) string {
 
 // adapterCard describes a model the command trainer trained: a LoRA adapter
 // that the inference backend serves on top of the base model.
-func adapterCard(name string, job dbsqlc.Job) string {
+func adapterCard(name string, job db.Job) string {
 	epochs := job.Epochs
 	if job.Epoch != nil {
 		epochs = *job.Epoch
@@ -302,7 +299,7 @@ func adapterCard(name string, job dbsqlc.Job) string {
 
 // card is the model card both trainers share: the trainer's own paragraph,
 // then the data, how much was trained, the hyperparameters and the losses.
-func card(name string, job dbsqlc.Job, trainerNote, trained string) string {
+func card(name string, job db.Job, trainerNote, trained string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n\n", name)
 	fmt.Fprintf(&b, "Fine-tuned by tuneforge job %s (%q) for base model %s.\n\n", job.ID, job.Name, job.BaseModel)

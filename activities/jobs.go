@@ -230,7 +230,7 @@ func (a *Activities) unloadAdapter(ctx context.Context, jobID, adapter string) {
 // the store, so an upload that still finds the row was swept or will be,
 // and one that does not removes itself.
 func (a *Activities) keepUpload(ctx context.Context, jobID string, keys ...string) error {
-	_, err := a.Store.Q.GetJobByID(ctx, a.Store.Pool, jobID)
+	_, err := a.Store.JobByID(ctx, jobID)
 	if err == nil {
 		return nil
 	}

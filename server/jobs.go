@@ -256,7 +256,7 @@ func (s *Server) createJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	job, err := s.Store.Q.GetJob(ctx, s.Store.Pool, dbsqlc.GetJobParams{OrganizationID: key.OrganizationID, ID: jobID})
+	job, err := s.Store.Job(ctx, key.OrganizationID, jobID)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -328,28 +328,28 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending b
 }
 
 // idempotentReplay returns the job an earlier request with the same key made.
-func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqHash []byte) (dbsqlc.Job, bool, error) {
+func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqHash []byte) (db.Job, bool, error) {
 	rec, err := s.Store.Q.GetIdempotencyKey(ctx, s.Store.Pool, dbsqlc.GetIdempotencyKeyParams{OrganizationID: org, Key: idemKey})
 	if db.IsNotFound(err) {
-		return dbsqlc.Job{}, false, nil
+		return db.Job{}, false, nil
 	}
 	if err != nil {
-		return dbsqlc.Job{}, false, err
+		return db.Job{}, false, err
 	}
 	if string(rec.RequestHash) != string(reqHash) {
-		return dbsqlc.Job{}, false, newError(http.StatusUnprocessableEntity, "idempotency_key_reused",
+		return db.Job{}, false, newError(http.StatusUnprocessableEntity, "idempotency_key_reused",
 			"Idempotency-Key %q was used for a different request in the last 24 hours; use a new key", idemKey)
 	}
-	job, err := s.Store.Q.GetJob(ctx, s.Store.Pool, dbsqlc.GetJobParams{OrganizationID: org, ID: rec.JobID})
+	job, err := s.Store.Job(ctx, org, rec.JobID)
 	if err != nil {
-		return dbsqlc.Job{}, false, err
+		return db.Job{}, false, err
 	}
 	return job, true, nil
 }
 
-func (s *Server) loadJob(c *gin.Context) (dbsqlc.Job, bool) {
+func (s *Server) loadJob(c *gin.Context) (db.Job, bool) {
 	id := c.Param("id")
-	job, err := s.Store.Q.GetJob(c.Request.Context(), s.Store.Pool, dbsqlc.GetJobParams{OrganizationID: caller(c).OrganizationID, ID: id})
+	job, err := s.Store.Job(c.Request.Context(), caller(c).OrganizationID, id)
 	if db.IsNotFound(err) {
 		s.respondError(c, notFound("fine-tuning job", id))
 		return job, false
@@ -402,16 +402,15 @@ func (s *Server) listJobs(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	org := caller(c).OrganizationID
-	jobs, err := s.Store.Q.ListJobs(ctx, s.Store.Pool, dbsqlc.ListJobsParams{
-		OrganizationID: org, Status: status, BaseModel: baseModel, Search: search,
-		Sort: field + ":" + dir, Lim: int32(limit), Off: int32(offset),
-	})
-	if err != nil {
-		s.respondError(c, err)
-		return
+	filter := db.JobFilter{
+		OrganizationID: caller(c).OrganizationID, BaseModel: baseModel, Search: search,
+		Sort: field + ":" + dir, Limit: limit, Offset: offset,
 	}
-	count, err := s.Store.Q.CountJobs(ctx, s.Store.Pool, dbsqlc.CountJobsParams{OrganizationID: org, Status: status, BaseModel: baseModel, Search: search})
+	if status != nil {
+		st := jobstatus.Status(*status)
+		filter.Status = &st
+	}
+	jobs, count, err := s.Store.Jobs(ctx, filter)
 	if err != nil {
 		s.respondError(c, err)
 		return

@@ -3,7 +3,7 @@ package server
 import (
 	"time"
 
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
@@ -59,19 +59,19 @@ type createdJobView struct {
 	CreatedAt time.Time        `json:"createdAt"`
 }
 
-func createdJob(j dbsqlc.Job) createdJobView {
-	return createdJobView{ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, CreatedAt: j.CreatedAt.UTC()}
+func createdJob(j db.Job) createdJobView {
+	return createdJobView{ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, CreatedAt: j.CreatedAt}
 }
 
-func summarize(j dbsqlc.Job) jobSummary {
+func summarize(j db.Job) jobSummary {
 	return jobSummary{
 		ID: j.ID, Name: j.Name, BaseModel: j.BaseModel, Status: j.Status, Description: j.Description,
 		Owner: j.Owner, OrganizationID: j.OrganizationID, TrainedTokens: j.TrainedTokens,
-		StartedAt: utc(j.StartedAt), FinishedAt: utc(j.FinishedAt), CreatedAt: j.CreatedAt.UTC(), UpdatedAt: j.UpdatedAt.UTC(),
+		StartedAt: j.StartedAt, FinishedAt: j.FinishedAt, CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt,
 	}
 }
 
-func fullJob(j dbsqlc.Job) jobView {
+func fullJob(j db.Job) jobView {
 	return jobView{
 		jobSummary:      summarize(j),
 		TrainingDataset: j.TrainingDataset, TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
@@ -79,14 +79,6 @@ func fullJob(j dbsqlc.Job) jobView {
 		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: j.Error,
 		Metrics: jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
 	}
-}
-
-func utc(t *time.Time) *time.Time {
-	if t == nil {
-		return nil
-	}
-	u := t.UTC()
-	return &u
 }
 
 type baseModelView struct {

@@ -1,0 +1,127 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
+)
+
+// The job boundary: the rest of tuneforge reads jobs through these methods
+// and gets Job values, never generated rows. This is the one place that
+// maps a row (times to UTC, a missing row to ErrNotFound).
+
+// Job is a fine-tuning job as PostgreSQL records it.
+type Job struct {
+	ID                  string
+	OrganizationID      string
+	Owner               string
+	Name                string
+	Description         string
+	BaseModel           string
+	HardwareID          string
+	Status              jobstatus.Status
+	TrainingDataset     string
+	TrainingDatasetID   string
+	TrainingFile        string
+	ValidationFile      *string
+	ValidationDatasetID *string
+	Epochs              int32
+	LearningRate        float64
+	BatchSize           int32
+	WarmupSteps         int32
+	Suffix              string
+	ResultModel         *string
+	TrainedTokens       int64
+	Error               *string
+	TrainingLoss        *float64
+	ValidationLoss      *float64
+	// Epoch is the last epoch trained; nil before the first ends.
+	Epoch      *int32
+	StartedAt  *time.Time
+	FinishedAt *time.Time
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+func jobFromRow(r dbsqlc.Job) Job {
+	return Job{
+		ID: r.ID, OrganizationID: r.OrganizationID, Owner: r.Owner, Name: r.Name, Description: r.Description,
+		BaseModel: r.BaseModel, HardwareID: r.HardwareID, Status: r.Status,
+		TrainingDataset: r.TrainingDataset, TrainingDatasetID: r.TrainingDatasetID, TrainingFile: r.TrainingFile,
+		ValidationFile: r.ValidationFile, ValidationDatasetID: r.ValidationDatasetID,
+		Epochs: r.Epochs, LearningRate: r.LearningRate, BatchSize: r.BatchSize, WarmupSteps: r.WarmupSteps,
+		Suffix: r.Suffix, ResultModel: r.ResultModel, TrainedTokens: r.TrainedTokens, Error: r.Error,
+		TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, Epoch: r.Epoch,
+		StartedAt: utc(r.StartedAt), FinishedAt: utc(r.FinishedAt), CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(),
+	}
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// Job reads one of the organization's jobs; ErrNotFound when it has none
+// of that ID.
+func (s *Store) Job(ctx context.Context, org, id string) (Job, error) {
+	r, err := s.Q.GetJob(ctx, s.Pool, dbsqlc.GetJobParams{OrganizationID: org, ID: id})
+	if err != nil {
+		return Job{}, fmt.Errorf("read job %s: %w", id, NotFound(err))
+	}
+	return jobFromRow(r), nil
+}
+
+// JobByID reads a job whatever its organization, for workers acting on a
+// job their workflow already owns; ErrNotFound once it is deleted.
+func (s *Store) JobByID(ctx context.Context, id string) (Job, error) {
+	r, err := s.Q.GetJobByID(ctx, s.Pool, id)
+	if err != nil {
+		return Job{}, fmt.Errorf("read job %s: %w", id, NotFound(err))
+	}
+	return jobFromRow(r), nil
+}
+
+// JobFilter selects and orders an organization's jobs. Nil fields do not
+// filter; Search matches name or description as a LIKE pattern (the caller
+// escapes it); Sort is "field:asc" or "field:desc" of a field the caller
+// checked.
+type JobFilter struct {
+	OrganizationID string
+	Status         *jobstatus.Status
+	BaseModel      *string
+	Search         *string
+	Sort           string
+	Limit, Offset  int
+}
+
+// Jobs lists a page of the organization's jobs matching f, and how many
+// match in all.
+func (s *Store) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
+	var status *string
+	if f.Status != nil {
+		v := string(*f.Status)
+		status = &v
+	}
+	rows, err := s.Q.ListJobs(ctx, s.Pool, dbsqlc.ListJobsParams{
+		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
+		Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list jobs: %w", err)
+	}
+	count, err := s.Q.CountJobs(ctx, s.Pool, dbsqlc.CountJobsParams{OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search})
+	if err != nil {
+		return nil, 0, fmt.Errorf("count jobs: %w", err)
+	}
+	jobs := make([]Job, len(rows))
+	for i, r := range rows {
+		jobs[i] = jobFromRow(r)
+	}
+	return jobs, count, nil
+}
