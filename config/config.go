@@ -27,7 +27,7 @@ type Config struct {
 	Artifacts         string // TUNEFORGE_ARTIFACTS
 	LogLevel          slog.Level
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
-	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization
+	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization; 0 is no cap
 	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
 	MetricsAddr       string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
 
@@ -81,8 +81,8 @@ func FromEnv() (Config, error) {
 		return c, fmt.Errorf("TUNEFORGE_RATE_LIMIT %q: must be a number of requests per second, 0 for no limit", os.Getenv("TUNEFORGE_RATE_LIMIT"))
 	}
 	c.RateLimit = rl
-	if c.MaxActiveJobs, err = strconv.Atoi(env("TUNEFORGE_MAX_ACTIVE_JOBS", "500")); err != nil || c.MaxActiveJobs < 1 {
-		return c, fmt.Errorf("TUNEFORGE_MAX_ACTIVE_JOBS %q: must be a positive number of jobs", os.Getenv("TUNEFORGE_MAX_ACTIVE_JOBS"))
+	if c.MaxActiveJobs, err = strconv.Atoi(env("TUNEFORGE_MAX_ACTIVE_JOBS", "500")); err != nil || c.MaxActiveJobs < 0 {
+		return c, fmt.Errorf("TUNEFORGE_MAX_ACTIVE_JOBS %q: must be a number of jobs, 0 for no cap", os.Getenv("TUNEFORGE_MAX_ACTIVE_JOBS"))
 	}
 	if v := env("TUNEFORGE_MODEL_CACHE_BYTES", ""); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
