@@ -14,7 +14,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/workers"
 )
 
@@ -23,7 +23,7 @@ func freshStore(t *testing.T) *db.Store {
 	t.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("tuneforge_test_workers_%x", rand.Uint64())
-	url, err := testenv.DatabaseURL(name)
+	url, err := dbtest.DatabaseURL(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func freshStore(t *testing.T) *db.Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, testenv.AdminURL()); err == nil {
+		if c, err := pgx.Connect(ctx, dbtest.AdminURL()); err == nil {
 			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 			c.Close(ctx)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/trainer"
 )
@@ -34,12 +35,12 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 	}
 	ctx := context.Background()
 	dbName := fmt.Sprintf("tuneforge_durability_%d", time.Now().UnixNano())
-	dbURL, err := testenv.DatabaseURL(dbName)
+	dbURL, err := dbtest.DatabaseURL(dbName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, testenv.AdminURL()); err == nil {
+		if c, err := pgx.Connect(ctx, dbtest.AdminURL()); err == nil {
 			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)")
 			c.Close(ctx)
 		}

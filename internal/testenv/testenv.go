@@ -5,13 +5,10 @@ package testenv
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
 
 	"github.com/tuneforge/tuneforge/activities"
@@ -28,20 +24,12 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/devserver"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/trainer/command"
 	"github.com/tuneforge/tuneforge/workers"
 	"github.com/tuneforge/tuneforge/workflows"
 )
-
-// AdminURL is the server the test database is created on; override with
-// TUNEFORGE_TEST_DATABASE_URL.
-func AdminURL() string {
-	if u := os.Getenv("TUNEFORGE_TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-}
 
 // Env is a running platform.
 type Env struct {
@@ -95,7 +83,7 @@ func Start(opts ...Option) (*Env, error) {
 }
 
 func (e *Env) start() error {
-	dbURL, drop, err := freshDatabase(e.ctx)
+	dbURL, drop, err := dbtest.Create(e.ctx)
 	if err != nil {
 		return err
 	}
@@ -170,49 +158,6 @@ func (e *Env) Stop() {
 	}
 }
 
-func freshDatabase(ctx context.Context) (string, func(), error) {
-	admin, err := pgx.Connect(ctx, AdminURL())
-	if err != nil {
-		return "", nil, fmt.Errorf("connect to PostgreSQL at %s (start it, or set TUNEFORGE_TEST_DATABASE_URL): %w", AdminURL(), err)
-	}
-	name := "tuneforge_test_" + randomHex(6)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		admin.Close(ctx)
-		return "", nil, err
-	}
-	admin.Close(ctx)
-	u, err := DatabaseURL(name)
-	if err != nil {
-		return "", nil, err
-	}
-	drop := func() {
-		c, err := pgx.Connect(context.Background(), AdminURL())
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	}
-	return u, drop, nil
-}
-
-// DatabaseURL is AdminURL pointing at database name instead, with the same
-// credentials and parameters.
-func DatabaseURL(name string) (string, error) {
-	u, err := url.Parse(AdminURL())
-	if err != nil {
-		return "", fmt.Errorf("TUNEFORGE_TEST_DATABASE_URL: %w", err)
-	}
-	u.Path = "/" + name
-	return u.String(), nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // Org is one organization: a client with a key of both scopes, and keys
 // with only one scope each.
 type Org struct {
@@ -224,9 +169,9 @@ type Org struct {
 // NewOrg makes a fresh organization, so tests never see each other's jobs.
 func (e *Env) NewOrg(t testing.TB) *Org {
 	t.Helper()
-	id := "org_" + randomHex(4)
+	id := "org_" + dbtest.RandomHex(4)
 	mk := func(scopes ...string) string {
-		k, err := apikey.Create(context.Background(), e.Store, id, "user_"+randomHex(2), scopes)
+		k, err := apikey.Create(context.Background(), e.Store, id, "user_"+dbtest.RandomHex(2), scopes)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +203,7 @@ func (e *Env) WaitDeleted(t testing.TB, id string) {
 // own work directory, as each worker must.
 func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (stop func()) {
 	t.Helper()
-	id := "test/command-" + pool + "-" + randomHex(3)
+	id := "test/command-" + pool + "-" + dbtest.RandomHex(3)
 	acts := &activities.Activities{
 		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Temporal: e.Temporal,
 		Command: &command.Runner{Argv: argv, Grace: 5 * time.Second}, ModelDir: filepath.Join(e.DataDir, "models"),
@@ -271,7 +216,7 @@ func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (sto
 // until the returned func is called (or Stop).
 func (e *Env) StartWorker(t testing.TB, pool string, slots int) (stop func()) {
 	t.Helper()
-	return e.startWorker(t, e.Activities, workers.Training{ID: "test/" + pool + "-" + randomHex(3), HardwareID: pool, Slots: slots})
+	return e.startWorker(t, e.Activities, workers.Training{ID: "test/" + pool + "-" + dbtest.RandomHex(3), HardwareID: pool, Slots: slots})
 }
 
 func (e *Env) startWorker(t testing.TB, acts *activities.Activities, w workers.Training) (stop func()) {
