@@ -1,0 +1,145 @@
+package activities_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/internal/dbtest"
+	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/workers"
+)
+
+// fixture runs activities of its own against the platform's database,
+// artifact store and Temporal, for one organization of the test's own:
+// activities commit, so tests keep apart by name, not by transaction.
+type fixture struct {
+	t       *testing.T
+	ctx     context.Context
+	acts    *activities.Activities
+	log     *bytes.Buffer // what acts logs; read it once the activity is done
+	org     string
+	dataset string // a dataset row of org, stored at datasetKey
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{t: t, ctx: t.Context(), log: &bytes.Buffer{}, org: "org_" + dbtest.RandomHex(4), dataset: "ds_" + dbtest.RandomHex(4)}
+	f.acts = &activities.Activities{
+		Store: env.Store, Artifacts: env.Artifacts, Logger: slog.New(slog.NewTextHandler(f.log, nil)), GPULiveness: workers.GPULiveness,
+		Temporal: env.Temporal, AdapterDir: t.TempDir(),
+	}
+	_, err := env.Store.Q.CreateDataset(f.ctx, env.Store.Pool, dbsqlc.CreateDatasetParams{
+		ID: f.dataset, OrganizationID: f.org, Filename: "train.jsonl", Bytes: 1, Sha256: "00", BlobKey: f.datasetKey(), CreatedBy: "test",
+	})
+	f.check(err)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = env.Store.Pool.Exec(ctx, `DELETE FROM jobs WHERE organization_id = $1`, f.org)
+		_, _ = env.Store.Pool.Exec(ctx, `DELETE FROM datasets WHERE organization_id = $1`, f.org)
+	})
+	return f
+}
+
+// pool adds a hardware pool of the test's own, so no platform worker and
+// no other test grants or takes its slots; with slots > 0 a live worker
+// offers that many.
+func (f *fixture) pool(slots int32) string {
+	f.t.Helper()
+	id := "pool_" + dbtest.RandomHex(4)
+	_, err := env.Store.Pool.Exec(f.ctx, `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
+		VALUES ($1, $1, '80GB', 80, 1, 1, 1, 100)`, id)
+	f.check(err)
+	f.t.Cleanup(func() {
+		ctx := context.Background()
+		for _, table := range []string{"jobs", "gpu_leases", "gpu_workers", "gpu_pool_turns"} {
+			_, _ = env.Store.Pool.Exec(ctx, `DELETE FROM `+table+` WHERE hardware_id = $1`, id)
+		}
+		_, _ = env.Store.Pool.Exec(ctx, `DELETE FROM hardware WHERE id = $1`, id)
+	})
+	if slots > 0 {
+		f.worker(id, slots)
+	}
+	return id
+}
+
+// worker advertises slots of pool, as a training worker does.
+func (f *fixture) worker(pool string, slots int32) {
+	f.t.Helper()
+	f.check(env.Store.Q.HeartbeatGPUWorker(f.ctx, env.Store.Pool, dbsqlc.HeartbeatGPUWorkerParams{ID: "worker_" + dbtest.RandomHex(4), HardwareID: pool, Slots: slots}))
+}
+
+func (f *fixture) datasetKey() string { return artifacts.DatasetKey(f.org, f.dataset) }
+
+func (f *fixture) check(err error) {
+	f.t.Helper()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// run executes an activity of f.acts as a worker would, in the SDK's test
+// activity environment.
+func (f *fixture) run(fn any, args ...any) (converter.EncodedValue, error) {
+	var s testsuite.WorkflowTestSuite
+	// The SDK logs every failed activity; the tests check the failures.
+	s.SetLogger(log.NewStructuredLogger(slog.New(slog.DiscardHandler)))
+	ae := s.NewTestActivityEnvironment()
+	ae.RegisterActivity(f.acts)
+	return ae.ExecuteActivity(fn, args...)
+}
+
+// newJob inserts a queued job of f.org, wanting a slot of pool, and returns
+// its ID.
+func (f *fixture) newJob(pool string) string {
+	f.t.Helper()
+	id := "job_" + dbtest.RandomHex(6)
+	_, err := env.Store.Q.CreateJob(f.ctx, env.Store.Pool, dbsqlc.CreateJobParams{
+		ID: id, OrganizationID: f.org, Owner: "test", Name: id, BaseModel: "llama-3.1-8b", HardwareID: pool, Status: jobstatus.Queued,
+		TrainingDataset: f.dataset, TrainingDatasetID: f.dataset, TrainingFile: "train.jsonl",
+		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: time.Now(),
+	})
+	f.check(err)
+	return id
+}
+
+func (f *fixture) job(id string) dbsqlc.Job {
+	f.t.Helper()
+	j, err := env.Store.Q.GetJobByID(f.ctx, env.Store.Pool, id)
+	f.check(err)
+	return j
+}
+
+// logs returns a job's log messages, oldest first.
+func (f *fixture) logs(jobID string) []string {
+	f.t.Helper()
+	rows, err := env.Store.Q.ListJobLogs(f.ctx, env.Store.Pool, dbsqlc.ListJobLogsParams{JobID: jobID, Lim: 100})
+	f.check(err)
+	out := make([]string, len(rows))
+	for i, r := range rows {
+		out[i] = r.Message
+	}
+	return out
+}
+
+// wantError fails t unless err is a non-retryable application error of
+// type typ, and returns it.
+func wantError(t *testing.T, err error, typ string) *temporal.ApplicationError {
+	t.Helper()
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || appErr.Type() != typ || !appErr.NonRetryable() {
+		t.Fatalf("error %v; want a non-retryable %s application error", err, typ)
+	}
+	return appErr
+}

@@ -1,0 +1,46 @@
+package activities_test
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
+)
+
+func TestRecordStatus(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	job := f.newJob("gpu-a100-40gb")
+	started := time.Now().Truncate(time.Microsecond)
+	failed := started.Add(time.Minute)
+	for _, r := range []activities.StatusRecord{
+		{JobID: job, Status: jobstatus.Running, At: started, Log: "Training started"},
+		{JobID: job, Status: jobstatus.Failed, At: failed, Error: "out of memory", Log: "Training failed", LogLevel: activities.LevelError},
+		// A transition without a log line writes none.
+		{JobID: job, Status: jobstatus.Failed, At: failed, Error: "out of memory"},
+	} {
+		_, err := f.run(f.acts.RecordStatus, r)
+		f.check(err)
+	}
+	j := f.job(job)
+	if j.Status != jobstatus.Failed || j.Error == nil || *j.Error != "out of memory" ||
+		j.StartedAt == nil || !j.StartedAt.Equal(started) || j.FinishedAt == nil || !j.FinishedAt.Equal(failed) {
+		t.Errorf("row after the transitions: status %s, error %v, started %v, finished %v; want failed, out of memory, %v, %v",
+			j.Status, j.Error, j.StartedAt, j.FinishedAt, started, failed)
+	}
+	rows, err := env.Store.Q.ListJobLogs(f.ctx, env.Store.Pool, dbsqlc.ListJobLogsParams{JobID: job, Lim: 100})
+	f.check(err)
+	var got []string
+	for _, r := range rows {
+		got = append(got, r.Level+": "+r.Message)
+	}
+	if want := []string{"info: Training started", "error: Training failed"}; !slices.Equal(got, want) {
+		t.Errorf("log %q; want %q", got, want)
+	}
+
+	_, err = f.run(f.acts.RecordStatus, activities.StatusRecord{JobID: "job_deleted", Status: jobstatus.Running, At: started, Log: "Training started"})
+	wantError(t, err, activities.ErrTypeJobGone)
+}
