@@ -18,7 +18,6 @@ import (
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/jobstatus"
-	"github.com/tuneforge/tuneforge/workers"
 )
 
 // fixture runs activities of its own against the platform's database,
@@ -37,8 +36,11 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{t: t, ctx: t.Context(), log: &bytes.Buffer{}, org: "org_" + dbtest.RandomHex(4), dataset: "ds_" + dbtest.RandomHex(4)}
 	f.acts = &activities.Activities{
-		Store: env.Store, Artifacts: env.Artifacts, Logger: slog.New(slog.NewTextHandler(f.log, nil)), GPULiveness: workers.GPULiveness,
-		Temporal: env.Temporal, AdapterDir: t.TempDir(),
+		Store: env.Store, Artifacts: env.Artifacts, Logger: slog.New(slog.NewTextHandler(f.log, nil)),
+		// The tests' workers never refresh their rows; a slow run must not
+		// see them die.
+		GPULiveness: time.Hour,
+		Temporal:    env.Temporal, AdapterDir: t.TempDir(),
 	}
 	_, err := env.Store.Q.CreateDataset(f.ctx, env.Store.Pool, dbsqlc.CreateDatasetParams{
 		ID: f.dataset, OrganizationID: f.org, Filename: "train.jsonl", Bytes: 1, Sha256: "00", BlobKey: f.datasetKey(), CreatedBy: "test",
