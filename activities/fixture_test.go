@@ -15,6 +15,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/jobstatus"
@@ -116,9 +117,9 @@ func (f *fixture) newJob(pool string) string {
 	return id
 }
 
-func (f *fixture) job(id string) dbsqlc.Job {
+func (f *fixture) job(id string) db.Job {
 	f.t.Helper()
-	j, err := env.Store.Q.GetJobByID(f.ctx, env.Store.Pool, id)
+	j, err := env.Store.JobByID(f.ctx, id)
 	f.check(err)
 	return j
 }

@@ -50,7 +50,7 @@ func TestCreateJob(t *testing.T) {
 	second := f.newJobInput("second", 1)
 	_, err = f.run(f.acts.CreateJob, second)
 	wantError(t, err, activities.ErrTypeTooManyJobs)
-	if _, err := env.Store.Q.GetJobByID(f.ctx, env.Store.Pool, second.ID); !db.IsNotFound(err) {
+	if _, err := env.Store.JobByID(f.ctx, second.ID); !db.IsNotFound(err) {
 		t.Errorf("a job over the cap was written: %v", err)
 	}
 
@@ -71,7 +71,7 @@ func TestCreateJobIdempotencyKeyRace(t *testing.T) {
 	f.check(err)
 	_, err = f.run(f.acts.CreateJob, loser)
 	wantError(t, err, activities.ErrTypeDuplicateRequest)
-	if _, err := env.Store.Q.GetJobByID(f.ctx, env.Store.Pool, loser.ID); !db.IsNotFound(err) {
+	if _, err := env.Store.JobByID(f.ctx, loser.ID); !db.IsNotFound(err) {
 		t.Errorf("the losing request's job was written: %v", err)
 	}
 	key, err := env.Store.Q.GetIdempotencyKey(f.ctx, env.Store.Pool, dbsqlc.GetIdempotencyKeyParams{OrganizationID: f.org, Key: "key-1"})
