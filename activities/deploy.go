@@ -91,7 +91,8 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 }
 
 // removeUnpublished deletes what a failed deploy wrote; a key left behind
-// is removed again when the job is deleted.
+// goes when the job is deleted (RetireJob removes the job's whole model
+// prefix).
 func (a *Activities) removeUnpublished(ctx context.Context, jobID string, keys ...string) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adapterCallTimeout)
 	defer cancel()

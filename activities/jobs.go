@@ -130,7 +130,6 @@ type DeletedJob struct {
 	Found          bool
 	JobID          string
 	OrganizationID string
-	ResultModel    string
 	// Adapter is the inference backend's name for the deployed adapter.
 	Adapter *string
 	// Pool is the hardware pool the job held or waited for a slot of.
@@ -144,7 +143,7 @@ func (a *Activities) DeleteJobRow(ctx context.Context, req DeleteRequest) (Delet
 	out := DeletedJob{JobID: req.JobID, OrganizationID: req.OrganizationID}
 	err := a.Store.InTx(ctx, func(tx pgx.Tx) error {
 		q := a.Store.Q
-		job, err := q.GetJob(ctx, tx, dbsqlc.GetJobParams{OrganizationID: req.OrganizationID, ID: req.JobID})
+		_, err := q.GetJob(ctx, tx, dbsqlc.GetJobParams{OrganizationID: req.OrganizationID, ID: req.JobID})
 		if db.IsNotFound(err) {
 			return nil
 		}
@@ -152,9 +151,6 @@ func (a *Activities) DeleteJobRow(ctx context.Context, req DeleteRequest) (Delet
 			return fmt.Errorf("read job: %w", err)
 		}
 		out.Found = true
-		if job.ResultModel != nil {
-			out.ResultModel = *job.ResultModel
-		}
 		if out.Adapter, err = q.GetJobAdapter(ctx, tx, req.JobID); err != nil && !db.IsNotFound(err) {
 			return fmt.Errorf("read adapter: %w", err)
 		}
@@ -195,17 +191,15 @@ func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
 	if d.Adapter != nil {
 		a.unloadAdapter(ctx, d.JobID, *d.Adapter)
 	}
-	if err := a.Artifacts.DeletePrefix(ctx, artifacts.CheckpointPrefix(d.JobID)); err != nil {
-		return fmt.Errorf("delete checkpoints of %s: %w", d.JobID, err)
-	}
-	keys := []string{artifacts.OutputKey(d.JobID)}
-	if d.ResultModel != "" {
-		keys = append(keys, artifacts.ModelKey(d.OrganizationID, d.JobID, d.ResultModel), artifacts.ModelCardKey(d.OrganizationID, d.JobID, d.ResultModel))
-	}
-	for _, key := range keys {
-		if err := a.Artifacts.Delete(ctx, key); err != nil {
-			return fmt.Errorf("delete %s: %w", key, err)
+	// Everything the job published goes, under whatever model name: a
+	// deploy that failed may have left files its cleanup could not remove.
+	for _, prefix := range []string{artifacts.CheckpointPrefix(d.JobID), artifacts.ModelPrefix(d.OrganizationID, d.JobID)} {
+		if err := a.Artifacts.DeletePrefix(ctx, prefix); err != nil {
+			return fmt.Errorf("delete %s: %w", prefix, err)
 		}
+	}
+	if err := a.Artifacts.Delete(ctx, artifacts.OutputKey(d.JobID)); err != nil {
+		return fmt.Errorf("delete the output of %s: %w", d.JobID, err)
 	}
 	return nil
 }

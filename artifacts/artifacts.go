@@ -175,12 +175,15 @@ func CheckpointKey(jobID string, step int) string {
 // ID is part of the key, so two jobs deploying one name never overwrite
 // each other's files.
 func ModelKey(orgID, jobID, model string) string {
-	return "models/" + orgID + "/" + jobID + "/" + model + ".model"
+	return ModelPrefix(orgID, jobID) + model + ".model"
 }
+
+// ModelPrefix holds everything a job published, under any model name.
+func ModelPrefix(orgID, jobID string) string { return "models/" + orgID + "/" + jobID + "/" }
 
 // ModelCardKey is where a job publishes its deployed model's card (Markdown).
 func ModelCardKey(orgID, jobID, model string) string {
-	return "models/" + orgID + "/" + jobID + "/" + model + ".card.md"
+	return ModelPrefix(orgID, jobID) + model + ".card.md"
 }
 
 // DirCheckpointKey names a checkpoint directory that the command trainer
