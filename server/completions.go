@@ -15,7 +15,6 @@ import (
 
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/trainer"
 )
@@ -78,7 +77,7 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	rec, err := s.Store.Q.GetDeployedModel(ctx, s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: caller(c).OrganizationID, Name: req.Model})
+	rec, err := s.Store.Model(ctx, caller(c).OrganizationID, req.Model)
 	if db.IsNotFound(err) {
 		s.respondError(c, notFound("deployed model", req.Model))
 		return
@@ -196,7 +195,7 @@ func startStream(c *gin.Context) {
 // adapter: the request goes to the backend as the client sent it, naming
 // the adapter, and the answer comes back, streamed or whole, naming the
 // model the client asked for.
-func (s *Server) proxyCompletion(c *gin.Context, rec dbsqlc.DeployedModel, fields map[string]json.RawMessage) {
+func (s *Server) proxyCompletion(c *gin.Context, rec db.Model, fields map[string]json.RawMessage) {
 	ctx := c.Request.Context()
 	if s.Inference == nil {
 		s.log.ErrorContext(ctx, "a deployed model needs the inference backend, and TUNEFORGE_INFERENCE_URL is unset", "model", rec.Name, "job", rec.JobID)
@@ -265,7 +264,7 @@ func backendStatus(err error) int {
 // backend. A refusal of the request is the client's to fix, so its status
 // and message pass through, naming the client's model rather than the
 // adapter; anything else is the backend's trouble, a 503.
-func (s *Server) backendError(ctx context.Context, rec dbsqlc.DeployedModel, err error) error {
+func (s *Server) backendError(ctx context.Context, rec db.Model, err error) error {
 	var ierr *inference.Error
 	if !errors.As(err, &ierr) {
 		return err
@@ -293,7 +292,7 @@ func (s *Server) backendError(ctx context.Context, rec dbsqlc.DeployedModel, err
 // deleted or redeployed model is never served from a stale cache (on this
 // replica or another); the model is cached by its artifact key, which is
 // unique to the deploying job.
-func (s *Server) model(ctx context.Context, rec dbsqlc.DeployedModel) (*trainer.Model, error) {
+func (s *Server) model(ctx context.Context, rec db.Model) (*trainer.Model, error) {
 	return s.models.Get(ctx, rec.BlobKey)
 }
 
@@ -312,14 +311,14 @@ type modelList struct {
 	Data   []modelView `json:"data"`
 }
 
-func viewModel(m dbsqlc.DeployedModel) modelView {
+func viewModel(m db.Model) modelView {
 	return modelView{ID: m.Name, Object: "model", Created: m.CreatedAt.Unix(), OwnedBy: m.OrganizationID, BaseModel: m.BaseModel, JobID: m.JobID, Card: m.Card}
 }
 
 // listModels lists the organization's deployed models, OpenAI style, each
 // with its model card.
 func (s *Server) listModels(c *gin.Context) {
-	rows, err := s.Store.Q.ListDeployedModels(c.Request.Context(), s.Store.Pool, caller(c).OrganizationID)
+	rows, err := s.Store.Models(c.Request.Context(), caller(c).OrganizationID)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -333,7 +332,7 @@ func (s *Server) listModels(c *gin.Context) {
 
 func (s *Server) getModel(c *gin.Context) {
 	name := c.Param("model")
-	m, err := s.Store.Q.GetDeployedModel(c.Request.Context(), s.Store.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: caller(c).OrganizationID, Name: name})
+	m, err := s.Store.Model(c.Request.Context(), caller(c).OrganizationID, name)
 	if db.IsNotFound(err) {
 		s.respondError(c, notFound("deployed model", name))
 		return

@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 )
 
 type logLine struct {
@@ -35,14 +33,14 @@ func (s *Server) jobLogs(c *gin.Context) {
 	if !ok {
 		return
 	}
-	rows, err := s.Store.Q.ListJobLogs(c.Request.Context(), s.Store.Pool, dbsqlc.ListJobLogsParams{JobID: job.ID, Since: since, Lim: int32(lines)})
+	rows, err := s.Store.JobLogs(c.Request.Context(), job.ID, since, lines)
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
 	out := make([]logLine, len(rows))
 	for i, r := range rows {
-		out[i] = logLine{Timestamp: r.Ts.UTC(), Level: r.Level, Message: r.Message}
+		out[i] = logLine{Timestamp: r.At, Level: r.Level, Message: r.Message}
 	}
 	c.JSON(http.StatusOK, jobLogs{JobID: job.ID, Logs: out})
 }
@@ -61,7 +59,7 @@ func (s *Server) jobMetrics(c *gin.Context) {
 	if !ok {
 		return
 	}
-	rows, err := s.Store.Q.ListJobMetrics(c.Request.Context(), s.Store.Pool, job.ID)
+	rows, err := s.Store.JobMetrics(c.Request.Context(), job.ID)
 	if err != nil {
 		s.respondError(c, err)
 		return

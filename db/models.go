@@ -1,0 +1,98 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+)
+
+// Model is a deployed fine-tuned model, as the API serves it.
+type Model struct {
+	Name           string
+	OrganizationID string
+	JobID          string
+	BaseModel      string
+	// BlobKey holds a builtin model's weights in the artifact store.
+	BlobKey   string
+	Card      string
+	CreatedAt time.Time
+	// Adapter is the inference backend's name for a LoRA adapter; nil for
+	// a builtin model, served in-process.
+	Adapter *string
+}
+
+func modelFromRow(r dbsqlc.DeployedModel) Model {
+	return Model{
+		Name: r.Name, OrganizationID: r.OrganizationID, JobID: r.JobID, BaseModel: r.BaseModel,
+		BlobKey: r.BlobKey, Card: r.Card, CreatedAt: r.CreatedAt.UTC(), Adapter: r.Adapter,
+	}
+}
+
+// Model reads one of the organization's deployed models; ErrNotFound when
+// it has none of that name.
+func (s *Store) Model(ctx context.Context, org, name string) (Model, error) {
+	r, err := s.Q.GetDeployedModel(ctx, s.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: org, Name: name})
+	if err != nil {
+		return Model{}, fmt.Errorf("read model %s: %w", name, NotFound(err))
+	}
+	return modelFromRow(r), nil
+}
+
+// Models lists the organization's deployed models, newest first.
+func (s *Store) Models(ctx context.Context, org string) ([]Model, error) {
+	rows, err := s.Q.ListDeployedModels(ctx, s.Pool, org)
+	if err != nil {
+		return nil, fmt.Errorf("list models: %w", err)
+	}
+	out := make([]Model, len(rows))
+	for i, r := range rows {
+		out[i] = modelFromRow(r)
+	}
+	return out, nil
+}
+
+// LogLine is one line of a job's log.
+type LogLine struct {
+	At      time.Time
+	Level   string
+	Message string
+}
+
+// JobLogs reads the job's newest limit log lines after since (when set),
+// oldest first.
+func (s *Store) JobLogs(ctx context.Context, jobID string, since *time.Time, limit int) ([]LogLine, error) {
+	rows, err := s.Q.ListJobLogs(ctx, s.Pool, dbsqlc.ListJobLogsParams{JobID: jobID, Since: since, Lim: int32(limit)})
+	if err != nil {
+		return nil, fmt.Errorf("read logs of %s: %w", jobID, err)
+	}
+	out := make([]LogLine, len(rows))
+	for i, r := range rows {
+		out[i] = LogLine{At: r.Ts.UTC(), Level: r.Level, Message: r.Message}
+	}
+	return out, nil
+}
+
+// MetricPoint is a job's training metrics at one step.
+type MetricPoint struct {
+	Step           int32
+	Epoch          int32
+	TrainingLoss   float64
+	ValidationLoss *float64
+	LearningRate   float64
+	Tokens         int64
+}
+
+// JobMetrics reads the job's metric points in step order.
+func (s *Store) JobMetrics(ctx context.Context, jobID string) ([]MetricPoint, error) {
+	rows, err := s.Q.ListJobMetrics(ctx, s.Pool, jobID)
+	if err != nil {
+		return nil, fmt.Errorf("read metrics of %s: %w", jobID, err)
+	}
+	out := make([]MetricPoint, len(rows))
+	for i, r := range rows {
+		out[i] = MetricPoint{Step: r.Step, Epoch: r.Epoch, TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, LearningRate: r.LearningRate, Tokens: r.Tokens}
+	}
+	return out, nil
+}
