@@ -34,8 +34,8 @@ type datasetView struct {
 	CreatedAt time.Time `json:"createdAt"`
 }
 
-func viewDataset(d dbsqlc.Dataset) datasetView {
-	return datasetView{ID: d.ID, Filename: d.Filename, Bytes: d.Bytes, SHA256: d.Sha256, CreatedAt: d.CreatedAt.UTC()}
+func viewDataset(d db.Dataset) datasetView {
+	return datasetView{ID: d.ID, Filename: d.Filename, Bytes: d.Bytes, SHA256: d.SHA256, CreatedAt: d.CreatedAt}
 }
 
 // DatasetLimits bound the datasets of each organization.
@@ -128,18 +128,18 @@ func fileFromMultipart(body io.Reader, boundary string) (*multipart.Part, error)
 // then records it within the organization's quota. size is src's length
 // when known beforehand, else -1. A dataset that fails leaves neither an
 // object nor a row behind.
-func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename string, src io.Reader, size int64) (dbsqlc.Dataset, error) {
+func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename string, src io.Reader, size int64) (db.Dataset, error) {
 	org := key.OrganizationID
 	quota := s.Datasets.QuotaBytes > 0 || s.Datasets.QuotaCount > 0
 	var usage dbsqlc.DatasetUsageRow
 	if quota {
 		var err error
 		if usage, err = s.Store.Q.DatasetUsage(ctx, s.Store.Pool, org); err != nil {
-			return dbsqlc.Dataset{}, fmt.Errorf("read dataset usage: %w", err)
+			return db.Dataset{}, fmt.Errorf("read dataset usage: %w", err)
 		}
 		// Refused before a byte is read when the answer is already known.
 		if err := s.checkQuota(usage, max(size, 0)); err != nil {
-			return dbsqlc.Dataset{}, err
+			return db.Dataset{}, err
 		}
 	}
 	limit, tooLarge := s.maxDatasetBytes(), errDatasetTooLarge(s.maxDatasetBytes())
@@ -147,7 +147,7 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		limit, tooLarge = q-usage.Bytes, s.quotaError(usage, "this dataset is larger than the space left")
 	}
 	if size > limit {
-		return dbsqlc.Dataset{}, tooLarge
+		return db.Dataset{}, tooLarge
 	}
 	src = &capReader{r: src, n: limit, err: tooLarge}
 
@@ -181,17 +181,17 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		var apiErr *apiError
 		if put.err != nil && !errors.As(scanErr, &verr) && !errors.As(scanErr, &apiErr) && !errors.Is(put.err, scanErr) && !errors.Is(put.err, context.Canceled) {
 			// The store failed, not the client: a server error, logged, not shown.
-			return dbsqlc.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
+			return db.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 		}
-		return dbsqlc.Dataset{}, uploadError(scanErr)
+		return db.Dataset{}, uploadError(scanErr)
 	}
 	pw.Close()
 	put := <-done
 	if put.err != nil {
 		s.discardBlob(ctx, blobKey)
-		return dbsqlc.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
+		return db.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 	}
-	var d dbsqlc.Dataset
+	var d db.Dataset
 	err := s.Store.InTx(ctx, func(tx pgx.Tx) error {
 		if quota {
 			if err := s.Store.Q.LockDatasetQuota(ctx, tx, org); err != nil {
@@ -205,19 +205,19 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 				return err
 			}
 		}
-		var err error
-		d, err = s.Store.Q.CreateDataset(ctx, tx, dbsqlc.CreateDatasetParams{
+		row, err := s.Store.Q.CreateDataset(ctx, tx, dbsqlc.CreateDatasetParams{
 			ID: id, OrganizationID: org, Filename: filename, Bytes: put.n, Sha256: put.sum,
 			BlobKey: blobKey, CreatedBy: key.UserID,
 		})
 		if err != nil {
 			return fmt.Errorf("record dataset: %w", err)
 		}
+		d = db.DatasetFromRow(row)
 		return nil
 	})
 	if err != nil {
 		s.discardBlob(ctx, blobKey)
-		return dbsqlc.Dataset{}, err
+		return db.Dataset{}, err
 	}
 	return d, nil
 }
@@ -327,10 +327,10 @@ func uploadError(err error) error {
 // resolveDataset turns a trainingDataset or validationFile value into a
 // dataset of the caller's organization: a ds_ ID, or a path inside the
 // data directory, which is imported (a path that escapes it is refused).
-func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field string) (dbsqlc.Dataset, error) {
+func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field string) (db.Dataset, error) {
 	ref = strings.TrimSpace(ref)
 	if isDatasetID(ref) {
-		d, err := s.Store.Q.GetDataset(ctx, s.Store.Pool, dbsqlc.GetDatasetParams{OrganizationID: key.OrganizationID, ID: ref})
+		d, err := s.Store.Dataset(ctx, key.OrganizationID, ref)
 		if db.IsNotFound(err) {
 			return d, fieldError(http.StatusUnprocessableEntity, field, "unknown dataset %q; upload one with POST /api/v1/fine-tuning/datasets", ref)
 		}
@@ -340,37 +340,37 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 	if filepath.IsAbs(ref) {
 		r, err := filepath.Rel(s.DataDir, ref)
 		if err != nil {
-			return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
+			return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
 		}
 		rel = r
 	}
 	if !filepath.IsLocal(rel) {
-		return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
+		return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
 	}
 	notFound := fieldError(http.StatusUnprocessableEntity, field, "no dataset ID or file %q in the data directory", ref)
 	if reservedPath(rel) {
 		// The platform's own state (other organizations' artifacts, the
 		// Temporal database, the dev key) is never importable, and looks
 		// the same as a missing file.
-		return dbsqlc.Dataset{}, notFound
+		return db.Dataset{}, notFound
 	}
 	// os.Root refuses "..", absolute paths and symlinks leading outside.
 	root, err := os.OpenRoot(s.DataDir)
 	if err != nil {
-		return dbsqlc.Dataset{}, err
+		return db.Dataset{}, err
 	}
 	defer root.Close()
 	f, err := root.Open(rel)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return dbsqlc.Dataset{}, notFound
+			return db.Dataset{}, notFound
 		}
-		return dbsqlc.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "cannot read %q inside the data directory: %v", ref, errors.Unwrap(err))
+		return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "cannot read %q inside the data directory: %v", ref, errors.Unwrap(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
-		return dbsqlc.Dataset{}, notFound
+		return db.Dataset{}, notFound
 	}
 	// Capped and validated like an upload: a file growing while it is
 	// read is cut off at the limit all the same.
@@ -399,13 +399,7 @@ func (s *Server) listDatasets(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	org := caller(c).OrganizationID
-	rows, err := s.Store.Q.ListDatasets(ctx, s.Store.Pool, dbsqlc.ListDatasetsParams{OrganizationID: org, Limit: int32(limit), Offset: int32(offset)})
-	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	count, err := s.Store.Q.CountDatasets(ctx, s.Store.Pool, org)
+	rows, count, err := s.Store.Datasets(ctx, caller(c).OrganizationID, limit, offset)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -419,7 +413,7 @@ func (s *Server) listDatasets(c *gin.Context) {
 
 func (s *Server) getDataset(c *gin.Context) {
 	id := c.Param("id")
-	d, err := s.Store.Q.GetDataset(c.Request.Context(), s.Store.Pool, dbsqlc.GetDatasetParams{OrganizationID: caller(c).OrganizationID, ID: id})
+	d, err := s.Store.Dataset(c.Request.Context(), caller(c).OrganizationID, id)
 	if db.IsNotFound(err) {
 		s.respondError(c, notFound("dataset", id))
 		return

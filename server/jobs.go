@@ -203,7 +203,7 @@ func (s *Server) createJob(c *gin.Context) {
 	if !isDatasetID(req.TrainingDataset) {
 		imported = append(imported, train.ID)
 	}
-	var valid *dbsqlc.Dataset
+	var valid *db.Dataset
 	if req.ValidationFile != "" {
 		v, err := s.resolveDataset(ctx, key, req.ValidationFile, "validationFile")
 		if err != nil {
