@@ -56,7 +56,7 @@ func (a *Activities) RequestGPU(ctx context.Context, req LeaseRequest) (GPUTicke
 	if err != nil {
 		return GPUTicket{}, err
 	}
-	msg := fmt.Sprintf("Acquired a GPU slot on %s", req.HardwareID)
+	msg := acquiredLog(req.HardwareID)
 	if !ticket.Granted {
 		msg = fmt.Sprintf("Waiting for a GPU slot on %s (%d of your organization's jobs ahead of it on this pool)", req.HardwareID, ahead)
 	}
@@ -106,7 +106,11 @@ func (a *Activities) enqueue(ctx context.Context, req LeaseRequest) (ticket GPUT
 
 // GPUGranted logs that a waiting job got its slot.
 func (a *Activities) GPUGranted(ctx context.Context, req LeaseRequest) error {
-	return a.appendLog(ctx, req.JobID, LevelInfo, fmt.Sprintf("Acquired a GPU slot on %s", req.HardwareID))
+	return a.appendLog(ctx, req.JobID, LevelInfo, acquiredLog(req.HardwareID))
+}
+
+func acquiredLog(hardwareID string) string {
+	return fmt.Sprintf("Acquired a GPU slot on %s", hardwareID)
 }
 
 // ReleaseGPU gives the job's slot (or its place in the queue) back and
@@ -127,16 +131,21 @@ func (a *Activities) ReleaseGPU(ctx context.Context, jobID string) error {
 // DispatchGPUs grants the pool's free slots to the next waiting jobs and
 // signals every granted job not yet told.
 func (a *Activities) DispatchGPUs(ctx context.Context, hardwareID string) error {
-	err := a.Store.InTx(ctx, func(tx pgx.Tx) error {
+	if err := a.grantPool(ctx, hardwareID); err != nil {
+		return err
+	}
+	return a.notifyGrants(ctx, hardwareID)
+}
+
+// grantPool grants the pool's free slots in a transaction of its own,
+// under the pool's lock.
+func (a *Activities) grantPool(ctx context.Context, hardwareID string) error {
+	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
 		if err := a.Store.Q.LockGPUPool(ctx, tx, hardwareID); err != nil {
 			return fmt.Errorf("lock pool %s: %w", hardwareID, err)
 		}
 		return a.grantFree(ctx, tx, hardwareID)
 	})
-	if err != nil {
-		return err
-	}
-	return a.notifyGrants(ctx, hardwareID)
 }
 
 // grantFree grants as many slots as the pool has free, fairly; the caller
@@ -193,13 +202,7 @@ func (a *Activities) notifyGrants(ctx context.Context, hardwareID string) error 
 		if !freed {
 			return nil
 		}
-		err = a.Store.InTx(ctx, func(tx pgx.Tx) error {
-			if err := a.Store.Q.LockGPUPool(ctx, tx, hardwareID); err != nil {
-				return fmt.Errorf("lock pool %s: %w", hardwareID, err)
-			}
-			return a.grantFree(ctx, tx, hardwareID)
-		})
-		if err != nil {
+		if err := a.grantPool(ctx, hardwareID); err != nil {
 			return err
 		}
 	}

@@ -4,7 +4,10 @@
 // a test keeps the two equal.)
 package jobstatus
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // Status is a job's status as the API shows it.
 type Status string
@@ -32,21 +35,14 @@ var Active = []Status{Queued, Running}
 var MayTrain = []Status{Queued, Running, Failed, Stopped}
 
 // Valid reports whether s is a status.
-func (s Status) Valid() bool {
-	for _, v := range All {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func (s Status) Valid() bool { return slices.Contains(All, s) }
 
 // Finished reports whether s ends a training run: the job's finish time is
 // recorded with it.
 func (s Status) Finished() bool { return s == Completed || s == Failed || s == Stopped }
 
 // IsActive reports whether s is one of Active.
-func (s Status) IsActive() bool { return s == Queued || s == Running }
+func (s Status) IsActive() bool { return slices.Contains(Active, s) }
 
 // Names lists the statuses for messages: "queued, running, …".
 func Names() string {

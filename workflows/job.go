@@ -141,7 +141,7 @@ func (j *job) check(act action) error {
 	}
 	switch act {
 	case actionStop:
-		if s != jobstatus.Queued && s != jobstatus.Running {
+		if !s.IsActive() {
 			return reject("the job is %s; only queued or running jobs can be stopped", s)
 		}
 		if s == jobstatus.Running && j.cancelTrain == nil {
@@ -177,7 +177,7 @@ func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error)
 	var done func() bool
 	switch act {
 	case actionStop:
-		done = func() bool { return j.state.Status != jobstatus.Queued && j.state.Status != jobstatus.Running }
+		done = func() bool { return !j.state.Status.IsActive() }
 	case actionRestart:
 		done = func() bool { return j.state.Status == jobstatus.Queued }
 	case actionDeploy:
