@@ -58,6 +58,12 @@ type NewJob struct {
 	MaxActiveJobs int
 }
 
+// TooManyJobsMessage tells an organization at its cap of active jobs what
+// to do; the API's quick check before a create says the same.
+func TooManyJobsMessage(active int64) string {
+	return fmt.Sprintf("your organization has %d queued or running jobs, the most it may have; wait for some to finish, or stop or delete queued ones", active)
+}
+
 // CreateJob writes a new job's row (and its idempotency key) unless the
 // organization is at its cap; a retry after a commit changes nothing.
 func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
@@ -77,9 +83,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 			return fmt.Errorf("count active jobs: %w", err)
 		}
 		if j.MaxActiveJobs > 0 && active >= int64(j.MaxActiveJobs) {
-			return temporal.NewNonRetryableApplicationError(fmt.Sprintf(
-				"your organization has %d queued or running jobs, the most it may have; wait for some to finish, or stop or delete queued ones", active),
-				ErrTypeTooManyJobs, nil)
+			return temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
 		}
 		if j.IdempotencyKey != "" {
 			if err := q.DeleteStaleIdempotencyKey(ctx, tx, dbsqlc.DeleteStaleIdempotencyKeyParams{OrganizationID: j.OrganizationID, Key: j.IdempotencyKey}); err != nil {

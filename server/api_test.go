@@ -243,10 +243,7 @@ func TestDatasets(t *testing.T) {
 	fresh := env.NewOrg(t)
 	r = fresh.Do(t, "POST", jobsPath, map[string]any{"name": "half", "baseModel": "llama-3.1-8b", "trainingDataset": "local.jsonl", "validationFile": "missing.jsonl"})
 	expect(t, r, 422, "validationFile")
-	expect(t, fresh.Do(t, "GET", "/api/v1/fine-tuning/datasets", nil), 200, `"count":0`)
-	if keys, err := env.Artifacts.List(context.Background(), "datasets/"+fresh.ID+"/"); err != nil || len(keys) > 0 {
-		t.Fatalf("the failed request left %v in the store (%v)", keys, err)
-	}
+	expectNothingStored(t, fresh, "a job request that imported, then failed")
 	// The platform's own files in the data directory are not importable:
 	// another organization's dataset in the artifact store, the dev key.
 	other2 := env.NewOrg(t)

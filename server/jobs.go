@@ -265,18 +265,33 @@ func (s *Server) createJob(c *gin.Context) {
 	c.JSON(http.StatusCreated, createdJob(job))
 }
 
-// started reports whether an update-with-start call that failed had
-// started its workflow, asking Temporal for at most a second more.
-func started(ctx context.Context, start client.WithStartWorkflowOperation) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+// startAndAwait starts a workflow, or joins the one of that ID already
+// running, and in the same call waits for the answer of its update. When
+// that fails, started says whether the workflow runs all the same (asking
+// Temporal for at most a second more), so the caller can tell "nothing
+// happened" from "not confirmed yet".
+func (s *Server) startAndAwait(ctx context.Context, opts client.StartWorkflowOptions, update string, workflow, arg any) (started bool, err error) {
+	opts.TaskQueue = workflows.ControlTaskQueue
+	opts.WorkflowIDConflictPolicy = enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING
+	start := s.Temporal.NewWithStartWorkflowOperation(opts, workflow, arg)
+	handle, err := s.Temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions:          client.UpdateWorkflowOptions{UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted},
+	})
+	if err == nil {
+		err = handle.Get(ctx, nil)
+	}
+	if err == nil {
+		return true, nil
+	}
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	_, err := start.Get(ctx)
-	return err == nil
+	_, serr := start.Get(gctx)
+	return serr == nil, err
 }
 
 func tooManyJobs(active int64) error {
-	return newError(http.StatusTooManyRequests, "too_many_jobs",
-		"your organization has %d queued or running jobs, the most it may have; wait for some to finish, or stop or delete queued ones", active)
+	return newError(http.StatusTooManyRequests, "too_many_jobs", "%s", activities.TooManyJobsMessage(active))
 }
 
 // createTimeout bounds the wait for a new job's workflow to write its row.
@@ -290,24 +305,15 @@ const createTimeout = 15 * time.Second
 func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, createTimeout)
 	defer cancel()
-	start := s.Temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID:                       in.JobID,
-		TaskQueue:                workflows.ControlTaskQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+	started, err := s.startAndAwait(ctx, client.StartWorkflowOptions{
+		ID:                    in.JobID,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		TypedSearchAttributes: temporal.NewSearchAttributes(
 			workflows.SearchAttrStatus.ValueSet(string(jobstatus.Queued)),
 			workflows.SearchAttrBaseModel.ValueSet(in.BaseModel),
 			workflows.SearchAttrOrganization.ValueSet(in.OrganizationID),
 		),
-	}, workflows.FineTuningJob, in)
-	handle, err := s.Temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-		StartWorkflowOperation: start,
-		UpdateOptions:          client.UpdateWorkflowOptions{UpdateName: workflows.UpdateCreated, WaitForStage: client.WorkflowUpdateStageCompleted},
-	})
-	if err == nil {
-		err = handle.Get(ctx, nil)
-	}
+	}, workflows.UpdateCreated, workflows.FineTuningJob, in)
 	var appErr *temporal.ApplicationError
 	switch {
 	case err == nil:
@@ -320,7 +326,7 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending b
 		return false, err
 	}
 	s.log.ErrorContext(ctx, "start job workflow", "job", in.JobID, "err", err)
-	if started(ctx, start) {
+	if started {
 		return true, newError(http.StatusServiceUnavailable, "unavailable",
 			"job %s was accepted but not confirmed in time; it appears in GET /api/v1/fine-tuning/jobs once created (retry with the same Idempotency-Key to get it)", in.JobID)
 	}
@@ -452,22 +458,13 @@ func (s *Server) deleteJob(c *gin.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, updateTimeout)
 	defer cancel()
-	start := s.Temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID:                       workflows.DeleteWorkflowID(job.ID),
-		TaskQueue:                workflows.ControlTaskQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
-	}, workflows.DeleteJob, activities.DeleteRequest{JobID: job.ID, OrganizationID: job.OrganizationID})
-	handle, err := s.Temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-		StartWorkflowOperation: start,
-		UpdateOptions:          client.UpdateWorkflowOptions{UpdateName: workflows.UpdateDeleted, WaitForStage: client.WorkflowUpdateStageCompleted},
-	})
-	if err == nil {
-		err = handle.Get(ctx, nil)
-	}
+	started, err := s.startAndAwait(ctx, client.StartWorkflowOptions{
+		ID:                    workflows.DeleteWorkflowID(job.ID),
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+	}, workflows.UpdateDeleted, workflows.DeleteJob, activities.DeleteRequest{JobID: job.ID, OrganizationID: job.OrganizationID})
 	if err != nil {
 		s.log.ErrorContext(ctx, "delete job", "job", job.ID, "err", err)
-		if started(ctx, start) {
+		if started {
 			// The delete workflow runs to the end on its own.
 			s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "the job is being deleted but that was not confirmed in time; it disappears shortly"))
 			return

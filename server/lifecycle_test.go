@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/server"
-	"github.com/tuneforge/tuneforge/workers"
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
@@ -51,6 +49,16 @@ func fault(t *testing.T, op, name string) (heal func()) {
 	}
 	t.Cleanup(heal)
 	return heal
+}
+
+// deadTemporal is a Temporal client whose server never answers.
+func deadTemporal(t *testing.T) client.Client {
+	t.Helper()
+	dead, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dead
 }
 
 // impatient is the org's client with a short timeout: a caller who gives
@@ -90,7 +98,7 @@ func workflowOpen(t *testing.T, id string) bool {
 func leftovers(t *testing.T, org *testenv.Org, id string) []string {
 	t.Helper()
 	var out []string
-	for _, prefix := range []string{artifacts.CheckpointPrefix(id), "outputs/" + id + "/", "models/" + org.ID + "/" + id} {
+	for _, prefix := range []string{artifacts.CheckpointPrefix(id), "outputs/" + id + "/", artifacts.ModelPrefix(org.ID, id)} {
 		keys, err := env.Artifacts.List(context.Background(), prefix)
 		if err != nil {
 			t.Fatal(err)
@@ -109,15 +117,7 @@ func TestCreateFaults(t *testing.T) {
 	}
 
 	t.Run("Temporal does not answer before the start", func(t *testing.T) {
-		dead, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		api := httptest.NewServer(server.New(server.Deps{
-			Store: env.Store, Temporal: dead, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log,
-			GPULiveness: workers.GPULiveness, MaxActiveJobs: 10,
-		}))
-		defer api.Close()
+		api := apiWith(t, func(d *server.Deps) { d.Temporal, d.MaxActiveJobs = deadTemporal(t), 10 })
 		r := (&testenv.Client{BaseURL: api.URL, Key: org.Key}).Do(t, "POST", jobsPath, body("never"))
 		expect(t, r, 503, "nothing was created")
 		if n := jobCount(t, org); n != 0 {
@@ -154,11 +154,7 @@ func TestCreateFaults(t *testing.T) {
 
 	t.Run("the organization is at its cap", func(t *testing.T) {
 		capped := env.NewOrg(t)
-		api := httptest.NewServer(server.New(server.Deps{
-			Store: env.Store, Temporal: env.Temporal, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log,
-			GPULiveness: workers.GPULiveness, MaxActiveJobs: 1,
-		}))
-		defer api.Close()
+		api := apiWith(t, func(d *server.Deps) { d.MaxActiveJobs = 1 })
 		c := &testenv.Client{BaseURL: api.URL, Key: capped.Key}
 		cds := capped.Upload(t, "tickets.jsonl", testenv.Tickets(20, 5))
 		req := map[string]any{"name": "first", "baseModel": "llama-3.1-8b", "trainingDataset": cds, "hardware": "gpu-a100-80gb-x4"}
@@ -188,14 +184,7 @@ func TestDeleteFaults(t *testing.T) {
 
 	t.Run("Temporal does not answer before the start", func(t *testing.T) {
 		id := completed("kept")
-		dead, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		api := httptest.NewServer(server.New(server.Deps{
-			Store: env.Store, Temporal: dead, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log, GPULiveness: workers.GPULiveness,
-		}))
-		defer api.Close()
+		api := apiWith(t, func(d *server.Deps) { d.Temporal = deadTemporal(t) })
 		expect(t, (&testenv.Client{BaseURL: api.URL, Key: org.Key}).Do(t, "DELETE", jobsPath+"/"+id, nil), 503, "was not deleted")
 		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"deployed"`)
 		if len(leftovers(t, org, id)) == 0 {
