@@ -78,9 +78,9 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		if err := q.LockOrganizationJobs(ctx, tx, j.OrganizationID); err != nil {
 			return fmt.Errorf("lock organization: %w", err)
 		}
-		active, err := q.CountActiveJobs(ctx, tx, dbsqlc.CountActiveJobsParams{OrganizationID: j.OrganizationID, Statuses: jobstatus.Strings(jobstatus.Active)})
+		active, err := a.Store.ActiveJobs(ctx, tx, j.OrganizationID)
 		if err != nil {
-			return fmt.Errorf("count active jobs: %w", err)
+			return err
 		}
 		if j.MaxActiveJobs > 0 && active >= int64(j.MaxActiveJobs) {
 			return temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
@@ -233,7 +233,7 @@ func (a *Activities) keepUpload(ctx context.Context, jobID string, keys ...strin
 		return nil
 	}
 	if !db.IsNotFound(err) {
-		return fmt.Errorf("read job: %w", err)
+		return err
 	}
 	for _, key := range keys {
 		if derr := a.Artifacts.Delete(ctx, key); derr != nil {

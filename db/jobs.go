@@ -87,6 +87,16 @@ func (s *Store) JobByID(ctx context.Context, id string) (Job, error) {
 	return jobFromRow(r), nil
 }
 
+// ActiveJobs counts the organization's jobs in jobstatus.Active, on q:
+// the pool, or a transaction that holds the organization's lock.
+func (s *Store) ActiveJobs(ctx context.Context, q dbsqlc.DBTX, org string) (int64, error) {
+	n, err := s.Q.CountActiveJobs(ctx, q, dbsqlc.CountActiveJobsParams{OrganizationID: org, Statuses: jobstatus.Strings(jobstatus.Active)})
+	if err != nil {
+		return 0, fmt.Errorf("count active jobs: %w", err)
+	}
+	return n, nil
+}
+
 // JobFilter selects and orders an organization's jobs. Nil fields do not
 // filter; Search matches name or description as a LIKE pattern (the caller
 // escapes it); Sort is "field:asc" or "field:desc" of a field the caller
