@@ -79,12 +79,10 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	if err == nil {
 		err = a.recordDeployment(ctx, in, key, card, nil)
 	}
-	if err != nil && !temporal.IsApplicationError(err) {
-		return err // retried, and the retry writes the same keys again
-	}
-	if err != nil {
-		// A deploy that lost (to a deletion, to another job's model name,
-		// to data PostgreSQL refuses) leaves nothing behind.
+	// A deploy that lost (to a deletion, to another job's model name, to
+	// data PostgreSQL refuses) leaves nothing behind; any other failure is
+	// retried, and the retry writes the same keys again.
+	if temporal.IsApplicationError(err) {
 		a.removeUnpublished(ctx, in.JobID, key, cardKey)
 	}
 	return err
@@ -147,11 +145,7 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 	}
 	if err != nil {
 		// Nothing may serve an adapter no deployed model names.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adapterCallTimeout)
-		defer cancel()
-		if uerr := a.Inference.UnloadAdapter(uctx, name); uerr != nil {
-			a.Logger.WarnContext(ctx, "unload the adapter of a failed deploy", "job", in.JobID, "adapter", name, "err", uerr)
-		}
+		a.unloadAdapter(ctx, in.JobID, name, "a failed deploy")
 		_ = os.RemoveAll(dir)
 		a.removeUnpublished(ctx, in.JobID, artifacts.ModelCardKey(in.OrganizationID, in.JobID, in.ResultModel))
 	}

@@ -193,7 +193,10 @@ func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
 		}
 	}
 	if d.Adapter != nil {
-		a.unloadAdapter(ctx, d.JobID, *d.Adapter)
+		// Best effort: no request reaches an adapter without its model's
+		// row, which is gone already, and a backend that is down has
+		// unloaded it anyway.
+		a.unloadAdapter(ctx, d.JobID, *d.Adapter, "a deleted job")
 	}
 	// Everything the job published goes, under whatever model name: a
 	// deploy that failed may have left files its cleanup could not remove.
@@ -208,18 +211,18 @@ func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
 	return nil
 }
 
-// unloadAdapter asks the backend to stop serving a deleted job's adapter.
-// Best effort: no request reaches an adapter without its model's row, which
-// is gone already, and a backend that is down has unloaded it anyway.
-func (a *Activities) unloadAdapter(ctx context.Context, jobID, adapter string) {
+// unloadAdapter asks the backend to stop serving the adapter of whose
+// (a deleted job, a failed deploy), even when ctx is done; a failure is
+// only logged.
+func (a *Activities) unloadAdapter(ctx context.Context, jobID, adapter, whose string) {
 	if a.Inference == nil {
-		a.Logger.WarnContext(ctx, "cannot unload the adapter of a deleted job: TUNEFORGE_INFERENCE_URL is unset", "job", jobID, "adapter", adapter)
+		a.Logger.WarnContext(ctx, "cannot unload the adapter of "+whose+": TUNEFORGE_INFERENCE_URL is unset", "job", jobID, "adapter", adapter)
 		return
 	}
-	uctx, cancel := context.WithTimeout(ctx, adapterCallTimeout)
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adapterCallTimeout)
 	defer cancel()
 	if err := a.Inference.UnloadAdapter(uctx, adapter); err != nil {
-		a.Logger.WarnContext(ctx, "unload the adapter of a deleted job", "job", jobID, "adapter", adapter, "err", err)
+		a.Logger.WarnContext(ctx, "unload the adapter of "+whose, "job", jobID, "adapter", adapter, "err", err)
 	}
 }
 
