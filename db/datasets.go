@@ -32,8 +32,8 @@ func DatasetFromRow(r dbsqlc.Dataset) Dataset {
 
 // Dataset reads one of the organization's datasets; ErrNotFound when it has
 // none of that ID.
-func (s *Store) Dataset(ctx context.Context, org, id string) (Dataset, error) {
-	r, err := s.Q.GetDataset(ctx, s.Pool, dbsqlc.GetDatasetParams{OrganizationID: org, ID: id})
+func (c Conn) Dataset(ctx context.Context, org, id string) (Dataset, error) {
+	r, err := c.q.GetDataset(ctx, c.db, dbsqlc.GetDatasetParams{OrganizationID: org, ID: id})
 	if err != nil {
 		return Dataset{}, fmt.Errorf("read dataset %s: %w", id, NotFound(err))
 	}
@@ -42,12 +42,12 @@ func (s *Store) Dataset(ctx context.Context, org, id string) (Dataset, error) {
 
 // Datasets lists a page of the organization's datasets, newest first, and
 // how many it has in all.
-func (s *Store) Datasets(ctx context.Context, org string, limit, offset int) ([]Dataset, int64, error) {
-	rows, err := s.Q.ListDatasets(ctx, s.Pool, dbsqlc.ListDatasetsParams{OrganizationID: org, Limit: int32(limit), Offset: int32(offset)})
+func (c Conn) Datasets(ctx context.Context, org string, limit, offset int) ([]Dataset, int64, error) {
+	rows, err := c.q.ListDatasets(ctx, c.db, dbsqlc.ListDatasetsParams{OrganizationID: org, Limit: int32(limit), Offset: int32(offset)})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list datasets: %w", err)
 	}
-	count, err := s.Q.CountDatasets(ctx, s.Pool, org)
+	count, err := c.q.CountDatasets(ctx, c.db, org)
 	if err != nil {
 		return nil, 0, fmt.Errorf("count datasets: %w", err)
 	}

@@ -25,10 +25,33 @@ var migrations embed.FS
 // ErrNotFound is what a lookup of a missing (or foreign) row returns.
 var ErrNotFound = errors.New("not found")
 
-// Store is the pool plus the generated queries.
+// Conn runs tuneforge's queries on the pool or, inside Transact, on one
+// transaction. The domain methods live on Conn so that each one works either
+// way and a caller never handles a generated type.
+type Conn struct {
+	db dbsqlc.DBTX
+	q  *dbsqlc.Queries
+}
+
+// Store is the pool, and a Conn on it.
 type Store struct {
 	Pool *pgxpool.Pool
-	Q    *dbsqlc.Queries
+	// Q is the generated queries, for callers not yet behind the boundary.
+	Q *dbsqlc.Queries
+	Conn
+}
+
+// NewStore wraps a pool.
+func NewStore(pool *pgxpool.Pool) *Store {
+	q := dbsqlc.New()
+	return &Store{Pool: pool, Q: q, Conn: Conn{db: pool, q: q}}
+}
+
+// Transact runs fn in a transaction, committing if it returns nil.
+func (s *Store) Transact(ctx context.Context, fn func(Conn) error) error {
+	return pgx.BeginFunc(ctx, s.Pool, func(tx pgx.Tx) error {
+		return fn(Conn{db: tx, q: s.q})
+	})
 }
 
 // Open connects and checks the connection, with an error that says what to do.
@@ -47,7 +70,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("PostgreSQL at %s:%d does not answer: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
 	}
-	return &Store{Pool: pool, Q: dbsqlc.New()}, nil
+	return NewStore(pool), nil
 }
 
 // Close closes the pool.

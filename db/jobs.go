@@ -69,8 +69,8 @@ func utc(t *time.Time) *time.Time {
 
 // Job reads one of the organization's jobs; ErrNotFound when it has none
 // of that ID.
-func (s *Store) Job(ctx context.Context, org, id string) (Job, error) {
-	r, err := s.Q.GetJob(ctx, s.Pool, dbsqlc.GetJobParams{OrganizationID: org, ID: id})
+func (c Conn) Job(ctx context.Context, org, id string) (Job, error) {
+	r, err := c.q.GetJob(ctx, c.db, dbsqlc.GetJobParams{OrganizationID: org, ID: id})
 	if err != nil {
 		return Job{}, fmt.Errorf("read job %s: %w", id, NotFound(err))
 	}
@@ -79,8 +79,8 @@ func (s *Store) Job(ctx context.Context, org, id string) (Job, error) {
 
 // JobByID reads a job whatever its organization, for workers acting on a
 // job their workflow already owns; ErrNotFound once it is deleted.
-func (s *Store) JobByID(ctx context.Context, id string) (Job, error) {
-	r, err := s.Q.GetJobByID(ctx, s.Pool, id)
+func (c Conn) JobByID(ctx context.Context, id string) (Job, error) {
+	r, err := c.q.GetJobByID(ctx, c.db, id)
 	if err != nil {
 		return Job{}, fmt.Errorf("read job %s: %w", id, NotFound(err))
 	}
@@ -89,8 +89,8 @@ func (s *Store) JobByID(ctx context.Context, id string) (Job, error) {
 
 // ActiveJobs counts the organization's jobs in jobstatus.Active, on q:
 // the pool, or a transaction that holds the organization's lock.
-func (s *Store) ActiveJobs(ctx context.Context, q dbsqlc.DBTX, org string) (int64, error) {
-	n, err := s.Q.CountActiveJobs(ctx, q, dbsqlc.CountActiveJobsParams{OrganizationID: org, Statuses: jobstatus.Strings(jobstatus.Active)})
+func (c Conn) ActiveJobs(ctx context.Context, q dbsqlc.DBTX, org string) (int64, error) {
+	n, err := c.q.CountActiveJobs(ctx, q, dbsqlc.CountActiveJobsParams{OrganizationID: org, Statuses: jobstatus.Strings(jobstatus.Active)})
 	if err != nil {
 		return 0, fmt.Errorf("count active jobs: %w", err)
 	}
@@ -112,20 +112,20 @@ type JobFilter struct {
 
 // Jobs lists a page of the organization's jobs matching f, and how many
 // match in all.
-func (s *Store) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
+func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 	var status *string
 	if f.Status != nil {
 		v := string(*f.Status)
 		status = &v
 	}
-	rows, err := s.Q.ListJobs(ctx, s.Pool, dbsqlc.ListJobsParams{
+	rows, err := c.q.ListJobs(ctx, c.db, dbsqlc.ListJobsParams{
 		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
 		Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list jobs: %w", err)
 	}
-	count, err := s.Q.CountJobs(ctx, s.Pool, dbsqlc.CountJobsParams{OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search})
+	count, err := c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search})
 	if err != nil {
 		return nil, 0, fmt.Errorf("count jobs: %w", err)
 	}

@@ -32,8 +32,8 @@ func modelFromRow(r dbsqlc.DeployedModel) Model {
 
 // Model reads one of the organization's deployed models; ErrNotFound when
 // it has none of that name.
-func (s *Store) Model(ctx context.Context, org, name string) (Model, error) {
-	r, err := s.Q.GetDeployedModel(ctx, s.Pool, dbsqlc.GetDeployedModelParams{OrganizationID: org, Name: name})
+func (c Conn) Model(ctx context.Context, org, name string) (Model, error) {
+	r, err := c.q.GetDeployedModel(ctx, c.db, dbsqlc.GetDeployedModelParams{OrganizationID: org, Name: name})
 	if err != nil {
 		return Model{}, fmt.Errorf("read model %s: %w", name, NotFound(err))
 	}
@@ -41,8 +41,8 @@ func (s *Store) Model(ctx context.Context, org, name string) (Model, error) {
 }
 
 // Models lists the organization's deployed models, newest first.
-func (s *Store) Models(ctx context.Context, org string) ([]Model, error) {
-	rows, err := s.Q.ListDeployedModels(ctx, s.Pool, org)
+func (c Conn) Models(ctx context.Context, org string) ([]Model, error) {
+	rows, err := c.q.ListDeployedModels(ctx, c.db, org)
 	if err != nil {
 		return nil, fmt.Errorf("list models: %w", err)
 	}
@@ -62,8 +62,8 @@ type LogLine struct {
 
 // JobLogs reads the job's newest limit log lines after since (when set),
 // oldest first.
-func (s *Store) JobLogs(ctx context.Context, jobID string, since *time.Time, limit int) ([]LogLine, error) {
-	rows, err := s.Q.ListJobLogs(ctx, s.Pool, dbsqlc.ListJobLogsParams{JobID: jobID, Since: since, Lim: int32(limit)})
+func (c Conn) JobLogs(ctx context.Context, jobID string, since *time.Time, limit int) ([]LogLine, error) {
+	rows, err := c.q.ListJobLogs(ctx, c.db, dbsqlc.ListJobLogsParams{JobID: jobID, Since: since, Lim: int32(limit)})
 	if err != nil {
 		return nil, fmt.Errorf("read logs of %s: %w", jobID, err)
 	}
@@ -85,8 +85,8 @@ type MetricPoint struct {
 }
 
 // JobMetrics reads the job's metric points in step order.
-func (s *Store) JobMetrics(ctx context.Context, jobID string) ([]MetricPoint, error) {
-	rows, err := s.Q.ListJobMetrics(ctx, s.Pool, jobID)
+func (c Conn) JobMetrics(ctx context.Context, jobID string) ([]MetricPoint, error) {
+	rows, err := c.q.ListJobMetrics(ctx, c.db, jobID)
 	if err != nil {
 		return nil, fmt.Errorf("read metrics of %s: %w", jobID, err)
 	}
