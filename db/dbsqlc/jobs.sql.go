@@ -89,7 +89,7 @@ INSERT INTO jobs (
     $9, $10, $11, $12, $13,
     $14, $15, $16, $17, $18, $19, $19
 )
-RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at
+RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at
 `
 
 type CreateJobParams struct {
@@ -166,6 +166,11 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		&i.FinishedAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Metadata,
+		&i.Seed,
+		&i.Cancelled,
+		&i.AutoDeploy,
+		&i.ValidatedAt,
 	)
 	return i, err
 }
@@ -226,7 +231,7 @@ func (q *Queries) GetIdempotencyKey(ctx context.Context, db DBTX, arg GetIdempot
 }
 
 const getJob = `-- name: GetJob :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at FROM jobs WHERE organization_id = $1 AND id = $2
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at FROM jobs WHERE organization_id = $1 AND id = $2
 `
 
 type GetJobParams struct {
@@ -266,12 +271,17 @@ func (q *Queries) GetJob(ctx context.Context, db DBTX, arg GetJobParams) (Job, e
 		&i.FinishedAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Metadata,
+		&i.Seed,
+		&i.Cancelled,
+		&i.AutoDeploy,
+		&i.ValidatedAt,
 	)
 	return i, err
 }
 
 const getJobByID = `-- name: GetJobByID :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at FROM jobs WHERE id = $1
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at FROM jobs WHERE id = $1
 `
 
 // For workers, which act on a job their workflow already owns.
@@ -307,6 +317,11 @@ func (q *Queries) GetJobByID(ctx context.Context, db DBTX, id string) (Job, erro
 		&i.FinishedAt,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Metadata,
+		&i.Seed,
+		&i.Cancelled,
+		&i.AutoDeploy,
+		&i.ValidatedAt,
 	)
 	return i, err
 }
@@ -341,7 +356,7 @@ func (q *Queries) JobStats(ctx context.Context, db DBTX, organizationID string) 
 }
 
 const listJobs = `-- name: ListJobs :many
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at FROM jobs
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at FROM jobs
 WHERE organization_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR base_model = $3)
@@ -424,6 +439,11 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 			&i.FinishedAt,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Metadata,
+			&i.Seed,
+			&i.Cancelled,
+			&i.AutoDeploy,
+			&i.ValidatedAt,
 		); err != nil {
 			return nil, err
 		}

@@ -125,6 +125,34 @@ type Job struct {
 	FinishedAt          *time.Time
 	CreatedAt           time.Time
 	UpdatedAt           time.Time
+	Metadata            map[string]string
+	Seed                int32
+	Cancelled           bool
+	AutoDeploy          bool
+	ValidatedAt         *time.Time
+}
+
+type JobCheckpoint struct {
+	ID             string
+	JobID          string
+	Step           int32
+	Epoch          int32
+	TrainingLoss   *float64
+	ValidationLoss *float64
+	Bytes          int64
+	BlobKey        string
+	CreatedAt      time.Time
+}
+
+type JobEvent struct {
+	Seq       int64
+	ID        string
+	JobID     string
+	CreatedAt time.Time
+	Level     string
+	Type      string
+	Message   string
+	Data      []byte
 }
 
 type JobLog struct {

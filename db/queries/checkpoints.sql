@@ -1,0 +1,31 @@
+-- name: RecordJobCheckpoint :exec
+-- A retried epoch saves the same step again; its newest copy wins.
+INSERT INTO job_checkpoints (id, job_id, step, epoch, training_loss, validation_loss, bytes, blob_key)
+VALUES (@id, @job_id, @step, @epoch, @training_loss, @validation_loss, @bytes, @blob_key)
+ON CONFLICT (job_id, step) DO UPDATE SET
+    epoch = EXCLUDED.epoch,
+    training_loss = EXCLUDED.training_loss,
+    validation_loss = EXCLUDED.validation_loss,
+    bytes = EXCLUDED.bytes,
+    blob_key = EXCLUDED.blob_key;
+
+-- name: ListJobCheckpoints :many
+-- Older than the checkpoint @after (when set), newest first.
+SELECT c.* FROM job_checkpoints c
+WHERE c.job_id = @job_id
+  AND (sqlc.narg(after)::text IS NULL
+       OR c.step < (SELECT a.step FROM job_checkpoints a WHERE a.job_id = @job_id AND a.id = sqlc.narg(after)))
+ORDER BY c.step DESC
+LIMIT @lim;
+
+-- name: GetJobCheckpoint :one
+SELECT * FROM job_checkpoints WHERE job_id = @job_id AND id = @id;
+
+-- name: DeleteJobCheckpointsFrom :many
+-- The checkpoints a restart abandons (after the one it resumes from), or
+-- the ones past the newest few the job keeps; their blobs go with them.
+DELETE FROM job_checkpoints c
+WHERE c.job_id = @job_id
+  AND (c.step > @after_step
+       OR c.step NOT IN (SELECT k.step FROM job_checkpoints k WHERE k.job_id = @job_id ORDER BY k.step DESC LIMIT @keep))
+RETURNING c.blob_key;

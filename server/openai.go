@@ -1,0 +1,99 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+)
+
+// The OpenAI-shaped view under /v1: the same jobs, datasets and models as
+// the seed API, with the objects, list envelopes and error envelope that
+// OpenAI's client libraries parse.
+
+// openAIPath reports whether a request is to the OpenAI-shaped view, whose
+// errors take OpenAI's envelope.
+func openAIPath(c *gin.Context) bool {
+	return strings.HasPrefix(c.Request.URL.Path, "/v1/")
+}
+
+// openAIError is OpenAI's error object.
+type openAIError struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+type openAIErrorView struct {
+	Error openAIError `json:"error"`
+}
+
+// toOpenAIError renders e as OpenAI does: a type by status class, the
+// first bad field as param, and a code where OpenAI has one.
+func toOpenAIError(e *apiError) openAIErrorView {
+	out := openAIError{Message: e.Message, Type: "invalid_request_error"}
+	code := func(s string) *string { return &s }
+	switch {
+	case e.Status == http.StatusUnauthorized:
+		out.Code = code("invalid_api_key")
+	case e.Status == http.StatusForbidden:
+		out.Type = "permission_error"
+	case e.Status == http.StatusNotFound:
+		out.Code = code("not_found")
+	case e.Status == http.StatusTooManyRequests:
+		out.Type, out.Code = "rate_limit_error", code("rate_limit_exceeded")
+	case e.Status >= 500:
+		out.Type = "server_error"
+	}
+	if len(e.Details) > 0 && e.Details[0].Field != "" {
+		out.Param = &e.Details[0].Field
+	}
+	return openAIErrorView{Error: out}
+}
+
+// openAIList is OpenAI's list envelope.
+type openAIList[T any] struct {
+	Object  string  `json:"object"`
+	Data    []T     `json:"data"`
+	HasMore bool    `json:"has_more"`
+	FirstID *string `json:"first_id"`
+	LastID  *string `json:"last_id"`
+}
+
+// newOpenAIList wraps a page read with one row more than limit asked for:
+// that extra row, when present, only says there is more.
+func newOpenAIList[T any](items []T, limit int, id func(T) string) openAIList[T] {
+	out := openAIList[T]{Object: "list", Data: items}
+	if len(items) > limit {
+		out.Data, out.HasMore = items[:limit], true
+	}
+	if out.Data == nil {
+		out.Data = []T{}
+	}
+	if n := len(out.Data); n > 0 {
+		first, last := id(out.Data[0]), id(out.Data[n-1])
+		out.FirstID, out.LastID = &first, &last
+	}
+	return out
+}
+
+// openAIPage reads OpenAI's `after` cursor and `limit` (1 to max, def by
+// default).
+func openAIPage(c *gin.Context, def, max int) (after *string, limit int, err error) {
+	if a := c.Query("after"); a != "" {
+		after = &a
+	}
+	limit = def
+	if l := c.Query("limit"); l != "" {
+		n, perr := strconv.Atoi(l)
+		if perr != nil || n < 1 || n > max {
+			var errs fieldErrors
+			errs.add("limit", "must be an integer between 1 and %d", max)
+			return nil, 0, errs.err(http.StatusBadRequest)
+		}
+		limit = n
+	}
+	return after, limit, nil
+}
