@@ -134,7 +134,7 @@ func (s *Server) createJob(c *gin.Context) {
 
 	// Resolve references (422 when they name nothing usable).
 	var errs fieldErrors
-	model, err := s.Store.Q.GetBaseModel(ctx, s.Store.Pool, req.BaseModel)
+	model, err := s.Store.BaseModel(ctx, req.BaseModel)
 	if db.IsNotFound(err) {
 		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
 	} else if err != nil {
@@ -146,15 +146,15 @@ func (s *Server) createJob(c *gin.Context) {
 		hardwareID = model.DefaultHardwareID
 	}
 	if hardwareID != "" {
-		hw, err := s.Store.Q.GetHardware(ctx, s.Store.Pool, hardwareID)
+		hw, err := s.Store.Hardware(ctx, hardwareID)
 		if db.IsNotFound(err) {
 			errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
 		} else if err != nil {
 			s.respondError(c, err)
 			return
-		} else if model.ID != "" && hw.GpuMemoryGb*hw.GpuCount < model.MinGpuMemoryGb {
+		} else if model.ID != "" && hw.GPUMemoryGB*hw.GPUCount < model.MinGPUMemoryGB {
 			errs.add("hardware", "%s has %d GB of GPU memory; %s needs at least %d GB (its default is %s)",
-				hw.ID, hw.GpuMemoryGb*hw.GpuCount, model.ID, model.MinGpuMemoryGb, model.DefaultHardwareID)
+				hw.ID, hw.GPUMemoryGB*hw.GPUCount, model.ID, model.MinGPUMemoryGB, model.DefaultHardwareID)
 		}
 	}
 	if err := errs.err(http.StatusUnprocessableEntity); err != nil {
