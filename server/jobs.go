@@ -491,7 +491,7 @@ func (s *Server) workflowOpen(ctx context.Context, jobID string) bool {
 }
 
 func (s *Server) stats(c *gin.Context) {
-	rows, err := s.Store.Q.JobStats(c.Request.Context(), s.Store.Pool, caller(c).OrganizationID)
+	counts, err := s.Store.JobStats(c.Request.Context(), caller(c).OrganizationID)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -502,9 +502,9 @@ func (s *Server) stats(c *gin.Context) {
 		out[string(st)] = 0
 	}
 	var total int64
-	for _, r := range rows {
-		out[string(r.Status)] = r.N
-		total += r.N
+	for st, n := range counts {
+		out[string(st)] = n
+		total += n
 	}
 	out["total"] = total
 	c.JSON(http.StatusOK, out)
