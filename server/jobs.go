@@ -20,7 +20,6 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -335,7 +334,7 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending b
 
 // idempotentReplay returns the job an earlier request with the same key made.
 func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqHash []byte) (db.Job, bool, error) {
-	rec, err := s.Store.Q.GetIdempotencyKey(ctx, s.Store.Pool, dbsqlc.GetIdempotencyKeyParams{OrganizationID: org, Key: idemKey})
+	rec, err := s.Store.IdempotencyKey(ctx, org, idemKey)
 	if db.IsNotFound(err) {
 		return db.Job{}, false, nil
 	}
