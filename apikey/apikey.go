@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 )
 
 // Scopes an API key can carry.
@@ -68,11 +67,9 @@ func Create(ctx context.Context, store *db.Store, org, user string, scopes []str
 	plaintext := prefix + strings.ToLower(encoding.EncodeToString(secret))
 	// The record's ID shares nothing with the secret.
 	id := "key_" + strings.ToLower(encoding.EncodeToString(idBytes))
-	err := store.Q.CreateAPIKey(ctx, store.Pool, dbsqlc.CreateAPIKeyParams{
-		ID: id, KeyHash: hash(plaintext), OrganizationID: org, UserID: user, Scopes: scopes,
-	})
+	err := store.CreateAPIKey(ctx, db.APIKey{ID: id, Hash: hash(plaintext), OrganizationID: org, UserID: user, Scopes: scopes})
 	if err != nil {
-		return "", fmt.Errorf("store API key: %w", err)
+		return "", err
 	}
 	return plaintext, nil
 }
@@ -82,12 +79,12 @@ func Lookup(ctx context.Context, store *db.Store, plaintext string) (Key, error)
 	if !strings.HasPrefix(plaintext, prefix) || len(plaintext) > 128 {
 		return Key{}, ErrInvalid
 	}
-	rec, err := store.Q.GetAPIKeyByHash(ctx, store.Pool, hash(plaintext))
+	rec, err := store.APIKey(ctx, hash(plaintext))
 	if err != nil {
 		if db.IsNotFound(err) {
 			return Key{}, ErrInvalid
 		}
-		return Key{}, fmt.Errorf("look up API key: %w", err)
+		return Key{}, err
 	}
 	return Key{ID: rec.ID, OrganizationID: rec.OrganizationID, UserID: rec.UserID, Scopes: rec.Scopes}, nil
 }

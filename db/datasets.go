@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 // Dataset is an uploaded (or imported) JSONL file of an organization.
@@ -21,9 +22,7 @@ type Dataset struct {
 	CreatedAt time.Time
 }
 
-// DatasetFromRow maps a dataset row; transactions that write datasets use
-// it for the row they return.
-func DatasetFromRow(r dbsqlc.Dataset) Dataset {
+func datasetFromRow(r dbsqlc.Dataset) Dataset {
 	return Dataset{
 		ID: r.ID, OrganizationID: r.OrganizationID, Filename: r.Filename, Bytes: r.Bytes, SHA256: r.Sha256,
 		BlobKey: r.BlobKey, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(),
@@ -37,7 +36,7 @@ func (c Conn) Dataset(ctx context.Context, org, id string) (Dataset, error) {
 	if err != nil {
 		return Dataset{}, fmt.Errorf("read dataset %s: %w", id, NotFound(err))
 	}
-	return DatasetFromRow(r), nil
+	return datasetFromRow(r), nil
 }
 
 // Datasets lists a page of the organization's datasets, newest first, and
@@ -53,7 +52,99 @@ func (c Conn) Datasets(ctx context.Context, org string, limit, offset int) ([]Da
 	}
 	out := make([]Dataset, len(rows))
 	for i, r := range rows {
-		out[i] = DatasetFromRow(r)
+		out[i] = datasetFromRow(r)
 	}
 	return out, count, nil
+}
+
+// DatasetUsage is what an organization's datasets take up.
+type DatasetUsage struct {
+	Datasets int64
+	Bytes    int64
+}
+
+// DatasetUsage reads how many datasets the organization has, and their
+// total size.
+func (c Conn) DatasetUsage(ctx context.Context, org string) (DatasetUsage, error) {
+	r, err := c.q.DatasetUsage(ctx, c.db, org)
+	if err != nil {
+		return DatasetUsage{}, fmt.Errorf("read dataset usage: %w", err)
+	}
+	return DatasetUsage{Datasets: r.Datasets, Bytes: r.Bytes}, nil
+}
+
+// LockDatasetQuota holds the organization's dataset quota until the
+// transaction ends, so that parallel uploads check and insert one at a time
+// and cannot overshoot it. Only useful inside Store.Transact.
+func (c Conn) LockDatasetQuota(ctx context.Context, org string) error {
+	if err := c.q.LockDatasetQuota(ctx, c.db, org); err != nil {
+		return fmt.Errorf("lock dataset quota: %w", err)
+	}
+	return nil
+}
+
+// CreateDataset records d and returns it as stored; d.CreatedAt is
+// ignored, the row's is the time of the insert.
+func (c Conn) CreateDataset(ctx context.Context, d Dataset) (Dataset, error) {
+	r, err := c.q.CreateDataset(ctx, c.db, dbsqlc.CreateDatasetParams{
+		ID: d.ID, OrganizationID: d.OrganizationID, Filename: d.Filename, Bytes: d.Bytes, Sha256: d.SHA256,
+		BlobKey: d.BlobKey, CreatedBy: d.CreatedBy,
+	})
+	if err != nil {
+		return Dataset{}, fmt.Errorf("record dataset: %w", err)
+	}
+	return datasetFromRow(r), nil
+}
+
+// LockDataset reads one of the organization's datasets and holds it until
+// the transaction ends: a job being created with it waits (the
+// jobs_dataset_exists trigger), so none starts using it unseen. ErrNotFound
+// when the organization has none of that ID.
+func (c Conn) LockDataset(ctx context.Context, org, id string) (Dataset, error) {
+	r, err := c.q.LockDataset(ctx, c.db, dbsqlc.LockDatasetParams{OrganizationID: org, ID: id})
+	if err != nil {
+		return Dataset{}, fmt.Errorf("lock dataset %s: %w", id, NotFound(err))
+	}
+	return datasetFromRow(r), nil
+}
+
+// JobRef names a job and its status.
+type JobRef struct {
+	ID     string
+	Status jobstatus.Status
+}
+
+// JobsReading lists the organization's jobs that may still read the
+// dataset (in jobstatus.MayTrain), for training or validation: at most
+// limit of them, oldest first, and how many there are in all.
+func (c Conn) JobsReading(ctx context.Context, org, datasetID string, limit int) ([]JobRef, int64, error) {
+	rows, err := c.q.ListJobsReadingDataset(ctx, c.db, dbsqlc.ListJobsReadingDatasetParams{
+		OrganizationID: org, DatasetID: datasetID, Statuses: jobstatus.Strings(jobstatus.MayTrain), Lim: int32(limit),
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("find the jobs using dataset %s: %w", datasetID, err)
+	}
+	out := make([]JobRef, len(rows))
+	for i, r := range rows {
+		out[i] = JobRef{ID: r.ID, Status: r.Status}
+	}
+	var total int64
+	if len(rows) > 0 {
+		// Every row carries the count of all.
+		total = rows[0].Total
+	}
+	return out, total, nil
+}
+
+// DeleteDataset deletes one of the organization's datasets' row;
+// ErrNotFound when it has none of that ID.
+func (c Conn) DeleteDataset(ctx context.Context, org, id string) error {
+	n, err := c.q.DeleteDataset(ctx, c.db, dbsqlc.DeleteDatasetParams{OrganizationID: org, ID: id})
+	if err != nil {
+		return fmt.Errorf("delete dataset %s: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("delete dataset %s: %w", id, ErrNotFound)
+	}
+	return nil
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/server"
@@ -499,9 +499,8 @@ func TestListPaginationAndSorting(t *testing.T) {
 // and every tenth has a description mentioning tickets.
 func insertJobs(tb testing.TB, org *testenv.Org, ds string, n int) {
 	tb.Helper()
-	ctx := context.Background()
 	base := time.Date(2025, 2, 1, 9, 0, 0, 0, time.UTC)
-	statuses := []string{"queued", "running", "completed", "failed", "stopped"}
+	statuses := []jobstatus.Status{jobstatus.Queued, jobstatus.Running, jobstatus.Completed, jobstatus.Failed, jobstatus.Stopped}
 	models := []string{"llama-3.1-8b", "mistral-7b-v0.3", "llama-3.1-70b"}
 	for i := range n {
 		hw := "gpu-a100-40gb"
@@ -512,16 +511,12 @@ func insertJobs(tb testing.TB, org *testenv.Org, ds string, n int) {
 		if i%10 == 0 {
 			desc = "Support TICKETS intent"
 		}
-		id := fmt.Sprintf("ftjob_list%s%04d", org.ID, i)
-		_, err := env.Store.Q.CreateJob(ctx, env.Store.Pool, dbsqlc.CreateJobParams{
-			ID: id, OrganizationID: org.ID, Owner: "u", Name: fmt.Sprintf("job %03d", i), Description: desc,
+		err := insertJob(env.Store.Pool, db.Job{
+			ID: fmt.Sprintf("ftjob_list%s%04d", org.ID, i), OrganizationID: org.ID, Owner: "u", Name: fmt.Sprintf("job %03d", i), Description: desc,
 			BaseModel: models[i%3], HardwareID: hw, TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "t.jsonl",
-			Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", Status: jobstatus.Queued, CreatedAt: base.Add(time.Duration(i) * time.Minute),
+			Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", Status: statuses[i%5], CreatedAt: base.Add(time.Duration(i) * time.Minute),
 		})
 		if err != nil {
-			tb.Fatal(err)
-		}
-		if _, err := env.Store.Pool.Exec(ctx, "UPDATE jobs SET status = $1 WHERE id = $2", statuses[i%5], id); err != nil {
 			tb.Fatal(err)
 		}
 	}

@@ -7,17 +7,16 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 )
 
 func (s *Server) baseModels(c *gin.Context) {
-	rows, err := s.Store.Q.ListBaseModels(c.Request.Context(), s.Store.Pool)
+	models, err := s.Store.BaseModels(c.Request.Context())
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
-	out := baseModelList{Models: make([]baseModelView, len(rows))}
-	for i, m := range rows {
+	out := baseModelList{Models: make([]baseModelView, len(models))}
+	for i, m := range models {
 		out.Models[i] = baseModelView{
 			ID: m.ID, Name: m.Name, Provider: m.Provider, ParameterCount: m.ParameterCount,
 			SupportedTasks: m.SupportedTasks, MaxSequenceLength: m.MaxSequenceLength, DefaultHardware: m.DefaultHardwareID,
@@ -32,33 +31,25 @@ func (s *Server) baseModels(c *gin.Context) {
 // capacity less everyone's running jobs): their activity is theirs.
 func (s *Server) hardware(c *gin.Context) {
 	ctx := c.Request.Context()
-	rows, err := s.Store.Q.ListHardware(ctx, s.Store.Pool)
+	pools, err := s.Store.HardwarePools(ctx)
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
-	usage, err := s.Store.Q.ListGPUPoolUsage(ctx, s.Store.Pool, s.GPULiveness.Seconds())
+	capacity, err := s.Store.PoolCapacity(ctx, s.GPULiveness)
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
-	capacity := make(map[string]int64, len(usage))
-	for _, u := range usage {
-		capacity[u.ID] = u.Capacity
-	}
-	own, err := s.Store.Q.ListOrganizationPoolJobs(ctx, s.Store.Pool, caller(c).OrganizationID)
+	jobs, err := s.Store.PoolJobs(ctx, caller(c).OrganizationID)
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
-	jobs := make(map[string]dbsqlc.ListOrganizationPoolJobsRow, len(own))
-	for _, j := range own {
-		jobs[j.HardwareID] = j
-	}
-	out := hardwareList{Hardware: make([]hardwareView, len(rows))}
-	for i, h := range rows {
+	out := hardwareList{Hardware: make([]hardwareView, len(pools))}
+	for i, h := range pools {
 		out.Hardware[i] = hardwareView{
-			ID: h.ID, Name: h.Name, GPUMemory: h.GpuMemory, GPUCount: h.GpuCount, CostPerHour: h.CostPerHour,
+			ID: h.ID, Name: h.Name, GPUMemory: h.GPUMemory, GPUCount: h.GPUCount, CostPerHour: h.CostPerHour,
 			TotalSlots: capacity[h.ID], QueuedJobs: jobs[h.ID].Queued, RunningJobs: jobs[h.ID].Running,
 		}
 	}
@@ -111,7 +102,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	model, err := s.Store.Q.GetBaseModel(ctx, s.Store.Pool, req.BaseModel)
+	model, err := s.Store.BaseModel(ctx, req.BaseModel)
 	if db.IsNotFound(err) {
 		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
 		s.respondError(c, errs.err(http.StatusUnprocessableEntity))
@@ -124,7 +115,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 	if hwID == "" {
 		hwID = model.DefaultHardwareID
 	}
-	hw, err := s.Store.Q.GetHardware(ctx, s.Store.Pool, hwID)
+	hw, err := s.Store.Hardware(ctx, hwID)
 	if db.IsNotFound(err) {
 		errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hwID)
 		s.respondError(c, errs.err(http.StatusUnprocessableEntity))

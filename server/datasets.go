@@ -16,14 +16,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/tuneforge/tuneforge/apikey"
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
-	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 type datasetView struct {
@@ -131,11 +128,11 @@ func fileFromMultipart(body io.Reader, boundary string) (*multipart.Part, error)
 func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename string, src io.Reader, size int64) (db.Dataset, error) {
 	org := key.OrganizationID
 	quota := s.Datasets.QuotaBytes > 0 || s.Datasets.QuotaCount > 0
-	var usage dbsqlc.DatasetUsageRow
+	var usage db.DatasetUsage
 	if quota {
 		var err error
-		if usage, err = s.Store.Q.DatasetUsage(ctx, s.Store.Pool, org); err != nil {
-			return db.Dataset{}, fmt.Errorf("read dataset usage: %w", err)
+		if usage, err = s.Store.DatasetUsage(ctx, org); err != nil {
+			return db.Dataset{}, err
 		}
 		// Refused before a byte is read when the answer is already known.
 		if err := s.checkQuota(usage, max(size, 0)); err != nil {
@@ -192,28 +189,25 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		return db.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 	}
 	var d db.Dataset
-	err := s.Store.InTx(ctx, func(tx pgx.Tx) error {
+	err := s.Store.Transact(ctx, func(tx db.Conn) error {
 		if quota {
-			if err := s.Store.Q.LockDatasetQuota(ctx, tx, org); err != nil {
-				return fmt.Errorf("lock dataset quota: %w", err)
+			if err := tx.LockDatasetQuota(ctx, org); err != nil {
+				return err
 			}
-			usage, err := s.Store.Q.DatasetUsage(ctx, tx, org)
+			usage, err := tx.DatasetUsage(ctx, org)
 			if err != nil {
-				return fmt.Errorf("read dataset usage: %w", err)
+				return err
 			}
 			if err := s.checkQuota(usage, put.n); err != nil {
 				return err
 			}
 		}
-		row, err := s.Store.Q.CreateDataset(ctx, tx, dbsqlc.CreateDatasetParams{
-			ID: id, OrganizationID: org, Filename: filename, Bytes: put.n, Sha256: put.sum,
+		var err error
+		d, err = tx.CreateDataset(ctx, db.Dataset{
+			ID: id, OrganizationID: org, Filename: filename, Bytes: put.n, SHA256: put.sum,
 			BlobKey: blobKey, CreatedBy: key.UserID,
 		})
-		if err != nil {
-			return fmt.Errorf("record dataset: %w", err)
-		}
-		d = db.DatasetFromRow(row)
-		return nil
+		return err
 	})
 	if err != nil {
 		s.discardBlob(ctx, blobKey)
@@ -234,7 +228,7 @@ func (s *Server) discardBlob(ctx context.Context, key string) {
 
 // checkQuota refuses one more dataset of size bytes when it would take the
 // organization past its quota.
-func (s *Server) checkQuota(usage dbsqlc.DatasetUsageRow, size int64) error {
+func (s *Server) checkQuota(usage db.DatasetUsage, size int64) error {
 	q := s.Datasets
 	switch {
 	case q.QuotaCount > 0 && usage.Datasets+1 > q.QuotaCount:
@@ -249,7 +243,7 @@ func (s *Server) checkQuota(usage dbsqlc.DatasetUsageRow, size int64) error {
 // current storage, which the client can change (delete datasets) before
 // retrying. Not a 413, which would blame this request's size alone, nor a
 // 429, since waiting does not help.
-func (s *Server) quotaError(usage dbsqlc.DatasetUsageRow, why string) *apiError {
+func (s *Server) quotaError(usage db.DatasetUsage, why string) *apiError {
 	var quota []string
 	if n := s.Datasets.QuotaCount; n > 0 {
 		quota = append(quota, fmt.Sprintf("%d datasets", n))
@@ -453,25 +447,23 @@ func (s *Server) removeDataset(ctx context.Context, org, id string) error {
 	// together.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	return s.Store.InTx(ctx, func(tx pgx.Tx) error {
-		d, err := s.Store.Q.LockDataset(ctx, tx, dbsqlc.LockDatasetParams{OrganizationID: org, ID: id})
+	return s.Store.Transact(ctx, func(tx db.Conn) error {
+		d, err := tx.LockDataset(ctx, org, id)
 		if db.IsNotFound(err) {
 			return notFound("dataset", id)
 		}
 		if err != nil {
-			return fmt.Errorf("lock dataset: %w", err)
+			return err
 		}
-		users, err := s.Store.Q.ListJobsReadingDataset(ctx, tx, dbsqlc.ListJobsReadingDatasetParams{
-			OrganizationID: org, DatasetID: id, Statuses: jobstatus.Strings(jobstatus.MayTrain), Lim: 5,
-		})
+		users, total, err := tx.JobsReading(ctx, org, id, 5)
 		if err != nil {
-			return fmt.Errorf("find the jobs using dataset %s: %w", id, err)
+			return err
 		}
-		if len(users) > 0 {
-			return datasetInUse(id, users)
+		if total > 0 {
+			return datasetInUse(id, users, total)
 		}
-		if _, err := s.Store.Q.DeleteDataset(ctx, tx, dbsqlc.DeleteDatasetParams{OrganizationID: org, ID: id}); err != nil {
-			return fmt.Errorf("delete dataset: %w", err)
+		if err := tx.DeleteDataset(ctx, org, id); err != nil {
+			return err
 		}
 		// The object goes before the row's delete commits: if the store
 		// fails, the dataset stays whole and the delete can be retried.
@@ -483,18 +475,18 @@ func (s *Server) removeDataset(ctx context.Context, org, id string) error {
 	})
 }
 
-func datasetInUse(id string, users []dbsqlc.ListJobsReadingDatasetRow) error {
+func datasetInUse(id string, users []db.JobRef, total int64) error {
 	names := make([]string, len(users))
 	for i, u := range users {
 		names[i] = u.ID + " (" + string(u.Status) + ")"
 	}
 	list := strings.Join(names, ", ")
-	if more := users[0].Total - int64(len(users)); more > 0 {
+	if more := total - int64(len(users)); more > 0 {
 		list += fmt.Sprintf(" and %d more", more)
 	}
 	return conflict("dataset %s is used by %d job(s) that may still read it: %s. Queued and running jobs read it while they train, "+
 		"and stopped or failed jobs read it again when restarted; delete those jobs (DELETE /api/v1/fine-tuning/jobs/{id}) "+
-		"or let them complete, then delete the dataset", id, users[0].Total, list)
+		"or let them complete, then delete the dataset", id, total, list)
 }
 
 // reservedPath reports paths of the data directory that hold tuneforge's

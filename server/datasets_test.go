@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/server"
 )
@@ -133,19 +132,27 @@ func TestDeleteDatasetRacesJobCreation(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	org := env.NewOrg(t)
+	// lockRow locks the dataset as a delete does, in a transaction that
+	// deletes it and commits once commit is called.
 	lockRow := func(ds string) (commit func()) {
-		tx, err := env.Store.Pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := env.Store.Q.LockDataset(ctx, tx, dbsqlc.LockDatasetParams{OrganizationID: org.ID, ID: ds}); err != nil {
+		locked, release, done := make(chan error, 1), make(chan struct{}), make(chan error, 1)
+		go func() {
+			done <- env.Store.Transact(ctx, func(tx db.Conn) error {
+				_, err := tx.LockDataset(ctx, org.ID, ds)
+				locked <- err
+				if err != nil {
+					return err
+				}
+				<-release
+				return tx.DeleteDataset(ctx, org.ID, ds)
+			})
+		}()
+		if err := <-locked; err != nil {
 			t.Fatal(err)
 		}
 		return func() {
-			if _, err := env.Store.Q.DeleteDataset(ctx, tx, dbsqlc.DeleteDatasetParams{OrganizationID: org.ID, ID: ds}); err != nil {
-				t.Fatal(err)
-			}
-			if err := tx.Commit(ctx); err != nil {
+			close(release)
+			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/server"
@@ -75,13 +77,32 @@ func postStream(t *testing.T, url, key string, body []byte) testenv.Response {
 	return testenv.Response{Status: resp.StatusCode, Raw: raw}
 }
 
+// execer runs SQL on the pool or in a transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// insertJob writes j straight into the read model (no workflow), through x.
+// Plain SQL: writing a job's row is its workflow's business, not the API's,
+// so package db offers the API no such method.
+func insertJob(x execer, j db.Job) error {
+	_, err := x.Exec(context.Background(), `INSERT INTO jobs (
+		id, organization_id, owner, name, description, base_model, hardware_id, status,
+		training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
+		epochs, learning_rate, batch_size, warmup_steps, suffix, created_at, updated_at
+	) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)`,
+		j.ID, j.OrganizationID, j.Owner, j.Name, j.Description, j.BaseModel, j.HardwareID, j.Status,
+		j.TrainingDataset, j.TrainingDatasetID, j.TrainingFile, j.ValidationFile, j.ValidationDatasetID,
+		j.Epochs, j.LearningRate, j.BatchSize, j.WarmupSteps, j.Suffix, j.CreatedAt)
+	return err
+}
+
 // insertJobRow writes a queued job straight into the read model (no
-// workflow), through dbtx (the pool or a transaction).
-func insertJobRow(dbtx dbsqlc.DBTX, org, id, hardware, ds string, valid *string) error {
-	_, err := env.Store.Q.CreateJob(context.Background(), dbtx, dbsqlc.CreateJobParams{
+// workflow), through x (the pool or a transaction).
+func insertJobRow(x execer, org, id, hardware, ds string, valid *string) error {
+	return insertJob(x, db.Job{
 		ID: id, OrganizationID: org, Owner: "u", Name: "n", BaseModel: "llama-3.1-8b", HardwareID: hardware,
 		TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "train.jsonl", ValidationDatasetID: valid,
 		Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", Status: jobstatus.Queued, CreatedAt: time.Now(),
 	})
-	return err
 }

@@ -247,7 +247,7 @@ func TestAdapterDeployFailures(t *testing.T) {
 	storeOutput(t, id, map[string]string{"model.bin": "full weights"})
 
 	// Without a backend configured, the activity says so.
-	job, err := env.Store.Q.GetJobByID(context.Background(), env.Store.Pool, id)
+	job, err := env.Store.JobByID(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}

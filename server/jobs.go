@@ -20,7 +20,6 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -134,7 +133,7 @@ func (s *Server) createJob(c *gin.Context) {
 
 	// Resolve references (422 when they name nothing usable).
 	var errs fieldErrors
-	model, err := s.Store.Q.GetBaseModel(ctx, s.Store.Pool, req.BaseModel)
+	model, err := s.Store.BaseModel(ctx, req.BaseModel)
 	if db.IsNotFound(err) {
 		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
 	} else if err != nil {
@@ -146,15 +145,15 @@ func (s *Server) createJob(c *gin.Context) {
 		hardwareID = model.DefaultHardwareID
 	}
 	if hardwareID != "" {
-		hw, err := s.Store.Q.GetHardware(ctx, s.Store.Pool, hardwareID)
+		hw, err := s.Store.Hardware(ctx, hardwareID)
 		if db.IsNotFound(err) {
 			errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
 		} else if err != nil {
 			s.respondError(c, err)
 			return
-		} else if model.ID != "" && hw.GpuMemoryGb*hw.GpuCount < model.MinGpuMemoryGb {
+		} else if model.ID != "" && hw.GPUMemoryGB*hw.GPUCount < model.MinGPUMemoryGB {
 			errs.add("hardware", "%s has %d GB of GPU memory; %s needs at least %d GB (its default is %s)",
-				hw.ID, hw.GpuMemoryGb*hw.GpuCount, model.ID, model.MinGpuMemoryGb, model.DefaultHardwareID)
+				hw.ID, hw.GPUMemoryGB*hw.GPUCount, model.ID, model.MinGPUMemoryGB, model.DefaultHardwareID)
 		}
 	}
 	if err := errs.err(http.StatusUnprocessableEntity); err != nil {
@@ -335,7 +334,7 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending b
 
 // idempotentReplay returns the job an earlier request with the same key made.
 func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqHash []byte) (db.Job, bool, error) {
-	rec, err := s.Store.Q.GetIdempotencyKey(ctx, s.Store.Pool, dbsqlc.GetIdempotencyKeyParams{OrganizationID: org, Key: idemKey})
+	rec, err := s.Store.IdempotencyKey(ctx, org, idemKey)
 	if db.IsNotFound(err) {
 		return db.Job{}, false, nil
 	}
@@ -491,7 +490,7 @@ func (s *Server) workflowOpen(ctx context.Context, jobID string) bool {
 }
 
 func (s *Server) stats(c *gin.Context) {
-	rows, err := s.Store.Q.JobStats(c.Request.Context(), s.Store.Pool, caller(c).OrganizationID)
+	counts, err := s.Store.JobStats(c.Request.Context(), caller(c).OrganizationID)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -502,9 +501,9 @@ func (s *Server) stats(c *gin.Context) {
 		out[string(st)] = 0
 	}
 	var total int64
-	for _, r := range rows {
-		out[string(r.Status)] = r.N
-		total += r.N
+	for st, n := range counts {
+		out[string(st)] = n
+		total += n
 	}
 	out["total"] = total
 	c.JSON(http.StatusOK, out)
