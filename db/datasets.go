@@ -148,3 +148,37 @@ func (c Conn) DeleteDataset(ctx context.Context, org, id string) error {
 	}
 	return nil
 }
+
+// DatasetPage selects a page of an organization's datasets by cursor:
+// those past the dataset After (when set) in the page's order.
+type DatasetPage struct {
+	OrganizationID string
+	After          *string
+	Limit          int
+	NewestFirst    bool
+}
+
+// DatasetsAfter reads a page of datasets by cursor; an After that names
+// none of the organization's datasets is ErrNotFound.
+func (c Conn) DatasetsAfter(ctx context.Context, p DatasetPage) ([]Dataset, error) {
+	if p.After != nil {
+		if _, err := c.Dataset(ctx, p.OrganizationID, *p.After); err != nil {
+			return nil, err
+		}
+	}
+	var rows []dbsqlc.Dataset
+	var err error
+	if p.NewestFirst {
+		rows, err = c.q.ListDatasetsNewestFirst(ctx, c.db, dbsqlc.ListDatasetsNewestFirstParams{OrganizationID: p.OrganizationID, After: p.After, Lim: int32(p.Limit)})
+	} else {
+		rows, err = c.q.ListDatasetsOldestFirst(ctx, c.db, dbsqlc.ListDatasetsOldestFirstParams{OrganizationID: p.OrganizationID, After: p.After, Lim: int32(p.Limit)})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list datasets: %w", err)
+	}
+	out := make([]Dataset, len(rows))
+	for i, r := range rows {
+		out[i] = datasetFromRow(r)
+	}
+	return out, nil
+}

@@ -148,10 +148,21 @@ func (s *Server) downloadJobArtifact(c *gin.Context) {
 		s.respondError(c, notFound("artifact", id+" of fine-tuning job "+job.ID))
 		return
 	}
-	r, err := s.Artifacts.Open(ctx, found.key)
+	contentType, ext := "application/octet-stream", ".ckpt"
+	if found.view.Format == formatTar {
+		contentType, ext = "application/x-tar", ".tar"
+	}
+	// Not found: pruned by a newer checkpoint since it was listed.
+	s.streamArtifact(c, found.key, contentType, job.ID+"-"+id+ext, notFound("artifact", id+" of fine-tuning job "+job.ID))
+}
+
+// streamArtifact sends the stored object key as an attachment named
+// filename, or gone when it no longer exists.
+func (s *Server) streamArtifact(c *gin.Context, key, contentType, filename string, gone error) {
+	ctx := c.Request.Context()
+	r, err := s.Artifacts.Open(ctx, key)
 	if errors.Is(err, artifacts.ErrNotExist) {
-		// Pruned by a newer checkpoint since it was listed.
-		s.respondError(c, notFound("artifact", id+" of fine-tuning job "+job.ID))
+		s.respondError(c, gone)
 		return
 	}
 	if err != nil {
@@ -159,25 +170,19 @@ func (s *Server) downloadJobArtifact(c *gin.Context) {
 		return
 	}
 	defer r.Close()
-	size := found.view.Bytes
+	h := c.Writer.Header()
+	h.Set("Content-Type", contentType)
 	// The object may have been rewritten since it was listed (a retried
 	// epoch saves the same step again); the reader's size is the truth.
 	if sized, ok := r.(interface{ Size() int64 }); ok {
-		size = sized.Size()
+		h.Set("Content-Length", strconv.FormatInt(sized.Size(), 10))
 	}
-	contentType, ext := "application/octet-stream", ".ckpt"
-	if found.view.Format == formatTar {
-		contentType, ext = "application/x-tar", ".tar"
-	}
-	h := c.Writer.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("Content-Length", strconv.FormatInt(size, 10))
-	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": job.ID + "-" + id + ext}))
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": filename}))
 	c.Status(http.StatusOK)
 	if _, err := io.Copy(s.streamWriter(c), r); err != nil {
 		// The status is sent; the short body (against Content-Length) is
 		// what tells the client the download failed.
-		s.log.WarnContext(ctx, "stream job artifact", "job", job.ID, "artifact", id, "err", err)
+		s.log.WarnContext(ctx, "stream artifact", "key", key, "err", err)
 		c.Abort()
 	}
 }

@@ -63,36 +63,12 @@ func (s *Server) maxDatasetBytes() int64 {
 // streamed to the artifact store and checked line by line on the way, so a
 // bad file is refused with line numbers and nothing is kept.
 func (s *Server) uploadDataset(c *gin.Context) {
-	maxBody := s.maxDatasetBytes() + multipartOverhead
-	if c.Request.ContentLength > maxBody {
-		s.respondError(c, errDatasetTooLarge(s.maxDatasetBytes()))
+	up, err := s.readUpload(c)
+	if err != nil {
+		s.respondError(c, err)
 		return
 	}
-	body := http.MaxBytesReader(c.Writer, io.NopCloser(s.uploadBody(c)), maxBody)
-	filename := c.Query("filename")
-	var src io.Reader = body
-	size := c.Request.ContentLength
-	mediaType, params, _ := mime.ParseMediaType(c.GetHeader("Content-Type"))
-	if mediaType == "multipart/form-data" {
-		part, err := fileFromMultipart(body, params["boundary"])
-		if err != nil {
-			s.respondError(c, err)
-			return
-		}
-		if filename == "" {
-			filename = part.FileName()
-		}
-		src, size = part, -1
-	}
-	filename = path.Base(strings.ReplaceAll(strings.TrimSpace(filename), `\`, "/"))
-	if filename == "" || filename == "." || filename == "/" {
-		filename = "dataset.jsonl"
-	}
-	if len(filename) > 255 {
-		s.respondError(c, badRequest("filename must be at most 255 characters"))
-		return
-	}
-	d, err := s.storeDataset(c.Request.Context(), caller(c), filename, src, size)
+	d, err := s.storeDataset(c.Request.Context(), caller(c), up.filename, up.src, up.size)
 	// The upload may have outlasted the server's write timeout.
 	s.extendWrite(c)
 	if err != nil {
@@ -102,23 +78,93 @@ func (s *Server) uploadDataset(c *gin.Context) {
 	c.JSON(http.StatusCreated, viewDataset(d))
 }
 
-func fileFromMultipart(body io.Reader, boundary string) (*multipart.Part, error) {
-	if boundary == "" {
-		return nil, badRequest("multipart body without a boundary")
+// upload is a dataset file arriving in a request: the raw body, or the
+// "file" part of a multipart form, whose other fields are read too.
+type upload struct {
+	filename string
+	src      io.Reader
+	size     int64 // -1 when not known beforehand
+	form     *multipart.Reader
+	// fields holds the form's other fields read so far: those before the
+	// file, and after restOfForm, those after it.
+	fields map[string]string
+}
+
+// readUpload opens the request's file, reading a multipart form's fields
+// up to its "file" part.
+func (s *Server) readUpload(c *gin.Context) (*upload, error) {
+	maxBody := s.maxDatasetBytes() + multipartOverhead
+	if c.Request.ContentLength > maxBody {
+		return nil, errDatasetTooLarge(s.maxDatasetBytes())
 	}
-	mr := multipart.NewReader(body, boundary)
+	body := http.MaxBytesReader(c.Writer, io.NopCloser(s.uploadBody(c)), maxBody)
+	up := &upload{filename: c.Query("filename"), src: body, size: c.Request.ContentLength, fields: map[string]string{}}
+	mediaType, params, _ := mime.ParseMediaType(c.GetHeader("Content-Type"))
+	if mediaType == "multipart/form-data" {
+		if params["boundary"] == "" {
+			return nil, badRequest("multipart body without a boundary")
+		}
+		up.form = multipart.NewReader(body, params["boundary"])
+		part, err := up.readFields(true)
+		if err != nil {
+			return nil, err
+		}
+		if up.filename == "" {
+			up.filename = part.FileName()
+		}
+		up.src, up.size = part, -1
+	}
+	up.filename = path.Base(strings.ReplaceAll(strings.TrimSpace(up.filename), `\`, "/"))
+	if up.filename == "" || up.filename == "." || up.filename == "/" {
+		up.filename = "dataset.jsonl"
+	}
+	if len(up.filename) > 255 {
+		return nil, badRequest("filename must be at most 255 characters")
+	}
+	return up, nil
+}
+
+// maxFormField bounds a form field other than the file.
+const maxFormField = 4096
+
+// readFields reads the form's fields into u.fields: up to the "file" part,
+// which it returns, when toFile; else to the form's end.
+func (u *upload) readFields(toFile bool) (*multipart.Part, error) {
 	for {
-		p, err := mr.NextPart()
+		p, err := u.form.NextPart()
 		if errors.Is(err, io.EOF) {
-			return nil, badRequest(`the multipart form has no "file" part`)
+			if toFile {
+				return nil, badRequest(`the multipart form has no "file" part`)
+			}
+			return nil, nil
 		}
 		if err != nil {
 			return nil, uploadError(fmt.Errorf("malformed multipart body: %w", err))
 		}
 		if p.FormName() == "file" {
-			return p, nil
+			if toFile {
+				return p, nil
+			}
+			return nil, badRequest(`the multipart form has more than one "file" part`)
 		}
+		b, err := io.ReadAll(io.LimitReader(p, maxFormField+1))
+		if err != nil {
+			return nil, uploadError(fmt.Errorf("malformed multipart body: %w", err))
+		}
+		if len(b) > maxFormField {
+			return nil, badRequest("form field %q is longer than %d bytes", p.FormName(), maxFormField)
+		}
+		u.fields[p.FormName()] = string(b)
 	}
+}
+
+// restOfForm reads the fields after the file, once it has been read.
+func (u *upload) restOfForm() error {
+	if u.form == nil {
+		return nil
+	}
+	_, err := u.readFields(false)
+	return err
 }
 
 // storeDataset streams src into the artifact store while validating it,

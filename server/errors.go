@@ -82,5 +82,9 @@ func (s *Server) respondError(c *gin.Context, err error) {
 		s.log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
 		apiErr = newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed")
 	}
+	if openAIPath(c) {
+		c.AbortWithStatusJSON(apiErr.Status, toOpenAIError(apiErr))
+		return
+	}
 	c.AbortWithStatusJSON(apiErr.Status, errorView{Error: apiErr})
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -62,13 +61,10 @@ type openAIList[T any] struct {
 	LastID  *string `json:"last_id"`
 }
 
-// newOpenAIList wraps a page read with one row more than limit asked for:
-// that extra row, when present, only says there is more.
+// newOpenAIList wraps a page read with one row more than limit (trimPage).
 func newOpenAIList[T any](items []T, limit int, id func(T) string) openAIList[T] {
-	out := openAIList[T]{Object: "list", Data: items}
-	if len(items) > limit {
-		out.Data, out.HasMore = items[:limit], true
-	}
+	out := openAIList[T]{Object: "list"}
+	out.Data, out.HasMore = trimPage(items, limit)
 	if out.Data == nil {
 		out.Data = []T{}
 	}
@@ -82,18 +78,7 @@ func newOpenAIList[T any](items []T, limit int, id func(T) string) openAIList[T]
 // openAIPage reads OpenAI's `after` cursor and `limit` (1 to max, def by
 // default).
 func openAIPage(c *gin.Context, def, max int) (after *string, limit int, err error) {
-	if a := c.Query("after"); a != "" {
-		after = &a
-	}
-	limit = def
-	if l := c.Query("limit"); l != "" {
-		n, perr := strconv.Atoi(l)
-		if perr != nil || n < 1 || n > max {
-			var errs fieldErrors
-			errs.add("limit", "must be an integer between 1 and %d", max)
-			return nil, 0, errs.err(http.StatusBadRequest)
-		}
-		limit = n
-	}
-	return after, limit, nil
+	var errs fieldErrors
+	limit = intParam(c, "limit", def, 1, max, &errs)
+	return optionalQuery(c, "after"), limit, errs.err(http.StatusBadRequest)
 }

@@ -120,6 +120,8 @@ func New(d Deps) *Server {
 	ft.POST("/jobs/:id/deploy", write, s.deployJob)
 	ft.GET("/jobs/:id/logs", read, s.jobLogs)
 	ft.GET("/jobs/:id/metrics", read, s.jobMetrics)
+	ft.GET("/jobs/:id/events", read, s.jobEvents)
+	ft.GET("/jobs/:id/checkpoints", read, s.jobCheckpoints)
 	ft.GET("/jobs/:id/artifacts", read, s.jobArtifacts)
 	ft.GET("/jobs/:id/artifacts/:artifactId", read, s.downloadJobArtifact)
 	ft.GET("/stats", read, s.stats)
@@ -130,6 +132,11 @@ func New(d Deps) *Server {
 	ft.GET("/datasets", read, s.listDatasets)
 	ft.GET("/datasets/:id", read, s.getDataset)
 	ft.DELETE("/datasets/:id", write, s.deleteDataset)
+	s.engine.POST("/v1/files", write, s.openAIUploadFile)
+	s.engine.GET("/v1/files", read, s.openAIListFiles)
+	s.engine.GET("/v1/files/:id", read, s.openAIGetFile)
+	s.engine.GET("/v1/files/:id/content", read, s.openAIFileContent)
+	s.engine.DELETE("/v1/files/:id", write, s.openAIDeleteFile)
 	s.engine.POST("/v1/chat/completions", read, s.chatCompletions)
 	s.engine.GET("/v1/models", read, s.listModels)
 	s.engine.GET("/v1/models/:model", read, s.getModel)
@@ -231,7 +238,11 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 		}
 		if plaintext == "" {
 			s.authFailures.take(addr)
-			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: send it in the X-API-Key header"))
+			how := "send it in the X-API-Key header (or as Authorization: Bearer KEY)"
+			if openAIPath(c) {
+				how = "send it as Authorization: Bearer KEY, as OpenAI clients do with api_key"
+			}
+			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: %s", how))
 			return
 		}
 		key, err := apikey.Lookup(c.Request.Context(), s.Store, strings.TrimSpace(plaintext))

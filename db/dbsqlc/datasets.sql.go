@@ -163,6 +163,96 @@ func (q *Queries) ListDatasets(ctx context.Context, db DBTX, arg ListDatasetsPar
 	return items, nil
 }
 
+const listDatasetsNewestFirst = `-- name: ListDatasetsNewestFirst :many
+SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at FROM datasets d
+WHERE d.organization_id = $1
+  AND ($2::text IS NULL
+       OR (d.created_at, d.id) < (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = $1 AND a.id = $2))
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT $3
+`
+
+type ListDatasetsNewestFirstParams struct {
+	OrganizationID string
+	After          *string
+	Lim            int32
+}
+
+// A page of the organization's datasets older than the dataset @after
+// (when set), newest first: a cursor that holds while datasets come and go.
+func (q *Queries) ListDatasetsNewestFirst(ctx context.Context, db DBTX, arg ListDatasetsNewestFirstParams) ([]Dataset, error) {
+	rows, err := db.Query(ctx, listDatasetsNewestFirst, arg.OrganizationID, arg.After, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Dataset{}
+	for rows.Next() {
+		var i Dataset
+		if err := rows.Scan(
+			&i.ID,
+			&i.OrganizationID,
+			&i.Filename,
+			&i.Bytes,
+			&i.Sha256,
+			&i.BlobKey,
+			&i.CreatedBy,
+			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listDatasetsOldestFirst = `-- name: ListDatasetsOldestFirst :many
+SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at FROM datasets d
+WHERE d.organization_id = $1
+  AND ($2::text IS NULL
+       OR (d.created_at, d.id) > (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = $1 AND a.id = $2))
+ORDER BY d.created_at, d.id
+LIMIT $3
+`
+
+type ListDatasetsOldestFirstParams struct {
+	OrganizationID string
+	After          *string
+	Lim            int32
+}
+
+func (q *Queries) ListDatasetsOldestFirst(ctx context.Context, db DBTX, arg ListDatasetsOldestFirstParams) ([]Dataset, error) {
+	rows, err := db.Query(ctx, listDatasetsOldestFirst, arg.OrganizationID, arg.After, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Dataset{}
+	for rows.Next() {
+		var i Dataset
+		if err := rows.Scan(
+			&i.ID,
+			&i.OrganizationID,
+			&i.Filename,
+			&i.Bytes,
+			&i.Sha256,
+			&i.BlobKey,
+			&i.CreatedBy,
+			&i.CreatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listJobsReadingDataset = `-- name: ListJobsReadingDataset :many
 SELECT id, status, count(*) OVER () AS total FROM jobs
 WHERE organization_id = $1

@@ -42,3 +42,21 @@ LIMIT @lim;
 
 -- name: DeleteDataset :execrows
 DELETE FROM datasets WHERE organization_id = $1 AND id = $2;
+
+-- name: ListDatasetsNewestFirst :many
+-- A page of the organization's datasets older than the dataset @after
+-- (when set), newest first: a cursor that holds while datasets come and go.
+SELECT d.* FROM datasets d
+WHERE d.organization_id = @organization_id
+  AND (sqlc.narg(after)::text IS NULL
+       OR (d.created_at, d.id) < (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = @organization_id AND a.id = sqlc.narg(after)))
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT @lim;
+
+-- name: ListDatasetsOldestFirst :many
+SELECT d.* FROM datasets d
+WHERE d.organization_id = @organization_id
+  AND (sqlc.narg(after)::text IS NULL
+       OR (d.created_at, d.id) > (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = @organization_id AND a.id = sqlc.narg(after)))
+ORDER BY d.created_at, d.id
+LIMIT @lim;
