@@ -10,13 +10,11 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer/command"
@@ -82,20 +80,13 @@ type StatusRecord struct {
 
 // RecordStatus writes a transition (and its log line) to PostgreSQL.
 func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
-	var errText *string
-	if r.Error != "" {
-		errText = &r.Error
-	}
-	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
-		n, err := a.Store.Q.SetJobStatus(ctx, tx, dbsqlc.SetJobStatusParams{
-			Status: r.Status, Error: errText, At: r.At, ID: r.JobID,
-			Starts: r.Status == jobstatus.Running, Finishes: r.Status.Finished(), Reactivates: r.Status.IsActive(),
-		})
-		if err != nil {
-			return fmt.Errorf("record status %s of %s: %w", r.Status, r.JobID, err)
-		}
-		if n == 0 {
+	return a.Store.Transact(ctx, func(tx db.Conn) error {
+		err := tx.SetStatus(ctx, r.JobID, r.Status, r.Error, r.At)
+		if db.IsNotFound(err) {
 			return jobGone(r.JobID)
+		}
+		if err != nil {
+			return err
 		}
 		if r.Log == "" {
 			return nil
@@ -104,19 +95,16 @@ func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 		if level == "" {
 			level = LevelInfo
 		}
-		return a.Store.Q.AppendJobLog(ctx, tx, dbsqlc.AppendJobLogParams{JobID: r.JobID, Level: level, Message: r.Log})
+		return tx.AppendLog(ctx, r.JobID, level, r.Log)
 	})
 }
 
 func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string) error {
-	err := a.Store.Q.AppendJobLog(ctx, a.Store.Pool, dbsqlc.AppendJobLogParams{JobID: jobID, Level: level, Message: msg})
-	if db.IsForeignKeyViolation(err) {
+	err := a.Store.AppendLog(ctx, jobID, level, msg)
+	if db.IsNotFound(err) {
 		return jobGone(jobID)
 	}
-	if err != nil {
-		return fmt.Errorf("append log of %s: %w", jobID, err)
-	}
-	return nil
+	return err
 }
 
 // jobGone reports a missing job row. The workflow writes its job's row

@@ -11,14 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
-	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -40,16 +37,14 @@ type DeployInput struct {
 // one the command trainer trained is loaded into the inference backend as a
 // LoRA adapter.
 func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
-	owner, err := a.Store.Q.FindModelNameOwner(ctx, a.Store.Pool, dbsqlc.FindModelNameOwnerParams{
-		OrganizationID: in.OrganizationID, Name: in.ResultModel, JobID: in.JobID,
-	})
+	owner, err := a.Store.ModelNameOwner(ctx, in.OrganizationID, in.ResultModel, in.JobID)
 	if err == nil {
 		return temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("model %s is already deployed by job %s; delete that job or create this one with another suffix", in.ResultModel, owner.JobID),
+			fmt.Sprintf("model %s is already deployed by job %s; delete that job or create this one with another suffix", in.ResultModel, owner),
 			ErrTypeConflict, nil)
 	}
 	if !db.IsNotFound(err) {
-		return fmt.Errorf("check model name: %w", err)
+		return err
 	}
 	// Only the command trainer stores a trained output.
 	if _, err := a.Artifacts.Stat(ctx, artifacts.OutputKey(in.JobID)); err == nil {
@@ -241,12 +236,12 @@ func (a *Activities) publishCard(ctx context.Context, in DeployInput, card strin
 // when adapter is set, by the inference backend under that name, and marks
 // the job deployed.
 func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobKey, card string, adapter *string) error {
-	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
-		err := a.Store.Q.CreateDeployedModel(ctx, tx, dbsqlc.CreateDeployedModelParams{
+	return a.Store.Transact(ctx, func(tx db.Conn) error {
+		err := tx.CreateModel(ctx, db.Model{
 			Name: in.ResultModel, OrganizationID: in.OrganizationID, JobID: in.JobID, BaseModel: in.BaseModel,
 			BlobKey: blobKey, Card: card, Adapter: adapter,
 		})
-		if db.IsForeignKeyViolation(err) {
+		if db.IsNotFound(err) {
 			return jobGone(in.JobID)
 		}
 		if db.IsUniqueViolation(err) {
@@ -257,15 +252,12 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 			return invalidData("the model card holds text PostgreSQL cannot store (a NUL character or invalid UTF-8, from the training data's labels); fix the data and train again")
 		}
 		if err != nil {
-			return fmt.Errorf("record deployment: %w", err)
+			return err
 		}
-		model := in.ResultModel
-		if _, err := a.Store.Q.SetJobDeployed(ctx, tx, dbsqlc.SetJobDeployedParams{ID: in.JobID, Status: jobstatus.Deployed, ResultModel: &model}); err != nil {
-			return fmt.Errorf("record deployment: %w", err)
+		if err := tx.SetDeployed(ctx, in.JobID, in.ResultModel); err != nil {
+			return err
 		}
-		return a.Store.Q.AppendJobLog(ctx, tx, dbsqlc.AppendJobLogParams{
-			JobID: in.JobID, Level: LevelInfo, Message: fmt.Sprintf("Deployed %s; it answers POST /v1/chat/completions", in.ResultModel),
-		})
+		return tx.AppendLog(ctx, in.JobID, LevelInfo, fmt.Sprintf("Deployed %s; it answers POST /v1/chat/completions", in.ResultModel))
 	})
 }
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
@@ -42,9 +41,9 @@ func TestDeployConflictLeavesNothing(t *testing.T) {
 			tx, err := env.Store.Pool.Begin(f.ctx)
 			f.check(err)
 			defer tx.Rollback(f.ctx) //nolint:errcheck // committed already, or the test failed
-			f.check(env.Store.Q.CreateDeployedModel(f.ctx, tx, dbsqlc.CreateDeployedModelParams{
-				Name: "support", OrganizationID: f.org, JobID: rival, BaseModel: "llama-3.1-8b", BlobKey: "models/rival",
-			}))
+			_, err = tx.Exec(f.ctx, `INSERT INTO deployed_models (name, organization_id, job_id, base_model, blob_key)
+				VALUES ('support', $1, $2, 'llama-3.1-8b', 'models/rival')`, f.org, rival)
+			f.check(err)
 			if !during {
 				f.check(tx.Commit(f.ctx))
 			}

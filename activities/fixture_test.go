@@ -16,9 +16,7 @@ import (
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
-	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 // fixture runs activities of its own against the platform's database,
@@ -43,9 +41,8 @@ func newFixture(t *testing.T) *fixture {
 		GPULiveness: time.Hour,
 		Temporal:    env.Temporal, AdapterDir: t.TempDir(),
 	}
-	_, err := env.Store.Q.CreateDataset(f.ctx, env.Store.Pool, dbsqlc.CreateDatasetParams{
-		ID: f.dataset, OrganizationID: f.org, Filename: "train.jsonl", Bytes: 1, Sha256: "00", BlobKey: f.datasetKey(), CreatedBy: "test",
-	})
+	_, err := env.Store.Pool.Exec(f.ctx, `INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by)
+		VALUES ($1, $2, 'train.jsonl', 1, '00', $3, 'test')`, f.dataset, f.org, f.datasetKey())
 	f.check(err)
 	t.Cleanup(func() {
 		ctx := context.Background()
@@ -58,7 +55,7 @@ func newFixture(t *testing.T) *fixture {
 // pool adds a hardware pool of the test's own, so no platform worker and
 // no other test grants or takes its slots; with slots > 0 a live worker
 // offers that many.
-func (f *fixture) pool(slots int32) string {
+func (f *fixture) pool(slots int) string {
 	f.t.Helper()
 	id := "pool_" + dbtest.RandomHex(4)
 	_, err := env.Store.Pool.Exec(f.ctx, `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
@@ -78,9 +75,9 @@ func (f *fixture) pool(slots int32) string {
 }
 
 // worker advertises slots of pool, as a training worker does.
-func (f *fixture) worker(pool string, slots int32) {
+func (f *fixture) worker(pool string, slots int) {
 	f.t.Helper()
-	f.check(env.Store.Q.HeartbeatGPUWorker(f.ctx, env.Store.Pool, dbsqlc.HeartbeatGPUWorkerParams{ID: "worker_" + dbtest.RandomHex(4), HardwareID: pool, Slots: slots}))
+	f.check(env.Store.AdvertiseGPUWorker(f.ctx, "worker_"+dbtest.RandomHex(4), pool, slots))
 }
 
 func (f *fixture) datasetKey() string { return artifacts.DatasetKey(f.org, f.dataset) }
@@ -108,12 +105,11 @@ func (f *fixture) run(fn any, args ...any) (converter.EncodedValue, error) {
 func (f *fixture) newJob(pool string) string {
 	f.t.Helper()
 	id := "job_" + dbtest.RandomHex(6)
-	_, err := env.Store.Q.CreateJob(f.ctx, env.Store.Pool, dbsqlc.CreateJobParams{
-		ID: id, OrganizationID: f.org, Owner: "test", Name: id, BaseModel: "llama-3.1-8b", HardwareID: pool, Status: jobstatus.Queued,
+	f.check(env.Store.CreateJob(f.ctx, db.NewJob{
+		ID: id, OrganizationID: f.org, Owner: "test", Name: id, BaseModel: "llama-3.1-8b", HardwareID: pool,
 		TrainingDataset: f.dataset, TrainingDatasetID: f.dataset, TrainingFile: "train.jsonl",
 		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: time.Now(),
-	})
-	f.check(err)
+	}))
 	return id
 }
 
@@ -127,11 +123,11 @@ func (f *fixture) job(id string) db.Job {
 // logs returns a job's log messages, oldest first.
 func (f *fixture) logs(jobID string) []string {
 	f.t.Helper()
-	rows, err := env.Store.Q.ListJobLogs(f.ctx, env.Store.Pool, dbsqlc.ListJobLogsParams{JobID: jobID, Lim: 100})
+	lines, err := env.Store.JobLogs(f.ctx, jobID, nil, 100)
 	f.check(err)
-	out := make([]string, len(rows))
-	for i, r := range rows {
-		out[i] = r.Message
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = l.Message
 	}
 	return out
 }

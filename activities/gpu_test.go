@@ -13,7 +13,7 @@ import (
 	"go.temporal.io/sdk/converter"
 
 	"github.com/tuneforge/tuneforge/activities"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/db"
 )
 
 // requestGPU runs RequestGPU for job of f.org, queued at queued.
@@ -27,9 +27,9 @@ func (f *fixture) requestGPU(pool, job string, queued time.Time) activities.GPUT
 }
 
 // lease reads a job's lease; nil when it has none.
-func (f *fixture) lease(job string) *dbsqlc.GpuLease {
+func (f *fixture) lease(job string) *db.GPULease {
 	f.t.Helper()
-	l, err := env.Store.Q.GetGPULease(f.ctx, env.Store.Pool, job)
+	l, err := env.Store.GPULease(f.ctx, job)
 	if err != nil {
 		return nil
 	}

@@ -7,15 +7,12 @@ import (
 	"os"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/inference"
-	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -67,18 +64,17 @@ func TooManyJobsMessage(active int64) string {
 // CreateJob writes a new job's row (and its idempotency key) unless the
 // organization is at its cap; a retry after a commit changes nothing.
 func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
-	return a.Store.InTx(ctx, func(tx pgx.Tx) error {
-		q := a.Store.Q
-		if _, err := q.GetJobByID(ctx, tx, j.ID); err == nil {
+	return a.Store.Transact(ctx, func(tx db.Conn) error {
+		if _, err := tx.JobByID(ctx, j.ID); err == nil {
 			return nil
 		} else if !db.IsNotFound(err) {
-			return fmt.Errorf("read job: %w", err)
+			return err
 		}
 		// One creation per organization at a time, so the cap holds exactly.
-		if err := q.LockOrganizationJobs(ctx, tx, j.OrganizationID); err != nil {
-			return fmt.Errorf("lock organization: %w", err)
+		if err := tx.LockJobCreation(ctx, j.OrganizationID); err != nil {
+			return err
 		}
-		active, err := a.Store.ActiveJobs(ctx, tx, j.OrganizationID)
+		active, err := tx.ActiveJobs(ctx, j.OrganizationID)
 		if err != nil {
 			return err
 		}
@@ -86,17 +82,17 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 			return temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
 		}
 		if j.IdempotencyKey != "" {
-			if err := q.DeleteStaleIdempotencyKey(ctx, tx, dbsqlc.DeleteStaleIdempotencyKeyParams{OrganizationID: j.OrganizationID, Key: j.IdempotencyKey}); err != nil {
-				return fmt.Errorf("expire idempotency key: %w", err)
+			if err := tx.ExpireIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey); err != nil {
+				return err
 			}
 		}
 		hp := j.Hyperparameters
-		_, err = q.CreateJob(ctx, tx, dbsqlc.CreateJobParams{
+		err = tx.CreateJob(ctx, db.NewJob{
 			ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 			BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
-			Suffix: j.Suffix, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
+			Suffix: j.Suffix, CreatedAt: j.CreatedAt,
 		})
 		switch {
 		case db.IsForeignKeyViolation(err):
@@ -104,22 +100,17 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		case db.IsInvalidText(err):
 			return invalidData("the job's name or description holds a NUL character or invalid UTF-8")
 		case err != nil:
-			return fmt.Errorf("insert job: %w", err)
+			return err
 		}
 		if j.IdempotencyKey == "" {
 			return nil
 		}
-		err = q.CreateIdempotencyKey(ctx, tx, dbsqlc.CreateIdempotencyKeyParams{
-			OrganizationID: j.OrganizationID, Key: j.IdempotencyKey, RequestHash: j.RequestHash, JobID: j.ID,
-		})
+		err = tx.RecordIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey, j.RequestHash, j.ID)
 		if db.IsUniqueViolation(err) {
 			return temporal.NewNonRetryableApplicationError("a concurrent request with the same Idempotency-Key created the job",
 				ErrTypeDuplicateRequest, nil)
 		}
-		if err != nil {
-			return fmt.Errorf("record idempotency key: %w", err)
-		}
-		return nil
+		return err
 	})
 }
 
@@ -145,28 +136,24 @@ type DeletedJob struct {
 // once; it returns what the row pointed at outside PostgreSQL.
 func (a *Activities) DeleteJobRow(ctx context.Context, req DeleteRequest) (DeletedJob, error) {
 	out := DeletedJob{JobID: req.JobID, OrganizationID: req.OrganizationID}
-	err := a.Store.InTx(ctx, func(tx pgx.Tx) error {
-		q := a.Store.Q
-		_, err := q.GetJob(ctx, tx, dbsqlc.GetJobParams{OrganizationID: req.OrganizationID, ID: req.JobID})
+	err := a.Store.Transact(ctx, func(tx db.Conn) error {
+		_, err := tx.Job(ctx, req.OrganizationID, req.JobID)
 		if db.IsNotFound(err) {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("read job: %w", err)
+			return err
 		}
 		out.Found = true
-		if out.Adapter, err = q.GetJobAdapter(ctx, tx, req.JobID); err != nil && !db.IsNotFound(err) {
-			return fmt.Errorf("read adapter: %w", err)
+		if out.Adapter, err = tx.JobAdapter(ctx, req.JobID); err != nil && !db.IsNotFound(err) {
+			return err
 		}
-		if lease, err := q.GetGPULease(ctx, tx, req.JobID); err == nil {
+		if lease, err := tx.GPULease(ctx, req.JobID); err == nil {
 			out.Pool = lease.HardwareID
 		} else if !db.IsNotFound(err) {
-			return fmt.Errorf("read lease: %w", err)
+			return err
 		}
-		if _, err := q.DeleteJob(ctx, tx, dbsqlc.DeleteJobParams{OrganizationID: req.OrganizationID, ID: req.JobID}); err != nil {
-			return fmt.Errorf("delete job: %w", err)
-		}
-		return nil
+		return tx.DeleteJob(ctx, req.OrganizationID, req.JobID)
 	})
 	return out, err
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/activities"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
@@ -31,11 +30,11 @@ func TestRecordStatus(t *testing.T) {
 		t.Errorf("row after the transitions: status %s, error %v, started %v, finished %v; want failed, out of memory, %v, %v",
 			j.Status, j.Error, j.StartedAt, j.FinishedAt, started, failed)
 	}
-	rows, err := env.Store.Q.ListJobLogs(f.ctx, env.Store.Pool, dbsqlc.ListJobLogsParams{JobID: job, Lim: 100})
+	lines, err := env.Store.JobLogs(f.ctx, job, nil, 100)
 	f.check(err)
 	var got []string
-	for _, r := range rows {
-		got = append(got, r.Level+": "+r.Message)
+	for _, l := range lines {
+		got = append(got, l.Level+": "+l.Message)
 	}
 	if want := []string{"info: Training started", "error: Training failed"}; !slices.Equal(got, want) {
 		t.Errorf("log %q; want %q", got, want)

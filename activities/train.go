@@ -11,7 +11,7 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/tuneforge/tuneforge/artifacts"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -165,11 +165,10 @@ func builtinResult(state *trainer.State, trainingLoss float64, validationLoss *f
 // epochResult records an epoch's outcome (its end-of-epoch losses) on the
 // job and logs it.
 func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochResult) (EpochResult, error) {
-	epoch := int32(res.Epoch)
-	if _, err := a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
-		ID: in.JobID, Epoch: &epoch, TrainedTokens: res.TrainedTokens, TrainingLoss: &res.TrainingLoss, ValidationLoss: res.ValidationLoss,
+	if err := a.Store.SetProgress(ctx, in.JobID, db.Progress{
+		Epoch: int32(res.Epoch), TrainedTokens: res.TrainedTokens, TrainingLoss: res.TrainingLoss, ValidationLoss: res.ValidationLoss,
 	}); err != nil {
-		return EpochResult{}, fmt.Errorf("record progress: %w", err)
+		return EpochResult{}, err
 	}
 	msg := fmt.Sprintf("Epoch %d/%d completed - loss: %.3f", res.Epoch, in.Hyperparameters.Epochs, res.TrainingLoss)
 	if res.ValidationLoss != nil {
@@ -205,21 +204,16 @@ func (a *Activities) writePoint(ctx context.Context, jobID string, p metricPoint
 	// point, or the checkpoint saved on stop would resume past it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := a.Store.Q.RecordMetric(ctx, a.Store.Pool, dbsqlc.RecordMetricParams{
-		JobID: jobID, Step: int32(p.Step), Epoch: int32(p.Epoch), TrainingLoss: p.TrainingLoss,
+	err := a.Store.RecordMetric(ctx, jobID, db.MetricPoint{
+		Step: int32(p.Step), Epoch: int32(p.Epoch), TrainingLoss: p.TrainingLoss,
 		ValidationLoss: p.ValidationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens,
 	})
 	if err != nil {
-		return fmt.Errorf("record metric: %w", err)
+		return err
 	}
-	epoch := int32(p.Epoch - 1)
-	_, err = a.Store.Q.SetJobProgress(ctx, a.Store.Pool, dbsqlc.SetJobProgressParams{
-		ID: jobID, Epoch: &epoch, TrainedTokens: p.Tokens, TrainingLoss: &p.TrainingLoss, ValidationLoss: p.ValidationLoss,
+	return a.Store.SetProgress(ctx, jobID, db.Progress{
+		Epoch: int32(p.Epoch - 1), TrainedTokens: p.Tokens, TrainingLoss: p.TrainingLoss, ValidationLoss: p.ValidationLoss,
 	})
-	if err != nil {
-		return fmt.Errorf("record progress: %w", err)
-	}
-	return nil
 }
 
 // latestCheckpoint reads the job's newest checkpoint.

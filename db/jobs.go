@@ -87,10 +87,10 @@ func (c Conn) JobByID(ctx context.Context, id string) (Job, error) {
 	return jobFromRow(r), nil
 }
 
-// ActiveJobs counts the organization's jobs in jobstatus.Active, on q:
-// the pool, or a transaction that holds the organization's lock.
-func (c Conn) ActiveJobs(ctx context.Context, q dbsqlc.DBTX, org string) (int64, error) {
-	n, err := c.q.CountActiveJobs(ctx, q, dbsqlc.CountActiveJobsParams{OrganizationID: org, Statuses: jobstatus.Strings(jobstatus.Active)})
+// ActiveJobs counts the organization's jobs in jobstatus.Active; exactly
+// inside Transact after LockJobCreation.
+func (c Conn) ActiveJobs(ctx context.Context, org string) (int64, error) {
+	n, err := c.q.CountActiveJobs(ctx, c.db, dbsqlc.CountActiveJobsParams{OrganizationID: org, Statuses: jobstatus.Strings(jobstatus.Active)})
 	if err != nil {
 		return 0, fmt.Errorf("count active jobs: %w", err)
 	}
@@ -134,4 +134,83 @@ func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 		jobs[i] = jobFromRow(r)
 	}
 	return jobs, count, nil
+}
+
+// NewJob is a job's row as its workflow first writes it, queued.
+type NewJob struct {
+	ID                  string
+	OrganizationID      string
+	Owner               string
+	Name                string
+	Description         string
+	BaseModel           string
+	HardwareID          string
+	TrainingDataset     string
+	TrainingDatasetID   string
+	TrainingFile        string
+	ValidationFile      *string
+	ValidationDatasetID *string
+	Epochs              int32
+	LearningRate        float64
+	BatchSize           int32
+	WarmupSteps         int32
+	Suffix              string
+	CreatedAt           time.Time
+}
+
+// CreateJob writes a queued job. A reference to a missing dataset fails
+// with IsForeignKeyViolation, text PostgreSQL cannot store with
+// IsInvalidText.
+func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
+	_, err := c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
+		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
+		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
+		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
+		Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
+		Suffix: j.Suffix, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
+	})
+	if err != nil {
+		return fmt.Errorf("insert job %s: %w", j.ID, err)
+	}
+	return nil
+}
+
+// LockJobCreation serializes job creation within the organization until
+// the transaction ends, so its cap on active jobs holds under concurrent
+// requests.
+func (c Conn) LockJobCreation(ctx context.Context, org string) error {
+	if err := c.q.LockOrganizationJobs(ctx, c.db, org); err != nil {
+		return fmt.Errorf("lock organization %s: %w", org, err)
+	}
+	return nil
+}
+
+// ExpireIdempotencyKey deletes the organization's key if it outlived its
+// day, so that a new request may record it again.
+func (c Conn) ExpireIdempotencyKey(ctx context.Context, org, key string) error {
+	if err := c.q.DeleteStaleIdempotencyKey(ctx, c.db, dbsqlc.DeleteStaleIdempotencyKeyParams{OrganizationID: org, Key: key}); err != nil {
+		return fmt.Errorf("expire idempotency key: %w", err)
+	}
+	return nil
+}
+
+// RecordIdempotencyKey records that the request hashed to hash, sent with
+// key, created the job; a key recorded already fails with
+// IsUniqueViolation.
+func (c Conn) RecordIdempotencyKey(ctx context.Context, org, key string, hash []byte, jobID string) error {
+	err := c.q.CreateIdempotencyKey(ctx, c.db, dbsqlc.CreateIdempotencyKeyParams{OrganizationID: org, Key: key, RequestHash: hash, JobID: jobID})
+	if err != nil {
+		return fmt.Errorf("record idempotency key: %w", err)
+	}
+	return nil
+}
+
+// DeleteJob deletes one of the organization's jobs and, by cascade, its
+// logs, metrics, GPU lease and deployed model; a job already gone is no
+// error.
+func (c Conn) DeleteJob(ctx context.Context, org, id string) error {
+	if _, err := c.q.DeleteJob(ctx, c.db, dbsqlc.DeleteJobParams{OrganizationID: org, ID: id}); err != nil {
+		return fmt.Errorf("delete job %s: %w", id, err)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 // Model is a deployed fine-tuned model, as the API serves it.
@@ -51,6 +52,52 @@ func (c Conn) Models(ctx context.Context, org string) ([]Model, error) {
 		out[i] = modelFromRow(r)
 	}
 	return out, nil
+}
+
+// CreateModel records a job's deployed model, replacing an earlier
+// deployment of the job; ErrNotFound when the job is gone. A name another
+// job of the organization deployed fails with IsUniqueViolation, a card
+// PostgreSQL cannot store with IsInvalidText.
+func (c Conn) CreateModel(ctx context.Context, m Model) error {
+	err := c.q.CreateDeployedModel(ctx, c.db, dbsqlc.CreateDeployedModelParams{
+		Name: m.Name, OrganizationID: m.OrganizationID, JobID: m.JobID, BaseModel: m.BaseModel,
+		BlobKey: m.BlobKey, Card: m.Card, Adapter: m.Adapter,
+	})
+	if IsForeignKeyViolation(err) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("record model %s: %w", m.Name, err)
+	}
+	return nil
+}
+
+// SetDeployed marks the job deployed as model.
+func (c Conn) SetDeployed(ctx context.Context, jobID, model string) error {
+	if _, err := c.q.SetJobDeployed(ctx, c.db, dbsqlc.SetJobDeployedParams{ID: jobID, Status: jobstatus.Deployed, ResultModel: &model}); err != nil {
+		return fmt.Errorf("mark %s deployed: %w", jobID, err)
+	}
+	return nil
+}
+
+// ModelNameOwner returns the job of the organization, other than jobID,
+// that deployed a model named name; ErrNotFound when none did.
+func (c Conn) ModelNameOwner(ctx context.Context, org, name, jobID string) (string, error) {
+	r, err := c.q.FindModelNameOwner(ctx, c.db, dbsqlc.FindModelNameOwnerParams{OrganizationID: org, Name: name, JobID: jobID})
+	if err != nil {
+		return "", fmt.Errorf("check model name %s: %w", name, NotFound(err))
+	}
+	return r.JobID, nil
+}
+
+// JobAdapter reads the adapter the job's deployed model is served as: nil
+// for a builtin model, ErrNotFound when the job has no deployed model.
+func (c Conn) JobAdapter(ctx context.Context, jobID string) (*string, error) {
+	adapter, err := c.q.GetJobAdapter(ctx, c.db, jobID)
+	if err != nil {
+		return nil, fmt.Errorf("read adapter of %s: %w", jobID, NotFound(err))
+	}
+	return adapter, nil
 }
 
 // LogLine is one line of a job's log.

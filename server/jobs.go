@@ -174,7 +174,7 @@ func (s *Server) createJob(c *gin.Context) {
 	}
 	// A quick read first, so an organization at its cap starts (and imports) nothing; the
 	// job's own creation checks again under a lock.
-	active, err := s.Store.ActiveJobs(ctx, s.Store.Pool, key.OrganizationID)
+	active, err := s.Store.ActiveJobs(ctx, key.OrganizationID)
 	if err != nil {
 		s.respondError(c, err)
 		return

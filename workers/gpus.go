@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/db"
 )
 
 // GPU is one NVIDIA GPU as nvidia-smi reports it.
@@ -73,14 +73,14 @@ func DetectGPUs(ctx context.Context) ([]GPU, error) {
 // pool they cannot serve (an error wrapping ErrPoolUnfit). A host without
 // nvidia-smi passes with a warning, so a CPU-only development machine can
 // still run a command trainer on a tiny model.
-func checkGPUs(ctx context.Context, t Training, hw dbsqlc.Hardware, log *slog.Logger) error {
+func checkGPUs(ctx context.Context, t Training, hw db.Hardware, log *slog.Logger) error {
 	gpus, err := DetectGPUs(ctx)
 	if err != nil {
 		return fmt.Errorf("training worker %s: detect GPUs: %w", t.ID, err)
 	}
 	if gpus == nil {
 		log.Warn("nvidia-smi not found: no NVIDIA GPU is visible, so GPU memory cannot be checked against the pool",
-			"worker", t.ID, "hardware", hw.ID, "poolGpuMemoryGB", hw.GpuMemoryGb, "poolGpuCount", hw.GpuCount)
+			"worker", t.ID, "hardware", hw.ID, "poolGpuMemoryGB", hw.GPUMemoryGB, "poolGpuCount", hw.GPUCount)
 		return nil
 	}
 	for i, g := range gpus {
@@ -124,16 +124,16 @@ func parseNvidiaSMI(out string) ([]GPU, error) {
 // GPU it sees (slots are not pinned to GPUs), so every GPU needs the pool's
 // per-GPU memory and there must be slots × GPU count of them. The error
 // wraps ErrPoolUnfit and says what was found and what the pool needs.
-func CheckPool(gpus []GPU, hw dbsqlc.Hardware, slots int) error {
-	need := slots * int(hw.GpuCount)
+func CheckPool(gpus []GPU, hw db.Hardware, slots int) error {
+	need := slots * int(hw.GPUCount)
 	needs := fmt.Sprintf("pool %s (%s) needs %d GPU(s) (%d slot(s) × %d) with at least %d GB each",
-		hw.ID, hw.Name, need, slots, hw.GpuCount, hw.GpuMemoryGb)
+		hw.ID, hw.Name, need, slots, hw.GPUCount, hw.GPUMemoryGB)
 	found := make([]string, len(gpus))
 	small := 0
 	for i, g := range gpus {
 		found[i] = g.String()
 		// Exact integer comparison: MiB are 1,048,576 bytes, catalog GB 10^9.
-		if int64(g.MemoryMiB)*1_048_576 < int64(hw.GpuMemoryGb)*1_000_000_000 {
+		if int64(g.MemoryMiB)*1_048_576 < int64(hw.GPUMemoryGB)*1_000_000_000 {
 			small++
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/db"
 )
 
 func TestParseNvidiaSMI(t *testing.T) {
@@ -48,9 +48,9 @@ func TestParseNvidiaSMI(t *testing.T) {
 }
 
 var (
-	pool40  = dbsqlc.Hardware{ID: "gpu-a100-40gb", Name: "NVIDIA A100 40GB", GpuMemoryGb: 40, GpuCount: 1}
-	pool80  = dbsqlc.Hardware{ID: "gpu-a100-80gb", Name: "NVIDIA A100 80GB", GpuMemoryGb: 80, GpuCount: 1}
-	pool80x = dbsqlc.Hardware{ID: "gpu-a100-80gb-x4", Name: "NVIDIA A100 80GB x4", GpuMemoryGb: 80, GpuCount: 4}
+	pool40  = db.Hardware{ID: "gpu-a100-40gb", Name: "NVIDIA A100 40GB", GPUMemoryGB: 40, GPUCount: 1}
+	pool80  = db.Hardware{ID: "gpu-a100-80gb", Name: "NVIDIA A100 80GB", GPUMemoryGB: 80, GPUCount: 1}
+	pool80x = db.Hardware{ID: "gpu-a100-80gb-x4", Name: "NVIDIA A100 80GB x4", GPUMemoryGB: 80, GPUCount: 4}
 
 	a100_40 = GPU{"NVIDIA A100-SXM4-40GB", 40960}
 	a100_80 = GPU{"NVIDIA A100-SXM4-80GB", 81920}
@@ -62,7 +62,7 @@ func TestCheckPool(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		gpus  []GPU
-		hw    dbsqlc.Hardware
+		hw    db.Hardware
 		slots int
 		err   []string // what a refusal must mention; none: accepted
 	}{

@@ -21,7 +21,6 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
-	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
@@ -93,7 +92,7 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	if t.Slots < 1 {
 		return fmt.Errorf("--slots must be at least 1, not %d", t.Slots)
 	}
-	hw, err := acts.Store.Q.GetHardware(ctx, acts.Store.Pool, t.HardwareID)
+	hw, err := acts.Store.Hardware(ctx, t.HardwareID)
 	if err != nil {
 		return fmt.Errorf("hardware %q is not in the catalog: %w", t.HardwareID, err)
 	}
@@ -123,8 +122,7 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	// go to waiting jobs at once, and a grant whose signal was lost (a
 	// crash between grant and signal) is sent again.
 	advertise := func(ctx context.Context) error {
-		err := acts.Store.Q.HeartbeatGPUWorker(ctx, acts.Store.Pool, dbsqlc.HeartbeatGPUWorkerParams{ID: t.ID, HardwareID: t.HardwareID, Slots: int32(t.Slots)})
-		if err != nil {
+		if err := acts.Store.AdvertiseGPUWorker(ctx, t.ID, t.HardwareID, t.Slots); err != nil {
 			return err
 		}
 		return acts.DispatchGPUs(ctx, t.HardwareID)
@@ -150,7 +148,7 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	// Leaving cleanly: the slots stop counting at once rather than after GPULiveness.
 	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if derr := acts.Store.Q.DeleteGPUWorker(cleanup, acts.Store.Pool, t.ID); derr != nil {
+	if derr := acts.Store.WithdrawGPUWorker(cleanup, t.ID); derr != nil {
 		log.Warn("withdraw training worker", "worker", t.ID, "err", derr)
 	}
 	return err

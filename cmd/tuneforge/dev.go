@@ -64,7 +64,7 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	hardware, err := p.store.Q.ListHardware(ctx, p.store.Pool)
+	hardware, err := p.store.HardwarePools(ctx)
 	if err != nil {
 		return err
 	}

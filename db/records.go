@@ -1,0 +1,82 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/jobstatus"
+)
+
+// What a job's workflow records on the job as it runs: its transitions,
+// training progress and metrics, and its log.
+
+// SetStatus records a transition to s at at, with the run's error (empty
+// for none). The job's start is set when it first runs, its finish when a
+// run finishes, and cleared when it is active again. ErrNotFound when the
+// job is gone.
+func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, errText string, at time.Time) error {
+	var errPtr *string
+	if errText != "" {
+		errPtr = &errText
+	}
+	n, err := c.q.SetJobStatus(ctx, c.db, dbsqlc.SetJobStatusParams{
+		Status: s, Error: errPtr, At: at, ID: jobID,
+		Starts: s == jobstatus.Running, Finishes: s.Finished(), Reactivates: s.IsActive(),
+	})
+	if err == nil && n == 0 {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("record status %s of %s: %w", s, jobID, err)
+	}
+	return nil
+}
+
+// Progress is a job's training so far: the last epoch trained, the tokens
+// trained and the latest losses.
+type Progress struct {
+	Epoch          int32
+	TrainedTokens  int64
+	TrainingLoss   float64
+	ValidationLoss *float64
+}
+
+// SetProgress records the job's progress. A job deleted meanwhile records
+// nothing, and that is no error: its workflow is being ended.
+func (c Conn) SetProgress(ctx context.Context, jobID string, p Progress) error {
+	_, err := c.q.SetJobProgress(ctx, c.db, dbsqlc.SetJobProgressParams{
+		ID: jobID, Epoch: &p.Epoch, TrainedTokens: p.TrainedTokens, TrainingLoss: &p.TrainingLoss, ValidationLoss: p.ValidationLoss,
+	})
+	if err != nil {
+		return fmt.Errorf("record progress of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// RecordMetric records the job's metrics at p.Step, replacing those of an
+// earlier attempt at the same step.
+func (c Conn) RecordMetric(ctx context.Context, jobID string, p MetricPoint) error {
+	err := c.q.RecordMetric(ctx, c.db, dbsqlc.RecordMetricParams{
+		JobID: jobID, Step: p.Step, Epoch: p.Epoch, TrainingLoss: p.TrainingLoss,
+		ValidationLoss: p.ValidationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens,
+	})
+	if err != nil {
+		return fmt.Errorf("record metric of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// AppendLog appends a line to the job's log; ErrNotFound when the job is
+// gone.
+func (c Conn) AppendLog(ctx context.Context, jobID, level, msg string) error {
+	err := c.q.AppendJobLog(ctx, c.db, dbsqlc.AppendJobLogParams{JobID: jobID, Level: level, Message: msg})
+	if IsForeignKeyViolation(err) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("append log of %s: %w", jobID, err)
+	}
+	return nil
+}
