@@ -36,15 +36,12 @@ type Conn struct {
 // Store is the pool, and a Conn on it.
 type Store struct {
 	Pool *pgxpool.Pool
-	// Q is the generated queries, for callers not yet behind the boundary.
-	Q *dbsqlc.Queries
 	Conn
 }
 
 // NewStore wraps a pool.
 func NewStore(pool *pgxpool.Pool) *Store {
-	q := dbsqlc.New()
-	return &Store{Pool: pool, Q: q, Conn: Conn{db: pool, q: q}}
+	return &Store{Pool: pool, Conn: Conn{db: pool, q: dbsqlc.New()}}
 }
 
 // Transact runs fn in a transaction, committing if it returns nil.
@@ -75,11 +72,6 @@ func Open(ctx context.Context, url string) (*Store, error) {
 
 // Close closes the pool.
 func (s *Store) Close() { s.Pool.Close() }
-
-// InTx runs fn in a transaction, committing if it returns nil.
-func (s *Store) InTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, s.Pool, fn)
-}
 
 // Migrate applies the embedded migrations that have not run yet. An advisory
 // lock makes concurrent starts (several api replicas) take turns.
