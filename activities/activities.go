@@ -73,34 +73,51 @@ type StatusRecord struct {
 	Status jobstatus.Status
 	Error  string
 	At     time.Time
+	// Cancel marks a stop as a cancel: the job will not resume.
+	Cancel bool
 	// Log, when set, is appended to the job's log with the transition.
 	Log      string
 	LogLevel string
+	// Event, when set, is recorded with the transition: what happened,
+	// Log as its message, and EventData (the cause, the figures).
+	Event     db.EventType
+	EventData map[string]any
 }
 
 // RecordStatus writes a transition (and its log line) to PostgreSQL.
 func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 	return a.Store.Transact(ctx, func(tx db.Conn) error {
-		err := tx.SetStatus(ctx, r.JobID, r.Status, r.Error, r.At)
+		err := tx.SetStatus(ctx, r.JobID, r.Status, r.Error, r.Cancel, r.At)
 		if db.IsNotFound(err) {
 			return jobGone(r.JobID)
 		}
 		if err != nil {
 			return err
 		}
-		if r.Log == "" {
-			return nil
-		}
 		level := r.LogLevel
 		if level == "" {
 			level = LevelInfo
 		}
-		return tx.AppendLog(ctx, r.JobID, level, r.Log)
+		if r.Event != "" {
+			err := recordEvent(ctx, tx, db.Event{JobID: r.JobID, Level: level, Type: r.Event, Message: r.Log, Data: r.EventData})
+			if err != nil {
+				return err
+			}
+		}
+		if r.Log == "" {
+			return nil
+		}
+		return appendLogOn(ctx, tx, r.JobID, level, r.Log)
 	})
 }
 
 func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string) error {
-	err := a.Store.AppendLog(ctx, jobID, level, msg)
+	return appendLogOn(ctx, a.Store.Conn, jobID, level, msg)
+}
+
+// appendLogOn appends a line to the job's log on c.
+func appendLogOn(ctx context.Context, c db.Conn, jobID, level, msg string) error {
+	err := c.AppendLog(ctx, jobID, level, msg)
 	if db.IsNotFound(err) {
 		return jobGone(jobID)
 	}

@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/tuneforge/tuneforge/dataset"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -56,10 +57,20 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 		sum.ValidationExamples = v.Examples
 	}
 	msg := fmt.Sprintf("Dataset valid: %d training examples, %d tokens", sum.Examples, sum.Tokens)
+	data := map[string]any{"examples": sum.Examples, "tokens": sum.Tokens}
 	if in.ValidationKey != "" {
 		msg += fmt.Sprintf(", %d validation examples", sum.ValidationExamples)
+		data["validationExamples"] = sum.ValidationExamples
 	}
-	return sum, a.appendLog(ctx, in.JobID, LevelInfo, msg)
+	return sum, a.Store.Transact(ctx, func(tx db.Conn) error {
+		if err := tx.MarkValidated(ctx, in.JobID); err != nil {
+			return err
+		}
+		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventValidated, Message: msg, Data: data}); err != nil {
+			return err
+		}
+		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
+	})
 }
 
 // validateTraining checks a training file as it streams from r: every line,

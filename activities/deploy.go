@@ -257,7 +257,11 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 		if err := tx.SetDeployed(ctx, in.JobID, in.ResultModel); err != nil {
 			return err
 		}
-		return tx.AppendLog(ctx, in.JobID, LevelInfo, fmt.Sprintf("Deployed %s; it answers POST /v1/chat/completions", in.ResultModel))
+		msg := fmt.Sprintf("Deployed %s; it answers POST /v1/chat/completions", in.ResultModel)
+		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventDeployed, Message: msg, Data: map[string]any{"model": in.ResultModel}}); err != nil {
+			return err
+		}
+		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
 	})
 }
 
@@ -305,4 +309,35 @@ func card(name string, job db.Job, trainerNote, trained string) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// DeployFailure is a deploy that failed, to record on its job.
+type DeployFailure struct {
+	JobID  string
+	Model  string
+	Reason string
+}
+
+// RecordDeployFailure records why a deploy failed: the job's error (its
+// status stays completed, so it can be deployed again), an event and a log
+// line.
+func (a *Activities) RecordDeployFailure(ctx context.Context, f DeployFailure) error {
+	// The reason may quote what PostgreSQL refused to store.
+	reason := strings.ToValidUTF8(strings.ReplaceAll(f.Reason, "\x00", ""), "?")
+	msg := fmt.Sprintf("Deploy of %s failed: %s", f.Model, reason)
+	return a.Store.Transact(ctx, func(tx db.Conn) error {
+		err := tx.SetError(ctx, f.JobID, reason)
+		if db.IsNotFound(err) {
+			return jobGone(f.JobID)
+		}
+		if err != nil {
+			return err
+		}
+		err = recordEvent(ctx, tx, db.Event{JobID: f.JobID, Level: LevelError, Type: db.EventDeployFailed, Message: msg,
+			Data: map[string]any{"model": f.Model, "reason": reason}})
+		if err != nil {
+			return err
+		}
+		return appendLogOn(ctx, tx, f.JobID, LevelError, msg)
+	})
 }

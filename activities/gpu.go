@@ -54,11 +54,17 @@ func (a *Activities) RequestGPU(ctx context.Context, req LeaseRequest) (GPUTicke
 	if err != nil {
 		return GPUTicket{}, err
 	}
-	msg := acquiredLog(req.HardwareID)
-	if !place.Granted {
-		msg = fmt.Sprintf("Waiting for a GPU slot on %s (%d of your organization's jobs ahead of it on this pool)", req.HardwareID, place.Ahead)
+	ticket := GPUTicket{Granted: place.Granted, RequestedAt: place.RequestedAt}
+	if place.Granted {
+		return ticket, a.appendLog(ctx, req.JobID, LevelInfo, acquiredLog(req.HardwareID))
 	}
-	return GPUTicket{Granted: place.Granted, RequestedAt: place.RequestedAt}, a.appendLog(ctx, req.JobID, LevelInfo, msg)
+	msg := fmt.Sprintf("Waiting for a GPU slot on %s (%d of your organization's jobs ahead of it on this pool)", req.HardwareID, place.Ahead)
+	err = recordEvent(ctx, a.Store.Conn, db.Event{JobID: req.JobID, Type: db.EventWaitingForGPU, Message: msg,
+		Data: map[string]any{"hardware": req.HardwareID, "ahead": place.Ahead}})
+	if err != nil {
+		return GPUTicket{}, err
+	}
+	return ticket, a.appendLog(ctx, req.JobID, LevelInfo, msg)
 }
 
 // enqueue joins the queue, grants what the pool has free and signals the

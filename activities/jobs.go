@@ -46,7 +46,10 @@ type NewJob struct {
 	ValidationDatasetID *string
 	Hyperparameters     trainer.Hyperparameters
 	Suffix              string
-	CreatedAt           time.Time
+	Metadata            map[string]string
+	// AutoDeploy deploys the job as soon as training completes.
+	AutoDeploy bool
+	CreatedAt  time.Time
 	// IdempotencyKey, when set, is recorded with the row, with RequestHash.
 	IdempotencyKey string
 	RequestHash    []byte
@@ -87,12 +90,16 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 			}
 		}
 		hp := j.Hyperparameters
+		var seed int32
+		if hp.Seed != nil {
+			seed = int32(*hp.Seed)
+		}
 		err = tx.CreateJob(ctx, db.NewJob{
 			ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 			BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
-			Suffix: j.Suffix, CreatedAt: j.CreatedAt,
+			Suffix: j.Suffix, Metadata: j.Metadata, Seed: seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt,
 		})
 		switch {
 		case db.IsForeignKeyViolation(err):
@@ -100,6 +107,12 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		case db.IsInvalidText(err):
 			return invalidData("the job's name or description holds a NUL character or invalid UTF-8")
 		case err != nil:
+			return err
+		}
+		err = recordEvent(ctx, tx, db.Event{JobID: j.ID, Type: db.EventCreated,
+			Message: fmt.Sprintf("Job created by %s: %s on %s, %d epochs", j.Owner, j.BaseModel, j.HardwareID, hp.Epochs),
+			Data:    map[string]any{"owner": j.Owner, "baseModel": j.BaseModel, "hardware": j.HardwareID, "epochs": hp.Epochs}})
+		if err != nil {
 			return err
 		}
 		if j.IdempotencyKey == "" {
@@ -187,7 +200,7 @@ func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
 	}
 	// Everything the job published goes, under whatever model name: a
 	// deploy that failed may have left files its cleanup could not remove.
-	for _, prefix := range []string{artifacts.CheckpointPrefix(d.JobID), artifacts.ModelPrefix(d.OrganizationID, d.JobID)} {
+	for _, prefix := range []string{artifacts.CheckpointPrefix(d.JobID), artifacts.KeptPrefix(d.JobID), artifacts.ModelPrefix(d.OrganizationID, d.JobID)} {
 		if err := a.Artifacts.DeletePrefix(ctx, prefix); err != nil {
 			return fmt.Errorf("delete %s: %w", prefix, err)
 		}

@@ -77,7 +77,7 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 			return EpochResult{}, err
 		}
 	}
-	state, resumed, err := a.loadState(ctx, in.JobID, train)
+	state, resumed, err := a.loadState(ctx, in.JobID, runSeed(in), train)
 	if err != nil {
 		return EpochResult{}, err
 	}
@@ -108,6 +108,9 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 		}
 	}
 	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg); err != nil {
+		return EpochResult{}, err
+	}
+	if err := a.recordResume(ctx, in, state.Step); err != nil {
 		return EpochResult{}, err
 	}
 
@@ -163,18 +166,44 @@ func builtinResult(state *trainer.State, trainingLoss float64, validationLoss *f
 }
 
 // epochResult records an epoch's outcome (its end-of-epoch losses) on the
-// job and logs it.
+// job, keeps the checkpoint it ended on, and logs it.
 func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochResult) (EpochResult, error) {
 	if err := a.Store.SetProgress(ctx, in.JobID, db.Progress{
 		Epoch: int32(res.Epoch), TrainedTokens: res.TrainedTokens, TrainingLoss: res.TrainingLoss, ValidationLoss: res.ValidationLoss,
 	}); err != nil {
 		return EpochResult{}, err
 	}
+	if err := a.keepCheckpoint(ctx, in, res); err != nil {
+		return EpochResult{}, err
+	}
 	msg := fmt.Sprintf("Epoch %d/%d completed - loss: %.3f", res.Epoch, in.Hyperparameters.Epochs, res.TrainingLoss)
+	data := map[string]any{"epoch": res.Epoch, "step": res.Step, "trainingLoss": res.TrainingLoss, "trainedTokens": res.TrainedTokens}
 	if res.ValidationLoss != nil {
 		msg += fmt.Sprintf(", validation loss: %.3f", *res.ValidationLoss)
+		data["validationLoss"] = *res.ValidationLoss
 	}
-	return res, a.appendLog(ctx, in.JobID, LevelInfo, msg)
+	return res, a.Store.Transact(ctx, func(tx db.Conn) error {
+		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventEpoch, Message: msg, Data: data}, fmt.Sprint(res.Epoch)); err != nil {
+			return err
+		}
+		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
+	})
+}
+
+// recordResume records that an epoch's attempt took over from an earlier
+// one that ended without an outcome: its worker was lost (no heartbeat
+// within the timeout) or its trainer crashed.
+func (a *Activities) recordResume(ctx context.Context, in EpochInput, step int) error {
+	info := activity.GetInfo(ctx)
+	if info.Attempt <= 1 {
+		return nil
+	}
+	return recordEvent(ctx, a.Store.Conn, db.Event{
+		JobID: in.JobID, Level: LevelWarn, Type: db.EventWorkerLost,
+		Message: fmt.Sprintf("Epoch %d attempt %d ended without an outcome (its worker was lost or its trainer crashed); attempt %d resumes at step %d",
+			in.Epoch, info.Attempt-1, info.Attempt, step),
+		Data: map[string]any{"epoch": in.Epoch, "attempt": info.Attempt, "step": step},
+	}, fmt.Sprint(info.Attempt))
 }
 
 // recordPoint writes the builtin trainer's metric point for a step.
@@ -229,10 +258,10 @@ func (a *Activities) latestCheckpoint(ctx context.Context, jobID string) ([]byte
 }
 
 // loadState reads the job's latest checkpoint, or starts a fresh state.
-func (a *Activities) loadState(ctx context.Context, jobID string, train []trainer.Example) (*trainer.State, bool, error) {
+func (a *Activities) loadState(ctx context.Context, jobID string, seed int64, train []trainer.Example) (*trainer.State, bool, error) {
 	b, err := a.latestCheckpoint(ctx, jobID)
 	if errors.Is(err, artifacts.ErrNotExist) {
-		state, err := trainer.NewState(train, seed(jobID))
+		state, err := trainer.NewState(train, seed)
 		if err != nil {
 			return nil, false, invalidData("training file: %v", err)
 		}
@@ -282,10 +311,14 @@ func (a *Activities) pruneCheckpoints(ctx context.Context, jobID, key string) er
 	return nil
 }
 
-// seed makes a job's shuffles reproducible, so a resumed epoch sees the
-// same order.
-func seed(jobID string) int64 {
+// runSeed is the job's seed, which makes its shuffles reproducible so a
+// resumed epoch sees the same order: the chosen one, or for jobs from
+// before seeds were chosen, one derived from the job's ID.
+func runSeed(in EpochInput) int64 {
+	if s := in.Hyperparameters.Seed; s != nil {
+		return *s
+	}
 	h := fnv.New64a()
-	h.Write([]byte(jobID))
+	h.Write([]byte(in.JobID))
 	return int64(h.Sum64() >> 1)
 }

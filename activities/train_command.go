@@ -92,7 +92,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 			BatchSize: in.Hyperparameters.BatchSize, WarmupSteps: in.Hyperparameters.WarmupSteps,
 		},
 		MaxSequenceLength: in.MaxSequenceLength,
-		Seed:              seed(in.JobID) % (1 << 31),
+		Seed:              runSeed(in) % (1 << 31),
 		Epochs:            command.EpochRange{From: in.Epoch, To: in.Epoch},
 		CheckpointDir:     filepath.Join(dir, "checkpoints"),
 		OutputDir:         filepath.Join(dir, "output"),
@@ -123,6 +123,9 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 		}
 	}
 	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg); err != nil {
+		return EpochResult{}, err
+	}
+	if err := a.recordResume(ctx, in, resumeStep); err != nil {
 		return EpochResult{}, err
 	}
 

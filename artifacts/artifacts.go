@@ -193,6 +193,22 @@ func DirCheckpointKey(jobID string, step int) string {
 	return fmt.Sprintf("%sstep-%012d.tar", CheckpointPrefix(jobID), step)
 }
 
+// KeptPrefix holds the checkpoints a job keeps from the ends of its
+// epochs, to list and to restart from. They live apart from the rolling
+// checkpoints under CheckpointPrefix, which training prunes as it goes.
+func KeptPrefix(jobID string) string { return "kept-checkpoints/" + jobID + "/" }
+
+// KeptKey names the kept copy of the rolling checkpoint at key.
+func KeptKey(jobID, key string) string {
+	return KeptPrefix(jobID) + strings.TrimPrefix(key, CheckpointPrefix(jobID))
+}
+
+// RollingKey names the rolling checkpoint a kept one was copied from, so
+// a restart can resume from it.
+func RollingKey(jobID, keptKey string) string {
+	return CheckpointPrefix(jobID) + strings.TrimPrefix(keptKey, KeptPrefix(jobID))
+}
+
 // OutputKey is where a job's trained output (the command trainer's adapter
 // or model directory) is stored, as one tar archive.
 func OutputKey(jobID string) string { return "outputs/" + jobID + "/output.tar" }

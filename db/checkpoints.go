@@ -17,6 +17,7 @@ type Checkpoint struct {
 	Epoch          int32
 	TrainingLoss   *float64
 	ValidationLoss *float64
+	TrainedTokens  int64
 	Bytes          int64
 	// BlobKey is where the state lives in the artifact store.
 	BlobKey   string
@@ -26,7 +27,7 @@ type Checkpoint struct {
 func checkpointFromRow(r dbsqlc.JobCheckpoint) Checkpoint {
 	return Checkpoint{
 		ID: r.ID, JobID: r.JobID, Step: r.Step, Epoch: r.Epoch, TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss,
-		Bytes: r.Bytes, BlobKey: r.BlobKey, CreatedAt: r.CreatedAt.UTC(),
+		TrainedTokens: r.TrainedTokens, Bytes: r.Bytes, BlobKey: r.BlobKey, CreatedAt: r.CreatedAt.UTC(),
 	}
 }
 
@@ -35,7 +36,7 @@ func checkpointFromRow(r dbsqlc.JobCheckpoint) Checkpoint {
 func (c Conn) RecordCheckpoint(ctx context.Context, k Checkpoint) error {
 	err := c.q.RecordJobCheckpoint(ctx, c.db, dbsqlc.RecordJobCheckpointParams{
 		ID: k.ID, JobID: k.JobID, Step: k.Step, Epoch: k.Epoch, TrainingLoss: k.TrainingLoss, ValidationLoss: k.ValidationLoss,
-		Bytes: k.Bytes, BlobKey: k.BlobKey,
+		TrainedTokens: k.TrainedTokens, Bytes: k.Bytes, BlobKey: k.BlobKey,
 	})
 	if err != nil {
 		return fmt.Errorf("record checkpoint of %s at step %d: %w", k.JobID, k.Step, err)

@@ -18,6 +18,7 @@ const (
 	EventValidated     EventType = "validated"
 	EventWaitingForGPU EventType = "waiting_for_gpu"
 	EventStarted       EventType = "started"
+	EventEpoch         EventType = "epoch_completed"
 	EventCheckpoint    EventType = "checkpoint_saved"
 	EventWorkerLost    EventType = "worker_lost"
 	EventStopped       EventType = "stopped"
@@ -27,13 +28,6 @@ const (
 	EventCompleted     EventType = "completed"
 	EventDeployed      EventType = "deployed"
 	EventDeployFailed  EventType = "deploy_failed"
-)
-
-// Event levels.
-const (
-	LevelInfo  = "info"
-	LevelWarn  = "warn"
-	LevelError = "error"
 )
 
 // Event is one notable moment of a job.

@@ -102,7 +102,7 @@ func (f *fixture) job(s jobSpec) string {
 		ID: f.id(s.name), OrganizationID: org, Owner: "test", Name: s.title, Description: s.description,
 		BaseModel: s.baseModel, HardwareID: "gpu-a100-40gb", Status: jobstatus.Queued,
 		TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "train.jsonl",
-		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: s.created,
+		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", Metadata: map[string]string{}, CreatedAt: s.created,
 	})
 	f.check(err)
 	return job.ID

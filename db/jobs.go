@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -44,6 +45,15 @@ type Job struct {
 	FinishedAt *time.Time
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Metadata is the caller's own string pairs.
+	Metadata map[string]string
+	Seed     int32
+	// Cancelled marks a stopped job that was cancelled rather than paused.
+	Cancelled bool
+	// AutoDeploy deploys the job as soon as it completes.
+	AutoDeploy bool
+	// ValidatedAt is when the current run's files passed validation.
+	ValidatedAt *time.Time
 }
 
 func jobFromRow(r dbsqlc.Job) Job {
@@ -56,6 +66,7 @@ func jobFromRow(r dbsqlc.Job) Job {
 		Suffix: r.Suffix, ResultModel: r.ResultModel, TrainedTokens: r.TrainedTokens, Error: r.Error,
 		TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, Epoch: r.Epoch,
 		StartedAt: utc(r.StartedAt), FinishedAt: utc(r.FinishedAt), CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(),
+		Metadata: r.Metadata, Seed: r.Seed, Cancelled: r.Cancelled, AutoDeploy: r.AutoDeploy, ValidatedAt: utc(r.ValidatedAt),
 	}
 }
 
@@ -106,8 +117,20 @@ type JobFilter struct {
 	Status         *jobstatus.Status
 	BaseModel      *string
 	Search         *string
-	Sort           string
-	Limit, Offset  int
+	// Metadata keeps jobs whose metadata holds all these pairs.
+	Metadata      map[string]string
+	Sort          string
+	Limit, Offset int
+}
+
+// metadataFilter encodes a metadata filter for jsonb containment; nil
+// when there is nothing to filter by.
+func metadataFilter(m map[string]string) []byte {
+	if len(m) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(m) // a map of strings always encodes
+	return b
 }
 
 // Jobs lists a page of the organization's jobs matching f, and how many
@@ -120,12 +143,14 @@ func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 	}
 	rows, err := c.q.ListJobs(ctx, c.db, dbsqlc.ListJobsParams{
 		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
-		Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
+		Metadata: metadataFilter(f.Metadata), Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list jobs: %w", err)
 	}
-	count, err := c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search})
+	count, err := c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{
+		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search, Metadata: metadataFilter(f.Metadata),
+	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("count jobs: %w", err)
 	}
@@ -155,6 +180,9 @@ type NewJob struct {
 	BatchSize           int32
 	WarmupSteps         int32
 	Suffix              string
+	Metadata            map[string]string
+	Seed                int32
+	AutoDeploy          bool
 	CreatedAt           time.Time
 }
 
@@ -162,12 +190,15 @@ type NewJob struct {
 // with IsForeignKeyViolation, text PostgreSQL cannot store with
 // IsInvalidText.
 func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
+	if j.Metadata == nil {
+		j.Metadata = map[string]string{}
+	}
 	_, err := c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
 		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 		Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
-		Suffix: j.Suffix, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
+		Suffix: j.Suffix, Metadata: j.Metadata, Seed: j.Seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
 	})
 	if err != nil {
 		return fmt.Errorf("insert job %s: %w", j.ID, err)
@@ -213,4 +244,35 @@ func (c Conn) DeleteJob(ctx context.Context, org, id string) error {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	return nil
+}
+
+// JobPage selects a page of an organization's jobs by cursor, newest
+// first: those older than the job After (when set) whose metadata holds
+// all of Metadata's pairs.
+type JobPage struct {
+	OrganizationID string
+	After          *string
+	Metadata       map[string]string
+	Limit          int
+}
+
+// JobsAfter reads a page of jobs by cursor; an After that names none of
+// the organization's jobs is ErrNotFound.
+func (c Conn) JobsAfter(ctx context.Context, p JobPage) ([]Job, error) {
+	if p.After != nil {
+		if _, err := c.Job(ctx, p.OrganizationID, *p.After); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := c.q.ListJobsNewestFirst(ctx, c.db, dbsqlc.ListJobsNewestFirstParams{
+		OrganizationID: p.OrganizationID, Metadata: metadataFilter(p.Metadata), After: p.After, Lim: int32(p.Limit),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	jobs := make([]Job, len(rows))
+	for i, r := range rows {
+		jobs[i] = jobFromRow(r)
+	}
+	return jobs, nil
 }

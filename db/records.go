@@ -13,10 +13,10 @@ import (
 // training progress and metrics, and its log.
 
 // SetStatus records a transition to s at at, with the run's error (empty
-// for none). The job's start is set when it first runs, its finish when a
-// run finishes, and cleared when it is active again. ErrNotFound when the
-// job is gone.
-func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, errText string, at time.Time) error {
+// for none); cancel marks a stop as a cancel. The job's start is set when
+// it first runs, its finish when a run finishes, and cleared when it is
+// active again. ErrNotFound when the job is gone.
+func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, errText string, cancel bool, at time.Time) error {
 	var errPtr *string
 	if errText != "" {
 		errPtr = &errText
@@ -24,6 +24,7 @@ func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, e
 	n, err := c.q.SetJobStatus(ctx, c.db, dbsqlc.SetJobStatusParams{
 		Status: s, Error: errPtr, At: at, ID: jobID,
 		Starts: s == jobstatus.Running, Finishes: s.Finished(), Reactivates: s.IsActive(),
+		Requeues: s == jobstatus.Queued, Cancels: cancel && s == jobstatus.Stopped,
 	})
 	if err == nil && n == 0 {
 		err = ErrNotFound
@@ -77,6 +78,36 @@ func (c Conn) AppendLog(ctx context.Context, jobID, level, msg string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("append log of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// MarkValidated records that the job's current run validated its files.
+func (c Conn) MarkValidated(ctx context.Context, jobID string) error {
+	if err := c.q.MarkJobValidated(ctx, c.db, jobID); err != nil {
+		return fmt.Errorf("record validation of %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// DeleteMetricsAfter forgets the job's metric points past step, which a
+// restart from an earlier checkpoint trains again.
+func (c Conn) DeleteMetricsAfter(ctx context.Context, jobID string, step int32) error {
+	if err := c.q.DeleteJobMetricsAfter(ctx, c.db, dbsqlc.DeleteJobMetricsAfterParams{JobID: jobID, Step: step}); err != nil {
+		return fmt.Errorf("delete metrics of %s past step %d: %w", jobID, step, err)
+	}
+	return nil
+}
+
+// SetError records a failure that leaves the job's status as it was.
+// ErrNotFound when the job is gone.
+func (c Conn) SetError(ctx context.Context, jobID, errText string) error {
+	n, err := c.q.SetJobError(ctx, c.db, dbsqlc.SetJobErrorParams{ID: jobID, Error: &errText})
+	if err == nil && n == 0 {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("record error of %s: %w", jobID, err)
 	}
 	return nil
 }

@@ -155,7 +155,7 @@ func TestAdapterDeployAndServe(t *testing.T) {
 	// The backend's refusals pass through, naming the model.
 	r := org.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "x"}}, "max_tokens": -1})
 	expect(t, r, 400, "max_tokens must be at least 1")
-	if errorCode(r) != "invalid_request" {
+	if e, _ := r.Body["error"].(map[string]any); e["type"] != "invalid_request_error" {
 		t.Errorf("refusal %s", r.Raw)
 	}
 

@@ -54,6 +54,9 @@ type Hyperparameters struct {
 	LearningRate float64 // unscaled; see LearningRateScale
 	BatchSize    int
 	WarmupSteps  int // optimizer steps over which the rate ramps linearly from 0
+	// Seed fixes the run's initialization and data order; nil for jobs
+	// created before seeds were chosen, whose seed derives from their ID.
+	Seed *int64 `json:",omitempty"`
 }
 
 func (hp Hyperparameters) validate() error {

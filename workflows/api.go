@@ -38,6 +38,22 @@ const (
 	UpdateDeleted = "deleted"
 )
 
+// TransitionRequest is the optional payload of the stop, restart and
+// deploy updates and signals: who asked, and how. A request without one
+// (a bare `temporal workflow signal --name stop`) is a plain stop, restart
+// or deploy by another service.
+type TransitionRequest struct {
+	// By names the user who asked through the API; empty for another
+	// service.
+	By string `json:"by,omitempty"`
+	// Cancel makes a stop final: a cancelled job does not resume. A
+	// stopped job can be cancelled too. Stop only.
+	Cancel bool `json:"cancel,omitempty"`
+	// FromCheckpoint resumes from one of the job's kept checkpoints (its
+	// ID) instead of its latest. Restart only.
+	FromCheckpoint string `json:"fromCheckpoint,omitempty"`
+}
+
 // Change IDs for workflow.GetVersion, so runs recorded before a change replay.
 const (
 	// versionGrantSignal: the GPU wait became a signal instead of the
@@ -46,6 +62,9 @@ const (
 	// versionOutcomeBeforeRelease: a job records how training ended before
 	// it releases its GPU slot.
 	versionOutcomeBeforeRelease = "outcome-before-release"
+	// versionDeployFailureRecorded: a failed deploy is recorded on the
+	// job (its error and an event).
+	versionDeployFailureRecorded = "deploy-failure-recorded"
 )
 
 // Search attributes that make jobs findable in the Temporal Web UI.
@@ -87,6 +106,10 @@ type JobInput struct {
 	MaxSequenceLength int
 	Hyperparameters   trainer.Hyperparameters
 	ResultModel       string
+	// AutoDeploy deploys the job as soon as training completes (jobs
+	// created through the OpenAI-shaped API, whose clients expect a usable
+	// model when a job succeeds).
+	AutoDeploy bool `json:",omitempty"`
 	// Create is the row the first run writes; nil in runs that continue
 	// the job.
 	Create *activities.NewJob `json:",omitempty"`
@@ -139,6 +162,8 @@ type JobState struct {
 	TrainedTokens  int64            `json:"trainedTokens"`
 	ResultModel    string           `json:"resultModel,omitempty"`
 	Error          string           `json:"error,omitempty"`
+	// Cancelled marks a stopped job that was cancelled: it does not resume.
+	Cancelled bool `json:"cancelled,omitempty"`
 }
 
 // TransitionResult is what the stop, restart and deploy updates return.

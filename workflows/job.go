@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
@@ -37,10 +38,15 @@ type job struct {
 	in        JobInput
 	state     JobState
 	requested action
-	// deployErr is the last deploy's failure; deployGen counts finished
-	// deploys, so every waiting handler sees the outcome of its own.
-	deployErr   error
-	deployGen   int
+	// req is the requested action's payload; via is how it came (update
+	// or signal).
+	req TransitionRequest
+	via string
+	// failure is why the last deploy or restart run carried out failed;
+	// finished counts them, so every waiting handler sees the outcome of
+	// its own.
+	failure     error
+	finished    int
 	cancelTrain workflow.CancelFunc
 	// created is set once the job's row exists (or failed to be written,
 	// with createErr), which the created update waits for.
@@ -98,20 +104,25 @@ func (j *job) setup(ctx workflow.Context) error {
 	}
 	for _, act := range []action{actionStop, actionRestart, actionDeploy} {
 		err := workflow.SetUpdateHandlerWithOptions(ctx, act.String(),
-			func(ctx workflow.Context) (TransitionResult, error) { return j.handle(ctx, act) },
-			workflow.UpdateHandlerOptions{Validator: func() error { return j.check(act) }})
+			func(ctx workflow.Context, req TransitionRequest) (TransitionResult, error) {
+				return j.handle(ctx, act, req)
+			},
+			workflow.UpdateHandlerOptions{Validator: func(req TransitionRequest) error { return j.check(act, req) }})
 		if err != nil {
 			return err
 		}
 		ch := workflow.GetSignalChannel(ctx, act.String())
 		workflow.Go(ctx, func(ctx workflow.Context) {
 			for {
-				ch.Receive(ctx, nil)
-				if err := j.check(act); err != nil {
+				// A payload that is not a TransitionRequest is dropped by
+				// the SDK; none at all is a plain request.
+				var req TransitionRequest
+				ch.Receive(ctx, &req)
+				if err := j.check(act, req); err != nil {
 					workflow.GetLogger(ctx).Warn("signal ignored", "signal", act.String(), "reason", err)
 					continue
 				}
-				j.request(act)
+				j.request(act, req, "signal")
 			}
 		})
 	}
@@ -131,7 +142,7 @@ func (act action) String() string {
 }
 
 // check says whether act is allowed now, with a message for the caller.
-func (j *job) check(act action) error {
+func (j *job) check(act action, req TransitionRequest) error {
 	s := j.state.Status
 	reject := func(format string, args ...any) error {
 		return temporal.NewApplicationError(fmt.Sprintf(format, args...), ErrTypeInvalidTransition)
@@ -139,8 +150,20 @@ func (j *job) check(act action) error {
 	if j.requested != actionNone && j.requested != act {
 		return reject("the job is busy with a %s request", j.requested)
 	}
+	if j.requested == actionRestart && req.FromCheckpoint != j.req.FromCheckpoint {
+		return reject("the job is busy with a restart from another checkpoint")
+	}
+	if req.Cancel && act != actionStop || req.FromCheckpoint != "" && act != actionRestart {
+		return reject("cancel goes with stop, fromCheckpoint with restart")
+	}
 	switch act {
 	case actionStop:
+		if s == jobstatus.Stopped && req.Cancel {
+			if j.state.Cancelled {
+				return reject("the job is already cancelled")
+			}
+			return nil // a paused job is cancelled for good
+		}
 		if !s.IsActive() {
 			return reject("the job is %s; only queued or running jobs can be stopped", s)
 		}
@@ -148,6 +171,9 @@ func (j *job) check(act action) error {
 			return reject("the job has finished training and is recording the outcome; nothing is left to stop")
 		}
 	case actionRestart:
+		if j.state.Cancelled {
+			return reject("the job was cancelled, and a cancelled job does not resume; create a new job to train again")
+		}
 		if s != jobstatus.Stopped && s != jobstatus.Failed {
 			return reject("the job is %s; only stopped or failed jobs can be restarted", s)
 		}
@@ -162,8 +188,12 @@ func (j *job) check(act action) error {
 	return nil
 }
 
-func (j *job) request(act action) {
-	j.requested = act
+func (j *job) request(act action, req TransitionRequest, via string) {
+	if j.requested == actionStop {
+		// Stops asked at once are one stop, a cancel if any asked for it.
+		req.Cancel = req.Cancel || j.req.Cancel
+	}
+	j.requested, j.req, j.via = act, req, via
 	if act == actionStop && j.cancelTrain != nil {
 		j.cancelTrain()
 	}
@@ -171,24 +201,25 @@ func (j *job) request(act action) {
 
 // handle carries an update out: it records the request and waits until run
 // has acted on it.
-func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error) {
-	j.request(act)
-	gen := j.deployGen
+func (j *job) handle(ctx workflow.Context, act action, req TransitionRequest) (TransitionResult, error) {
+	j.request(act, req, "update")
+	gen := j.finished
 	var done func() bool
 	switch act {
 	case actionStop:
-		done = func() bool { return !j.state.Status.IsActive() }
+		done = func() bool { return !j.state.Status.IsActive() && (!req.Cancel || j.state.Cancelled) }
 	case actionRestart:
-		done = func() bool { return j.state.Status == jobstatus.Queued }
+		done = func() bool { return j.state.Status == jobstatus.Queued || j.finished > gen }
 	case actionDeploy:
-		done = func() bool { return j.state.Status == jobstatus.Deployed || j.deployGen > gen }
+		done = func() bool { return j.state.Status == jobstatus.Deployed || j.finished > gen }
 	}
 	if err := workflow.Await(ctx, done); err != nil {
 		return TransitionResult{}, err
 	}
 	switch {
-	case act == actionDeploy && j.state.Status != jobstatus.Deployed:
-		return TransitionResult{}, j.deployErr
+	case act == actionDeploy && j.state.Status != jobstatus.Deployed,
+		act == actionRestart && j.state.Status != jobstatus.Queued:
+		return TransitionResult{}, j.failure
 	case act == actionStop && j.state.Status != jobstatus.Stopped:
 		return TransitionResult{}, temporal.NewApplicationError(
 			fmt.Sprintf("the job became %s before it could be stopped", j.state.Status), ErrTypeInvalidTransition)
@@ -198,12 +229,29 @@ func (j *job) handle(ctx workflow.Context, act action) (TransitionResult, error)
 		actionRestart: "Fine-tuning job restarted successfully",
 		actionDeploy:  "Fine-tuned model deployed successfully",
 	}
-	return TransitionResult{Status: j.state.Status, ResultModel: j.state.ResultModel, Message: messages[act]}, nil
+	msg := messages[act]
+	if act == actionStop && req.Cancel {
+		msg = "Fine-tuning job cancelled successfully"
+	}
+	return TransitionResult{Status: j.state.Status, ResultModel: j.state.ResultModel, Message: msg}, nil
+}
+
+// cause says who made the current request, for its event and log line.
+func (j *job) cause() (string, map[string]any) {
+	data := map[string]any{"via": j.via}
+	if j.req.By != "" {
+		data["by"] = j.req.By
+		return j.req.By + " through the API", data
+	}
+	return "a " + j.requested.String() + " " + j.via + " from another service", data
 }
 
 func (j *job) run(ctx workflow.Context) error {
 	if err := j.train(ctx); err != nil {
 		return err
+	}
+	if j.in.AutoDeploy && j.state.Status == jobstatus.Completed && j.requested == actionNone {
+		j.request(actionDeploy, TransitionRequest{}, "auto")
 	}
 	for {
 		if err := workflow.Await(ctx, func() bool { return j.requested != actionNone }); err != nil {
@@ -211,7 +259,15 @@ func (j *job) run(ctx workflow.Context) error {
 		}
 		switch j.requested {
 		case actionRestart:
-			return j.restart(ctx)
+			err := j.restart(ctx)
+			if err != nil || j.state.Status == jobstatus.Queued {
+				return err
+			}
+		case actionStop:
+			// Cancelling a stopped job: it stays stopped, for good.
+			if err := j.stopped(ctx); err != nil {
+				return err
+			}
 		case actionDeploy:
 			if err := j.deploy(ctx); err != nil {
 				return err
@@ -239,6 +295,7 @@ func (j *job) train(ctx workflow.Context) error {
 		return err
 	}
 	stopped := j.requested == actionStop && temporal.IsCanceledError(err)
+	validating := j.state.Phase == PhaseValidating
 	release := func() error {
 		if !leased {
 			return nil
@@ -259,13 +316,24 @@ func (j *job) train(ctx workflow.Context) error {
 	var terr error
 	switch {
 	case stopped:
-		j.requested = actionNone
-		terr = j.transition(ctx, jobstatus.Stopped, "", "Training stopped at the user's request")
+		terr = j.stopped(ctx)
 	case err != nil:
 		msg := userMessage(err)
-		terr = j.transition(ctx, jobstatus.Failed, msg, "Training failed: "+msg)
+		what := "Training failed: "
+		if validating {
+			what = "Dataset validation failed: "
+		}
+		terr = j.transition(ctx, jobstatus.Failed, change{Error: msg, Event: db.EventFailed, Log: what + msg, Data: map[string]any{"reason": msg}})
 	default:
-		terr = j.transition(ctx, jobstatus.Completed, "", fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens))
+		data := map[string]any{"epochs": j.state.Epoch, "trainedTokens": j.state.TrainedTokens}
+		if j.state.TrainingLoss != nil {
+			data["trainingLoss"] = *j.state.TrainingLoss
+		}
+		if j.state.ValidationLoss != nil {
+			data["validationLoss"] = *j.state.ValidationLoss
+		}
+		terr = j.transition(ctx, jobstatus.Completed, change{Event: db.EventCompleted, Data: data,
+			Log: fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens)})
 	}
 	if outcomeFirst {
 		if err := release(); err != nil {
@@ -293,7 +361,10 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	if err := j.awaitGPU(ctx); err != nil {
 		return true, err
 	}
-	if err := j.transition(ctx, jobstatus.Running, "", fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID)); err != nil {
+	err = j.transition(ctx, jobstatus.Running, change{Event: db.EventStarted,
+		Log:  fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID),
+		Data: map[string]any{"hardware": in.HardwareID, "epochs": in.Hyperparameters.Epochs, "fromEpoch": j.state.Epoch + 1}})
+	if err != nil {
 		return true, err
 	}
 
@@ -349,6 +420,19 @@ func (j *job) awaitGPU(ctx workflow.Context) error {
 	}
 }
 
+// stopped records the job as stopped at the current request, cancelled
+// when it asked to be.
+func (j *job) stopped(ctx workflow.Context) error {
+	who, data := j.cause()
+	c := change{Event: db.EventStopped, Data: data,
+		Log: fmt.Sprintf("Training stopped by %s; a restart resumes it from its latest checkpoint", who)}
+	if j.req.Cancel {
+		c.Cancel, c.Event, c.Log = true, db.EventCancelled, fmt.Sprintf("Job cancelled by %s; it will not resume", who)
+	}
+	j.requested = actionNone
+	return j.transition(ctx, jobstatus.Stopped, c)
+}
+
 func (j *job) deploy(ctx workflow.Context) error {
 	j.state.Phase = PhaseDeploying
 	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, deployOptions), a.Deploy, activities.DeployInput{
@@ -357,7 +441,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 	}).Get(ctx, nil)
 	j.state.Phase = PhaseIdle
 	j.requested = actionNone
-	j.deployGen++
+	defer func() { j.finished++ }()
 	if activities.IsJobGone(err) {
 		return err
 	}
@@ -370,8 +454,14 @@ func (j *job) deploy(ctx workflow.Context) error {
 		if errors.As(err, &appErr) && (appErr.Type() == activities.ErrTypeConflict || appErr.Type() == activities.ErrTypeInvalidData) {
 			errType = appErr.Type()
 		}
-		j.deployErr = temporal.NewApplicationError(userMessage(err), errType)
-		return nil
+		j.failure = temporal.NewApplicationError(userMessage(err), errType)
+		if workflow.GetVersion(ctx, versionDeployFailureRecorded, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+			return nil
+		}
+		lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
+		return workflow.ExecuteLocalActivity(lctx, a.RecordDeployFailure, activities.DeployFailure{
+			JobID: j.in.JobID, Model: j.in.ResultModel, Reason: userMessage(err),
+		}).Get(ctx, nil)
 	}
 	j.state.ResultModel = j.in.ResultModel
 	j.state.Status = jobstatus.Deployed
@@ -379,14 +469,35 @@ func (j *job) deploy(ctx workflow.Context) error {
 }
 
 // restart re-queues the job and continues as new, so history stays bounded;
-// training resumes from the job's latest checkpoint.
+// training resumes from the job's latest checkpoint, or from the kept one
+// the request names (a restart that cannot find it leaves the job as it
+// was).
 func (j *job) restart(ctx workflow.Context) error {
 	next := j.in
 	next.Create = nil // the row exists
 	next.QueuedAt = workflow.Now(ctx)
 	next.Attempt++
-	msg := fmt.Sprintf("Job restarted (restart %d); it resumes from its latest checkpoint", next.Attempt)
-	if err := j.transition(ctx, jobstatus.Queued, "", msg); err != nil {
+	who, data := j.cause()
+	data["restart"] = next.Attempt
+	msg := fmt.Sprintf("Job restarted by %s (restart %d); it resumes from its latest checkpoint", who, next.Attempt)
+	if from := j.req.FromCheckpoint; from != "" {
+		var at activities.Rewound
+		actx := workflow.WithActivityOptions(ctx, controlOptions)
+		err := workflow.ExecuteActivity(actx, a.RewindToCheckpoint, activities.RewindRequest{JobID: j.in.JobID, CheckpointID: from}).Get(ctx, &at)
+		if err != nil && !activities.IsJobGone(err) {
+			j.requested, j.failure = actionNone, temporal.NewApplicationError(userMessage(err), activities.ErrTypeInvalidData)
+			j.finished++
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		j.state.Epoch, j.state.Step, j.state.TrainedTokens = at.Epoch, at.Step, at.TrainedTokens
+		j.state.TrainingLoss, j.state.ValidationLoss = at.TrainingLoss, at.ValidationLoss
+		data["fromCheckpoint"], data["step"] = from, at.Step
+		msg = fmt.Sprintf("Job restarted by %s (restart %d); it resumes from checkpoint %s at step %d (epoch %d)", who, next.Attempt, from, at.Step, at.Epoch)
+	}
+	if err := j.transition(ctx, jobstatus.Queued, change{Event: db.EventRestarted, Log: msg, Data: data}); err != nil {
 		return err
 	}
 	j.requested = actionNone
@@ -398,22 +509,33 @@ func (j *job) restart(ctx workflow.Context) error {
 	return workflow.NewContinueAsNewError(ctx, FineTuningJob, next)
 }
 
+// change is what a transition records besides the new status: the run's
+// error, the event (with its figures) and the log line that tell it.
+type change struct {
+	Error  string
+	Cancel bool
+	Event  db.EventType
+	Log    string
+	Data   map[string]any
+}
+
 // transition records a new status in PostgreSQL and the search attributes,
 // then makes it visible to queries and waiting handlers.
-func (j *job) transition(ctx workflow.Context, s jobstatus.Status, errMsg, logMsg string) error {
+func (j *job) transition(ctx workflow.Context, s jobstatus.Status, c change) error {
 	level := activities.LevelInfo
 	if s == jobstatus.Failed {
 		level = activities.LevelError
 	}
 	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 	err := workflow.ExecuteLocalActivity(lctx, a.RecordStatus, activities.StatusRecord{
-		JobID: j.in.JobID, Status: s, Error: errMsg, At: workflow.Now(ctx),
-		Log: logMsg, LogLevel: level,
+		JobID: j.in.JobID, Status: s, Error: c.Error, At: workflow.Now(ctx), Cancel: c.Cancel,
+		Log: c.Log, LogLevel: level, Event: c.Event, EventData: c.Data,
 	}).Get(ctx, nil)
 	if err != nil {
 		return err
 	}
-	j.state.Status, j.state.Error = s, errMsg
+	j.state.Status, j.state.Error = s, c.Error
+	j.state.Cancelled = s == jobstatus.Stopped && (c.Cancel || j.state.Cancelled)
 	return j.upsertStatus(ctx)
 }
 

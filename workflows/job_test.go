@@ -19,6 +19,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -62,6 +63,8 @@ type harness struct {
 
 	mu          sync.Mutex
 	records     []activities.StatusRecord
+	failures    []activities.DeployFailure
+	rewinds     []activities.RewindRequest
 	events      []string
 	validations []activities.ValidateInput
 	leases      []activities.LeaseRequest
@@ -104,6 +107,19 @@ func (h *harness) run(in workflows.JobInput) {
 	h.t.Helper()
 	// RecordStatus is a local activity; the test environment mocks it by name too.
 	h.env.OnActivity("RecordStatus", mock.Anything, mock.Anything).Return(h.recordStatus)
+	h.env.OnActivity("RecordDeployFailure", mock.Anything, mock.Anything).Return(func(_ context.Context, f activities.DeployFailure) error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.failures = append(h.failures, f)
+		return nil
+	})
+	h.env.OnActivity("RewindToCheckpoint", mock.Anything, mock.Anything).Return(func(_ context.Context, r activities.RewindRequest) (activities.Rewound, error) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.rewinds = append(h.rewinds, r)
+		loss := 0.5
+		return activities.Rewound{Epoch: 1, Step: 10, TrainedTokens: 1000, TrainingLoss: &loss}, nil
+	})
 	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).Return(h.validate)
 	h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(h.acquire)
 	h.env.OnActivity("GPUGranted", mock.Anything, mock.Anything).Return(nil)
@@ -377,7 +393,9 @@ func TestBadDatasetFails(t *testing.T) {
 	assert.Equal(t, jobstatus.Failed, h.records[0].Status)
 	assert.Equal(t, msg, h.records[0].Error)
 	assert.Equal(t, activities.LevelError, h.records[0].LogLevel)
-	assert.Equal(t, "Training failed: "+msg, h.records[0].Log)
+	assert.Equal(t, "Dataset validation failed: "+msg, h.records[0].Log)
+	assert.Equal(t, db.EventFailed, h.records[0].Event)
+	assert.Equal(t, map[string]any{"reason": msg}, h.records[0].EventData)
 	h.mu.Unlock()
 	// Validation failed before a slot was asked for: nothing to release.
 	h.env.AssertActivityNumberOfCalls(t, "ValidateDataset", 1) // non-retryable: not retried
@@ -474,7 +492,9 @@ func TestStop(t *testing.T) {
 			h.mu.Lock()
 			last := h.records[len(h.records)-1]
 			h.mu.Unlock()
-			assert.Equal(t, "Training stopped at the user's request", last.Log)
+			assert.Equal(t, "Training stopped by a stop update from another service; a restart resumes it from its latest checkpoint", last.Log)
+			assert.Equal(t, db.EventStopped, last.Event)
+			assert.False(t, last.Cancel)
 			assert.Equal(t, startTime.Add(10*time.Minute), last.At)
 		})
 	}
@@ -514,7 +534,8 @@ func TestRestartFromStoppedContinuesAsNew(t *testing.T) {
 
 	assert.Equal(t, []string{"running", "stopped", "queued"}, h.statuses())
 	h.mu.Lock()
-	assert.Equal(t, "Job restarted (restart 3); it resumes from its latest checkpoint", h.records[2].Log)
+	assert.Equal(t, "Job restarted by a restart update from another service (restart 3); it resumes from its latest checkpoint", h.records[2].Log)
+	assert.Equal(t, db.EventRestarted, h.records[2].Event)
 	h.mu.Unlock()
 	_, epochs, releases, _ := h.snapshot()
 	assert.Equal(t, []int{1, 2}, epochs)

@@ -46,7 +46,7 @@ func (q *Queries) DeleteJobCheckpointsFrom(ctx context.Context, db DBTX, arg Del
 }
 
 const getJobCheckpoint = `-- name: GetJobCheckpoint :one
-SELECT id, job_id, step, epoch, training_loss, validation_loss, bytes, blob_key, created_at FROM job_checkpoints WHERE job_id = $1 AND id = $2
+SELECT id, job_id, step, epoch, training_loss, validation_loss, trained_tokens, bytes, blob_key, created_at FROM job_checkpoints WHERE job_id = $1 AND id = $2
 `
 
 type GetJobCheckpointParams struct {
@@ -64,6 +64,7 @@ func (q *Queries) GetJobCheckpoint(ctx context.Context, db DBTX, arg GetJobCheck
 		&i.Epoch,
 		&i.TrainingLoss,
 		&i.ValidationLoss,
+		&i.TrainedTokens,
 		&i.Bytes,
 		&i.BlobKey,
 		&i.CreatedAt,
@@ -72,7 +73,7 @@ func (q *Queries) GetJobCheckpoint(ctx context.Context, db DBTX, arg GetJobCheck
 }
 
 const listJobCheckpoints = `-- name: ListJobCheckpoints :many
-SELECT c.id, c.job_id, c.step, c.epoch, c.training_loss, c.validation_loss, c.bytes, c.blob_key, c.created_at FROM job_checkpoints c
+SELECT c.id, c.job_id, c.step, c.epoch, c.training_loss, c.validation_loss, c.trained_tokens, c.bytes, c.blob_key, c.created_at FROM job_checkpoints c
 WHERE c.job_id = $1
   AND ($2::text IS NULL
        OR c.step < (SELECT a.step FROM job_checkpoints a WHERE a.job_id = $1 AND a.id = $2))
@@ -103,6 +104,7 @@ func (q *Queries) ListJobCheckpoints(ctx context.Context, db DBTX, arg ListJobCh
 			&i.Epoch,
 			&i.TrainingLoss,
 			&i.ValidationLoss,
+			&i.TrainedTokens,
 			&i.Bytes,
 			&i.BlobKey,
 			&i.CreatedAt,
@@ -118,12 +120,13 @@ func (q *Queries) ListJobCheckpoints(ctx context.Context, db DBTX, arg ListJobCh
 }
 
 const recordJobCheckpoint = `-- name: RecordJobCheckpoint :exec
-INSERT INTO job_checkpoints (id, job_id, step, epoch, training_loss, validation_loss, bytes, blob_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO job_checkpoints (id, job_id, step, epoch, training_loss, validation_loss, trained_tokens, bytes, blob_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (job_id, step) DO UPDATE SET
     epoch = EXCLUDED.epoch,
     training_loss = EXCLUDED.training_loss,
     validation_loss = EXCLUDED.validation_loss,
+    trained_tokens = EXCLUDED.trained_tokens,
     bytes = EXCLUDED.bytes,
     blob_key = EXCLUDED.blob_key
 `
@@ -135,6 +138,7 @@ type RecordJobCheckpointParams struct {
 	Epoch          int32
 	TrainingLoss   *float64
 	ValidationLoss *float64
+	TrainedTokens  int64
 	Bytes          int64
 	BlobKey        string
 }
@@ -148,6 +152,7 @@ func (q *Queries) RecordJobCheckpoint(ctx context.Context, db DBTX, arg RecordJo
 		arg.Epoch,
 		arg.TrainingLoss,
 		arg.ValidationLoss,
+		arg.TrainedTokens,
 		arg.Bytes,
 		arg.BlobKey,
 	)

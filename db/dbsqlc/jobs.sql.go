@@ -36,6 +36,7 @@ WHERE organization_id = $1
   AND ($4::text IS NULL
        OR name ILIKE '%' || $4 || '%'
        OR description ILIKE '%' || $4 || '%')
+  AND ($5::jsonb IS NULL OR metadata @> $5)
 `
 
 type CountJobsParams struct {
@@ -43,6 +44,7 @@ type CountJobsParams struct {
 	Status         *string
 	BaseModel      *string
 	Search         *string
+	Metadata       []byte
 }
 
 func (q *Queries) CountJobs(ctx context.Context, db DBTX, arg CountJobsParams) (int64, error) {
@@ -51,6 +53,7 @@ func (q *Queries) CountJobs(ctx context.Context, db DBTX, arg CountJobsParams) (
 		arg.Status,
 		arg.BaseModel,
 		arg.Search,
+		arg.Metadata,
 	)
 	var count int64
 	err := row.Scan(&count)
@@ -83,11 +86,11 @@ const createJob = `-- name: CreateJob :one
 INSERT INTO jobs (
     id, organization_id, owner, name, description, base_model, hardware_id, status,
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
-    epochs, learning_rate, batch_size, warmup_steps, suffix, created_at, updated_at
+    epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13,
-    $14, $15, $16, $17, $18, $19, $19
+    $14, $15, $16, $17, $18, $19, $20, $21, $22, $22
 )
 RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at
 `
@@ -111,6 +114,9 @@ type CreateJobParams struct {
 	BatchSize           int32
 	WarmupSteps         int32
 	Suffix              string
+	Metadata            map[string]string
+	Seed                int32
+	AutoDeploy          bool
 	CreatedAt           time.Time
 }
 
@@ -134,6 +140,9 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		arg.BatchSize,
 		arg.WarmupSteps,
 		arg.Suffix,
+		arg.Metadata,
+		arg.Seed,
+		arg.AutoDeploy,
 		arg.CreatedAt,
 	)
 	var i Job
@@ -190,6 +199,21 @@ func (q *Queries) DeleteJob(ctx context.Context, db DBTX, arg DeleteJobParams) (
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const deleteJobMetricsAfter = `-- name: DeleteJobMetricsAfter :exec
+DELETE FROM job_metrics WHERE job_id = $1 AND step > $2
+`
+
+type DeleteJobMetricsAfterParams struct {
+	JobID string
+	Step  int32
+}
+
+// The metric points of steps a restart from an earlier checkpoint trains again.
+func (q *Queries) DeleteJobMetricsAfter(ctx context.Context, db DBTX, arg DeleteJobMetricsAfterParams) error {
+	_, err := db.Exec(ctx, deleteJobMetricsAfter, arg.JobID, arg.Step)
+	return err
 }
 
 const deleteStaleIdempotencyKey = `-- name: DeleteStaleIdempotencyKey :exec
@@ -363,22 +387,23 @@ WHERE organization_id = $1
   AND ($4::text IS NULL
        OR name ILIKE '%' || $4 || '%'
        OR description ILIKE '%' || $4 || '%')
+  AND ($5::jsonb IS NULL OR metadata @> $5)
 ORDER BY
-    CASE WHEN $5::text = 'createdAt:asc' THEN created_at END ASC,
-    CASE WHEN $5::text = 'createdAt:desc' THEN created_at END DESC,
-    CASE WHEN $5::text = 'updatedAt:asc' THEN updated_at END ASC,
-    CASE WHEN $5::text = 'updatedAt:desc' THEN updated_at END DESC,
-    CASE WHEN $5::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
-    CASE WHEN $5::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
-    CASE WHEN $5::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
-    CASE WHEN $5::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
-    CASE WHEN $5::text = 'name:asc' THEN name END ASC,
-    CASE WHEN $5::text = 'name:desc' THEN name END DESC,
-    CASE WHEN $5::text = 'status:asc' THEN status END ASC,
-    CASE WHEN $5::text = 'status:desc' THEN status END DESC,
+    CASE WHEN $6::text = 'createdAt:asc' THEN created_at END ASC,
+    CASE WHEN $6::text = 'createdAt:desc' THEN created_at END DESC,
+    CASE WHEN $6::text = 'updatedAt:asc' THEN updated_at END ASC,
+    CASE WHEN $6::text = 'updatedAt:desc' THEN updated_at END DESC,
+    CASE WHEN $6::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
+    CASE WHEN $6::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
+    CASE WHEN $6::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
+    CASE WHEN $6::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
+    CASE WHEN $6::text = 'name:asc' THEN name END ASC,
+    CASE WHEN $6::text = 'name:desc' THEN name END DESC,
+    CASE WHEN $6::text = 'status:asc' THEN status END ASC,
+    CASE WHEN $6::text = 'status:desc' THEN status END DESC,
     created_at DESC,
     id DESC
-LIMIT $7 OFFSET $6
+LIMIT $8 OFFSET $7
 `
 
 type ListJobsParams struct {
@@ -386,6 +411,7 @@ type ListJobsParams struct {
 	Status         *string
 	BaseModel      *string
 	Search         *string
+	Metadata       []byte
 	Sort           string
 	Off            int32
 	Lim            int32
@@ -399,8 +425,87 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 		arg.Status,
 		arg.BaseModel,
 		arg.Search,
+		arg.Metadata,
 		arg.Sort,
 		arg.Off,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Job{}
+	for rows.Next() {
+		var i Job
+		if err := rows.Scan(
+			&i.ID,
+			&i.OrganizationID,
+			&i.Owner,
+			&i.Name,
+			&i.Description,
+			&i.BaseModel,
+			&i.HardwareID,
+			&i.Status,
+			&i.TrainingDataset,
+			&i.TrainingDatasetID,
+			&i.TrainingFile,
+			&i.ValidationFile,
+			&i.ValidationDatasetID,
+			&i.Epochs,
+			&i.LearningRate,
+			&i.BatchSize,
+			&i.WarmupSteps,
+			&i.Suffix,
+			&i.ResultModel,
+			&i.TrainedTokens,
+			&i.Error,
+			&i.TrainingLoss,
+			&i.ValidationLoss,
+			&i.Epoch,
+			&i.StartedAt,
+			&i.FinishedAt,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.Metadata,
+			&i.Seed,
+			&i.Cancelled,
+			&i.AutoDeploy,
+			&i.ValidatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listJobsNewestFirst = `-- name: ListJobsNewestFirst :many
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at FROM jobs j
+WHERE j.organization_id = $1
+  AND ($2::jsonb IS NULL OR j.metadata @> $2)
+  AND ($3::text IS NULL
+       OR (j.created_at, j.id) < (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $3))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $4
+`
+
+type ListJobsNewestFirstParams struct {
+	OrganizationID string
+	Metadata       []byte
+	After          *string
+	Lim            int32
+}
+
+// A page of the organization's jobs older than the job @after (when set),
+// newest first: OpenAI's cursor, which holds while jobs come and go.
+func (q *Queries) ListJobsNewestFirst(ctx context.Context, db DBTX, arg ListJobsNewestFirstParams) ([]Job, error) {
+	rows, err := db.Query(ctx, listJobsNewestFirst,
+		arg.OrganizationID,
+		arg.Metadata,
+		arg.After,
 		arg.Lim,
 	)
 	if err != nil {
@@ -466,8 +571,17 @@ func (q *Queries) LockOrganizationJobs(ctx context.Context, db DBTX, organizatio
 	return err
 }
 
+const markJobValidated = `-- name: MarkJobValidated :exec
+UPDATE jobs SET validated_at = now() WHERE id = $1
+`
+
+func (q *Queries) MarkJobValidated(ctx context.Context, db DBTX, id string) error {
+	_, err := db.Exec(ctx, markJobValidated, id)
+	return err
+}
+
 const setJobDeployed = `-- name: SetJobDeployed :execrows
-UPDATE jobs SET status = $1, result_model = $2, updated_at = now()
+UPDATE jobs SET status = $1, result_model = $2, error = NULL, updated_at = now()
 WHERE id = $3
 `
 
@@ -477,8 +591,27 @@ type SetJobDeployedParams struct {
 	ID          string
 }
 
+// A deploy that succeeds clears the failure of an earlier attempt.
 func (q *Queries) SetJobDeployed(ctx context.Context, db DBTX, arg SetJobDeployedParams) (int64, error) {
 	result, err := db.Exec(ctx, setJobDeployed, arg.Status, arg.ResultModel, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const setJobError = `-- name: SetJobError :execrows
+UPDATE jobs SET error = $1, updated_at = now() WHERE id = $2
+`
+
+type SetJobErrorParams struct {
+	Error *string
+	ID    string
+}
+
+// A failure that leaves the job's status as it was (a failed deploy).
+func (q *Queries) SetJobError(ctx context.Context, db DBTX, arg SetJobErrorParams) (int64, error) {
+	result, err := db.Exec(ctx, setJobError, arg.Error, arg.ID)
 	if err != nil {
 		return 0, err
 	}
@@ -520,17 +653,21 @@ func (q *Queries) SetJobProgress(ctx context.Context, db DBTX, arg SetJobProgres
 const setJobStatus = `-- name: SetJobStatus :execrows
 UPDATE jobs SET
     status      = $1,
-    error       = $2,
-    started_at  = CASE WHEN $3::bool THEN coalesce(started_at, $4) ELSE started_at END,
-    finished_at = CASE WHEN $5::bool THEN $4
-                       WHEN $6::bool THEN NULL
+    cancelled   = CASE WHEN $2::bool THEN false WHEN $3::bool THEN true ELSE cancelled END,
+    validated_at = CASE WHEN $2::bool THEN NULL ELSE validated_at END,
+    error       = $4,
+    started_at  = CASE WHEN $5::bool THEN coalesce(started_at, $6) ELSE started_at END,
+    finished_at = CASE WHEN $7::bool THEN $6
+                       WHEN $8::bool THEN NULL
                        ELSE finished_at END,
-    updated_at  = $4
-WHERE id = $7
+    updated_at  = $6
+WHERE id = $9
 `
 
 type SetJobStatusParams struct {
 	Status      jobstatus.Status
+	Requeues    bool
+	Cancels     bool
 	Error       *string
 	Starts      bool
 	At          time.Time
@@ -541,10 +678,14 @@ type SetJobStatusParams struct {
 
 // Records a workflow transition. started_at is set once, when training first
 // starts; finished_at is set when a run finishes and cleared when the job is
-// active again. The caller says which, from the status's own rules.
+// active again. The caller says which, from the status's own rules. A job
+// queued again (restarted) validates its files anew and is no longer
+// cancelled; a cancel marks the stopped job cancelled.
 func (q *Queries) SetJobStatus(ctx context.Context, db DBTX, arg SetJobStatusParams) (int64, error) {
 	result, err := db.Exec(ctx, setJobStatus,
 		arg.Status,
+		arg.Requeues,
+		arg.Cancels,
 		arg.Error,
 		arg.Starts,
 		arg.At,

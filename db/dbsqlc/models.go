@@ -139,6 +139,7 @@ type JobCheckpoint struct {
 	Epoch          int32
 	TrainingLoss   *float64
 	ValidationLoss *float64
+	TrainedTokens  int64
 	Bytes          int64
 	BlobKey        string
 	CreatedAt      time.Time

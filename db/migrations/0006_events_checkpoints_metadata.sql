@@ -40,6 +40,7 @@ CREATE TABLE job_checkpoints (
     epoch           integer NOT NULL,
     training_loss   double precision,
     validation_loss double precision,
+    trained_tokens  bigint NOT NULL,
     bytes           bigint NOT NULL,
     blob_key        text NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),

@@ -1,11 +1,12 @@
 -- name: RecordJobCheckpoint :exec
 -- A retried epoch saves the same step again; its newest copy wins.
-INSERT INTO job_checkpoints (id, job_id, step, epoch, training_loss, validation_loss, bytes, blob_key)
-VALUES (@id, @job_id, @step, @epoch, @training_loss, @validation_loss, @bytes, @blob_key)
+INSERT INTO job_checkpoints (id, job_id, step, epoch, training_loss, validation_loss, trained_tokens, bytes, blob_key)
+VALUES (@id, @job_id, @step, @epoch, @training_loss, @validation_loss, @trained_tokens, @bytes, @blob_key)
 ON CONFLICT (job_id, step) DO UPDATE SET
     epoch = EXCLUDED.epoch,
     training_loss = EXCLUDED.training_loss,
     validation_loss = EXCLUDED.validation_loss,
+    trained_tokens = EXCLUDED.trained_tokens,
     bytes = EXCLUDED.bytes,
     blob_key = EXCLUDED.blob_key;
 

@@ -2,11 +2,11 @@
 INSERT INTO jobs (
     id, organization_id, owner, name, description, base_model, hardware_id, status,
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
-    epochs, learning_rate, batch_size, warmup_steps, suffix, created_at, updated_at
+    epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at
 ) VALUES (
     @id, @organization_id, @owner, @name, @description, @base_model, @hardware_id, @status,
     @training_dataset, @training_dataset_id, @training_file, @validation_file, @validation_dataset_id,
-    @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @created_at, @created_at
+    @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @metadata, @seed, @auto_deploy, @created_at, @created_at
 )
 RETURNING *;
 
@@ -30,6 +30,7 @@ WHERE organization_id = @organization_id
   AND (sqlc.narg(search)::text IS NULL
        OR name ILIKE '%' || sqlc.narg(search) || '%'
        OR description ILIKE '%' || sqlc.narg(search) || '%')
+  AND (sqlc.narg(metadata)::jsonb IS NULL OR metadata @> sqlc.narg(metadata))
 ORDER BY
     CASE WHEN @sort::text = 'createdAt:asc' THEN created_at END ASC,
     CASE WHEN @sort::text = 'createdAt:desc' THEN created_at END DESC,
@@ -54,7 +55,8 @@ WHERE organization_id = @organization_id
   AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
   AND (sqlc.narg(search)::text IS NULL
        OR name ILIKE '%' || sqlc.narg(search) || '%'
-       OR description ILIKE '%' || sqlc.narg(search) || '%');
+       OR description ILIKE '%' || sqlc.narg(search) || '%')
+  AND (sqlc.narg(metadata)::jsonb IS NULL OR metadata @> sqlc.narg(metadata));
 
 -- name: JobStats :many
 SELECT status, count(*) AS n FROM jobs WHERE organization_id = $1 GROUP BY status;
@@ -74,9 +76,13 @@ VALUES ($1, $2, $3, $4);
 -- name: SetJobStatus :execrows
 -- Records a workflow transition. started_at is set once, when training first
 -- starts; finished_at is set when a run finishes and cleared when the job is
--- active again. The caller says which, from the status's own rules.
+-- active again. The caller says which, from the status's own rules. A job
+-- queued again (restarted) validates its files anew and is no longer
+-- cancelled; a cancel marks the stopped job cancelled.
 UPDATE jobs SET
     status      = @status,
+    cancelled   = CASE WHEN @requeues::bool THEN false WHEN @cancels::bool THEN true ELSE cancelled END,
+    validated_at = CASE WHEN @requeues::bool THEN NULL ELSE validated_at END,
     error       = sqlc.narg(error),
     started_at  = CASE WHEN @starts::bool THEN coalesce(started_at, @at) ELSE started_at END,
     finished_at = CASE WHEN @finishes::bool THEN @at
@@ -95,8 +101,13 @@ UPDATE jobs SET
 WHERE id = @id;
 
 -- name: SetJobDeployed :execrows
-UPDATE jobs SET status = @status, result_model = @result_model, updated_at = now()
+-- A deploy that succeeds clears the failure of an earlier attempt.
+UPDATE jobs SET status = @status, result_model = @result_model, error = NULL, updated_at = now()
 WHERE id = @id;
+
+-- name: SetJobError :execrows
+-- A failure that leaves the job's status as it was (a failed deploy).
+UPDATE jobs SET error = @error, updated_at = now() WHERE id = @id;
 
 -- name: LockOrganizationJobs :exec
 -- Serializes job creation within one organization until the transaction
@@ -105,3 +116,21 @@ SELECT pg_advisory_xact_lock(hashtext('org-jobs:' || @organization_id::text));
 
 -- name: CountActiveJobs :one
 SELECT count(*) FROM jobs WHERE organization_id = @organization_id AND status::text = ANY(@statuses::text[]);
+
+-- name: MarkJobValidated :exec
+UPDATE jobs SET validated_at = now() WHERE id = $1;
+
+-- name: ListJobsNewestFirst :many
+-- A page of the organization's jobs older than the job @after (when set),
+-- newest first: OpenAI's cursor, which holds while jobs come and go.
+SELECT j.* FROM jobs j
+WHERE j.organization_id = @organization_id
+  AND (sqlc.narg(metadata)::jsonb IS NULL OR j.metadata @> sqlc.narg(metadata))
+  AND (sqlc.narg(after)::text IS NULL
+       OR (j.created_at, j.id) < (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = @organization_id AND a.id = sqlc.narg(after)))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT @lim;
+
+-- name: DeleteJobMetricsAfter :exec
+-- The metric points of steps a restart from an earlier checkpoint trains again.
+DELETE FROM job_metrics WHERE job_id = $1 AND step > $2;
