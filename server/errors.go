@@ -83,6 +83,11 @@ func (s *Server) respondError(c *gin.Context, err error) {
 		apiErr = newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed")
 	}
 	if openAIPath(c) {
+		// OpenAI's clients retry a 409 unless told not to; a refused
+		// transition stays refused.
+		if apiErr.Status == http.StatusConflict {
+			c.Header("x-should-retry", "false")
+		}
 		c.AbortWithStatusJSON(apiErr.Status, toOpenAIError(apiErr))
 		return
 	}

@@ -4,13 +4,17 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 	enumspb "go.temporal.io/api/enums/v1"
@@ -41,17 +45,49 @@ type hyperparameters struct {
 }
 
 type createJobRequest struct {
-	Name            string           `json:"name"`
-	BaseModel       string           `json:"baseModel"`
-	TrainingDataset string           `json:"trainingDataset"`
-	Description     string           `json:"description"`
-	ValidationFile  string           `json:"validationFile"`
-	Hyperparameters *hyperparameters `json:"hyperparameters"`
-	Suffix          string           `json:"suffix"`
-	Hardware        string           `json:"hardware"`
+	Name            string            `json:"name"`
+	BaseModel       string            `json:"baseModel"`
+	TrainingDataset string            `json:"trainingDataset"`
+	Description     string            `json:"description"`
+	ValidationFile  string            `json:"validationFile"`
+	Hyperparameters *hyperparameters  `json:"hyperparameters"`
+	Suffix          string            `json:"suffix"`
+	Hardware        string            `json:"hardware"`
+	Metadata        map[string]string `json:"metadata,omitempty"`
 }
 
 var suffixPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,39}$`)
+
+func checkSuffix(suffix, field string, errs *fieldErrors) {
+	if suffix != "" && !suffixPattern.MatchString(suffix) {
+		errs.add(field, "must be 1-40 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
+	}
+}
+
+// Limits on a job's metadata, as OpenAI's.
+const (
+	maxMetadataPairs = 16
+	maxMetadataKey   = 64
+	maxMetadataValue = 512
+)
+
+func checkMetadata(m map[string]string, field string, errs *fieldErrors) {
+	if len(m) > maxMetadataPairs {
+		errs.add(field, "has %d pairs; at most %d are allowed", len(m), maxMetadataPairs)
+		return
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		v := m[k]
+		switch {
+		case k == "" || len(k) > maxMetadataKey:
+			errs.add(field, "key %q must be 1 to %d characters", k, maxMetadataKey)
+		case len(v) > maxMetadataValue:
+			errs.add(field+"."+k, "must be at most %d characters", maxMetadataValue)
+		case strings.ContainsRune(k+v, 0) || !utf8.ValidString(k+v):
+			errs.add(field+"."+k, "must be valid UTF-8 without NUL characters")
+		}
+	}
+}
 
 // validate checks the request's shape (400) and fills in defaults.
 func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
@@ -77,9 +113,8 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
 			errs.add(f.name, "must not contain NUL characters")
 		}
 	}
-	if r.Suffix != "" && !suffixPattern.MatchString(r.Suffix) {
-		errs.add("suffix", "must be 1-40 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit")
-	}
+	checkSuffix(r.Suffix, "suffix", &errs)
+	checkMetadata(r.Metadata, "metadata", &errs)
 	hp := trainer.Hyperparameters{Epochs: defaultEpochs, LearningRate: defaultLearningRate, BatchSize: defaultBatchSize, WarmupSteps: defaultWarmupSteps}
 	if h := r.Hyperparameters; h != nil {
 		if h.Epochs != nil {
@@ -111,8 +146,6 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
 }
 
 func (s *Server) createJob(c *gin.Context) {
-	ctx := c.Request.Context()
-	key := caller(c)
 	var req createJobRequest
 	if err := bindJSON(c, &req); err != nil {
 		s.respondError(c, err)
@@ -123,65 +156,99 @@ func (s *Server) createJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	idemKey := strings.TrimSpace(c.GetHeader("Idempotency-Key"))
-	if len(idemKey) > 255 {
-		s.respondError(c, badRequest("Idempotency-Key must be at most 255 characters"))
+	job, err := s.submitJob(c, jobSpec{
+		Name: req.Name, Description: req.Description, BaseModel: req.BaseModel, Hardware: req.Hardware,
+		TrainingDataset: req.TrainingDataset, ValidationFile: req.ValidationFile, Suffix: req.Suffix,
+		Hyperparameters: hp, Metadata: req.Metadata, fields: seedFields,
+	}, req)
+	if err != nil {
+		s.respondError(c, err)
 		return
 	}
-	canonical, _ := json.Marshal(req)
+	c.JSON(http.StatusCreated, createdJob(job))
+}
+
+// jobSpec is a job to create, checked for shape by the API that asked.
+type jobSpec struct {
+	Name, Description, BaseModel, Hardware, Suffix string
+	// TrainingDataset and ValidationFile are dataset IDs or, where the API
+	// allows, paths inside the data directory ("" for no validation file).
+	TrainingDataset, ValidationFile string
+	Hyperparameters                 trainer.Hyperparameters
+	Metadata                        map[string]string
+	AutoDeploy                      bool
+	fields                          specFields
+}
+
+// specFields are the names a request gives the fields that refer to other
+// things, for errors about them.
+type specFields struct {
+	BaseModel, Hardware, TrainingDataset, ValidationFile string
+	// datasetsByID says the API takes only dataset IDs, not paths.
+	datasetsByID bool
+}
+
+var seedFields = specFields{BaseModel: "baseModel", Hardware: "hardware", TrainingDataset: "trainingDataset", ValidationFile: "validationFile"}
+
+// submitJob creates the job spec describes, or answers with the job an
+// earlier request with the same Idempotency-Key created; request is the
+// request as the client sent it, which that key must match.
+func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, error) {
+	ctx := c.Request.Context()
+	key := caller(c)
+	idemKey := strings.TrimSpace(c.GetHeader("Idempotency-Key"))
+	if len(idemKey) > 255 {
+		return db.Job{}, badRequest("Idempotency-Key must be at most 255 characters")
+	}
+	canonical, _ := json.Marshal(request)
+	if openAIPath(c) {
+		// A key sent to both APIs names two different requests.
+		canonical = append([]byte("/v1\n"), canonical...)
+	}
 	reqHash := sha256.Sum256(canonical)
 
 	// Resolve references (422 when they name nothing usable).
 	var errs fieldErrors
-	model, err := s.Store.BaseModel(ctx, req.BaseModel)
+	f := spec.fields
+	model, err := s.Store.BaseModel(ctx, spec.BaseModel)
 	if db.IsNotFound(err) {
-		errs.add("baseModel", "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", req.BaseModel)
+		errs.add(f.BaseModel, "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", spec.BaseModel)
 	} else if err != nil {
-		s.respondError(c, err)
-		return
+		return db.Job{}, err
 	}
-	hardwareID := req.Hardware
+	hardwareID := spec.Hardware
 	if hardwareID == "" {
 		hardwareID = model.DefaultHardwareID
 	}
 	if hardwareID != "" {
 		hw, err := s.Store.Hardware(ctx, hardwareID)
 		if db.IsNotFound(err) {
-			errs.add("hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
+			errs.add(f.Hardware, "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
 		} else if err != nil {
-			s.respondError(c, err)
-			return
+			return db.Job{}, err
 		} else if model.ID != "" && hw.GPUMemoryGB*hw.GPUCount < model.MinGPUMemoryGB {
-			errs.add("hardware", "%s has %d GB of GPU memory; %s needs at least %d GB (its default is %s)",
+			errs.add(f.Hardware, "%s has %d GB of GPU memory; %s needs at least %d GB (its default is %s)",
 				hw.ID, hw.GPUMemoryGB*hw.GPUCount, model.ID, model.MinGPUMemoryGB, model.DefaultHardwareID)
 		}
 	}
 	if err := errs.err(http.StatusUnprocessableEntity); err != nil {
-		s.respondError(c, err)
-		return
+		return db.Job{}, err
 	}
 	// Replays are answered before datasets are resolved, so a replay never
 	// imports a file twice.
 	if idemKey != "" {
 		if job, found, err := s.idempotentReplay(ctx, key.OrganizationID, idemKey, reqHash[:]); err != nil || found {
-			if err != nil {
-				s.respondError(c, err)
-			} else {
-				c.JSON(http.StatusCreated, createdJob(job))
-			}
-			return
+			return job, err
 		}
 	}
 	// A quick read first, so an organization at its cap starts (and imports) nothing; the
 	// job's own creation checks again under a lock.
 	active, err := s.Store.ActiveJobs(ctx, key.OrganizationID)
 	if err != nil {
-		s.respondError(c, err)
-		return
+		return db.Job{}, err
 	}
 	if s.MaxActiveJobs > 0 && active >= int64(s.MaxActiveJobs) {
-		s.respondError(c, tooManyJobs(active))
-		return
+		return db.Job{}, tooManyJobs(active)
 	}
 
 	// Datasets the request imports by path are its own: a request that
@@ -194,43 +261,51 @@ func (s *Server) createJob(c *gin.Context) {
 			s.dropImports(ctx, key.OrganizationID, imported)
 		}
 	}()
-	train, err := s.resolveDataset(ctx, key, req.TrainingDataset, "trainingDataset")
-	if err != nil {
-		s.respondError(c, err)
-		return
+	resolve := func(ref, field string) (db.Dataset, error) {
+		if f.datasetsByID && !isDatasetID(ref) {
+			return db.Dataset{}, fieldError(http.StatusBadRequest, field, "must be a file ID from POST /v1/files, got %q", ref)
+		}
+		d, err := s.resolveDataset(ctx, key, ref, field)
+		if err == nil && !isDatasetID(ref) {
+			imported = append(imported, d.ID)
+		}
+		return d, err
 	}
-	if !isDatasetID(req.TrainingDataset) {
-		imported = append(imported, train.ID)
+	train, err := resolve(spec.TrainingDataset, f.TrainingDataset)
+	if err != nil {
+		return db.Job{}, err
 	}
 	var valid *db.Dataset
-	if req.ValidationFile != "" {
-		v, err := s.resolveDataset(ctx, key, req.ValidationFile, "validationFile")
+	if spec.ValidationFile != "" {
+		v, err := resolve(spec.ValidationFile, f.ValidationFile)
 		if err != nil {
-			s.respondError(c, err)
-			return
-		}
-		if !isDatasetID(req.ValidationFile) {
-			imported = append(imported, v.ID)
+			return db.Job{}, err
 		}
 		valid = &v
 	}
 
 	jobID := newID("ftjob_")
-	suffix := req.Suffix
+	suffix := spec.Suffix
 	if suffix == "" {
 		suffix = strings.TrimPrefix(jobID, "ftjob_")[:8]
 	}
+	hp := spec.Hyperparameters
+	if hp.Seed == nil {
+		// A seed of its own makes the run repeatable, and the job shows it.
+		seed := randomSeed()
+		hp.Seed = &seed
+	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	row := &activities.NewJob{
-		ID: jobID, OrganizationID: key.OrganizationID, Owner: key.UserID, Name: req.Name, Description: req.Description,
-		BaseModel: model.ID, HardwareID: hardwareID, TrainingDataset: req.TrainingDataset, TrainingDatasetID: train.ID,
-		TrainingFile: train.Filename, Hyperparameters: hp, Suffix: suffix, CreatedAt: now,
-		IdempotencyKey: idemKey, RequestHash: reqHash[:], MaxActiveJobs: s.MaxActiveJobs,
+		ID: jobID, OrganizationID: key.OrganizationID, Owner: key.UserID, Name: spec.Name, Description: spec.Description,
+		BaseModel: model.ID, HardwareID: hardwareID, TrainingDataset: spec.TrainingDataset, TrainingDatasetID: train.ID,
+		TrainingFile: train.Filename, Hyperparameters: hp, Suffix: suffix, Metadata: spec.Metadata, AutoDeploy: spec.AutoDeploy,
+		CreatedAt: now, IdempotencyKey: idemKey, RequestHash: reqHash[:], MaxActiveJobs: s.MaxActiveJobs,
 	}
 	input := workflows.JobInput{
 		JobID: jobID, OrganizationID: key.OrganizationID, BaseModel: model.ID, HardwareID: hardwareID,
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
-		ResultModel: model.ID + "-" + suffix, CreatedAt: now, QueuedAt: now, Create: row,
+		ResultModel: model.ID + "-" + suffix, AutoDeploy: spec.AutoDeploy, CreatedAt: now, QueuedAt: now, Create: row,
 	}
 	if valid != nil {
 		row.ValidationFile, row.ValidationDatasetID = &valid.Filename, &valid.ID
@@ -244,24 +319,21 @@ func (s *Server) createJob(c *gin.Context) {
 	if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest {
 		// A concurrent request with the same Idempotency-Key won the race.
 		job, _, err := s.idempotentReplay(ctx, key.OrganizationID, idemKey, reqHash[:])
-		if err != nil {
-			s.respondError(c, err)
-			return
-		}
-		c.JSON(http.StatusCreated, createdJob(job))
-		return
+		return job, err
 	}
 	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	job, err := s.Store.Job(ctx, key.OrganizationID, jobID)
-	if err != nil {
-		s.respondError(c, err)
-		return
+		return db.Job{}, err
 	}
 	s.log.InfoContext(ctx, "job created", "job", jobID, "org", key.OrganizationID, "baseModel", model.ID)
-	c.JSON(http.StatusCreated, createdJob(job))
+	return s.Store.Job(ctx, key.OrganizationID, jobID)
+}
+
+// randomSeed picks a job's seed: non-negative and within an int32, as
+// OpenAI's seeds and the trainer protocol's are.
+func randomSeed() int64 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return int64(binary.BigEndian.Uint32(b[:]) >> 1)
 }
 
 // startAndAwait starts a workflow, or joins the one of that ID already
@@ -403,12 +475,14 @@ func (s *Server) listJobs(c *gin.Context) {
 		escaped := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(*search)
 		search = &escaped
 	}
+	metadata := c.QueryMap("metadata")
+	checkMetadata(metadata, "metadata", &errs)
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return
 	}
 	filter := db.JobFilter{
-		OrganizationID: caller(c).OrganizationID, BaseModel: baseModel, Search: search,
+		OrganizationID: caller(c).OrganizationID, BaseModel: baseModel, Search: search, Metadata: metadata,
 		Sort: field + ":" + dir, Limit: limit, Offset: offset,
 	}
 	if status != nil {

@@ -98,7 +98,7 @@ func workflowOpen(t *testing.T, id string) bool {
 func leftovers(t *testing.T, org *testenv.Org, id string) []string {
 	t.Helper()
 	var out []string
-	for _, prefix := range []string{artifacts.CheckpointPrefix(id), "outputs/" + id + "/", artifacts.ModelPrefix(org.ID, id)} {
+	for _, prefix := range []string{artifacts.CheckpointPrefix(id), artifacts.KeptPrefix(id), "outputs/" + id + "/", artifacts.ModelPrefix(org.ID, id)} {
 		keys, err := env.Artifacts.List(context.Background(), prefix)
 		if err != nil {
 			t.Fatal(err)

@@ -3,6 +3,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -137,6 +138,14 @@ func New(d Deps) *Server {
 	s.engine.GET("/v1/files/:id", read, s.openAIGetFile)
 	s.engine.GET("/v1/files/:id/content", read, s.openAIFileContent)
 	s.engine.DELETE("/v1/files/:id", write, s.openAIDeleteFile)
+	s.engine.POST("/v1/fine_tuning/jobs", write, s.openAICreateJob)
+	s.engine.GET("/v1/fine_tuning/jobs", read, s.openAIListJobs)
+	s.engine.GET("/v1/fine_tuning/jobs/:id", read, s.openAIGetJob)
+	s.engine.POST("/v1/fine_tuning/jobs/:id/cancel", write, s.openAICancelJob)
+	s.engine.POST("/v1/fine_tuning/jobs/:id/pause", write, s.openAIPauseJob)
+	s.engine.POST("/v1/fine_tuning/jobs/:id/resume", write, s.openAIResumeJob)
+	s.engine.GET("/v1/fine_tuning/jobs/:id/events", read, s.openAIJobEvents)
+	s.engine.GET("/v1/fine_tuning/jobs/:id/checkpoints", read, s.openAIJobCheckpoints)
 	s.engine.POST("/v1/chat/completions", read, s.chatCompletions)
 	s.engine.GET("/v1/models", read, s.listModels)
 	s.engine.GET("/v1/models/:model", read, s.getModel)
@@ -299,4 +308,18 @@ func decodeJSON(c *gin.Context, dst any, strict bool) error {
 		return badRequest("the request body must hold a single JSON object")
 	}
 	return nil
+}
+
+// bindOptionalJSON is bindJSON for a body that may be left out: an empty
+// body leaves dst as it is.
+func bindOptionalJSON(c *gin.Context, dst any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody))
+	if err != nil {
+		return jsonError(err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	c.Request.Body = io.NopCloser(bytes.NewReader(body))
+	return bindJSON(c, dst)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -12,6 +13,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -20,28 +22,38 @@ import (
 // an update; with no worker running it would otherwise wait forever.
 const updateTimeout = 30 * time.Second
 
-func (s *Server) stopJob(c *gin.Context)    { s.transition(c, workflows.UpdateStop) }
-func (s *Server) restartJob(c *gin.Context) { s.transition(c, workflows.UpdateRestart) }
-func (s *Server) deployJob(c *gin.Context)  { s.transition(c, workflows.UpdateDeploy) }
+func (s *Server) stopJob(c *gin.Context) {
+	s.transition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID})
+}
+
+func (s *Server) deployJob(c *gin.Context) {
+	s.transition(c, workflows.UpdateDeploy, workflows.TransitionRequest{By: caller(c).UserID})
+}
+
+// restartRequest is restart's optional body.
+type restartRequest struct {
+	FromCheckpoint string `json:"fromCheckpoint"`
+}
+
+func (s *Server) restartJob(c *gin.Context) {
+	var body restartRequest
+	if err := bindOptionalJSON(c, &body); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	s.transition(c, workflows.UpdateRestart, workflows.TransitionRequest{By: caller(c).UserID, FromCheckpoint: strings.TrimSpace(body.FromCheckpoint)})
+}
 
 // transition sends a job's workflow the named update and answers with its
 // result; a transition the job's state does not allow is a 409.
-func (s *Server) transition(c *gin.Context, update string) {
+func (s *Server) transition(c *gin.Context, update string, req workflows.TransitionRequest) {
 	job, ok := s.loadJob(c)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.Request.Context(), updateTimeout)
-	defer cancel()
-	handle, err := s.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID: job.ID, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
-	var res workflows.TransitionResult
-	if err == nil {
-		err = handle.Get(ctx, &res)
-	}
+	res, err := s.sendTransition(c.Request.Context(), job, update, req, "fromCheckpoint")
 	if err != nil {
-		s.respondError(c, s.transitionError(ctx, update, job.Status, err))
+		s.respondError(c, err)
 		return
 	}
 	body := transitionView{ID: job.ID, Status: res.Status, Message: res.Message}
@@ -49,6 +61,35 @@ func (s *Server) transition(c *gin.Context, update string) {
 		body.ResultModel = &res.ResultModel
 	}
 	c.JSON(http.StatusOK, body)
+}
+
+// sendTransition sends a job's workflow the named update and waits for its
+// result. A checkpoint to restart from must be one the job keeps;
+// checkpointField names it in the request, for the error when it is not.
+func (s *Server) sendTransition(ctx context.Context, job db.Job, update string, req workflows.TransitionRequest, checkpointField string) (workflows.TransitionResult, error) {
+	var res workflows.TransitionResult
+	if req.FromCheckpoint != "" {
+		_, err := s.Store.Checkpoint(ctx, job.ID, req.FromCheckpoint)
+		if db.IsNotFound(err) {
+			return res, fieldError(http.StatusUnprocessableEntity, checkpointField,
+				"names no checkpoint of job %s: %q; GET /api/v1/fine-tuning/jobs/%s/checkpoints lists those it keeps", job.ID, req.FromCheckpoint, job.ID)
+		}
+		if err != nil {
+			return res, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, updateTimeout)
+	defer cancel()
+	handle, err := s.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID: job.ID, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted, Args: []any{req},
+	})
+	if err == nil {
+		err = handle.Get(ctx, &res)
+	}
+	if err != nil {
+		return res, s.transitionError(ctx, update, job.Status, err)
+	}
+	return res, nil
 }
 
 func (s *Server) transitionError(ctx context.Context, update string, status jobstatus.Status, err error) error {

@@ -49,6 +49,7 @@ type jobView struct {
 	ResultModel     *string            `json:"resultModel"`
 	Error           *string            `json:"error"`
 	Metrics         jobMetricsSummary  `json:"metrics"`
+	Metadata        map[string]string  `json:"metadata"`
 }
 
 type createdJobView struct {
@@ -77,7 +78,8 @@ func fullJob(j db.Job) jobView {
 		TrainingDataset: j.TrainingDataset, TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
 		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps},
 		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: j.Error,
-		Metrics: jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
+		Metrics:  jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
+		Metadata: orEmpty(j.Metadata),
 	}
 }
 
@@ -173,4 +175,12 @@ type healthView struct {
 
 type errorView struct {
 	Error *apiError `json:"error"`
+}
+
+// orEmpty shows a job without metadata as {}, not null.
+func orEmpty(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }

@@ -1,0 +1,438 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/trainer"
+	"github.com/tuneforge/tuneforge/workflows"
+)
+
+// OpenAI's fine-tuning jobs API over tuneforge's jobs: the same jobs as the
+// seed API, in OpenAI's shapes. A job created here deploys itself when
+// training completes, so it succeeds with a fine_tuned_model that chat
+// completions answer for, as on OpenAI.
+
+// openAIMethodSupervised is the only fine-tuning method tuneforge runs.
+const openAIMethodSupervised = "supervised"
+
+// autoOr is a hyperparameter OpenAI takes as a number or "auto".
+type autoOr[T int | float64] struct {
+	set, auto bool
+	v         T
+}
+
+func (a *autoOr[T]) UnmarshalJSON(b []byte) error {
+	a.set = true
+	if bytes.Equal(bytes.TrimSpace(b), []byte(`"auto"`)) {
+		a.auto = true
+		return nil
+	}
+	return json.Unmarshal(b, &a.v)
+}
+
+type openAIHyperparametersRequest struct {
+	NEpochs                autoOr[int]     `json:"n_epochs"`
+	BatchSize              autoOr[int]     `json:"batch_size"`
+	LearningRateMultiplier autoOr[float64] `json:"learning_rate_multiplier"`
+}
+
+type openAIMethodRequest struct {
+	Type       string `json:"type"`
+	Supervised *struct {
+		Hyperparameters *openAIHyperparametersRequest `json:"hyperparameters"`
+	} `json:"supervised"`
+	DPO           json.RawMessage `json:"dpo"`
+	Reinforcement json.RawMessage `json:"reinforcement"`
+}
+
+type openAIJobRequest struct {
+	Model           string                        `json:"model"`
+	TrainingFile    string                        `json:"training_file"`
+	ValidationFile  *string                       `json:"validation_file"`
+	Suffix          *string                       `json:"suffix"`
+	Seed            *int64                        `json:"seed"`
+	Metadata        map[string]string             `json:"metadata"`
+	Hyperparameters *openAIHyperparametersRequest `json:"hyperparameters"`
+	Method          *openAIMethodRequest          `json:"method"`
+	Integrations    []json.RawMessage             `json:"integrations"`
+}
+
+var openAIFields = specFields{BaseModel: "model", Hardware: "model", TrainingDataset: "training_file", ValidationFile: "validation_file", datasetsByID: true}
+
+// spec checks the request's shape (400) and turns it into a job.
+func (r *openAIJobRequest) spec() (jobSpec, error) {
+	var errs fieldErrors
+	if strings.TrimSpace(r.Model) == "" {
+		errs.add("model", "is required; GET /api/v1/fine-tuning/base-models lists the base models")
+	}
+	if strings.TrimSpace(r.TrainingFile) == "" {
+		errs.add("training_file", "is required: a file ID from POST /v1/files")
+	}
+	if len(r.Integrations) > 0 {
+		errs.add("integrations", "are not supported; follow a job with GET /v1/fine_tuning/jobs/{id}/events instead")
+	}
+	if r.Seed != nil && (*r.Seed < 0 || *r.Seed > 1<<31-1) {
+		errs.add("seed", "must be an integer from 0 to 2147483647")
+	}
+	suffix := deref(r.Suffix)
+	checkSuffix(suffix, "suffix", &errs)
+	checkMetadata(r.Metadata, "metadata", &errs)
+
+	hpReq, field := r.Hyperparameters, "hyperparameters"
+	if m := r.Method; m != nil {
+		switch {
+		case m.Type != openAIMethodSupervised:
+			errs.add("method.type", "%q is not supported; tuneforge fine-tunes with the %q method only", m.Type, openAIMethodSupervised)
+		case len(m.DPO) > 0 || len(m.Reinforcement) > 0:
+			errs.add("method", "a supervised method takes only its supervised settings")
+		case r.Hyperparameters != nil && m.Supervised != nil && m.Supervised.Hyperparameters != nil:
+			errs.add("hyperparameters", "give hyperparameters either here or in method.supervised.hyperparameters, not both")
+		case m.Supervised != nil && m.Supervised.Hyperparameters != nil:
+			hpReq, field = m.Supervised.Hyperparameters, "method.supervised.hyperparameters"
+		}
+	}
+	hp := trainer.Hyperparameters{Epochs: defaultEpochs, LearningRate: defaultLearningRate, BatchSize: defaultBatchSize, WarmupSteps: defaultWarmupSteps}
+	if h := hpReq; h != nil {
+		if h.NEpochs.set && !h.NEpochs.auto {
+			if hp.Epochs = h.NEpochs.v; hp.Epochs < 1 || hp.Epochs > 100 {
+				errs.add(field+".n_epochs", `must be "auto" or an integer from 1 to 100`)
+			}
+		}
+		if h.BatchSize.set && !h.BatchSize.auto {
+			if hp.BatchSize = h.BatchSize.v; hp.BatchSize < 1 || hp.BatchSize > 4096 {
+				errs.add(field+".batch_size", `must be "auto" or an integer from 1 to 4096`)
+			}
+		}
+		if m := h.LearningRateMultiplier; m.set && !m.auto {
+			if !(m.v > 0 && m.v <= 10) {
+				errs.add(field+".learning_rate_multiplier", `must be "auto" or a number greater than 0 and at most 10`)
+			}
+			hp.LearningRate = defaultLearningRate * m.v
+		}
+	}
+	if r.Seed != nil {
+		seed := *r.Seed
+		hp.Seed = &seed
+	}
+	name := suffix
+	if name == "" {
+		name = r.Model + " fine-tune"
+	}
+	return jobSpec{
+		Name: name, BaseModel: r.Model, TrainingDataset: r.TrainingFile, ValidationFile: deref(r.ValidationFile),
+		Suffix: suffix, Hyperparameters: hp, Metadata: r.Metadata, AutoDeploy: true, fields: openAIFields,
+	}, errs.err(http.StatusBadRequest)
+}
+
+type openAIJobHyperparameters struct {
+	NEpochs                int32   `json:"n_epochs"`
+	BatchSize              int32   `json:"batch_size"`
+	LearningRateMultiplier float64 `json:"learning_rate_multiplier"`
+}
+
+type openAIJobMethod struct {
+	Type       string `json:"type"`
+	Supervised struct {
+		Hyperparameters openAIJobHyperparameters `json:"hyperparameters"`
+	} `json:"supervised"`
+}
+
+type openAIJobError struct {
+	Code    string  `json:"code"`
+	Message string  `json:"message"`
+	Param   *string `json:"param"`
+}
+
+// openAIJob is OpenAI's fine-tuning job object.
+type openAIJob struct {
+	Object          string                   `json:"object"`
+	ID              string                   `json:"id"`
+	CreatedAt       int64                    `json:"created_at"`
+	Error           *openAIJobError          `json:"error"`
+	FineTunedModel  *string                  `json:"fine_tuned_model"`
+	FinishedAt      *int64                   `json:"finished_at"`
+	Hyperparameters openAIJobHyperparameters `json:"hyperparameters"`
+	Model           string                   `json:"model"`
+	OrganizationID  string                   `json:"organization_id"`
+	ResultFiles     []string                 `json:"result_files"`
+	Seed            int32                    `json:"seed"`
+	Status          string                   `json:"status"`
+	TrainedTokens   *int64                   `json:"trained_tokens"`
+	TrainingFile    string                   `json:"training_file"`
+	ValidationFile  *string                  `json:"validation_file"`
+	EstimatedFinish *int64                   `json:"estimated_finish"`
+	Integrations    []any                    `json:"integrations"`
+	Metadata        map[string]string        `json:"metadata"`
+	Method          openAIJobMethod          `json:"method"`
+	UserSuffix      string                   `json:"user_provided_suffix"`
+}
+
+// openAIStatus is a job's status in OpenAI's words. A job that deploys
+// itself (created through /v1) is running until its model serves, and has
+// failed when that deploy failed; one created through the seed API has
+// succeeded once trained, and gets its fine_tuned_model when deployed.
+func openAIStatus(j db.Job) string {
+	switch j.Status {
+	case jobstatus.Queued:
+		if j.ValidatedAt == nil {
+			return "validating_files"
+		}
+		return "queued"
+	case jobstatus.Running:
+		return "running"
+	case jobstatus.Completed:
+		switch {
+		case !j.AutoDeploy:
+			return "succeeded"
+		case j.Error != nil:
+			return "failed"
+		}
+		return "running"
+	case jobstatus.Deployed:
+		return "succeeded"
+	case jobstatus.Stopped:
+		if j.Cancelled {
+			return "cancelled"
+		}
+		return "paused"
+	}
+	return "failed"
+}
+
+func toOpenAIJob(j db.Job) openAIJob {
+	hp := openAIJobHyperparameters{NEpochs: j.Epochs, BatchSize: j.BatchSize, LearningRateMultiplier: j.LearningRate / defaultLearningRate}
+	out := openAIJob{
+		Object: "fine_tuning.job", ID: j.ID, CreatedAt: j.CreatedAt.Unix(), Hyperparameters: hp, Model: j.BaseModel,
+		OrganizationID: j.OrganizationID, ResultFiles: []string{}, Seed: j.Seed, Status: openAIStatus(j),
+		TrainingFile: j.TrainingDatasetID, ValidationFile: j.ValidationDatasetID, Integrations: []any{},
+		Metadata: orEmpty(j.Metadata), UserSuffix: j.Suffix,
+	}
+	out.Method.Type, out.Method.Supervised.Hyperparameters = openAIMethodSupervised, hp
+	if j.Status == jobstatus.Deployed {
+		out.FineTunedModel = j.ResultModel
+	}
+	if j.FinishedAt != nil {
+		at := j.FinishedAt.Unix()
+		out.FinishedAt = &at
+	}
+	if !j.Status.IsActive() {
+		out.TrainedTokens = &j.TrainedTokens
+	}
+	if out.Status == "failed" && j.Error != nil {
+		code := "training_failed"
+		switch {
+		case j.Status == jobstatus.Completed:
+			code = "deploy_failed"
+		case j.ValidatedAt == nil:
+			code = "invalid_training_file"
+		}
+		out.Error = &openAIJobError{Code: code, Message: *j.Error}
+	}
+	return out
+}
+
+func (s *Server) openAICreateJob(c *gin.Context) {
+	var req openAIJobRequest
+	if err := bindJSON(c, &req); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	spec, err := req.spec()
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	job, err := s.submitJob(c, spec, req)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, toOpenAIJob(job))
+}
+
+func (s *Server) openAIGetJob(c *gin.Context) {
+	if job, ok := s.loadJob(c); ok {
+		c.JSON(http.StatusOK, toOpenAIJob(job))
+	}
+}
+
+func (s *Server) openAIListJobs(c *gin.Context) {
+	after, limit, err := openAIPage(c, 20, 100)
+	var errs fieldErrors
+	metadata := c.QueryMap("metadata")
+	checkMetadata(metadata, "metadata", &errs)
+	if err == nil {
+		err = errs.err(http.StatusBadRequest)
+	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	jobs, err := s.Store.JobsAfter(c.Request.Context(), db.JobPage{
+		OrganizationID: caller(c).OrganizationID, After: after, Metadata: metadata, Limit: limit + 1,
+	})
+	if db.IsNotFound(err) {
+		s.respondError(c, fieldError(http.StatusBadRequest, "after", "names no fine-tuning job of yours: %q", *after))
+		return
+	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	out := make([]openAIJob, len(jobs))
+	for i, j := range jobs {
+		out[i] = toOpenAIJob(j)
+	}
+	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(j openAIJob) string { return j.ID }))
+}
+
+// The seed API's stop is OpenAI's pause (a paused job resumes from its
+// checkpoint) or cancel (it does not); its restart is resume.
+func (s *Server) openAICancelJob(c *gin.Context) {
+	s.openAITransition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID, Cancel: true})
+}
+
+func (s *Server) openAIPauseJob(c *gin.Context) {
+	s.openAITransition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID})
+}
+
+func (s *Server) openAIResumeJob(c *gin.Context) {
+	s.openAITransition(c, workflows.UpdateRestart, workflows.TransitionRequest{By: caller(c).UserID})
+}
+
+// openAITransition sends the job's workflow an update and answers with the
+// job as it is afterwards.
+func (s *Server) openAITransition(c *gin.Context, update string, req workflows.TransitionRequest) {
+	ctx := c.Request.Context()
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
+	}
+	if update == workflows.UpdateRestart && job.Status != jobstatus.Stopped {
+		s.respondError(c, conflict("cannot resume: the job is %s; only paused jobs can be resumed", openAIStatus(job)))
+		return
+	}
+	if _, err := s.sendTransition(ctx, job, update, req, "checkpoint"); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	job, err := s.Store.Job(ctx, job.OrganizationID, job.ID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, toOpenAIJob(job))
+}
+
+// openAIEvent is OpenAI's fine-tuning job event.
+type openAIEvent struct {
+	Object    string         `json:"object"`
+	ID        string         `json:"id"`
+	CreatedAt int64          `json:"created_at"`
+	Level     string         `json:"level"`
+	Message   string         `json:"message"`
+	Data      map[string]any `json:"data"`
+	Type      string         `json:"type"`
+}
+
+// toOpenAIEvent shows an event as OpenAI does: an epoch's losses are a
+// metrics event with OpenAI's names for them; the others are messages,
+// their data with the event's kind.
+func toOpenAIEvent(e db.Event) openAIEvent {
+	out := openAIEvent{Object: "fine_tuning.job.event", ID: e.ID, CreatedAt: e.CreatedAt.Unix(), Level: e.Level, Message: e.Message, Type: "message"}
+	if e.Type == db.EventEpoch {
+		out.Type = "metrics"
+		out.Data = map[string]any{"step": e.Data["step"], "epoch": e.Data["epoch"], "train_loss": e.Data["trainingLoss"], "trained_tokens": e.Data["trainedTokens"]}
+		if v, ok := e.Data["validationLoss"]; ok {
+			out.Data["valid_loss"] = v
+		}
+		return out
+	}
+	out.Data = map[string]any{"event": string(e.Type)}
+	for k, v := range e.Data {
+		out.Data[k] = v
+	}
+	return out
+}
+
+func (s *Server) openAIJobEvents(c *gin.Context) {
+	after, limit, err := openAIPage(c, 20, 100)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
+	}
+	events, err := s.Store.Events(c.Request.Context(), db.EventPage{JobID: job.ID, After: after, Limit: limit + 1, NewestFirst: true})
+	if db.IsNotFound(err) {
+		s.respondError(c, cursorError("event", *after))
+		return
+	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	out := make([]openAIEvent, len(events))
+	for i, e := range events {
+		out[i] = toOpenAIEvent(e)
+	}
+	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(e openAIEvent) string { return e.ID }))
+}
+
+type openAICheckpointMetrics struct {
+	Step      float64  `json:"step"`
+	TrainLoss *float64 `json:"train_loss"`
+	ValidLoss *float64 `json:"valid_loss"`
+}
+
+// openAICheckpoint is OpenAI's fine-tuning job checkpoint.
+// FineTunedModelCheckpoint is null: a checkpoint restarts a job
+// (POST /api/v1/fine-tuning/jobs/{id}/restart with fromCheckpoint), but
+// only a job's final model is served.
+type openAICheckpoint struct {
+	Object                   string                  `json:"object"`
+	ID                       string                  `json:"id"`
+	CreatedAt                int64                   `json:"created_at"`
+	FineTunedModelCheckpoint *string                 `json:"fine_tuned_model_checkpoint"`
+	FineTuningJobID          string                  `json:"fine_tuning_job_id"`
+	Metrics                  openAICheckpointMetrics `json:"metrics"`
+	StepNumber               int32                   `json:"step_number"`
+}
+
+func (s *Server) openAIJobCheckpoints(c *gin.Context) {
+	after, limit, err := openAIPage(c, 10, 100)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
+	}
+	ckpts, err := s.Store.Checkpoints(c.Request.Context(), job.ID, after, limit+1)
+	if db.IsNotFound(err) {
+		s.respondError(c, cursorError("checkpoint", *after))
+		return
+	}
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	out := make([]openAICheckpoint, len(ckpts))
+	for i, k := range ckpts {
+		out[i] = openAICheckpoint{
+			Object: "fine_tuning.job.checkpoint", ID: k.ID, CreatedAt: k.CreatedAt.Unix(), FineTuningJobID: job.ID, StepNumber: k.Step,
+			Metrics: openAICheckpointMetrics{Step: float64(k.Step), TrainLoss: k.TrainingLoss, ValidLoss: k.ValidationLoss},
+		}
+	}
+	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(k openAICheckpoint) string { return k.ID }))
+}
