@@ -461,3 +461,75 @@ func TestOpenAIIsolation(t *testing.T) {
 		t.Errorf("a bad key: %s", e.RawJSON())
 	}
 }
+
+// Files are datasets: uploaded with the same validation, listed, read back
+// byte for byte, and deleted unless a live job trains on them.
+func TestOpenAIFiles(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	org := env.NewOrg(t)
+	client := openAIClient(org.Key)
+	data := testenv.Tickets(30, 28)
+	f, err := client.Files.New(ctx, openai.FileNewParams{
+		File: openai.File(bytes.NewReader(data), "train.jsonl", "application/jsonl"), Purpose: openai.FilePurposeFineTune,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(f.ID, "ds_") || f.Bytes != int64(len(data)) || f.Filename != "train.jsonl" || f.Purpose != "fine-tune" || f.Status != "processed" {
+		t.Errorf("file %s", f.RawJSON())
+	}
+	second := uploadFile(t, client, "second.jsonl", testenv.Tickets(20, 29))
+	list, err := client.Files.List(ctx, openai.FileListParams{})
+	if err != nil || len(list.Data) != 2 || list.Data[0].ID != second || list.Data[1].ID != f.ID {
+		t.Fatalf("files %v, %v", list, err)
+	}
+	got, err := client.Files.Get(ctx, f.ID)
+	if err != nil || got.ID != f.ID {
+		t.Fatalf("get %v, %v", got, err)
+	}
+	res, err := client.Files.Content(ctx, f.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(res.Body)
+	res.Body.Close()
+	if !bytes.Equal(body.Bytes(), data) {
+		t.Errorf("content differs from the upload: %d bytes, want %d", body.Len(), len(data))
+	}
+
+	bad := append(append([]byte{}, testenv.Tickets(12, 30)...), "{not json\n"...)
+	_, err = client.Files.New(ctx, openai.FileNewParams{File: openai.File(bytes.NewReader(bad), "bad.jsonl", "application/jsonl"), Purpose: openai.FilePurposeFineTune})
+	if e := apiError(t, err, http.StatusUnprocessableEntity); !strings.Contains(e.Message, "line 13") {
+		t.Errorf("a bad line: %s", e.RawJSON())
+	}
+	_, err = client.Files.New(ctx, openai.FileNewParams{File: openai.File(bytes.NewReader(data), "b.jsonl", "application/jsonl"), Purpose: openai.FilePurposeBatch})
+	if e := apiError(t, err, http.StatusBadRequest); e.Param != "purpose" {
+		t.Errorf("another purpose: %s", e.RawJSON())
+	}
+
+	// A file a job may still train on stays.
+	job, err := client.FineTuning.Jobs.New(ctx, openai.FineTuningJobNewParams{Model: "llama-3.1-8b", TrainingFile: second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.FineTuning.Jobs.Pause(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Files.Delete(ctx, second)
+	apiError(t, err, http.StatusConflict)
+	if _, err := client.FineTuning.Jobs.Cancel(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	deleted, err := client.Files.Delete(ctx, f.ID)
+	if err != nil || !deleted.Deleted || deleted.ID != f.ID {
+		t.Fatalf("delete %v, %v", deleted, err)
+	}
+	_, err = client.Files.Get(ctx, f.ID)
+	apiError(t, err, http.StatusNotFound)
+	if left := storedDatasets(t, org.ID); len(left) != 1 {
+		t.Errorf("the store holds %v; want only the file in use", left)
+	}
+}

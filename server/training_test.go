@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,6 +257,9 @@ func TestTrainingWorkerReplacedMidEpoch(t *testing.T) {
 	org.WaitStatus(t, id, 2*time.Minute, "completed")
 	if logs := org.Logs(t, id); !strings.Contains(logs, "resumed at step") {
 		t.Errorf("the new worker did not resume from the checkpoint: %s", logs)
+	}
+	if types, _ := eventTypes(t, org, id); !slices.Contains(types, "worker_lost") {
+		t.Errorf("no worker_lost event: %v", types)
 	}
 	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
 }
