@@ -24,6 +24,11 @@ func TestReplayRecordedHistories(t *testing.T) {
 		{"job_granted_deployed_v2.json", "created by update-with-start (its row written by the workflow), queued behind another job, granted by signal, 2 epochs, deployed"},
 		{"job_stopped_restarted_v2.json", "created by update-with-start, stopped mid-training, restarted: continue-as-new carrying its state"},
 		{"job_deleted_v2.json", "a DeleteJob run: row deleted, job workflow terminated, artifacts removed"},
+		{"job_auto_deployed_v3.json", "created through /v1 with AutoDeploy: trained 2 epochs and deployed itself"},
+		{"job_paused_resumed_v3.json", "paused mid-training by a stop update with its requester, resumed: continue-as-new"},
+		{"job_cancelled_v3.json", "the resumed run, cancelled mid-training by a stop update with cancel"},
+		{"job_rewound_v3.json", "stopped after its first epoch, restarted fromCheckpoint: RewindToCheckpoint, then continue-as-new"},
+		{"job_deploy_failed_v3.json", "completed, its deploy refused (the model name is another job's) and recorded by RecordDeployFailure"},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			replayer := worker.NewWorkflowReplayer()
