@@ -429,17 +429,29 @@ func TestOpenAIIsolation(t *testing.T) {
 
 	client := openAIClient(env.NewOrg(t).Key)
 	calls := map[string]func() error{
-		"get job":          func() error { _, err := client.FineTuning.Jobs.Get(ctx, jobID); return err },
-		"cancel":           func() error { _, err := client.FineTuning.Jobs.Cancel(ctx, jobID); return err },
-		"pause":            func() error { _, err := client.FineTuning.Jobs.Pause(ctx, jobID); return err },
-		"resume":           func() error { _, err := client.FineTuning.Jobs.Resume(ctx, jobID); return err },
-		"events":           func() error { _, err := client.FineTuning.Jobs.ListEvents(ctx, jobID, openai.FineTuningJobListEventsParams{}); return err },
-		"checkpoints":      func() error { _, err := client.FineTuning.Jobs.Checkpoints.List(ctx, jobID, openai.FineTuningJobCheckpointListParams{}); return err },
-		"get file":         func() error { _, err := client.Files.Get(ctx, ds); return err },
-		"file content":     func() error { _, err := client.Files.Content(ctx, ds); return err },
-		"delete file":      func() error { _, err := client.Files.Delete(ctx, ds); return err },
-		"train on a file":  func() error { _, err := client.FineTuning.Jobs.New(ctx, openai.FineTuningJobNewParams{Model: "llama-3.1-8b", TrainingFile: ds}); return err },
-		"page after a job": func() error { _, err := client.FineTuning.Jobs.List(ctx, openai.FineTuningJobListParams{After: openai.String(jobID)}); return err },
+		"get job": func() error { _, err := client.FineTuning.Jobs.Get(ctx, jobID); return err },
+		"cancel":  func() error { _, err := client.FineTuning.Jobs.Cancel(ctx, jobID); return err },
+		"pause":   func() error { _, err := client.FineTuning.Jobs.Pause(ctx, jobID); return err },
+		"resume":  func() error { _, err := client.FineTuning.Jobs.Resume(ctx, jobID); return err },
+		"events": func() error {
+			_, err := client.FineTuning.Jobs.ListEvents(ctx, jobID, openai.FineTuningJobListEventsParams{})
+			return err
+		},
+		"checkpoints": func() error {
+			_, err := client.FineTuning.Jobs.Checkpoints.List(ctx, jobID, openai.FineTuningJobCheckpointListParams{})
+			return err
+		},
+		"get file":     func() error { _, err := client.Files.Get(ctx, ds); return err },
+		"file content": func() error { _, err := client.Files.Content(ctx, ds); return err },
+		"delete file":  func() error { _, err := client.Files.Delete(ctx, ds); return err },
+		"train on a file": func() error {
+			_, err := client.FineTuning.Jobs.New(ctx, openai.FineTuningJobNewParams{Model: "llama-3.1-8b", TrainingFile: ds})
+			return err
+		},
+		"page after a job": func() error {
+			_, err := client.FineTuning.Jobs.List(ctx, openai.FineTuningJobListParams{After: openai.String(jobID)})
+			return err
+		},
 	}
 	for name, call := range calls {
 		err := call()
