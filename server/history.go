@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -66,27 +67,57 @@ func trimPage[T any](items []T, limit int) ([]T, bool) {
 	return items, false
 }
 
-// jobEvents lists a job's events oldest first; `after` (an event ID) reads
-// on from there, so a client can follow a job by asking again.
-func (s *Server) jobEvents(c *gin.Context) {
-	var errs fieldErrors
-	limit := intParam(c, "limit", 100, 1, 1000, &errs)
-	if err := errs.err(http.StatusBadRequest); err != nil {
+// readJobPage reads a page of what the job named in the path holds, by its
+// `after` cursor and `limit` (1 to max, def by default): read returns up to
+// n items past after. A cursor that names no item of the job's (what) is a
+// 400. When it cannot go on it has answered the request, and ok is false.
+func readJobPage[T any](s *Server, c *gin.Context, what string, def, max int,
+	read func(ctx context.Context, jobID string, after *string, n int) ([]T, error)) (job db.Job, items []T, limit int, ok bool) {
+	after, limit, err := cursorPage(c, def, max)
+	if err != nil {
 		s.respondError(c, err)
-		return
+		return job, nil, 0, false
 	}
-	job, ok := s.loadJob(c)
-	if !ok {
-		return
+	if job, ok = s.loadJob(c); !ok {
+		return job, nil, 0, false
 	}
-	after := optionalQuery(c, "after")
-	events, err := s.Store.Events(c.Request.Context(), db.EventPage{JobID: job.ID, After: after, Limit: limit + 1})
+	items, err = read(c.Request.Context(), job.ID, after, limit+1)
 	if db.IsNotFound(err) {
-		s.respondError(c, cursorError("event", *after))
-		return
+		s.respondError(c, cursorError(what, *after))
+		return job, nil, 0, false
 	}
 	if err != nil {
 		s.respondError(c, err)
+		return job, nil, 0, false
+	}
+	return job, items, limit, true
+}
+
+// cursorPage reads the `after` cursor and `limit` (1 to max, def by
+// default) of a list read by cursor.
+func cursorPage(c *gin.Context, def, max int) (after *string, limit int, err error) {
+	var errs fieldErrors
+	limit = intParam(c, "limit", def, 1, max, &errs)
+	return optionalQuery(c, "after"), limit, errs.err(http.StatusBadRequest)
+}
+
+// jobEventPage reads a page of the job's events, oldest or newest first.
+func (s *Server) jobEventPage(c *gin.Context, def, max int, newestFirst bool) (db.Job, []db.Event, int, bool) {
+	return readJobPage(s, c, "event", def, max, func(ctx context.Context, jobID string, after *string, n int) ([]db.Event, error) {
+		return s.Store.Events(ctx, db.EventPage{JobID: jobID, After: after, Limit: n, NewestFirst: newestFirst})
+	})
+}
+
+// jobCheckpointPage reads a page of the job's kept checkpoints, newest first.
+func (s *Server) jobCheckpointPage(c *gin.Context, def, max int) (db.Job, []db.Checkpoint, int, bool) {
+	return readJobPage(s, c, "checkpoint", def, max, s.Store.Checkpoints)
+}
+
+// jobEvents lists a job's events oldest first; `after` (an event ID) reads
+// on from there, so a client can follow a job by asking again.
+func (s *Server) jobEvents(c *gin.Context) {
+	job, events, limit, ok := s.jobEventPage(c, 100, 1000, false)
+	if !ok {
 		return
 	}
 	out := jobEventsView{JobID: job.ID, Events: make([]eventView, 0, len(events))}
@@ -99,24 +130,8 @@ func (s *Server) jobEvents(c *gin.Context) {
 
 // jobCheckpoints lists the checkpoints a job keeps, newest first.
 func (s *Server) jobCheckpoints(c *gin.Context) {
-	var errs fieldErrors
-	limit := intParam(c, "limit", 100, 1, 1000, &errs)
-	if err := errs.err(http.StatusBadRequest); err != nil {
-		s.respondError(c, err)
-		return
-	}
-	job, ok := s.loadJob(c)
+	job, ckpts, limit, ok := s.jobCheckpointPage(c, 100, 1000)
 	if !ok {
-		return
-	}
-	after := optionalQuery(c, "after")
-	ckpts, err := s.Store.Checkpoints(c.Request.Context(), job.ID, after, limit+1)
-	if db.IsNotFound(err) {
-		s.respondError(c, cursorError("checkpoint", *after))
-		return
-	}
-	if err != nil {
-		s.respondError(c, err)
 		return
 	}
 	out := jobCheckpointsView{JobID: job.ID, Checkpoints: make([]checkpointView, 0, len(ckpts))}

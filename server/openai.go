@@ -74,11 +74,3 @@ func newOpenAIList[T any](items []T, limit int, id func(T) string) openAIList[T]
 	}
 	return out
 }
-
-// openAIPage reads OpenAI's `after` cursor and `limit` (1 to max, def by
-// default).
-func openAIPage(c *gin.Context, def, max int) (after *string, limit int, err error) {
-	var errs fieldErrors
-	limit = intParam(c, "limit", def, 1, max, &errs)
-	return optionalQuery(c, "after"), limit, errs.err(http.StatusBadRequest)
-}

@@ -88,7 +88,7 @@ func (s *Server) openAIListFiles(c *gin.Context) {
 		c.JSON(http.StatusOK, newOpenAIList([]openAIFile(nil), 1, func(f openAIFile) string { return f.ID }))
 		return
 	}
-	after, limit, err := openAIPage(c, 10_000, 10_000)
+	after, limit, err := cursorPage(c, 10_000, 10_000)
 	if err != nil {
 		s.respondError(c, err)
 		return

@@ -264,7 +264,7 @@ func (s *Server) openAIGetJob(c *gin.Context) {
 }
 
 func (s *Server) openAIListJobs(c *gin.Context) {
-	after, limit, err := openAIPage(c, 20, 100)
+	after, limit, err := cursorPage(c, 20, 100)
 	var errs fieldErrors
 	metadata := c.QueryMap("metadata")
 	checkMetadata(metadata, "metadata", &errs)
@@ -363,22 +363,8 @@ func toOpenAIEvent(e db.Event) openAIEvent {
 }
 
 func (s *Server) openAIJobEvents(c *gin.Context) {
-	after, limit, err := openAIPage(c, 20, 100)
-	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	job, ok := s.loadJob(c)
+	_, events, limit, ok := s.jobEventPage(c, 20, 100, true)
 	if !ok {
-		return
-	}
-	events, err := s.Store.Events(c.Request.Context(), db.EventPage{JobID: job.ID, After: after, Limit: limit + 1, NewestFirst: true})
-	if db.IsNotFound(err) {
-		s.respondError(c, cursorError("event", *after))
-		return
-	}
-	if err != nil {
-		s.respondError(c, err)
 		return
 	}
 	out := make([]openAIEvent, len(events))
@@ -409,22 +395,8 @@ type openAICheckpoint struct {
 }
 
 func (s *Server) openAIJobCheckpoints(c *gin.Context) {
-	after, limit, err := openAIPage(c, 10, 100)
-	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	job, ok := s.loadJob(c)
+	job, ckpts, limit, ok := s.jobCheckpointPage(c, 10, 100)
 	if !ok {
-		return
-	}
-	ckpts, err := s.Store.Checkpoints(c.Request.Context(), job.ID, after, limit+1)
-	if db.IsNotFound(err) {
-		s.respondError(c, cursorError("checkpoint", *after))
-		return
-	}
-	if err != nil {
-		s.respondError(c, err)
 		return
 	}
 	out := make([]openAICheckpoint, len(ckpts))

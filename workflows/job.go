@@ -485,6 +485,8 @@ func (j *job) restart(ctx workflow.Context) error {
 		actx := workflow.WithActivityOptions(ctx, controlOptions)
 		err := workflow.ExecuteActivity(actx, a.RewindToCheckpoint, activities.RewindRequest{JobID: j.in.JobID, CheckpointID: from}).Get(ctx, &at)
 		if err != nil && !activities.IsJobGone(err) {
+			// An update answers with the failure; a signal has no one to tell.
+			workflow.GetLogger(ctx).Warn("restart not carried out", "job", j.in.JobID, "checkpoint", from, "reason", err)
 			j.requested, j.failure = actionNone, temporal.NewApplicationError(userMessage(err), activities.ErrTypeInvalidData)
 			j.finished++
 			return nil

@@ -205,7 +205,9 @@ type outcome struct {
 	err                 error
 }
 
-func (h *harness) update(name, id string) *outcome {
+// update sends an update, with args when given (a TransitionRequest, as
+// the API sends).
+func (h *harness) update(name, id string, args ...any) *outcome {
 	o := &outcome{}
 	h.env.UpdateWorkflow(name, id, &testsuite.TestUpdateCallback{
 		OnAccept: func() { o.accepted = true },
@@ -216,7 +218,7 @@ func (h *harness) update(name, id string) *outcome {
 				o.result = decodeResult(h.t, res)
 			}
 		},
-	})
+	}, args...)
 	return o
 }
 

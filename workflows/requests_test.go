@@ -8,29 +8,12 @@ import (
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
-	"go.temporal.io/sdk/testsuite"
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
 )
-
-// updateWith sends an update with a request payload, as the API does.
-func (h *harness) updateWith(name, id string, req workflows.TransitionRequest) *outcome {
-	o := &outcome{}
-	h.env.UpdateWorkflow(name, id, &testsuite.TestUpdateCallback{
-		OnAccept: func() { o.accepted = true },
-		OnReject: func(err error) { o.rejected = err },
-		OnComplete: func(res any, err error) {
-			o.completed, o.err = true, err
-			if err == nil {
-				o.result = decodeResult(h.t, res)
-			}
-		},
-	}, req)
-	return o
-}
 
 // blockEpoch2 keeps epoch 2 running for an hour, so requests find the job
 // training.
@@ -52,7 +35,7 @@ func TestCancelRunningJob(t *testing.T) {
 	var after workflows.JobState
 	var rec activities.StatusRecord
 	h.at(10*time.Minute, func() {
-		cancel = h.updateWith(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{By: "user_1", Cancel: true})
+		cancel = h.update(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{By: "user_1", Cancel: true})
 	})
 	h.at(20*time.Minute, func() {
 		after, rec = h.state(), h.lastRecord()
@@ -82,14 +65,14 @@ func TestCancelStoppedJob(t *testing.T) {
 	blockEpoch2(h)
 	var stop, cancel, again, restart *outcome
 	var paused, cancelled workflows.JobState
-	h.at(10*time.Minute, func() { stop = h.updateWith(workflows.UpdateStop, "stop-1", workflows.TransitionRequest{By: "user_1"}) })
+	h.at(10*time.Minute, func() { stop = h.update(workflows.UpdateStop, "stop-1", workflows.TransitionRequest{By: "user_1"}) })
 	h.at(20*time.Minute, func() {
 		paused = h.state()
-		cancel = h.updateWith(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{By: "user_2", Cancel: true})
+		cancel = h.update(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{By: "user_2", Cancel: true})
 	})
 	h.at(30*time.Minute, func() {
 		cancelled = h.state()
-		again = h.updateWith(workflows.UpdateStop, "cancel-2", workflows.TransitionRequest{Cancel: true})
+		again = h.update(workflows.UpdateStop, "cancel-2", workflows.TransitionRequest{Cancel: true})
 		restart = h.update(workflows.UpdateRestart, "restart-1")
 	})
 	h.at(40*time.Minute, func() { h.env.CancelWorkflow() })
@@ -118,8 +101,8 @@ func TestConcurrentStopAndCancel(t *testing.T) {
 	blockEpoch2(h)
 	var cancel, stop *outcome
 	h.at(10*time.Minute, func() {
-		cancel = h.updateWith(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{Cancel: true})
-		stop = h.updateWith(workflows.UpdateStop, "stop-1", workflows.TransitionRequest{})
+		cancel = h.update(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{Cancel: true})
+		stop = h.update(workflows.UpdateStop, "stop-1", workflows.TransitionRequest{})
 	})
 	h.at(20*time.Minute, func() { h.env.CancelWorkflow() })
 	h.run(jobInput(3))
@@ -148,7 +131,7 @@ func TestRestartFromCheckpoint(t *testing.T) {
 	var restart *outcome
 	h.at(10*time.Minute, func() { h.update(workflows.UpdateStop, "stop-1") })
 	h.at(20*time.Minute, func() {
-		restart = h.updateWith(workflows.UpdateRestart, "restart-1", workflows.TransitionRequest{By: "user_1", FromCheckpoint: "ftckpt_1"})
+		restart = h.update(workflows.UpdateRestart, "restart-1", workflows.TransitionRequest{By: "user_1", FromCheckpoint: "ftckpt_1"})
 	})
 	h.run(jobInput(3))
 
@@ -177,7 +160,7 @@ func TestRestartFromMissingCheckpoint(t *testing.T) {
 	var between workflows.JobState
 	h.at(10*time.Minute, func() { h.update(workflows.UpdateStop, "stop-1") })
 	h.at(20*time.Minute, func() {
-		bad = h.updateWith(workflows.UpdateRestart, "restart-1", workflows.TransitionRequest{FromCheckpoint: "ftckpt_gone"})
+		bad = h.update(workflows.UpdateRestart, "restart-1", workflows.TransitionRequest{FromCheckpoint: "ftckpt_gone"})
 	})
 	h.at(30*time.Minute, func() { between = h.state(); good = h.update(workflows.UpdateRestart, "restart-2") })
 	h.run(jobInput(3))
