@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 
@@ -47,7 +48,6 @@ func (a *Activities) keepCheckpoint(ctx context.Context, in EpochInput, res Epoc
 	if err != nil {
 		return fmt.Errorf("keep the checkpoint at step %d: %w", res.Step, err)
 	}
-	var pruned []string
 	err = a.Store.Transact(ctx, func(tx db.Conn) error {
 		err := tx.RecordCheckpoint(ctx, db.Checkpoint{
 			ID: checkpointID(in.JobID, res.Step), JobID: in.JobID, Step: int32(res.Step), Epoch: int32(res.Epoch),
@@ -57,7 +57,7 @@ func (a *Activities) keepCheckpoint(ctx context.Context, in EpochInput, res Epoc
 		if err != nil {
 			return err
 		}
-		if pruned, err = tx.PruneCheckpoints(ctx, in.JobID, math.MaxInt32, keptCheckpoints); err != nil {
+		if _, err := tx.PruneCheckpoints(ctx, in.JobID, math.MaxInt32, keptCheckpoints); err != nil {
 			return err
 		}
 		return recordEvent(ctx, tx, db.Event{
@@ -79,13 +79,30 @@ func (a *Activities) keepCheckpoint(ctx context.Context, in EpochInput, res Epoc
 	if err != nil {
 		return err
 	}
-	return a.deleteKeys(ctx, pruned)
+	return a.sweepKept(ctx, in.JobID)
 }
 
-func (a *Activities) deleteKeys(ctx context.Context, keys []string) error {
-	for _, k := range keys {
-		if err := a.Artifacts.Delete(ctx, k); err != nil {
-			return err
+// sweepKept deletes the kept copies no checkpoint row names any more. It
+// goes by listing the store, not by the rows a prune returned, so a retry
+// after a crash between the two still removes them.
+func (a *Activities) sweepKept(ctx context.Context, jobID string) error {
+	rows, err := a.Store.Checkpoints(ctx, jobID, nil, keptCheckpoints+1)
+	if err != nil {
+		return err
+	}
+	named := map[string]bool{}
+	for _, k := range rows {
+		named[k.BlobKey] = true
+	}
+	keys, err := a.Artifacts.List(ctx, artifacts.KeptPrefix(jobID))
+	if err != nil {
+		return fmt.Errorf("list kept checkpoints: %w", err)
+	}
+	for _, key := range keys {
+		if !named[key] {
+			if err := a.Artifacts.Delete(ctx, key); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -119,8 +136,16 @@ func (a *Activities) RewindToCheckpoint(ctx context.Context, r RewindRequest) (R
 		return Rewound{}, err
 	}
 	rolling := artifacts.RollingKey(r.JobID, k.BlobKey)
-	if err := a.Artifacts.Copy(ctx, rolling, k.BlobKey); err != nil {
+	err = a.Artifacts.Copy(ctx, rolling, k.BlobKey)
+	if errors.Is(err, artifacts.ErrNotExist) {
+		return Rewound{}, invalidData("checkpoint %s at step %d is no longer stored", r.CheckpointID, k.Step)
+	}
+	if err != nil {
 		return Rewound{}, fmt.Errorf("restore the checkpoint at step %d: %w", k.Step, err)
+	}
+	// A delete that swept the store meanwhile must not leave the copy.
+	if err := a.keepUpload(ctx, r.JobID, rolling); err != nil {
+		return Rewound{}, err
 	}
 	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(r.JobID))
 	if err != nil {
@@ -148,20 +173,7 @@ func (a *Activities) RewindToCheckpoint(ctx context.Context, r RewindRequest) (R
 	if err != nil {
 		return Rewound{}, err
 	}
-	// The kept copies past the checkpoint go by listing, not by the rows
-	// just deleted, so a retry after a crash here still removes them.
-	kept, err := a.Artifacts.List(ctx, artifacts.KeptPrefix(r.JobID))
-	if err != nil {
-		return Rewound{}, fmt.Errorf("list kept checkpoints: %w", err)
-	}
-	for _, key := range kept {
-		if step, _, ok := artifacts.ParseCheckpointKey(r.JobID, artifacts.RollingKey(r.JobID, key)); ok && step > int(k.Step) {
-			if err := a.Artifacts.Delete(ctx, key); err != nil {
-				return Rewound{}, err
-			}
-		}
-	}
-	return out, nil
+	return out, a.sweepKept(ctx, r.JobID)
 }
 
 func deref[T any](p *T) T {

@@ -22,25 +22,37 @@ import (
 // openAIMethodSupervised is the only fine-tuning method tuneforge runs.
 const openAIMethodSupervised = "supervised"
 
-// autoOr is a hyperparameter OpenAI takes as a number or "auto".
-type autoOr[T int | float64] struct {
-	set, auto bool
-	v         T
+// autoOr is a hyperparameter OpenAI takes as a number or "auto", kept as
+// sent: spec reads it, naming the field when it is neither, and the
+// request's hash for Idempotency-Key covers it.
+type autoOr json.RawMessage
+
+func (a *autoOr) UnmarshalJSON(b []byte) error {
+	*a = append((*a)[:0], b...)
+	return nil
 }
 
-func (a *autoOr[T]) UnmarshalJSON(b []byte) error {
-	a.set = true
-	if bytes.Equal(bytes.TrimSpace(b), []byte(`"auto"`)) {
-		a.auto = true
-		return nil
+func (a autoOr) MarshalJSON() ([]byte, error) {
+	if len(a) == 0 {
+		return []byte("null"), nil
 	}
-	return json.Unmarshal(b, &a.v)
+	return a, nil
+}
+
+// readAutoOr gives the value: ok is false when it is absent or "auto", err when it
+// is neither "auto" nor a number of T's kind.
+func readAutoOr[T int | float64](a autoOr) (v T, ok bool, err error) {
+	b := bytes.TrimSpace(a)
+	if len(b) == 0 || bytes.Equal(b, []byte("null")) || bytes.Equal(b, []byte(`"auto"`)) {
+		return v, false, nil
+	}
+	return v, true, json.Unmarshal(b, &v)
 }
 
 type openAIHyperparametersRequest struct {
-	NEpochs                autoOr[int]     `json:"n_epochs"`
-	BatchSize              autoOr[int]     `json:"batch_size"`
-	LearningRateMultiplier autoOr[float64] `json:"learning_rate_multiplier"`
+	NEpochs                autoOr `json:"n_epochs"`
+	BatchSize              autoOr `json:"batch_size"`
+	LearningRateMultiplier autoOr `json:"learning_rate_multiplier"`
 }
 
 type openAIMethodRequest struct {
@@ -100,21 +112,20 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 	}
 	hp := trainer.Hyperparameters{Epochs: defaultEpochs, LearningRate: defaultLearningRate, BatchSize: defaultBatchSize, WarmupSteps: defaultWarmupSteps}
 	if h := hpReq; h != nil {
-		if h.NEpochs.set && !h.NEpochs.auto {
-			if hp.Epochs = h.NEpochs.v; hp.Epochs < 1 || hp.Epochs > 100 {
-				errs.add(field+".n_epochs", `must be "auto" or an integer from 1 to 100`)
-			}
+		if v, ok, err := readAutoOr[int](h.NEpochs); err != nil || ok && (v < 1 || v > 100) {
+			errs.add(field+".n_epochs", `must be "auto" or an integer from 1 to 100`)
+		} else if ok {
+			hp.Epochs = v
 		}
-		if h.BatchSize.set && !h.BatchSize.auto {
-			if hp.BatchSize = h.BatchSize.v; hp.BatchSize < 1 || hp.BatchSize > 4096 {
-				errs.add(field+".batch_size", `must be "auto" or an integer from 1 to 4096`)
-			}
+		if v, ok, err := readAutoOr[int](h.BatchSize); err != nil || ok && (v < 1 || v > 4096) {
+			errs.add(field+".batch_size", `must be "auto" or an integer from 1 to 4096`)
+		} else if ok {
+			hp.BatchSize = v
 		}
-		if m := h.LearningRateMultiplier; m.set && !m.auto {
-			if !(m.v > 0 && m.v <= 10) {
-				errs.add(field+".learning_rate_multiplier", `must be "auto" or a number greater than 0 and at most 10`)
-			}
-			hp.LearningRate = defaultLearningRate * m.v
+		if v, ok, err := readAutoOr[float64](h.LearningRateMultiplier); err != nil || ok && !(v > 0 && v <= 10) {
+			errs.add(field+".learning_rate_multiplier", `must be "auto" or a number greater than 0 and at most 10`)
+		} else if ok {
+			hp.LearningRate = defaultLearningRate * v
 		}
 	}
 	if r.Seed != nil {

@@ -284,8 +284,26 @@ func TestOpenAIHyperparameterForms(t *testing.T) {
 			}
 		})
 	}
-	// Only the four accepted requests made jobs.
-	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":4`)
+	// What the client cannot send, a raw request can: a string for a number.
+	bad := env.Do(t, org.Key, "POST", "/v1/fine_tuning/jobs", map[string]any{
+		"model": "llama-3.1-8b", "training_file": train, "hyperparameters": map[string]any{"n_epochs": "3"},
+	}, nil)
+	expect(t, bad, 400, `"param":"hyperparameters.n_epochs"`, `must be \"auto\" or an integer`)
+
+	// An Idempotency-Key names one request, hyperparameters included.
+	key := http.Header{"Idempotency-Key": {"forms-1"}}
+	once := map[string]any{"model": "llama-3.1-8b", "training_file": train, "hyperparameters": map[string]any{"n_epochs": 1}}
+	first := env.Do(t, org.Key, "POST", "/v1/fine_tuning/jobs", once, key)
+	expect(t, first, 200, `"object":"fine_tuning.job"`)
+	expect(t, env.Do(t, org.Key, "POST", "/v1/fine_tuning/jobs", once, key), 200, first.Body["id"].(string))
+	once["hyperparameters"] = map[string]any{"n_epochs": 2}
+	expect(t, env.Do(t, org.Key, "POST", "/v1/fine_tuning/jobs", once, key), 422, "was used for a different request")
+	if _, err := client.FineTuning.Jobs.Cancel(ctx, first.Body["id"].(string)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Only the five accepted requests made jobs.
+	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":5`)
 }
 
 // Pause keeps the job's progress and resume goes on from it; cancel ends

@@ -207,7 +207,10 @@ func (j *job) handle(ctx workflow.Context, act action, req TransitionRequest) (T
 	var done func() bool
 	switch act {
 	case actionStop:
-		done = func() bool { return !j.state.Status.IsActive() && (!req.Cancel || j.state.Cancelled) }
+		// A cancel is done once recorded, or once the job ended otherwise.
+		done = func() bool {
+			return !j.state.Status.IsActive() && (!req.Cancel || j.state.Cancelled || j.state.Status != jobstatus.Stopped)
+		}
 	case actionRestart:
 		done = func() bool { return j.state.Status == jobstatus.Queued || j.finished > gen }
 	case actionDeploy:
@@ -250,6 +253,11 @@ func (j *job) run(ctx workflow.Context) error {
 	if err := j.train(ctx); err != nil {
 		return err
 	}
+	if j.requested == actionStop && !j.cancelsStopped() {
+		// The stop came as training ended: the job finished first, and the
+		// stop's handler answers so.
+		j.requested = actionNone
+	}
 	if j.in.AutoDeploy && j.state.Status == jobstatus.Completed && j.requested == actionNone {
 		j.request(actionDeploy, TransitionRequest{}, "auto")
 	}
@@ -264,6 +272,10 @@ func (j *job) run(ctx workflow.Context) error {
 				return err
 			}
 		case actionStop:
+			if !j.cancelsStopped() {
+				j.requested = actionNone
+				continue
+			}
 			// Cancelling a stopped job: it stays stopped, for good.
 			if err := j.stopped(ctx); err != nil {
 				return err
@@ -420,8 +432,15 @@ func (j *job) awaitGPU(ctx workflow.Context) error {
 	}
 }
 
+// cancelsStopped says whether the current request cancels a stopped job
+// that is not cancelled yet.
+func (j *job) cancelsStopped() bool {
+	return j.state.Status == jobstatus.Stopped && j.req.Cancel && !j.state.Cancelled
+}
+
 // stopped records the job as stopped at the current request, cancelled
-// when it asked to be.
+// when it asked to be. The request stays current until it is recorded, so
+// nothing else (a restart of a job being cancelled) is taken meanwhile.
 func (j *job) stopped(ctx workflow.Context) error {
 	who, data := j.cause()
 	c := change{Event: db.EventStopped, Data: data,
@@ -429,8 +448,9 @@ func (j *job) stopped(ctx workflow.Context) error {
 	if j.req.Cancel {
 		c.Cancel, c.Event, c.Log = true, db.EventCancelled, fmt.Sprintf("Job cancelled by %s; it will not resume", who)
 	}
+	err := j.transition(ctx, jobstatus.Stopped, c)
 	j.requested = actionNone
-	return j.transition(ctx, jobstatus.Stopped, c)
+	return err
 }
 
 func (j *job) deploy(ctx workflow.Context) error {
@@ -441,7 +461,6 @@ func (j *job) deploy(ctx workflow.Context) error {
 	}).Get(ctx, nil)
 	j.state.Phase = PhaseIdle
 	j.requested = actionNone
-	defer func() { j.finished++ }()
 	if activities.IsJobGone(err) {
 		return err
 	}
@@ -454,7 +473,10 @@ func (j *job) deploy(ctx workflow.Context) error {
 		if errors.As(err, &appErr) && (appErr.Type() == activities.ErrTypeConflict || appErr.Type() == activities.ErrTypeInvalidData) {
 			errType = appErr.Type()
 		}
+		// Told before the failure is recorded, so only the handlers of this
+		// deploy see it, not those of one asked meanwhile.
 		j.failure = temporal.NewApplicationError(userMessage(err), errType)
+		j.finished++
 		if workflow.GetVersion(ctx, versionDeployFailureRecorded, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
 			return nil
 		}
@@ -465,6 +487,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 	}
 	j.state.ResultModel = j.in.ResultModel
 	j.state.Status = jobstatus.Deployed
+	j.finished++
 	return j.upsertStatus(ctx)
 }
 
@@ -482,12 +505,17 @@ func (j *job) restart(ctx workflow.Context) error {
 	msg := fmt.Sprintf("Job restarted by %s (restart %d); it resumes from its latest checkpoint", who, next.Attempt)
 	if from := j.req.FromCheckpoint; from != "" {
 		var at activities.Rewound
-		actx := workflow.WithActivityOptions(ctx, controlOptions)
+		actx := workflow.WithActivityOptions(ctx, rewindOptions)
 		err := workflow.ExecuteActivity(actx, a.RewindToCheckpoint, activities.RewindRequest{JobID: j.in.JobID, CheckpointID: from}).Get(ctx, &at)
 		if err != nil && !activities.IsJobGone(err) {
 			// An update answers with the failure; a signal has no one to tell.
 			workflow.GetLogger(ctx).Warn("restart not carried out", "job", j.in.JobID, "checkpoint", from, "reason", err)
-			j.requested, j.failure = actionNone, temporal.NewApplicationError(userMessage(err), activities.ErrTypeInvalidData)
+			errType := activities.ErrTypeUnavailable
+			var appErr *temporal.ApplicationError
+			if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeInvalidData {
+				errType = appErr.Type()
+			}
+			j.requested, j.failure = actionNone, temporal.NewApplicationError(userMessage(err), errType)
 			j.finished++
 			return nil
 		}
@@ -570,6 +598,13 @@ var (
 	// reads it; its attempts are bounded, so a deploy that cannot succeed
 	// fails (the job stays completed, deployable again) instead of looping.
 	deployOptions = workflow.ActivityOptions{
+		TaskQueue:           ControlTaskQueue,
+		StartToCloseTimeout: 30 * time.Minute,
+		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 30 * time.Second, MaximumAttempts: 10},
+	}
+	// A rewind copies a checkpoint, perhaps a large adapter's; its attempts
+	// are bounded, so a restart that cannot happen fails and frees the job.
+	rewindOptions = workflow.ActivityOptions{
 		TaskQueue:           ControlTaskQueue,
 		StartToCloseTimeout: 30 * time.Minute,
 		RetryPolicy:         &temporal.RetryPolicy{MaximumInterval: 30 * time.Second, MaximumAttempts: 10},

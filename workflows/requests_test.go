@@ -223,3 +223,27 @@ func TestTransitionsRecordEvents(t *testing.T) {
 	assert.Equal(t, db.EventCompleted, h.records[1].Event)
 	assert.Equal(t, map[string]any{"epochs": 2, "trainedTokens": int64(2000), "trainingLoss": 1.0 / 3}, h.records[1].EventData)
 }
+
+// Two cancels of a paused job record it cancelled once, and a restart
+// asked meanwhile is refused.
+func TestDoubleCancelOfPausedJob(t *testing.T) {
+	h := newHarness(t)
+	blockEpoch2(h)
+	// Recording the cancel takes ten minutes of workflow time.
+	h.env.OnActivity("RecordStatus", mock.Anything, mock.MatchedBy(func(r activities.StatusRecord) bool { return r.Cancel })).
+		After(10 * time.Minute).Return(h.recordStatus).Once()
+	var first, second, restart *outcome
+	h.at(10*time.Minute, func() { h.update(workflows.UpdateStop, "stop-1") })
+	h.at(20*time.Minute, func() { first = h.update(workflows.UpdateStop, "cancel-1", workflows.TransitionRequest{Cancel: true}) })
+	h.at(25*time.Minute, func() {
+		second = h.update(workflows.UpdateStop, "cancel-2", workflows.TransitionRequest{Cancel: true})
+		restart = h.update(workflows.UpdateRestart, "restart-1")
+	})
+	h.at(60*time.Minute, func() { h.env.CancelWorkflow() })
+	h.run(jobInput(3))
+
+	requireCompleted(t, first, jobstatus.Stopped, "Fine-tuning job cancelled successfully")
+	requireCompleted(t, second, jobstatus.Stopped, "Fine-tuning job cancelled successfully")
+	requireRejected(t, restart, "busy with a stop request")
+	assert.Equal(t, []string{"running", "stopped", "stopped"}, h.statuses(), "the cancel is recorded once")
+}

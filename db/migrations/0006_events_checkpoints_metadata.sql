@@ -16,6 +16,10 @@ ALTER TABLE jobs
     ADD COLUMN auto_deploy boolean NOT NULL DEFAULT false,
     ADD COLUMN validated_at timestamptz;
 CREATE INDEX jobs_metadata ON jobs USING gin (metadata jsonb_path_ops);
+-- Jobs from before validation was recorded: those that got as far as the
+-- GPU queue, or further, had validated their files.
+UPDATE jobs SET validated_at = updated_at
+WHERE started_at IS NOT NULL OR id IN (SELECT job_id FROM gpu_leases);
 
 -- A job's notable moments, each with its cause. id is chosen by the writer
 -- from what the event is, so a retried write records it once; seq orders.
