@@ -102,6 +102,8 @@ func (c Conn) JobAdapter(ctx context.Context, jobID string) (*string, error) {
 
 // LogLine is one line of a job's log.
 type LogLine struct {
+	// ID orders a job's lines; it is the cursor to read on from.
+	ID      int64
 	At      time.Time
 	Level   string
 	Message string
@@ -114,11 +116,25 @@ func (c Conn) JobLogs(ctx context.Context, jobID string, since *time.Time, limit
 	if err != nil {
 		return nil, fmt.Errorf("read logs of %s: %w", jobID, err)
 	}
+	return logLines(rows), nil
+}
+
+// JobLogsAfter reads up to limit of the job's log lines past the line
+// after (0 for the first), oldest first.
+func (c Conn) JobLogsAfter(ctx context.Context, jobID string, after int64, limit int) ([]LogLine, error) {
+	rows, err := c.q.ListJobLogsAfter(ctx, c.db, dbsqlc.ListJobLogsAfterParams{JobID: jobID, After: after, Lim: int32(limit)})
+	if err != nil {
+		return nil, fmt.Errorf("read logs of %s: %w", jobID, err)
+	}
+	return logLines(rows), nil
+}
+
+func logLines(rows []dbsqlc.JobLog) []LogLine {
 	out := make([]LogLine, len(rows))
 	for i, r := range rows {
-		out[i] = LogLine{At: r.Ts.UTC(), Level: r.Level, Message: r.Message}
+		out[i] = LogLine{ID: r.ID, At: r.Ts.UTC(), Level: r.Level, Message: r.Message}
 	}
-	return out, nil
+	return out
 }
 
 // MetricPoint is a job's training metrics at one step.

@@ -1,18 +1,32 @@
 package server
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
 type logLine struct {
+	ID        int64     `json:"id"`
 	Timestamp time.Time `json:"timestamp"`
 	Level     string    `json:"level"`
 	Message   string    `json:"message"`
 }
 
+func viewLogLine(l db.LogLine) logLine {
+	return logLine{ID: l.ID, Timestamp: l.At, Level: l.Level, Message: l.Message}
+}
+
+// jobLogs answers a job's log: the newest `lines` lines (after `since`),
+// or those after the line `after`, oldest first; with follow=true, a live
+// stream of server-sent events (see followLogs).
 func (s *Server) jobLogs(c *gin.Context) {
 	var errs fieldErrors
 	lines := intParam(c, "lines", 100, 1, 10_000, &errs)
@@ -25,6 +39,21 @@ func (s *Server) jobLogs(c *gin.Context) {
 			since = &t
 		}
 	}
+	after := logCursor(c.Query("after"), "after", &errs)
+	if c.Query("after") == "" {
+		after = logCursor(c.GetHeader("Last-Event-ID"), "Last-Event-ID", &errs)
+	}
+	if since != nil && after != nil {
+		errs.add("after", "give since or after, not both")
+	}
+	follow := false
+	switch c.Query("follow") {
+	case "", "false", "0":
+	case "true", "1":
+		follow = true
+	default:
+		errs.add("follow", "must be true or false")
+	}
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return
@@ -33,16 +62,143 @@ func (s *Server) jobLogs(c *gin.Context) {
 	if !ok {
 		return
 	}
-	rows, err := s.Store.JobLogs(c.Request.Context(), job.ID, since, lines)
+	if follow {
+		s.followLogs(c, job, since, after, lines)
+		return
+	}
+	var rows []db.LogLine
+	var err error
+	if after != nil {
+		rows, err = s.Store.JobLogsAfter(c.Request.Context(), job.ID, *after, lines)
+	} else {
+		rows, err = s.Store.JobLogs(c.Request.Context(), job.ID, since, lines)
+	}
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
 	out := make([]logLine, len(rows))
 	for i, r := range rows {
-		out[i] = logLine{Timestamp: r.At, Level: r.Level, Message: r.Message}
+		out[i] = viewLogLine(r)
 	}
 	c.JSON(http.StatusOK, jobLogs{JobID: job.ID, Logs: out})
+}
+
+// logCursor reads a log line ID; nil when raw is empty.
+func logCursor(raw, field string, errs *fieldErrors) *int64 {
+	if raw == "" {
+		return nil
+	}
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id < 0 {
+		errs.add(field, "must be a log line's id (a non-negative integer)")
+		return nil
+	}
+	return &id
+}
+
+// How a followed log is read: how often PostgreSQL is asked for new lines,
+// how many at a time, and how often an idle stream says it is alive.
+const (
+	followPoll      = 250 * time.Millisecond
+	followBatch     = 500
+	followKeepalive = 15 * time.Second
+)
+
+// logFinished says whether a job's log can grow no more without a new
+// request: its run has ended, and it does not deploy itself next.
+func logFinished(j db.Job) bool {
+	return !j.Status.IsActive() && !(j.Status == jobstatus.Completed && j.AutoDeploy && j.Error == nil)
+}
+
+type logEnd struct {
+	Status jobstatus.Status `json:"status"`
+}
+
+// followLogs streams the job's log as server-sent events: first the newest
+// lines (as without follow), or those after the cursor (after, or the
+// Last-Event-ID of a client that reconnects), then each new line as it is
+// written, until the job's run has ended. Each line is a "log" event whose
+// ID is the line's, so a reconnecting client misses none; the stream ends
+// with an "end" event that carries the job's status ("deleted" when it was).
+func (s *Server) followLogs(c *gin.Context, job db.Job, since *time.Time, after *int64, lines int) {
+	ctx := c.Request.Context()
+	var first []db.LogLine
+	var cursor int64
+	var err error
+	if after != nil {
+		cursor = *after
+	} else if first, err = s.Store.JobLogs(ctx, job.ID, since, lines); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	startStream(c)
+	w := s.streamWriter(c)
+	send := func(l db.LogLine) {
+		b, _ := json.Marshal(viewLogLine(l))
+		fmt.Fprintf(w, "id: %d\nevent: log\ndata: %s\n\n", l.ID, b)
+		cursor = l.ID
+	}
+	for _, l := range first {
+		send(l)
+	}
+	c.Writer.Flush()
+	poll := time.NewTicker(followPoll)
+	defer poll.Stop()
+	quiet := time.Now()
+	finishing := false
+	for {
+		batch, err := s.Store.JobLogsAfter(ctx, job.ID, cursor, followBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.ErrorContext(ctx, "follow a job's log", "job", job.ID, "err", err)
+			}
+			return // the client sees the stream end without an end event, and reconnects
+		}
+		for _, l := range batch {
+			send(l)
+		}
+		if len(batch) > 0 {
+			c.Writer.Flush()
+			quiet = time.Now()
+		}
+		if len(batch) == followBatch {
+			continue
+		}
+		if finishing {
+			// The lines written with the final status are read: done.
+			b, _ := json.Marshal(logEnd{Status: job.Status})
+			fmt.Fprintf(w, "event: end\ndata: %s\n\n", b)
+			c.Writer.Flush()
+			return
+		}
+		current, err := s.Store.Job(ctx, job.OrganizationID, job.ID)
+		switch {
+		case db.IsNotFound(err):
+			fmt.Fprint(w, "event: end\ndata: {\"status\":\"deleted\"}\n\n")
+			c.Writer.Flush()
+			return
+		case err != nil:
+			if ctx.Err() == nil {
+				s.log.ErrorContext(ctx, "follow a job's log", "job", job.ID, "err", err)
+			}
+			return
+		case logFinished(current):
+			// Read once more: a transition writes its line with its status.
+			job, finishing = current, true
+			continue
+		}
+		if time.Since(quiet) >= followKeepalive {
+			fmt.Fprint(w, ": keepalive\n\n")
+			c.Writer.Flush()
+			quiet = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-poll.C:
+		}
+	}
 }
 
 type metricPoint struct {

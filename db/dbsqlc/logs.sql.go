@@ -68,6 +68,46 @@ func (q *Queries) ListJobLogs(ctx context.Context, db DBTX, arg ListJobLogsParam
 	return items, nil
 }
 
+const listJobLogsAfter = `-- name: ListJobLogsAfter :many
+SELECT id, job_id, ts, level, message FROM job_logs
+WHERE job_id = $1 AND id > $2
+ORDER BY id
+LIMIT $3
+`
+
+type ListJobLogsAfterParams struct {
+	JobID string
+	After int64
+	Lim   int32
+}
+
+// Up to @lim lines past the line @after, oldest first.
+func (q *Queries) ListJobLogsAfter(ctx context.Context, db DBTX, arg ListJobLogsAfterParams) ([]JobLog, error) {
+	rows, err := db.Query(ctx, listJobLogsAfter, arg.JobID, arg.After, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []JobLog{}
+	for rows.Next() {
+		var i JobLog
+		if err := rows.Scan(
+			&i.ID,
+			&i.JobID,
+			&i.Ts,
+			&i.Level,
+			&i.Message,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listJobMetrics = `-- name: ListJobMetrics :many
 SELECT job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens, created_at FROM job_metrics WHERE job_id = $1 ORDER BY step
 `

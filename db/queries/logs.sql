@@ -23,3 +23,10 @@ ON CONFLICT (job_id, step) DO UPDATE SET
 
 -- name: ListJobMetrics :many
 SELECT * FROM job_metrics WHERE job_id = $1 ORDER BY step;
+
+-- name: ListJobLogsAfter :many
+-- Up to @lim lines past the line @after, oldest first.
+SELECT * FROM job_logs
+WHERE job_id = @job_id AND id > @after
+ORDER BY id
+LIMIT @lim;
