@@ -82,7 +82,8 @@ type Server struct {
 	limiter *rateLimiter
 	// authFailures counts failed authentications per client address.
 	authFailures *rateLimiter
-	healthy      healthCheck
+	// readyDB and readyTemporal answer /readyz.
+	readyDB, readyTemporal healthCheck
 }
 
 // New builds the API's router.
@@ -109,6 +110,7 @@ func New(d Deps) *Server {
 	})
 
 	s.engine.GET("/healthz", s.health)
+	s.engine.GET("/readyz", s.ready)
 
 	read, write := s.auth(apikey.ScopeRead), s.auth(apikey.ScopeWrite)
 	ft := s.engine.Group("/api/v1/fine-tuning")
@@ -200,16 +202,40 @@ func serve(ctx context.Context, srv *http.Server) error {
 	}
 }
 
+// health says the process is alive; it touches nothing, so a restart
+// decided on it never comes of a dependency's outage.
 func (s *Server) health(c *gin.Context) {
-	if err := s.healthy.check(c.Request.Context(), s.Store.Pool.Ping); err != nil {
-		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "database unavailable"))
-		return
-	}
 	c.JSON(http.StatusOK, healthView{Status: "ok"})
 }
 
-// healthCheck pings PostgreSQL at most once a second and shares the answer:
-// /healthz takes no key, so a flood of it must not become database work.
+// ready says whether the API can serve: PostgreSQL and Temporal answer.
+func (s *Server) ready(c *gin.Context) {
+	ctx := c.Request.Context()
+	var down []string
+	if s.readyDB.check(ctx, s.Store.Pool.Ping) != nil {
+		down = append(down, "PostgreSQL")
+	}
+	if s.readyTemporal.check(ctx, s.temporalHealth) != nil {
+		down = append(down, "Temporal")
+	}
+	if len(down) > 0 {
+		verb := "does"
+		if len(down) > 1 {
+			verb = "do"
+		}
+		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "not ready: %s %s not answer", strings.Join(down, " and "), verb))
+		return
+	}
+	c.JSON(http.StatusOK, healthView{Status: "ready"})
+}
+
+func (s *Server) temporalHealth(ctx context.Context) error {
+	_, err := s.Temporal.CheckHealth(ctx, &client.CheckHealthRequest{})
+	return err
+}
+
+// healthCheck asks a dependency at most once a second and shares the
+// answer: /readyz takes no key, so a flood of it must not become work.
 type healthCheck struct {
 	mu  sync.Mutex
 	at  time.Time
