@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"regexp"
@@ -303,7 +304,7 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		CreatedAt: now, IdempotencyKey: idemKey, RequestHash: reqHash[:], MaxActiveJobs: s.MaxActiveJobs,
 	}
 	input := workflows.JobInput{
-		JobID: jobID, OrganizationID: key.OrganizationID, BaseModel: model.ID, HardwareID: hardwareID,
+		JobID: jobID, Name: spec.Name, OrganizationID: key.OrganizationID, BaseModel: model.ID, HardwareID: hardwareID,
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
 		ResultModel: model.ID + "-" + suffix, AutoDeploy: spec.AutoDeploy, CreatedAt: now, QueuedAt: now, Create: row,
 	}
@@ -378,6 +379,7 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending b
 	defer cancel()
 	started, err := s.startAndAwait(ctx, client.StartWorkflowOptions{
 		ID:                    in.JobID,
+		StaticSummary:         fmt.Sprintf("%s: %s on %s, %d epochs", in.Name, in.BaseModel, in.HardwareID, in.Hyperparameters.Epochs),
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		TypedSearchAttributes: temporal.NewSearchAttributes(
 			workflows.SearchAttrStatus.ValueSet(string(jobstatus.Queued)),

@@ -97,7 +97,9 @@ const (
 
 // JobInput starts (and, through continue-as-new, restarts) a job workflow.
 type JobInput struct {
-	JobID             string
+	JobID string
+	// Name is the job's name, for the Temporal Web UI.
+	Name              string `json:",omitempty"`
 	OrganizationID    string
 	BaseModel         string
 	HardwareID        string

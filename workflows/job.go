@@ -7,6 +7,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -76,6 +77,7 @@ func FineTuningJob(ctx workflow.Context, in JobInput) error {
 	if err := j.setup(ctx); err != nil {
 		return err
 	}
+	j.describe(ctx)
 	if err := j.create(ctx); err != nil {
 		// No row was written: the job never existed, and nothing is left.
 		workflow.GetLogger(ctx).Info("job not created", "job", in.JobID, "reason", err)
@@ -324,7 +326,7 @@ func (j *job) train(ctx workflow.Context) error {
 			return err
 		}
 	}
-	j.state.Phase = PhaseIdle
+	j.setPhase(ctx, PhaseIdle)
 	var terr error
 	switch {
 	case stopped:
@@ -359,7 +361,7 @@ func (j *job) train(ctx workflow.Context) error {
 // whether a slot was asked for (and so must be released).
 func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	in := j.in
-	j.state.Phase = PhaseValidating
+	j.setPhase(ctx, PhaseValidating)
 	var sum activities.DatasetSummary
 	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, validateOptions), a.ValidateDataset, activities.ValidateInput{
 		JobID: in.JobID, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
@@ -369,7 +371,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		return false, err
 	}
 
-	j.state.Phase = PhaseWaitingForGPU
+	j.setPhase(ctx, PhaseWaitingForGPU)
 	if err := j.awaitGPU(ctx); err != nil {
 		return true, err
 	}
@@ -380,7 +382,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		return true, err
 	}
 
-	j.state.Phase = PhaseTraining
+	j.setPhase(ctx, PhaseTraining)
 	opts := trainOptions
 	opts.TaskQueue = TrainingTaskQueue(in.HardwareID)
 	tctx := workflow.WithActivityOptions(ctx, opts)
@@ -395,6 +397,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		}
 		j.state.Epoch, j.state.Step, j.state.TrainedTokens = res.Epoch, res.Step, res.TrainedTokens
 		j.state.TrainingLoss, j.state.ValidationLoss = &res.TrainingLoss, res.ValidationLoss
+		j.describe(ctx)
 	}
 	return true, nil
 }
@@ -454,12 +457,12 @@ func (j *job) stopped(ctx workflow.Context) error {
 }
 
 func (j *job) deploy(ctx workflow.Context) error {
-	j.state.Phase = PhaseDeploying
+	j.setPhase(ctx, PhaseDeploying)
 	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, deployOptions), a.Deploy, activities.DeployInput{
 		JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, BaseModel: j.in.BaseModel,
 		ResultModel: j.in.ResultModel,
 	}).Get(ctx, nil)
-	j.state.Phase = PhaseIdle
+	j.setPhase(ctx, PhaseIdle)
 	j.requested = actionNone
 	if activities.IsJobGone(err) {
 		return err
@@ -569,7 +572,48 @@ func (j *job) transition(ctx workflow.Context, s jobstatus.Status, c change) err
 	return j.upsertStatus(ctx)
 }
 
+func (j *job) setPhase(ctx workflow.Context, p Phase) {
+	j.state.Phase = p
+	j.describe(ctx)
+}
+
+// describe sets the workflow's current details, which the Temporal Web UI
+// shows on its page: the job's live state, so a job that waits for deploy
+// is not taken for one that trains (the UI's "Running" means "open").
+func (j *job) describe(ctx workflow.Context) {
+	st := j.state
+	var b strings.Builder
+	if j.in.Name != "" {
+		fmt.Fprintf(&b, "**%s** (%s on %s)\n\n", j.in.Name, j.in.BaseModel, j.in.HardwareID)
+	}
+	fmt.Fprintf(&b, "**Status:** %s", st.Status)
+	if st.Status.IsActive() || st.Phase == PhaseDeploying {
+		fmt.Fprintf(&b, " · **Phase:** %s", st.Phase)
+	}
+	if st.Cancelled {
+		b.WriteString(" (cancelled)")
+	}
+	fmt.Fprintf(&b, "\n\n**Epoch:** %d of %d · **Step:** %d", st.Epoch, st.TotalEpochs, st.Step)
+	if st.TrainingLoss != nil {
+		fmt.Fprintf(&b, " · **Training loss:** %.4g", *st.TrainingLoss)
+	}
+	if st.ValidationLoss != nil {
+		fmt.Fprintf(&b, " · **Validation loss:** %.4g", *st.ValidationLoss)
+	}
+	switch st.Status {
+	case jobstatus.Completed:
+		b.WriteString("\n\nTraining is done. The workflow stays open, waiting for deploy, restart or deletion.")
+	case jobstatus.Stopped, jobstatus.Failed:
+		b.WriteString("\n\nNot training. The workflow stays open, waiting for restart or deletion.")
+	}
+	if st.Error != "" {
+		fmt.Fprintf(&b, "\n\n**Error:** %s", st.Error)
+	}
+	workflow.SetCurrentDetails(ctx, b.String())
+}
+
 func (j *job) upsertStatus(ctx workflow.Context) error {
+	j.describe(ctx)
 	return workflow.UpsertTypedSearchAttributes(ctx, SearchAttrStatus.ValueSet(string(j.state.Status)))
 }
 
