@@ -584,21 +584,21 @@ func (j *job) describe(ctx workflow.Context) {
 	st := j.state
 	var b strings.Builder
 	if j.in.Name != "" {
-		fmt.Fprintf(&b, "**%s** (%s on %s)\n\n", j.in.Name, j.in.BaseModel, j.in.HardwareID)
+		b.WriteString(fmt.Sprintf("**%s** (%s on %s)\n\n", j.in.Name, j.in.BaseModel, j.in.HardwareID))
 	}
-	fmt.Fprintf(&b, "**Status:** %s", st.Status)
+	b.WriteString(fmt.Sprintf("**Status:** %s", st.Status))
 	if st.Status.IsActive() || st.Phase == PhaseDeploying {
-		fmt.Fprintf(&b, " · **Phase:** %s", st.Phase)
+		b.WriteString(fmt.Sprintf(" · **Phase:** %s", st.Phase))
 	}
 	if st.Cancelled {
 		b.WriteString(" (cancelled)")
 	}
-	fmt.Fprintf(&b, "\n\n**Epoch:** %d of %d · **Step:** %d", st.Epoch, st.TotalEpochs, st.Step)
+	b.WriteString(fmt.Sprintf("\n\n**Epoch:** %d of %d · **Step:** %d", st.Epoch, st.TotalEpochs, st.Step))
 	if st.TrainingLoss != nil {
-		fmt.Fprintf(&b, " · **Training loss:** %.4g", *st.TrainingLoss)
+		b.WriteString(fmt.Sprintf(" · **Training loss:** %.4g", *st.TrainingLoss))
 	}
 	if st.ValidationLoss != nil {
-		fmt.Fprintf(&b, " · **Validation loss:** %.4g", *st.ValidationLoss)
+		b.WriteString(fmt.Sprintf(" · **Validation loss:** %.4g", *st.ValidationLoss))
 	}
 	switch st.Status {
 	case jobstatus.Completed:
@@ -607,7 +607,7 @@ func (j *job) describe(ctx workflow.Context) {
 		b.WriteString("\n\nNot training. The workflow stays open, waiting for restart or deletion.")
 	}
 	if st.Error != "" {
-		fmt.Fprintf(&b, "\n\n**Error:** %s", st.Error)
+		b.WriteString(fmt.Sprintf("\n\n**Error:** %s", st.Error))
 	}
 	workflow.SetCurrentDetails(ctx, b.String())
 }
