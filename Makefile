@@ -1,6 +1,9 @@
 # tuneforge — `make help` lists the targets.
 GO        ?= go
 BIN       := bin/tuneforge
+# What `tuneforge --version` says.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS   := -X main.version=$(VERSION)
 PKGS      := ./...
 # Packages without the embedded Temporal server run under the race detector.
 RACE_PKGS := ./dataset/... ./trainer/... ./workflows/... ./apikey/... ./serving/...
@@ -19,8 +22,8 @@ dev:
 
 ## build: build bin/tuneforge (with `dev`) and bin/tuneforge-prod (-tags nodev, no embedded server)
 build:
-	$(GO) build -o $(BIN) ./cmd/tuneforge
-	CGO_ENABLED=0 $(GO) build -tags nodev -o $(BIN)-prod ./cmd/tuneforge
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge
+	CGO_ENABLED=0 $(GO) build -tags nodev -ldflags "$(LDFLAGS)" -o $(BIN)-prod ./cmd/tuneforge
 
 ## test: run every test against the local PostgreSQL and an embedded Temporal server, then test-python
 test:

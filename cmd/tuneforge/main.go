@@ -5,78 +5,177 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tuneforge/tuneforge/apikey"
+	"github.com/tuneforge/tuneforge/cli"
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/workers"
 )
 
-const usage = `tuneforge: a fine-tuning job platform on Temporal
-
-Usage:
-  tuneforge dev                      everything in one process (embedded Temporal, Web UI, workers, API)
-  tuneforge api                      the REST API
-  tuneforge worker                   the control worker (workflows, control activities)
-  tuneforge worker --hardware ID --slots N [--trainer builtin|command]
-                                     a training worker for one hardware pool
-  tuneforge migrate                  apply the database migrations
-  tuneforge apikey create --org ORG --user USER --scopes fine-tuning:read,fine-tuning:write
-
-Settings come from the environment; see README.md.
-`
-
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
-	cfg, err := config.FromEnv()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tuneforge:", err)
-		os.Exit(2)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	cmd, args := os.Args[1], os.Args[2:]
-	shutdownTracing, err := setupTracing(ctx, cmd)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tuneforge:", err)
-		os.Exit(1)
-	}
-	defer shutdownTracing(context.WithoutCancel(ctx)) //nolint:errcheck // best effort flush at exit
-	switch cmd {
-	case "dev":
-		err = runDev(ctx, cfg, log)
-	case "api":
-		err = runAPI(ctx, cfg, log)
-	case "worker":
-		err = runWorker(ctx, cfg, log, args)
-	case "migrate":
-		err = runMigrate(ctx, cfg)
-	case "apikey":
-		err = runAPIKey(ctx, cfg, args)
-	case "help", "-h", "--help":
-		fmt.Print(usage)
-		return
-	default:
-		fmt.Fprintf(os.Stderr, "tuneforge: unknown command %q\n\n%s", cmd, usage)
-		os.Exit(2)
-	}
+	root := rootCommand()
+	err := root.ExecuteContext(ctx)
+	stop()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "tuneforge:", err)
-		os.Exit(1)
+		code := cli.ExitCode(err)
+		if isUsageError(err) {
+			code = cli.ExitUsage
+		}
+		if code == cli.ExitUsage {
+			fmt.Fprintln(os.Stderr, "Run `tuneforge help` or add --help to a command for its usage.")
+		}
+		os.Exit(code)
+	}
+}
+
+// isUsageError recognizes cobra's own errors about the command line.
+func isUsageError(err error) bool {
+	msg := err.Error()
+	for _, prefix := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "required flag", "invalid argument", "flag needs an argument", "accepts ", "requires "} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// version is the binary's version: set with -ldflags "-X main.version=…",
+// else the module version or VCS revision Go recorded.
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := info.Main.Version
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v = strings.TrimSuffix(v+" "+s.Value[:12], " ")
+		}
+	}
+	if v == "" {
+		return "devel"
+	}
+	return v
+}
+
+func rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "tuneforge",
+		Short: "tuneforge: a fine-tuning job platform on Temporal",
+		Long: `tuneforge: a fine-tuning job platform on Temporal.
+
+The platform's processes (dev, api, worker, migrate, apikey) read their
+settings from the environment (see README.md). The client commands (jobs,
+datasets, models) call an API: TUNEFORGE_URL (default ` + cli.DefaultURL + `) with the
+key in TUNEFORGE_API_KEY.`,
+		Version:       versionString(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.UsageError(err) })
+	root.AddGroup(&cobra.Group{ID: "platform", Title: "Run the platform:"}, &cobra.Group{ID: "client", Title: "Use it:"})
+	for _, c := range platformCommands() {
+		c.GroupID = "platform"
+		root.AddCommand(c)
+	}
+	for _, c := range cli.Commands(os.Getenv) {
+		c.GroupID = "client"
+		root.AddCommand(c)
+	}
+	return root
+}
+
+// platformCommands run tuneforge's processes. Each reads its settings and
+// starts tracing only when it runs, so --help does nothing but print.
+func platformCommands() []*cobra.Command {
+	dev := &cobra.Command{
+		Use:   "dev",
+		Short: "Run everything in one process: embedded Temporal and its Web UI, the workers, the API",
+		Args:  cobra.NoArgs,
+		RunE:  runs("dev", runDev),
+	}
+	api := &cobra.Command{
+		Use:   "api",
+		Short: "Run the REST API (TUNEFORGE_HTTP_ADDR; metrics on TUNEFORGE_METRICS_ADDR)",
+		Args:  cobra.NoArgs,
+		RunE:  runs("api", runAPI),
+	}
+	var w workerFlags
+	worker := &cobra.Command{
+		Use:   "worker",
+		Short: "Run the control worker, or with --hardware a training worker for one pool",
+		Example: `  tuneforge worker                                  # the control worker
+  tuneforge worker --hardware gpu-a100-40gb --slots 2 --trainer command`,
+		Args: cobra.NoArgs,
+		RunE: runs("worker", func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+			return runWorker(ctx, cfg, log, w)
+		}),
+	}
+	worker.Flags().StringVar(&w.hardware, "hardware", "", "hardware pool to train on (omit for the control worker)")
+	worker.Flags().IntVar(&w.slots, "slots", 1, "jobs this training worker runs at once (its GPUs)")
+	worker.Flags().StringVar(&w.trainer, "trainer", "", "trainer backend: builtin or command (default TUNEFORGE_TRAINER)")
+	worker.Flags().StringVar(&w.id, "id", "", "stable worker ID (default: host name and pool)")
+	migrate := &cobra.Command{
+		Use:   "migrate",
+		Short: "Apply the database migrations",
+		Args:  cobra.NoArgs,
+		RunE: runs("migrate", func(ctx context.Context, cfg config.Config, _ *slog.Logger) error {
+			return runMigrate(ctx, cfg)
+		}),
+	}
+	apikeyCmd := &cobra.Command{Use: "apikey", Short: "Manage API keys"}
+	var org, user, scopes string
+	create := &cobra.Command{
+		Use:     "create",
+		Short:   "Make an API key and print it once (only its SHA-256 is stored)",
+		Example: "  tuneforge apikey create --org org_acme --user alice --scopes fine-tuning:read,fine-tuning:write",
+		Args:    cobra.NoArgs,
+		RunE: runs("apikey", func(ctx context.Context, cfg config.Config, _ *slog.Logger) error {
+			return runAPIKey(ctx, cfg, org, user, scopes)
+		}),
+	}
+	create.Flags().StringVar(&org, "org", "", "organization ID (required)")
+	create.Flags().StringVar(&user, "user", "", "user ID (required)")
+	create.Flags().StringVar(&scopes, "scopes", strings.Join(apikey.AllScopes, ","), "comma-separated scopes")
+	_ = create.MarkFlagRequired("org")
+	_ = create.MarkFlagRequired("user")
+	apikeyCmd.AddCommand(create)
+	return []*cobra.Command{dev, api, worker, migrate, apikeyCmd}
+}
+
+// runs makes a platform command's RunE: read the settings, log, trace.
+func runs(name string, run func(context.Context, config.Config, *slog.Logger) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		cfg, err := config.FromEnv()
+		if err != nil {
+			return cli.UsageError(err)
+		}
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+		slog.SetDefault(log)
+		ctx := cmd.Context()
+		shutdownTracing, err := setupTracing(ctx, name)
+		if err != nil {
+			return err
+		}
+		defer shutdownTracing(context.WithoutCancel(ctx)) //nolint:errcheck // best effort flush at exit
+		return run(ctx, cfg, log)
 	}
 }
 
@@ -93,23 +192,13 @@ func runMigrate(ctx context.Context, cfg config.Config) error {
 	return nil
 }
 
-func runAPIKey(ctx context.Context, cfg config.Config, args []string) error {
-	if len(args) == 0 || args[0] != "create" {
-		return errors.New("usage: tuneforge apikey create --org ORG --user USER --scopes fine-tuning:read,fine-tuning:write")
-	}
-	fs := flag.NewFlagSet("apikey create", flag.ContinueOnError)
-	org := fs.String("org", "", "organization ID")
-	user := fs.String("user", "", "user ID")
-	scopes := fs.String("scopes", strings.Join(apikey.AllScopes, ","), "comma-separated scopes")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
-	}
+func runAPIKey(ctx context.Context, cfg config.Config, org, user, scopes string) error {
 	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	key, err := apikey.Create(ctx, store, *org, *user, config.SplitList(*scopes))
+	key, err := apikey.Create(ctx, store, org, user, config.SplitList(scopes))
 	if err != nil {
 		return err
 	}
@@ -127,18 +216,18 @@ func runAPI(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	return group(ctx, p.apiRoles(cfg)...)
 }
 
-func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []string) error {
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	hardware := fs.String("hardware", "", "hardware pool to train on (omit for the control worker)")
-	slots := fs.Int("slots", 1, "jobs this training worker runs at once (its GPUs)")
-	trainerName := fs.String("trainer", cfg.Trainer, "trainer backend: builtin or command (TUNEFORGE_TRAINER)")
-	id := fs.String("id", "", "stable worker ID (default: host name and pool)")
-	if err := fs.Parse(args); err != nil {
-		return err
+// workerFlags are `tuneforge worker`'s flags.
+type workerFlags struct {
+	hardware, trainer, id string
+	slots                 int
+}
+
+func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, w workerFlags) error {
+	if w.trainer != "" {
+		cfg.Trainer = w.trainer
 	}
-	cfg.Trainer = *trainerName
 	if err := cfg.CheckTrainer(); err != nil {
-		return err
+		return cli.UsageError(err)
 	}
 	p, err := connect(ctx, cfg, log)
 	if err != nil {
@@ -148,21 +237,21 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, args []
 	if err := workers.RegisterSearchAttributes(ctx, p.temporal, cfg.TemporalNamespace); err != nil {
 		return err
 	}
-	if *hardware == "" {
+	if w.hardware == "" {
 		log.Info("control worker running")
 		return workers.RunControl(ctx, p.temporal, p.activities())
 	}
-	if *id == "" {
+	if w.id == "" {
 		host, _ := os.Hostname()
-		*id = host + "/" + *hardware
+		w.id = host + "/" + w.hardware
 	}
-	acts, err := p.trainingActivities(cfg, *id)
+	acts, err := p.trainingActivities(cfg, w.id)
 	if err != nil {
 		return err
 	}
-	log.Info("training worker running", "hardware", *hardware, "slots", *slots, "id", *id, "trainer", trainerLabel(cfg))
+	log.Info("training worker running", "hardware", w.hardware, "slots", w.slots, "id", w.id, "trainer", trainerLabel(cfg))
 	return workers.RunTraining(ctx, p.temporal, acts, workers.Training{
-		ID: *id, HardwareID: *hardware, Slots: *slots, CheckGPUs: cfg.Trainer == config.TrainerCommand,
+		ID: w.id, HardwareID: w.hardware, Slots: w.slots, CheckGPUs: cfg.Trainer == config.TrainerCommand,
 	}, log)
 }
 

@@ -1,0 +1,493 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func jobsCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "jobs",
+		Short: "Create, list, follow and manage fine-tuning jobs",
+	}
+	cmd.AddCommand(jobsCreate(a), jobsList(a), jobsGet(a),
+		jobTransition(a, "stop", "Stop a queued or running job (it keeps its checkpoint; restart resumes it)"),
+		jobsRestart(a),
+		jobTransition(a, "deploy", "Deploy a completed job's model, so chat completions answer for it"),
+		jobsDelete(a), jobsLogs(a), jobsMetrics(a), jobsEvents(a), jobsCheckpoints(a))
+	return cmd
+}
+
+// createRequest is POST /jobs's body; hyperparameters only as given.
+type createRequest struct {
+	Name            string            `json:"name"`
+	BaseModel       string            `json:"baseModel"`
+	TrainingDataset string            `json:"trainingDataset"`
+	ValidationFile  string            `json:"validationFile,omitempty"`
+	Description     string            `json:"description,omitempty"`
+	Suffix          string            `json:"suffix,omitempty"`
+	Hardware        string            `json:"hardware,omitempty"`
+	Metadata        map[string]string `json:"metadata,omitempty"`
+	Hyperparameters map[string]any    `json:"hyperparameters,omitempty"`
+}
+
+func jobsCreate(a *app) *cobra.Command {
+	var req createRequest
+	var epochs, batchSize, warmupSteps int
+	var learningRate float64
+	var idemKey string
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a fine-tuning job",
+		Long: `Create a fine-tuning job. --training-dataset and --validation-file take a
+dataset ID (ds_…), a local file (uploaded first, with its progress shown),
+or a path inside the server's data directory.`,
+		Example: `  tuneforge jobs create --name "Support intents" --base-model llama-3.1-8b \
+    --training-dataset train.jsonl --validation-file valid.jsonl --epochs 3 --suffix support-v1 -f`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			hp := map[string]any{}
+			for flag, v := range map[string]any{"epochs": epochs, "learning-rate": learningRate, "batch-size": batchSize, "warmup-steps": warmupSteps} {
+				if cmd.Flags().Changed(flag) {
+					hp[camel(flag)] = v
+				}
+			}
+			if len(hp) > 0 {
+				req.Hyperparameters = hp
+			}
+			for _, ref := range []*string{&req.TrainingDataset, &req.ValidationFile} {
+				if err := a.uploadIfLocal(ctx, cmd.ErrOrStderr(), ref); err != nil {
+					return err
+				}
+			}
+			header := http.Header{"Content-Type": {"application/json"}}
+			if idemKey != "" {
+				header.Set("Idempotency-Key", idemKey)
+			}
+			b, _ := json.Marshal(req)
+			resp, err := a.client.send(ctx, http.MethodPost, fineTuning+"/jobs", strings.NewReader(string(b)), header)
+			if err != nil {
+				return err
+			}
+			raw, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return err
+			}
+			var job Job
+			if err := json.Unmarshal(raw, &job); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if a.json {
+				if err := writeJSON(out, raw); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(out, "job %s created (%s)\n", job.ID, job.Status)
+			}
+			if !follow {
+				return nil
+			}
+			return a.followLogs(ctx, cmd, job.ID, url.Values{})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "the job's name (required)")
+	f.StringVar(&req.BaseModel, "base-model", "", "the base model's ID; GET /api/v1/fine-tuning/base-models lists them (required)")
+	f.StringVar(&req.TrainingDataset, "training-dataset", "", "dataset ID, local file or data-directory path (required)")
+	f.StringVar(&req.ValidationFile, "validation-file", "", "dataset ID, local file or data-directory path")
+	f.StringVar(&req.Description, "description", "", "what the job is for")
+	f.StringVar(&req.Suffix, "suffix", "", "the result model's suffix: <base-model>-<suffix>")
+	f.StringVar(&req.Hardware, "hardware", "", "the hardware pool (default: the base model's)")
+	f.StringToStringVar(&req.Metadata, "metadata", nil, "key=value pairs to attach (repeat or comma-separate)")
+	f.IntVar(&epochs, "epochs", 3, "epochs to train")
+	f.Float64Var(&learningRate, "learning-rate", 0.0002, "the learning rate")
+	f.IntVar(&batchSize, "batch-size", 8, "examples per step")
+	f.IntVar(&warmupSteps, "warmup-steps", 0, "steps over which the learning rate ramps up")
+	f.StringVar(&idemKey, "idempotency-key", "", "send Idempotency-Key, so a retried create makes one job")
+	f.BoolVarP(&follow, "follow", "f", false, "follow the job's log until it ends (exit 3 unless it completes)")
+	for _, name := range []string{"name", "base-model", "training-dataset"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+// camel turns a flag name into the API's field name: learning-rate → learningRate.
+func camel(flag string) string {
+	parts := strings.Split(flag, "-")
+	for i := 1; i < len(parts); i++ {
+		parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
+	}
+	return strings.Join(parts, "")
+}
+
+// uploadIfLocal uploads *ref when it names a local file, and makes it the
+// dataset's ID.
+func (a *app) uploadIfLocal(ctx context.Context, status io.Writer, ref *string) error {
+	if *ref == "" || strings.HasPrefix(*ref, "ds_") {
+		return nil
+	}
+	if st, err := os.Stat(*ref); err != nil || !st.Mode().IsRegular() {
+		return nil // a path inside the server's data directory
+	}
+	d, _, err := a.upload(ctx, status, *ref, "")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(status, "uploaded %s as %s\n", *ref, d.ID)
+	*ref = d.ID
+	return nil
+}
+
+func jobsList(a *app) *cobra.Command {
+	var status, baseModel, search, sort string
+	var limit, offset int
+	var metadata map[string]string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List jobs: filter by status, base model, metadata or a search term; sort; page",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{"limit": {strconv.Itoa(limit)}, "offset": {strconv.Itoa(offset)}}
+			for k, v := range map[string]string{"status": status, "baseModel": baseModel, "search": search, "sort": sort} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			for k, v := range metadata {
+				q.Set("metadata["+k+"]", v)
+			}
+			var page struct {
+				Count int64 `json:"count"`
+				Jobs  []Job `json:"jobs"`
+			}
+			raw, err := a.client.get(cmd.Context(), fineTuning+"/jobs?"+q.Encode(), &page)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(cmd.OutOrStdout(), raw)
+			}
+			rows := make([][]string, len(page.Jobs))
+			for i, j := range page.Jobs {
+				rows[i] = []string{j.ID, j.Name, j.BaseModel, j.Status, when(&j.CreatedAt)}
+			}
+			if err := table(cmd.OutOrStdout(), []string{"ID", "NAME", "BASE MODEL", "STATUS", "CREATED"}, rows); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d jobs\n", len(page.Jobs), page.Count)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&status, "status", "", "queued, running, completed, failed, stopped or deployed")
+	f.StringVar(&baseModel, "base-model", "", "a base model's ID")
+	f.StringVar(&search, "search", "", "words in the name or description")
+	f.StringVar(&sort, "sort", "", "field:asc or field:desc (createdAt, updatedAt, startedAt, finishedAt, name, status)")
+	f.StringToStringVar(&metadata, "metadata", nil, "key=value pairs the jobs must hold")
+	f.IntVar(&limit, "limit", 20, "how many to list (1 to 100)")
+	f.IntVar(&offset, "offset", 0, "how many to skip")
+	return cmd
+}
+
+func jobsGet(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ID",
+		Short: "Show a job",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var j Job
+			raw, err := a.client.get(cmd.Context(), jobPath(args[0]), &j)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(cmd.OutOrStdout(), raw)
+			}
+			hp := j.Hyperparameters
+			epoch := "-"
+			if j.Metrics.Epoch != nil {
+				epoch = fmt.Sprintf("%d of %d", *j.Metrics.Epoch, hp.Epochs)
+			}
+			var md []string
+			for _, k := range slices.Sorted(maps.Keys(j.Metadata)) {
+				md = append(md, k+"="+j.Metadata[k])
+			}
+			return fields(cmd.OutOrStdout(), [][2]string{
+				{"ID", j.ID}, {"Name", j.Name}, {"Status", j.Status}, {"Base model", j.BaseModel}, {"Hardware", j.Hardware},
+				{"Training file", j.TrainingFile + " (" + j.TrainingDataset + ")"}, {"Validation file", orDash(j.ValidationFile)},
+				{"Hyperparameters", fmt.Sprintf("epochs %d, learning rate %g, batch size %d, warmup steps %d", hp.Epochs, hp.LearningRate, hp.BatchSize, hp.WarmupSteps)},
+				{"Epoch", epoch}, {"Training loss", loss(j.Metrics.TrainingLoss)}, {"Validation loss", loss(j.Metrics.ValidationLoss)},
+				{"Trained tokens", strconv.FormatInt(j.TrainedTokens, 10)}, {"Result model", orDash(j.ResultModel)}, {"Error", orDash(j.Error)},
+				{"Metadata", strings.Join(md, ", ")}, {"Owner", j.Owner},
+				{"Created", when(&j.CreatedAt)}, {"Started", when(j.StartedAt)}, {"Finished", when(j.FinishedAt)},
+			})
+		},
+	}
+}
+
+// transitioned prints a stop, restart or deploy's answer.
+func (a *app) transitioned(cmd *cobra.Command, raw []byte) error {
+	if a.json {
+		return writeJSON(cmd.OutOrStdout(), raw)
+	}
+	var res struct {
+		ID          string `json:"id"`
+		Status      string `json:"status"`
+		Message     string `json:"message"`
+		ResultModel string `json:"resultModel"`
+	}
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return err
+	}
+	msg := fmt.Sprintf("%s: %s (%s)", res.ID, res.Message, res.Status)
+	if res.ResultModel != "" {
+		msg += "; model " + res.ResultModel
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), msg)
+	return nil
+}
+
+func jobTransition(a *app, name, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   name + " ID",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := a.client.call(cmd.Context(), http.MethodPost, jobPath(args[0], "/"+name), nil)
+			if err != nil {
+				return err
+			}
+			return a.transitioned(cmd, raw)
+		},
+	}
+}
+
+func jobsRestart(a *app) *cobra.Command {
+	var from string
+	cmd := &cobra.Command{
+		Use:   "restart ID",
+		Short: "Restart a stopped or failed job from its latest checkpoint, or from a kept one",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var body any
+			if from != "" {
+				body = map[string]string{"fromCheckpoint": from}
+			}
+			raw, err := a.client.call(cmd.Context(), http.MethodPost, jobPath(args[0], "/restart"), body)
+			if err != nil {
+				return err
+			}
+			return a.transitioned(cmd, raw)
+		},
+	}
+	cmd.Flags().StringVar(&from, "from-checkpoint", "", "a checkpoint ID from `tuneforge jobs checkpoints ID`")
+	return cmd
+}
+
+func jobsDelete(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a job with its logs, metrics, checkpoints and model (a running job must be stopped first)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := a.client.call(cmd.Context(), http.MethodDelete, jobPath(args[0]), nil); err != nil {
+				return err
+			}
+			if !a.json {
+				fmt.Fprintf(cmd.OutOrStdout(), "job %s deleted\n", args[0])
+			}
+			return nil
+		},
+	}
+}
+
+type logLine struct {
+	ID        int64     `json:"id"`
+	Timestamp time.Time `json:"timestamp"`
+	Level     string    `json:"level"`
+	Message   string    `json:"message"`
+}
+
+func (l logLine) String() string {
+	return fmt.Sprintf("%s  %-5s  %s", l.Timestamp.Local().Format("15:04:05.000"), l.Level, l.Message)
+}
+
+func jobsLogs(a *app) *cobra.Command {
+	var follow bool
+	var lines int
+	cmd := &cobra.Command{
+		Use:   "logs ID",
+		Short: "Print a job's log; with -f, follow it until the job ends",
+		Long: `Print a job's newest log lines. With -f (--follow) new lines are printed as
+they are written, until the job's run ends; on a terminal a progress bar
+shows its epoch, step and loss. With -f the exit code says how the job
+ended: 0 completed or deployed, 3 failed, stopped or deleted.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			q := url.Values{"lines": {strconv.Itoa(lines)}}
+			if follow {
+				return a.followLogs(cmd.Context(), cmd, args[0], q)
+			}
+			var page struct {
+				Logs []logLine `json:"logs"`
+			}
+			raw, err := a.client.get(cmd.Context(), jobPath(args[0], "/logs?"+q.Encode()), &page)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(cmd.OutOrStdout(), raw)
+			}
+			for _, l := range page.Logs {
+				fmt.Fprintln(cmd.OutOrStdout(), l)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the log until the job ends")
+	cmd.Flags().IntVar(&lines, "lines", 100, "how many of the newest lines to print first (1 to 10000)")
+	return cmd
+}
+
+type metricPoint struct {
+	Step           int      `json:"step"`
+	Epoch          int      `json:"epoch"`
+	TrainingLoss   float64  `json:"trainingLoss"`
+	ValidationLoss *float64 `json:"validationLoss"`
+	LearningRate   float64  `json:"learningRate"`
+	Tokens         int64    `json:"tokens"`
+}
+
+type jobMetrics struct {
+	Metrics struct {
+		CurrentEpoch int           `json:"currentEpoch"`
+		TotalEpochs  int           `json:"totalEpochs"`
+		Steps        []metricPoint `json:"steps"`
+	} `json:"metrics"`
+}
+
+func jobsMetrics(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "metrics ID",
+		Short: "Print a job's metric points: step, epoch, losses, learning rate, tokens",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var m jobMetrics
+			raw, err := a.client.get(cmd.Context(), jobPath(args[0], "/metrics"), &m)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(cmd.OutOrStdout(), raw)
+			}
+			rows := make([][]string, len(m.Metrics.Steps))
+			for i, p := range m.Metrics.Steps {
+				rows[i] = []string{strconv.Itoa(p.Step), strconv.Itoa(p.Epoch), loss(&p.TrainingLoss), loss(p.ValidationLoss),
+					fmt.Sprintf("%.3g", p.LearningRate), strconv.FormatInt(p.Tokens, 10)}
+			}
+			return table(cmd.OutOrStdout(), []string{"STEP", "EPOCH", "TRAINING LOSS", "VALIDATION LOSS", "LEARNING RATE", "TOKENS"}, rows)
+		},
+	}
+}
+
+func jobsEvents(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "events ID",
+		Short: "Print what happened to a job, and why, oldest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			type event struct {
+				ID        string    `json:"id"`
+				Type      string    `json:"type"`
+				Level     string    `json:"level"`
+				Message   string    `json:"message"`
+				CreatedAt time.Time `json:"createdAt"`
+			}
+			var all []event
+			var raws []json.RawMessage
+			after := ""
+			for {
+				var page struct {
+					Events  []json.RawMessage `json:"events"`
+					HasMore bool              `json:"hasMore"`
+				}
+				q := url.Values{"limit": {"1000"}}
+				if after != "" {
+					q.Set("after", after)
+				}
+				if _, err := a.client.get(cmd.Context(), jobPath(args[0], "/events?"+q.Encode()), &page); err != nil {
+					return err
+				}
+				for _, r := range page.Events {
+					var e event
+					if err := json.Unmarshal(r, &e); err != nil {
+						return err
+					}
+					all, raws, after = append(all, e), append(raws, r), e.ID
+				}
+				if !page.HasMore {
+					break
+				}
+			}
+			if a.json {
+				b, _ := json.Marshal(map[string]any{"jobId": args[0], "events": raws, "hasMore": false})
+				return writeJSON(cmd.OutOrStdout(), b)
+			}
+			rows := make([][]string, len(all))
+			for i, e := range all {
+				rows[i] = []string{when(&e.CreatedAt), e.Type, e.Message}
+			}
+			return table(cmd.OutOrStdout(), []string{"TIME", "EVENT", "MESSAGE"}, rows)
+		},
+	}
+}
+
+func jobsCheckpoints(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "checkpoints ID",
+		Short: "List the checkpoints a job keeps (restart --from-checkpoint takes their IDs)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var page struct {
+				Checkpoints []struct {
+					ID             string    `json:"id"`
+					Step           int       `json:"step"`
+					Epoch          int       `json:"epoch"`
+					TrainingLoss   *float64  `json:"trainingLoss"`
+					ValidationLoss *float64  `json:"validationLoss"`
+					Bytes          int64     `json:"bytes"`
+					CreatedAt      time.Time `json:"createdAt"`
+				} `json:"checkpoints"`
+			}
+			raw, err := a.client.get(cmd.Context(), jobPath(args[0], "/checkpoints"), &page)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return writeJSON(cmd.OutOrStdout(), raw)
+			}
+			rows := make([][]string, len(page.Checkpoints))
+			for i, k := range page.Checkpoints {
+				rows[i] = []string{k.ID, strconv.Itoa(k.Step), strconv.Itoa(k.Epoch), loss(k.TrainingLoss), loss(k.ValidationLoss),
+					humanBytes(k.Bytes), when(&k.CreatedAt)}
+			}
+			return table(cmd.OutOrStdout(), []string{"ID", "STEP", "EPOCH", "TRAINING LOSS", "VALIDATION LOSS", "SIZE", "CREATED"}, rows)
+		},
+	}
+}
