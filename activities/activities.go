@@ -17,6 +17,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
@@ -86,6 +87,14 @@ type StatusRecord struct {
 
 // RecordStatus writes a transition (and its log line) to PostgreSQL.
 func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
+	err := a.recordStatus(ctx, r)
+	if err == nil {
+		metrics.JobTransitions.WithLabelValues(string(r.Status)).Inc()
+	}
+	return err
+}
+
+func (a *Activities) recordStatus(ctx context.Context, r StatusRecord) error {
 	return a.Store.Transact(ctx, func(tx db.Conn) error {
 		err := tx.SetStatus(ctx, r.JobID, r.Status, r.Error, r.Cancel, r.At)
 		if db.IsNotFound(err) {

@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/metrics"
 )
 
 // The GPU queue. A waiting job holds no worker slot and no connection: its
@@ -56,7 +57,7 @@ func (a *Activities) RequestGPU(ctx context.Context, req LeaseRequest) (GPUTicke
 	}
 	ticket := GPUTicket{Granted: place.Granted, RequestedAt: place.RequestedAt}
 	if place.Granted {
-		return ticket, a.appendLog(ctx, req.JobID, LevelInfo, acquiredLog(req.HardwareID))
+		return ticket, a.granted(ctx, req)
 	}
 	msg := fmt.Sprintf("Waiting for a GPU slot on %s (%d of your organization's jobs ahead of it on this pool)", req.HardwareID, place.Ahead)
 	err = recordEvent(ctx, a.Store.Conn, db.Event{JobID: req.JobID, Type: db.EventWaitingForGPU, Message: msg,
@@ -84,11 +85,18 @@ func (a *Activities) enqueue(ctx context.Context, req LeaseRequest) (db.GPUPlace
 
 // GPUGranted logs that a waiting job got its slot.
 func (a *Activities) GPUGranted(ctx context.Context, req LeaseRequest) error {
-	return a.appendLog(ctx, req.JobID, LevelInfo, acquiredLog(req.HardwareID))
+	return a.granted(ctx, req)
 }
 
-func acquiredLog(hardwareID string) string {
-	return fmt.Sprintf("Acquired a GPU slot on %s", hardwareID)
+// granted logs and measures the job's grant of a slot.
+func (a *Activities) granted(ctx context.Context, req LeaseRequest) error {
+	if err := a.appendLog(ctx, req.JobID, LevelInfo, fmt.Sprintf("Acquired a GPU slot on %s", req.HardwareID)); err != nil {
+		return err
+	}
+	if activity.GetInfo(ctx).Attempt == 1 {
+		metrics.QueueWait.WithLabelValues(req.HardwareID).Observe(time.Since(req.QueuedAt).Seconds())
+	}
+	return nil
 }
 
 // ReleaseGPU gives the job's slot (or its place in the queue) back and

@@ -8,10 +8,12 @@ import (
 	"math"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/activity"
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -24,6 +26,39 @@ type EpochInput struct {
 	MaxSequenceLength int
 	Hyperparameters   trainer.Hyperparameters
 	Epoch             int
+	// HardwareID is the pool it trains on, for the trainer metrics.
+	HardwareID string `json:",omitempty"`
+}
+
+// throughput counts an attempt's steps and tokens into the trainer
+// metrics, from where the attempt began.
+type throughput struct {
+	steps, tokens prometheus.Counter
+	step          int
+	tok           int64
+}
+
+func newThroughput(ctx context.Context, in EpochInput, kind string, step int, tokens int64) *throughput {
+	pool := in.HardwareID
+	if pool == "" { // epochs scheduled before the pool was passed
+		pool = activity.GetInfo(ctx).TaskQueue
+	}
+	return &throughput{
+		steps: metrics.TrainerSteps.WithLabelValues(pool, kind), tokens: metrics.TrainerTokens.WithLabelValues(pool, kind),
+		step: step, tok: tokens,
+	}
+}
+
+// at counts progress up to step and tokens.
+func (t *throughput) at(step int, tokens int64) {
+	if step > t.step {
+		t.steps.Add(float64(step - t.step))
+		t.step = step
+	}
+	if tokens > t.tok {
+		t.tokens.Add(float64(tokens - t.tok))
+		t.tok = tokens
+	}
 }
 
 // EpochResult is an epoch's outcome, as the workflow records it.
@@ -121,7 +156,9 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 		lossSum            float64
 		lossN              int
 	)
+	counted := newThroughput(ctx, in, "builtin", state.Step, state.Tokens)
 	res, err := run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error {
+		counted.at(s.Step, s.Tokens)
 		lossSum += s.BatchLoss
 		lossN++
 		if s.EpochStep%every == 0 || s.EpochStep == s.StepsPerEpoch {

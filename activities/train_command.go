@@ -113,6 +113,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	}
 	h.ckpt.Store(int64(resumeStep))
 	h.step.Store(int64(resumeStep))
+	h.counted = newThroughput(ctx, in, "command", resumeStep, 0)
 
 	msg := fmt.Sprintf("Epoch %d/%d started (command trainer: %s)", in.Epoch, in.Hyperparameters.Epochs, a.Command)
 	if cfg.ResumeFrom != nil {
@@ -245,6 +246,7 @@ type commandHandler struct {
 	last      *command.Progress
 	pending   bool
 	lastWrite time.Time
+	counted   *throughput
 }
 
 // heartbeat reports progress until the returned func is called. It runs on
@@ -270,6 +272,11 @@ func (h *commandHandler) heartbeat() (stop func()) {
 // Progress implements command.Handler.
 func (h *commandHandler) Progress(p command.Progress) error {
 	h.step.Store(int64(p.Step))
+	if h.last == nil {
+		// A resumed trainer reports its tokens from the job's start.
+		h.counted.tok = p.Tokens
+	}
+	h.counted.at(p.Step, p.Tokens)
 	h.last, h.pending = &p, true
 	if time.Since(h.lastWrite) < pointEvery {
 		return nil

@@ -21,6 +21,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
@@ -38,11 +39,16 @@ func Dial(ctx context.Context, addr, namespace string, log *slog.Logger) (client
 	if err != nil {
 		return nil, fmt.Errorf("tracing interceptor: %w", err)
 	}
+	sdkMetrics, err := metrics.TemporalHandler()
+	if err != nil {
+		return nil, err
+	}
 	c, err := client.DialContext(ctx, client.Options{
-		HostPort:     addr,
-		Namespace:    namespace,
-		Logger:       tlog.NewStructuredLogger(log.With("component", "temporal-sdk")),
-		Interceptors: []interceptor.ClientInterceptor{tracing},
+		HostPort:       addr,
+		Namespace:      namespace,
+		Logger:         tlog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+		Interceptors:   []interceptor.ClientInterceptor{tracing},
+		MetricsHandler: sdkMetrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to Temporal at %s: %w", addr, err)

@@ -390,7 +390,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		var res activities.EpochResult
 		err := workflow.ExecuteActivity(tctx, a.TrainEpoch, activities.EpochInput{
 			JobID: in.JobID, BaseModel: in.BaseModel, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
-			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch,
+			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch, HardwareID: in.HardwareID,
 		}).Get(ctx, &res)
 		if err != nil {
 			return true, err

@@ -237,9 +237,10 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, w worke
 	if err := workers.RegisterSearchAttributes(ctx, p.temporal, cfg.TemporalNamespace); err != nil {
 		return err
 	}
+	serveMetrics := p.metricsRoles(cfg, false)
 	if w.hardware == "" {
 		log.Info("control worker running")
-		return workers.RunControl(ctx, p.temporal, p.activities())
+		return group(ctx, append(serveMetrics, func(ctx context.Context) error { return workers.RunControl(ctx, p.temporal, p.activities()) })...)
 	}
 	if w.id == "" {
 		host, _ := os.Hostname()
@@ -250,9 +251,11 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, w worke
 		return err
 	}
 	log.Info("training worker running", "hardware", w.hardware, "slots", w.slots, "id", w.id, "trainer", trainerLabel(cfg))
-	return workers.RunTraining(ctx, p.temporal, acts, workers.Training{
-		ID: w.id, HardwareID: w.hardware, Slots: w.slots, CheckGPUs: cfg.Trainer == config.TrainerCommand,
-	}, log)
+	return group(ctx, append(serveMetrics, func(ctx context.Context) error {
+		return workers.RunTraining(ctx, p.temporal, acts, workers.Training{
+			ID: w.id, HardwareID: w.hardware, Slots: w.slots, CheckGPUs: cfg.Trainer == config.TrainerCommand,
+		}, log)
+	})...)
 }
 
 // trainerLabel names the trainer backend for people.

@@ -12,6 +12,7 @@ import (
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/trainer/command"
 	"github.com/tuneforge/tuneforge/workers"
@@ -100,13 +101,28 @@ func (p *platform) api(cfg config.Config) *server.Server {
 }
 
 // apiRoles serve the API and, on its own address unless turned off, the
-// Prometheus metrics.
+// Prometheus metrics, the GPU pools' among them.
 func (p *platform) apiRoles(cfg config.Config) []func(context.Context) error {
 	api := p.api(cfg)
-	roles := []func(context.Context) error{func(ctx context.Context) error { return api.ListenAndServe(ctx, cfg.HTTPAddr) }}
-	if cfg.MetricsAddr != "" {
-		p.log.Info("metrics listening", "addr", cfg.MetricsAddr)
-		roles = append(roles, func(ctx context.Context) error { return server.ListenAndServeMetrics(ctx, cfg.MetricsAddr) })
+	metrics.RegisterPools(p.store, workers.GPULiveness, p.log)
+	return append([]func(context.Context) error{func(ctx context.Context) error { return api.ListenAndServe(ctx, cfg.HTTPAddr) }},
+		p.metricsRoles(cfg, true)...)
+}
+
+// metricsRoles serve the Prometheus metrics on TUNEFORGE_METRICS_ADDR
+// unless it is empty. A worker (required false) that cannot listen there,
+// because another process of the host does, warns and goes on without.
+func (p *platform) metricsRoles(cfg config.Config, required bool) []func(context.Context) error {
+	if cfg.MetricsAddr == "" {
+		return nil
 	}
-	return roles
+	p.log.Info("metrics listening", "addr", cfg.MetricsAddr)
+	return []func(context.Context) error{func(ctx context.Context) error {
+		err := server.ListenAndServeMetrics(ctx, cfg.MetricsAddr)
+		if err != nil && !required && ctx.Err() == nil {
+			p.log.Warn("metrics not served; give each process of a host its own TUNEFORGE_METRICS_ADDR", "addr", cfg.MetricsAddr, "err", err)
+			return nil
+		}
+		return err
+	}}
 }
