@@ -42,6 +42,9 @@ type Config struct {
 	SearchAttributes map[string]enumspb.IndexedValueType
 	// LogLevel is the Temporal server's own log level (default "error": it is chatty).
 	LogLevel string
+	// LogFile, when set, receives the Temporal server's own log instead
+	// of stderr, so a terminal shows only what the platform says.
+	LogFile string
 	// Logger receives the UI's errors.
 	Logger *slog.Logger
 }
@@ -114,7 +117,7 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "error"
 	}
-	logger := tlog.NewZapLogger(tlog.BuildZapLogger(tlog.Config{Level: cfg.LogLevel, Format: "console"}))
+	logger := tlog.NewZapLogger(tlog.BuildZapLogger(tlog.Config{Level: cfg.LogLevel, Format: "console", OutputFile: cfg.LogFile}))
 	authorizer, err := authorization.GetAuthorizerFromConfig(&serverCfg.Global.Authorization)
 	if err != nil {
 		return nil, fmt.Errorf("temporal authorizer: %w", err)

@@ -539,5 +539,5 @@ func datasetInUse(id string, users []db.JobRef, total int64) error {
 // own state rather than users' files.
 func reservedPath(rel string) bool {
 	first, _, _ := strings.Cut(filepath.ToSlash(filepath.Clean(rel)), "/")
-	return first == "artifacts" || strings.HasPrefix(first, "temporal.db") || first == "dev-api-key"
+	return first == "artifacts" || strings.HasPrefix(first, "temporal.db") || first == "temporal-server.log" || first == "dev-api-key"
 }

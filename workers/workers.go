@@ -46,7 +46,7 @@ func Dial(ctx context.Context, addr, namespace string, log *slog.Logger) (client
 	c, err := client.DialContext(ctx, client.Options{
 		HostPort:       addr,
 		Namespace:      namespace,
-		Logger:         tlog.NewStructuredLogger(log.With("component", "temporal-sdk")),
+		Logger:         tlog.NewStructuredLogger(slog.New(quietSDK{log.Handler()}).With("component", "temporal-sdk")),
 		Interceptors:   []interceptor.ClientInterceptor{tracing},
 		MetricsHandler: sdkMetrics,
 	})

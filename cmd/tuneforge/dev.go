@@ -44,6 +44,8 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	srv, err := devserver.Start(devserver.Config{
 		DatabaseFile:     filepath.Join(cfg.DataDir, "temporal.db"),
+		LogFile:          filepath.Join(cfg.DataDir, "temporal-server.log"),
+		LogLevel:         "warn",
 		FrontendAddr:     cfg.TemporalAddr,
 		UIAddr:           cfg.UIAddr,
 		Namespace:        cfg.TemporalNamespace,
@@ -97,7 +99,7 @@ tuneforge dev is running
   API             http://%s/api/v1/fine-tuning
   Metrics         %s
   Temporal Web UI %s
-  Temporal        %s (namespace %s)
+  Temporal        %s (namespace %s; its server's log: %s)
   Data directory  %s
   Training pools  %d slot(s) each on %d hardware pools (%s)
 
@@ -105,7 +107,7 @@ Development API key (org org_dev, user user_dev, both scopes):
   export TUNEFORGE_API_KEY=%s
   curl -H "X-API-Key: $TUNEFORGE_API_KEY" http://%s/api/v1/fine-tuning/jobs
 
-`, cfg.HTTPAddr, metricsURL(cfg.MetricsAddr), srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, cfg.DataDir, slots, len(hardware), trainerLabel(cfg), key, cfg.HTTPAddr)
+`, cfg.HTTPAddr, metricsURL(cfg.MetricsAddr), srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, filepath.Join(cfg.DataDir, "temporal-server.log"), cfg.DataDir, slots, len(hardware), trainerLabel(cfg), key, cfg.HTTPAddr)
 	return group(ctx, roles...)
 }
 
