@@ -133,8 +133,11 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 	}
 	steps := run.StepsPerEpoch()
 	every := max(1, int(math.Ceil(float64(steps)/metricPoints)))
-	msg := fmt.Sprintf("Epoch %d/%d started: %d steps of batch %d (builtin trainer: a compact hashed n-gram classifier trained on the CPU in place of the base model)",
-		in.Epoch, in.Hyperparameters.Epochs, steps, in.Hyperparameters.BatchSize)
+	msg := fmt.Sprintf("Epoch %d/%d started: %d steps of batch %d", in.Epoch, in.Hyperparameters.Epochs, steps, in.Hyperparameters.BatchSize)
+	if in.Epoch == 1 {
+		// Said once per job.
+		msg += " (builtin trainer: a compact hashed n-gram classifier trained on the CPU in place of the base model)"
+	}
 	if resumed && state.EpochStep > 0 {
 		msg = fmt.Sprintf("Epoch %d/%d resumed at step %d from its checkpoint", in.Epoch, in.Hyperparameters.Epochs, state.Step)
 		var last progress
@@ -213,10 +216,11 @@ func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochRe
 	if err := a.keepCheckpoint(ctx, in, res); err != nil {
 		return EpochResult{}, err
 	}
-	msg := fmt.Sprintf("Epoch %d/%d completed - loss: %.3f", res.Epoch, in.Hyperparameters.Epochs, res.TrainingLoss)
+	// Four significant digits, so a loss that falls by little still shows.
+	msg := fmt.Sprintf("Epoch %d/%d completed - loss: %.4g", res.Epoch, in.Hyperparameters.Epochs, res.TrainingLoss)
 	data := map[string]any{"epoch": res.Epoch, "step": res.Step, "trainingLoss": res.TrainingLoss, "trainedTokens": res.TrainedTokens}
 	if res.ValidationLoss != nil {
-		msg += fmt.Sprintf(", validation loss: %.3f", *res.ValidationLoss)
+		msg += fmt.Sprintf(", validation loss: %.4g", *res.ValidationLoss)
 		data["validationLoss"] = *res.ValidationLoss
 	}
 	return res, a.Store.Transact(ctx, func(tx db.Conn) error {

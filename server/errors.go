@@ -60,8 +60,11 @@ func (f fieldErrors) err(status int) error {
 		return nil
 	}
 	msg := f[0].Field + ": " + f[0].Message
-	if len(f) > 1 {
-		msg += fmt.Sprintf(" (and %d more problems)", len(f)-1)
+	switch more := len(f) - 1; {
+	case more == 1:
+		msg += " (and 1 more problem)"
+	case more > 1:
+		msg += fmt.Sprintf(" (and %d more problems)", more)
 	}
 	code := "invalid_request"
 	if status == http.StatusUnprocessableEntity {

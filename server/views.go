@@ -40,16 +40,19 @@ type jobSummary struct {
 // jobView is the full FineTuningJob object: the list's fields and more.
 type jobView struct {
 	jobSummary
-	TrainingDataset string             `json:"trainingDataset"`
-	TrainingFile    string             `json:"trainingFile"`
-	ValidationFile  *string            `json:"validationFile"`
-	Hyperparameters jobHyperparameters `json:"hyperparameters"`
-	Hardware        string             `json:"hardware"`
-	Suffix          string             `json:"suffix"`
-	ResultModel     *string            `json:"resultModel"`
-	Error           *string            `json:"error"`
-	Metrics         jobMetricsSummary  `json:"metrics"`
-	Metadata        map[string]string  `json:"metadata"`
+	TrainingDataset string  `json:"trainingDataset"`
+	TrainingFile    string  `json:"trainingFile"`
+	ValidationFile  *string `json:"validationFile"`
+	// The datasets' IDs, also for a job that imported its files by path.
+	TrainingDatasetID   string             `json:"trainingDatasetId"`
+	ValidationDatasetID *string            `json:"validationDatasetId"`
+	Hyperparameters     jobHyperparameters `json:"hyperparameters"`
+	Hardware            string             `json:"hardware"`
+	Suffix              string             `json:"suffix"`
+	ResultModel         *string            `json:"resultModel"`
+	Error               *string            `json:"error"`
+	Metrics             jobMetricsSummary  `json:"metrics"`
+	Metadata            map[string]string  `json:"metadata"`
 }
 
 type createdJobView struct {
@@ -76,6 +79,7 @@ func fullJob(j db.Job) jobView {
 	return jobView{
 		jobSummary:      summarize(j),
 		TrainingDataset: j.TrainingDataset, TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
+		TrainingDatasetID: j.TrainingDatasetID, ValidationDatasetID: j.ValidationDatasetID,
 		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps},
 		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: j.Error,
 		Metrics:  jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},

@@ -40,7 +40,7 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
+		return fmt.Errorf("cannot create the data directory %s (set TUNEFORGE_DATA_DIR to one you can write): %w", cfg.DataDir, err)
 	}
 	srv, err := devserver.Start(devserver.Config{
 		DatabaseFile:     filepath.Join(cfg.DataDir, "temporal.db"),
