@@ -102,6 +102,8 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 // lines, heartbeats about twenty times a second and returns promptly when
 // cancelled, after saving a checkpoint.
 func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
+	ctx, done := untilWorkerStops(ctx)
+	defer done()
 	train, err := a.loadExamples(ctx, in.DatasetKey, "training file")
 	if err != nil {
 		return EpochResult{}, err
@@ -186,8 +188,11 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 		// Stopped: keep the work done so a restart resumes here.
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if serr := a.saveState(saveCtx, in.JobID, state); serr != nil {
+		serr := a.saveState(saveCtx, in.JobID, state)
+		if serr != nil {
 			a.Logger.Warn("checkpoint on stop failed", "job", in.JobID, "err", serr)
+		} else if err := a.handBack(ctx, in, state.Step); err != nil {
+			return EpochResult{}, err
 		}
 		return EpochResult{}, ctx.Err()
 	}
@@ -238,6 +243,9 @@ func (a *Activities) recordResume(ctx context.Context, in EpochInput, step int) 
 	info := activity.GetInfo(ctx)
 	if info.Attempt <= 1 {
 		return nil
+	}
+	if handed, err := a.handedBack(ctx, in); err != nil || handed {
+		return err // a hand-back said so itself
 	}
 	return recordEvent(ctx, a.Store.Conn, db.Event{
 		JobID: in.JobID, Level: LevelWarn, Type: db.EventWorkerLost,

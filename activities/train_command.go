@@ -68,6 +68,8 @@ func SweepWorkRoot(root string) (killed int, err error) {
 // the data and the latest checkpoint into a fresh attempt directory, runs
 // the trainer on it, and records what the trainer reports.
 func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResult, error) {
+	ctx, done := untilWorkerStops(ctx)
+	defer done()
 	info := activity.GetInfo(ctx)
 	if err := os.MkdirAll(a.WorkDir, 0o755); err != nil {
 		return EpochResult{}, fmt.Errorf("create work directory: %w", err)
@@ -135,6 +137,11 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 		err = ferr
 	}
 	if err != nil {
+		// The trainer was stopped and its checkpoint uploaded before Run
+		// returned: a stopping worker can hand the epoch back.
+		if herr := a.handBack(ctx, in, int(h.ckpt.Load())); herr != nil {
+			return EpochResult{}, herr
+		}
 		return EpochResult{}, a.trainerFailure(ctx, in, info.Attempt, int(h.ckpt.Load()), err)
 	}
 	if in.Epoch == in.Hyperparameters.Epochs {

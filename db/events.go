@@ -21,6 +21,7 @@ const (
 	EventEpoch         EventType = "epoch_completed"
 	EventCheckpoint    EventType = "checkpoint_saved"
 	EventWorkerLost    EventType = "worker_lost"
+	EventWorkerStopped EventType = "worker_stopped"
 	EventStopped       EventType = "stopped"
 	EventCancelled     EventType = "cancelled"
 	EventRestarted     EventType = "restarted"

@@ -258,8 +258,9 @@ func TestTrainingWorkerReplacedMidEpoch(t *testing.T) {
 	if logs := org.Logs(t, id); !strings.Contains(logs, "resumed at step") {
 		t.Errorf("the new worker did not resume from the checkpoint: %s", logs)
 	}
-	if types, _ := eventTypes(t, org, id); !slices.Contains(types, "worker_lost") {
-		t.Errorf("no worker_lost event: %v", types)
+	// The stopped worker handed its epoch back.
+	if types, _ := eventTypes(t, org, id); !slices.Contains(types, "worker_stopped") {
+		t.Errorf("no worker_stopped event: %v", types)
 	}
 	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
 }

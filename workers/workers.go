@@ -119,9 +119,11 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	w := worker.New(c, workflows.TrainingTaskQueue(t.HardwareID), worker.Options{
 		MaxConcurrentActivityExecutionSize: t.Slots,
 		MaxHeartbeatThrottleInterval:       heartbeatThrottle,
-		// No grace period: a stopping worker cancels its epochs at once,
-		// TrainEpoch checkpoints on cancel, and another worker resumes.
-		Identity: t.ID,
+		// A stopping worker tells its epochs at once (TrainEpoch halts,
+		// checkpoints and hands the attempt back) and waits this long for
+		// them, so a rolling restart loses no progress.
+		WorkerStopTimeout: trainingStopTimeout(acts),
+		Identity:          t.ID,
 	})
 	w.RegisterActivity(acts)
 	// Each advertisement also dispatches the pool: slots this worker adds
@@ -158,6 +160,16 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 		log.Warn("withdraw training worker", "worker", t.ID, "err", derr)
 	}
 	return err
+}
+
+// trainingStopTimeout bounds a stopping training worker's wait for its
+// epochs to hand back: a checkpoint's save, and for the command trainer its
+// grace after SIGTERM and the checkpoint's upload.
+func trainingStopTimeout(acts *activities.Activities) time.Duration {
+	if acts.Command != nil {
+		return acts.Command.Grace + 90*time.Second
+	}
+	return 30 * time.Second
 }
 
 func run(ctx context.Context, w worker.Worker) error {

@@ -124,6 +124,12 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 	if logs := api.Logs(t, id); !strings.Contains(logs, "resumed at step") {
 		t.Errorf("the restarted platform did not resume from a checkpoint: %s", logs)
 	}
+	// The killed worker did not hand its epoch back: the next attempt says
+	// it was lost.
+	events := string(api.Do(t, "GET", "/api/v1/fine-tuning/jobs/"+id+"/events?limit=1000", nil).Raw)
+	if !strings.Contains(events, `"type":"worker_lost"`) || strings.Contains(events, `"type":"worker_stopped"`) {
+		t.Errorf("events after a SIGKILL: %s", events)
+	}
 }
 
 // waitMidEpochCheckpoint waits until the newest checkpoint in dir lies

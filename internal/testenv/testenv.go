@@ -42,7 +42,11 @@ type Env struct {
 	// AdapterDir is where deploys materialize adapters for the inference
 	// backend.
 	AdapterDir string
-	Log        *slog.Logger
+	// DatabaseURL, TemporalAddr and ArtifactsURL are where the platform's
+	// state is, for processes of its own a test starts (the binary's
+	// DATABASE_URL, TUNEFORGE_TEMPORAL_ADDR and TUNEFORGE_ARTIFACTS).
+	DatabaseURL, TemporalAddr, ArtifactsURL string
+	Log                                     *slog.Logger
 
 	inferenceURL string
 	maxActive    int
@@ -88,6 +92,7 @@ func (e *Env) start() error {
 		return err
 	}
 	e.cleanups = append(e.cleanups, drop)
+	e.DatabaseURL = dbURL
 	if e.Store, err = db.Open(e.ctx, dbURL); err != nil {
 		return err
 	}
@@ -106,11 +111,13 @@ func (e *Env) start() error {
 		return err
 	}
 	e.cleanups = append(e.cleanups, func() { _ = srv.Stop() })
+	e.TemporalAddr = srv.FrontendAddr()
 	if e.Temporal, err = workers.Dial(e.ctx, srv.FrontendAddr(), "default", e.Log); err != nil {
 		return err
 	}
 	e.cleanups = append(e.cleanups, e.Temporal.Close)
-	if e.Artifacts, err = artifacts.Open(e.ctx, "file://"+filepath.Join(e.DataDir, "artifacts")); err != nil {
+	e.ArtifactsURL = "file://" + filepath.Join(e.DataDir, "artifacts")
+	if e.Artifacts, err = artifacts.Open(e.ctx, e.ArtifactsURL); err != nil {
 		return err
 	}
 	e.AdapterDir = filepath.Join(e.DataDir, "adapters")
