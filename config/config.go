@@ -26,6 +26,9 @@ type Config struct {
 	DataDir           string // TUNEFORGE_DATA_DIR
 	Artifacts         string // TUNEFORGE_ARTIFACTS
 	LogLevel          slog.Level
+	// LogFormat is "json" or "text" (TUNEFORGE_LOG_FORMAT); empty means
+	// text on a terminal and JSON elsewhere.
+	LogFormat string
 	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
 	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization; 0 is no cap
 	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
@@ -149,6 +152,11 @@ func FromEnv() (Config, error) {
 	c.InferenceURL = strings.TrimRight(env("TUNEFORGE_INFERENCE_URL", ""), "/")
 	if err := c.LogLevel.UnmarshalText([]byte(env("TUNEFORGE_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("TUNEFORGE_LOG_LEVEL: %w", err)
+	}
+	switch c.LogFormat = env("TUNEFORGE_LOG_FORMAT", ""); c.LogFormat {
+	case "", "json", "text":
+	default:
+		return c, fmt.Errorf("TUNEFORGE_LOG_FORMAT=%q: must be json or text", c.LogFormat)
 	}
 	return c, nil
 }

@@ -167,7 +167,7 @@ func runs(name string, run func(context.Context, config.Config, *slog.Logger) er
 		if err != nil {
 			return cli.UsageError(err)
 		}
-		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+		log := newLogger(cfg, os.Stderr)
 		slog.SetDefault(log)
 		ctx := cmd.Context()
 		shutdownTracing, err := setupTracing(ctx, name)
