@@ -28,11 +28,11 @@ type Config struct {
 	LogLevel          slog.Level
 	// LogFormat is "json" or "text" (TUNEFORGE_LOG_FORMAT); empty means
 	// text on a terminal and JSON elsewhere.
-	LogFormat string
-	RateLimit         float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
-	MaxActiveJobs     int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization; 0 is no cap
-	ModelCacheBytes   int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
-	MetricsAddr       string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
+	LogFormat       string
+	RateLimit       float64 // TUNEFORGE_RATE_LIMIT: requests per second per API key; 0 is unlimited
+	MaxActiveJobs   int     // TUNEFORGE_MAX_ACTIVE_JOBS: queued plus running jobs per organization; 0 is no cap
+	ModelCacheBytes int64   // TUNEFORGE_MODEL_CACHE_BYTES: memory the API's served builtin models may take; 0 (unset) is serving.DefaultCacheBytes
+	MetricsAddr     string  // TUNEFORGE_METRICS_ADDR: Prometheus /metrics listen address; "" disables
 
 	// Abuse limits of the API.
 	AuthFailureRate   float64  // TUNEFORGE_AUTH_FAILURE_RATE: failed authentications per second per client address; 0 is unlimited

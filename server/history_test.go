@@ -59,6 +59,10 @@ func TestEventsCheckpointsAndRestartFromCheckpoint(t *testing.T) {
 	expect(t, org.Do(t, "GET", jobsPath+"?metadata[team]=other", nil), 200, `"count":0`)
 
 	types, events := eventTypes(t, org, id)
+	// Tests share the pool, so the job may have waited for it.
+	if len(types) > 2 && types[2] == "waiting_for_gpu" {
+		types, events = slices.Delete(types, 2, 3), slices.Delete(events, 2, 3)
+	}
 	want := []string{"created", "validated", "started",
 		"checkpoint_saved", "epoch_completed", "checkpoint_saved", "epoch_completed", "checkpoint_saved", "epoch_completed", "completed"}
 	if !slices.Equal(types, want) {
