@@ -41,6 +41,11 @@ test-python:
 	  elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	fi
 
+## test-ui: drive the web console in Chromium (playwright-core from npm) through a job's whole life on tuneforge dev; screenshots in bin/screenshots
+test-ui:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge
+	cd console/uitest && npm ci --no-audit --no-fund --loglevel=error && TUNEFORGE_BIN=$(CURDIR)/$(BIN) node console.test.mjs
+
 ## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency)
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
@@ -56,4 +61,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev build test test-python bench lint generate
+.PHONY: help dev build test test-python test-ui bench lint generate

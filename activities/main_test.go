@@ -14,12 +14,17 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
+	// A test that must have the process to itself runs again with this
+	// set, and without the platform (see runAlone).
+	if os.Getenv("TUNEFORGE_TEST_ALONE") != "" {
+		os.Exit(m.Run())
+	}
 	var err error
 	if env, err = testenv.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "start test platform:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := env.HoldToContract(m.Run())
 	env.Stop()
 	os.Exit(code)
 }

@@ -121,6 +121,7 @@ func createJob(org *testenv.Org, dataset, pool, name string) (string, error) {
 		return "", err
 	}
 	req.Header.Set("X-API-Key", org.Key)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", err

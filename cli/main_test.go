@@ -18,7 +18,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "start test platform:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := env.HoldToContract(m.Run())
 	env.Stop()
 	os.Exit(code)
 }

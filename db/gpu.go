@@ -200,3 +200,14 @@ func (c Conn) WithdrawGPUWorker(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// QueuePlace is where one of the organization's jobs stands in its pool's
+// queue: Granted, or waiting behind Ahead of the organization's jobs.
+// ErrNotFound when the job has asked for no slot.
+func (c Conn) QueuePlace(ctx context.Context, org, jobID string) (GPUPlace, error) {
+	r, err := c.q.GetJobQueuePlace(ctx, c.db, dbsqlc.GetJobQueuePlaceParams{JobID: jobID, OrganizationID: org})
+	if err != nil {
+		return GPUPlace{}, fmt.Errorf("read the queue place of %s: %w", jobID, NotFound(err))
+	}
+	return GPUPlace{Granted: r.Granted, Ahead: r.Ahead}, nil
+}

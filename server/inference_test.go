@@ -71,6 +71,7 @@ func streamChat(t *testing.T, key string, body map[string]any) (string, []string
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest("POST", env.API.URL+"/v1/chat/completions", bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +180,7 @@ func TestAdapterDeployAndServe(t *testing.T) {
 		body, _ := json.Marshal(map[string]any{"model": model, "stream": true, "messages": []map[string]string{{"role": "user", "content": "slow"}}})
 		req, _ := http.NewRequest("POST", env.API.URL+"/v1/chat/completions", bytes.NewReader(body))
 		req.Header.Set("X-API-Key", org.Key)
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			first <- err.Error()

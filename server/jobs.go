@@ -441,9 +441,26 @@ func (s *Server) loadJob(c *gin.Context) (db.Job, bool) {
 }
 
 func (s *Server) getJob(c *gin.Context) {
-	if job, ok := s.loadJob(c); ok {
-		c.JSON(http.StatusOK, fullJob(job))
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
 	}
+	v := fullJob(job)
+	if v.Phase != nil && *v.Phase == string(workflows.PhaseWaitingForGPU) {
+		place, err := s.Store.QueuePlace(c.Request.Context(), job.OrganizationID, job.ID)
+		switch {
+		case err == nil:
+			ahead := place.Ahead
+			if place.Granted {
+				ahead = 0 // its slot is granted; it starts next
+			}
+			v.QueuePosition = &ahead
+		case !db.IsNotFound(err): // not asked for a slot yet: no position
+			s.respondError(c, err)
+			return
+		}
+	}
+	c.JSON(http.StatusOK, v)
 }
 
 var sortKeys = map[string]bool{"createdAt": true, "updatedAt": true, "startedAt": true, "finishedAt": true, "name": true, "status": true}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/apikey"
 	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/console"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/serving"
@@ -111,6 +112,12 @@ func New(d Deps) *Server {
 
 	s.engine.GET("/healthz", s.health)
 	s.engine.GET("/readyz", s.ready)
+	s.engine.GET("/openapi.json", s.openAPIDocument)
+	s.engine.GET("/docs", s.docs)
+	// The web console: a page and its assets, which call the API above.
+	ui := gin.WrapH(http.StripPrefix("/console", console.Handler()))
+	s.engine.GET("/", gin.WrapH(console.Handler()))
+	s.engine.GET("/console/*file", ui)
 
 	read, write := s.auth(apikey.ScopeRead), s.auth(apikey.ScopeWrite)
 	ft := s.engine.Group("/api/v1/fine-tuning")
@@ -152,6 +159,22 @@ func New(d Deps) *Server {
 	s.engine.GET("/v1/models", read, s.listModels)
 	s.engine.GET("/v1/models/:model", read, s.getModel)
 	return s
+}
+
+// Routes lists the routes the API serves as "METHOD /path/{param}", the
+// spelling of its OpenAPI document, which must describe each one.
+func (s *Server) Routes() []string {
+	var out []string
+	for _, r := range s.engine.Routes() {
+		parts := strings.Split(r.Path, "/")
+		for i, p := range parts {
+			if len(p) > 1 && (p[0] == ':' || p[0] == '*') {
+				parts[i] = "{" + p[1:] + "}"
+			}
+		}
+		out = append(out, r.Method+" "+strings.Join(parts, "/"))
+	}
+	return out
 }
 
 // ServeHTTP makes Server an http.Handler.

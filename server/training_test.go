@@ -119,10 +119,19 @@ func TestOneSlotRunsJobsInTurn(t *testing.T) {
 			t.Fatalf("the other jobs did not both queue while the first trained: %v", h)
 		}
 	}
+	// Each job says where it stands: the third waits behind the second.
+	for id, want := range map[string][2]any{first: {"training", nil}, second: {"waiting_for_gpu", 0.0}, third: {"waiting_for_gpu", 1.0}} {
+		if j := org.Do(t, "GET", jobsPath+"/"+id, nil).Body; j["phase"] != want[0] || j["queuePosition"] != want[1] {
+			t.Errorf("job %s: phase %v, queuePosition %v; want %v", id, j["phase"], j["queuePosition"], want)
+		}
+	}
 	if !strings.Contains(org.Logs(t, third), "Waiting for a GPU slot on gpu-a100-80gb (") {
 		t.Error("the third job's log does not say it waits for a slot")
 	}
 	done := org.WaitStatus(t, first, time.Minute, "completed")
+	if done["phase"] != nil || done["queuePosition"] != nil {
+		t.Errorf("a completed job has phase %v, queuePosition %v", done["phase"], done["queuePosition"])
+	}
 	// Creation order: the second job gets the slot, the third keeps waiting.
 	running := org.WaitStatus(t, second, 30*time.Second, "running")
 	started, _ := time.Parse(time.RFC3339Nano, running["startedAt"].(string))

@@ -5,6 +5,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/workflows"
 )
 
 // The API's JSON shapes, field names exactly as the spec's.
@@ -53,6 +54,11 @@ type jobView struct {
 	Error               *string            `json:"error"`
 	Metrics             jobMetricsSummary  `json:"metrics"`
 	Metadata            map[string]string  `json:"metadata"`
+	// Phase says what an active job is doing (null once it has ended), and
+	// QueuePosition how many of the organization's jobs wait ahead of it
+	// for a GPU (only while it waits for one, and only on GET of the job).
+	Phase         *string `json:"phase"`
+	QueuePosition *int64  `json:"queuePosition"`
 }
 
 type createdJobView struct {
@@ -84,7 +90,27 @@ func fullJob(j db.Job) jobView {
 		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: j.Error,
 		Metrics:  jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
 		Metadata: orEmpty(j.Metadata),
+		Phase:    phase(j),
 	}
+}
+
+// phase reads an active job's phase from what its workflow has recorded:
+// a queued job validates its files, then waits for a GPU; a running one
+// trains. The workflow's own finer phases show in the Temporal Web UI.
+func phase(j db.Job) *string {
+	var p workflows.Phase
+	switch {
+	case j.Status == jobstatus.Running:
+		p = workflows.PhaseTraining
+	case j.Status == jobstatus.Queued && j.ValidatedAt == nil:
+		p = workflows.PhaseValidating
+	case j.Status == jobstatus.Queued:
+		p = workflows.PhaseWaitingForGPU
+	default:
+		return nil
+	}
+	s := string(p)
+	return &s
 }
 
 type baseModelView struct {

@@ -91,6 +91,34 @@ func (q *Queries) GetGPULease(ctx context.Context, db DBTX, jobID string) (GpuLe
 	return i, err
 }
 
+const getJobQueuePlace = `-- name: GetJobQueuePlace :one
+SELECT (l.granted_at IS NOT NULL)::bool AS granted,
+    (SELECT count(*) FROM gpu_leases a
+      WHERE a.hardware_id = l.hardware_id AND a.organization_id = l.organization_id AND a.granted_at IS NULL
+        AND (a.requested_at, a.job_id) < (l.requested_at, l.job_id)) AS ahead
+FROM gpu_leases l
+WHERE l.job_id = $1 AND l.organization_id = $2
+`
+
+type GetJobQueuePlaceParams struct {
+	JobID          string
+	OrganizationID string
+}
+
+type GetJobQueuePlaceRow struct {
+	Granted bool
+	Ahead   int64
+}
+
+// A job's place in its pool's queue, as its owner sees it: granted, or how
+// many of the same organization's jobs wait ahead of it.
+func (q *Queries) GetJobQueuePlace(ctx context.Context, db DBTX, arg GetJobQueuePlaceParams) (GetJobQueuePlaceRow, error) {
+	row := db.QueryRow(ctx, getJobQueuePlace, arg.JobID, arg.OrganizationID)
+	var i GetJobQueuePlaceRow
+	err := row.Scan(&i.Granted, &i.Ahead)
+	return i, err
+}
+
 const grantGPULease = `-- name: GrantGPULease :one
 UPDATE gpu_leases SET granted_at = now() WHERE job_id = $1
 RETURNING job_id, hardware_id, requested_at, granted_at, organization_id, notified_at

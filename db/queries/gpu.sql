@@ -95,3 +95,13 @@ WHERE hardware_id = @hardware_id AND organization_id = @organization_id AND gran
 
 -- name: GetGPULease :one
 SELECT * FROM gpu_leases WHERE job_id = $1;
+
+-- name: GetJobQueuePlace :one
+-- A job's place in its pool's queue, as its owner sees it: granted, or how
+-- many of the same organization's jobs wait ahead of it.
+SELECT (l.granted_at IS NOT NULL)::bool AS granted,
+    (SELECT count(*) FROM gpu_leases a
+      WHERE a.hardware_id = l.hardware_id AND a.organization_id = l.organization_id AND a.granted_at IS NULL
+        AND (a.requested_at, a.job_id) < (l.requested_at, l.job_id)) AS ahead
+FROM gpu_leases l
+WHERE l.job_id = @job_id AND l.organization_id = @organization_id;

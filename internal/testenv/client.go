@@ -34,12 +34,17 @@ func (c *Client) Do(t testing.TB, method, path string, body any) Response {
 func (c *Client) Send(t testing.TB, method, path string, body any, header http.Header) Response {
 	t.Helper()
 	var r io.Reader
+	// Bodies are sent with the content type a real client would give
+	// them: strings and values as JSON, raw bytes as a JSONL file.
+	contentType := "application/json"
 	switch b := body.(type) {
 	case nil:
+		contentType = ""
 	case string:
 		r = strings.NewReader(b)
 	case []byte:
 		r = bytes.NewReader(b)
+		contentType = "application/x-ndjson"
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
@@ -50,6 +55,9 @@ func (c *Client) Send(t testing.TB, method, path string, body any, header http.H
 	req, err := http.NewRequest(method, c.BaseURL+path, r)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	for k, v := range header {
 		req.Header[k] = v

@@ -50,6 +50,7 @@ type Env struct {
 
 	inferenceURL string
 	maxActive    int
+	contract     *contract
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -135,9 +136,14 @@ func (e *Env) start() error {
 		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
 		Inference: inf, AdapterDir: e.AdapterDir, MaxActiveJobs: e.maxActive,
 	})
+	// Every request and response is held to the OpenAPI document.
+	if e.contract, err = newContract(api.Routes()); err != nil {
+		return err
+	}
 	// The API's own HTTP server settings (timeouts, header limit), as in production.
 	e.API = httptest.NewUnstartedServer(api)
 	e.API.Config = api.HTTPServer("")
+	e.API.Config.Handler = e.contract.wrap(api)
 	e.API.Start()
 	return nil
 }
@@ -151,6 +157,29 @@ func (e *Env) Go(fn func(context.Context) error) {
 			e.Log.Error("test role stopped", "err", err)
 		}
 	}()
+}
+
+// OpenAPIViolations lists what the test API answered, or accepted, that
+// its OpenAPI document does not describe; a test binary fails with them.
+func (e *Env) OpenAPIViolations() []string {
+	if e.contract == nil {
+		return nil
+	}
+	return e.contract.report()
+}
+
+// HoldToContract is a test binary's exit code: code, or 1 when the API's
+// traffic broke its OpenAPI document (each breach is printed).
+func (e *Env) HoldToContract(code int) int {
+	v := e.OpenAPIViolations()
+	if len(v) == 0 {
+		return code
+	}
+	fmt.Fprintf(os.Stderr, "\nThe API's traffic in these tests broke server/openapi.yaml %d ways:\n", len(v))
+	for _, line := range v {
+		fmt.Fprintln(os.Stderr, "  "+line)
+	}
+	return 1
 }
 
 // Stop shuts everything down and drops the database.
