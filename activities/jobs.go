@@ -13,6 +13,8 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -67,7 +69,9 @@ func TooManyJobsMessage(active int64) string {
 // CreateJob writes a new job's row (and its idempotency key) unless the
 // organization is at its cap; a retry after a commit changes nothing.
 func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
-	return a.Store.Transact(ctx, func(tx db.Conn) error {
+	created := false
+	err := a.Store.Transact(ctx, func(tx db.Conn) error {
+		created = false
 		if _, err := tx.JobByID(ctx, j.ID); err == nil {
 			return nil
 		} else if !db.IsNotFound(err) {
@@ -115,6 +119,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		if err != nil {
 			return err
 		}
+		created = true
 		if j.IdempotencyKey == "" {
 			return nil
 		}
@@ -125,6 +130,10 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		}
 		return err
 	})
+	if err == nil && created {
+		metrics.JobTransitions.WithLabelValues(string(jobstatus.Queued)).Inc()
+	}
+	return err
 }
 
 // DeleteRequest names a job to delete.

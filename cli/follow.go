@@ -121,10 +121,10 @@ func readStream(r io.Reader, onLine func(logLine) error, onIdle func()) (string,
 }
 
 // drawProgress redraws the job's progress line, asking the API for its
-// state at most every two seconds; on anything but a terminal it does
+// state at most once a second; on anything but a terminal it does
 // nothing.
 func (a *app) drawProgress(ctx context.Context, p *progress, jobID string) {
-	if !p.on || time.Since(a.progressAt) < 2*time.Second {
+	if !p.on || time.Since(a.progressAt) < time.Second {
 		if p.on && a.progressLine != "" {
 			p.show(a.progressLine, true)
 		}

@@ -60,6 +60,7 @@ func TestPlatformMetrics(t *testing.T) {
 	metrics.RegisterPools(env.Store, workers.GPULiveness, env.Log)
 	got := scrapeMetrics(t)
 	for _, want := range []string{
+		`tuneforge_job_transitions_total{status="queued"}`,
 		`tuneforge_job_transitions_total{status="completed"}`,
 		`tuneforge_job_transitions_total{status="running"}`,
 		`tuneforge_gpu_queue_wait_seconds_count{pool="gpu-a100-40gb"}`,
