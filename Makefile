@@ -46,6 +46,14 @@ test-ui:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge
 	cd console/uitest && npm ci --no-audit --no-fund --loglevel=error && TUNEFORGE_BIN=$(CURDIR)/$(BIN) node console.test.mjs
 
+## test-fuzz: a short fuzz run of each target (FUZZTIME each, default 15s): the dataset validator, both APIs' JSON decoding, the trainer protocol's parsers
+FUZZTIME ?= 15s
+test-fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME) ./dataset
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLine$$' -fuzztime $(FUZZTIME) ./trainer/command
+	$(GO) test -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) ./trainer/command
+	$(GO) test -run '^$$' -fuzz '^FuzzJSONBodies$$' -fuzztime $(FUZZTIME) ./server/apifuzz
+
 ## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency)
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
@@ -61,4 +69,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev build test test-python test-ui bench lint generate
+.PHONY: help dev build test test-python test-ui test-fuzz bench lint generate

@@ -24,6 +24,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/devserver"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/internal/contract"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/trainer/command"
@@ -50,7 +51,7 @@ type Env struct {
 
 	inferenceURL string
 	maxActive    int
-	contract     *contract
+	contract     *contract.Contract
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -137,13 +138,13 @@ func (e *Env) start() error {
 		Inference: inf, AdapterDir: e.AdapterDir, MaxActiveJobs: e.maxActive,
 	})
 	// Every request and response is held to the OpenAPI document.
-	if e.contract, err = newContract(api.Routes()); err != nil {
+	if e.contract, err = contract.New(api.Routes()); err != nil {
 		return err
 	}
 	// The API's own HTTP server settings (timeouts, header limit), as in production.
 	e.API = httptest.NewUnstartedServer(api)
 	e.API.Config = api.HTTPServer("")
-	e.API.Config.Handler = e.contract.wrap(api)
+	e.API.Config.Handler = e.contract.Wrap(api)
 	e.API.Start()
 	return nil
 }
@@ -159,27 +160,13 @@ func (e *Env) Go(fn func(context.Context) error) {
 	}()
 }
 
-// OpenAPIViolations lists what the test API answered, or accepted, that
-// its OpenAPI document does not describe; a test binary fails with them.
-func (e *Env) OpenAPIViolations() []string {
-	if e.contract == nil {
-		return nil
-	}
-	return e.contract.report()
-}
-
 // HoldToContract is a test binary's exit code: code, or 1 when the API's
 // traffic broke its OpenAPI document (each breach is printed).
 func (e *Env) HoldToContract(code int) int {
-	v := e.OpenAPIViolations()
-	if len(v) == 0 {
+	if e.contract == nil {
 		return code
 	}
-	fmt.Fprintf(os.Stderr, "\nThe API's traffic in these tests broke server/openapi.yaml %d ways:\n", len(v))
-	for _, line := range v {
-		fmt.Fprintln(os.Stderr, "  "+line)
-	}
-	return 1
+	return e.contract.ExitCode(code)
 }
 
 // Stop shuts everything down and drops the database.

@@ -197,22 +197,25 @@ func Split(line string) ([]string, error) {
 		words   []string
 		cur     strings.Builder
 		inWord  bool
-		quote   rune
+		quote   byte
 		escaped bool
 	)
-	for _, r := range line {
+	// Byte by byte: every character that matters is ASCII, and bytes that
+	// are not UTF-8 (a Latin-1 file name) pass through unchanged.
+	for i := 0; i < len(line); i++ {
+		r := line[i]
 		switch {
 		case escaped:
-			if quote == '"' && !strings.ContainsRune(`"\$`+"`", r) {
-				cur.WriteRune('\\')
+			if quote == '"' && !strings.ContainsRune(`"\$`+"`", rune(r)) {
+				cur.WriteByte('\\')
 			}
-			cur.WriteRune(r)
+			cur.WriteByte(r)
 			escaped = false
 		case quote == '\'':
 			if r == '\'' {
 				quote = 0
 			} else {
-				cur.WriteRune(r)
+				cur.WriteByte(r)
 			}
 		case r == '\\':
 			escaped, inWord = true, true
@@ -220,7 +223,7 @@ func Split(line string) ([]string, error) {
 			if r == '"' {
 				quote = 0
 			} else {
-				cur.WriteRune(r)
+				cur.WriteByte(r)
 			}
 		case r == '\'' || r == '"':
 			quote, inWord = r, true
@@ -231,7 +234,7 @@ func Split(line string) ([]string, error) {
 				inWord = false
 			}
 		default:
-			cur.WriteRune(r)
+			cur.WriteByte(r)
 			inWord = true
 		}
 	}

@@ -1,10 +1,12 @@
-package testenv
+// Package contract holds an API to its OpenAPI document in tests.
+package contract
 
 import (
 	"bytes"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -17,19 +19,19 @@ import (
 	"github.com/tuneforge/tuneforge/server"
 )
 
-// contract holds the test API to its OpenAPI document: every response is
+// Contract holds a test API to its OpenAPI document: every response is
 // validated against it, and so is every request the API accepted (a 2xx),
 // so a handler and the document cannot drift apart.
-type contract struct {
+type Contract struct {
 	mu         sync.Mutex
 	v          validator.Validator
 	violations map[string]int
 	checked    int
 }
 
-// newContract holds routes, the API's, to the document: each must be in it,
-// and it must describe no route the API lacks.
-func newContract(routes []string) (*contract, error) {
+// New holds routes, the API's, to the document: each must be in it, and
+// it must describe no route the API lacks.
+func New(routes []string) (*Contract, error) {
 	b, err := server.OpenAPIJSON()
 	if err != nil {
 		return nil, err
@@ -45,7 +47,7 @@ func newContract(routes []string) (*contract, error) {
 	if ok, verrs := v.ValidateDocument(); !ok {
 		return nil, fmt.Errorf("the OpenAPI document is not valid OpenAPI 3.1: %s", describe(verrs))
 	}
-	c := &contract{v: v, violations: map[string]int{}}
+	c := &Contract{v: v, violations: map[string]int{}}
 	documented := map[string]bool{}
 	model, err := doc.BuildV3Model()
 	if err != nil {
@@ -72,7 +74,8 @@ func newContract(routes []string) (*contract, error) {
 // uploads, long streams) pass through unchecked.
 const captureLimit = 4 << 20
 
-func (c *contract) wrap(h http.Handler) http.Handler {
+// Wrap validates what h answers, and what it accepted.
+func (c *Contract) Wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var reqBody []byte
 		checkRequest := r.ContentLength >= 0 && r.ContentLength <= captureLimit
@@ -145,8 +148,9 @@ func describe(errs []*vErrors.ValidationError) string {
 	return strings.Join(out, "; ")
 }
 
-// report lists the violations seen, worst first.
-func (c *contract) report() []string {
+// Violations lists what the API answered, or accepted, that its document
+// does not describe, each once with its count.
+func (c *Contract) Violations() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]string, 0, len(c.violations))
@@ -191,3 +195,17 @@ func (r *recorder) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection (deadlines).
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// ExitCode is a test binary's exit code: code, or 1 when the API's traffic
+// broke its document (each breach is printed).
+func (c *Contract) ExitCode(code int) int {
+	v := c.Violations()
+	if len(v) == 0 {
+		return code
+	}
+	fmt.Fprintf(os.Stderr, "\nThe API's traffic in these tests broke server/openapi.yaml %d ways:\n", len(v))
+	for _, line := range v {
+		fmt.Fprintln(os.Stderr, "  "+line)
+	}
+	return 1
+}

@@ -1,0 +1,143 @@
+package server_test
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tuneforge/tuneforge/internal/testenv"
+)
+
+// process is one tuneforge role run from the production binary against
+// the test platform's PostgreSQL, Temporal and artifact store.
+type process struct {
+	t    *testing.T
+	bin  string
+	args []string
+	env  []string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	logs strings.Builder
+}
+
+func startProcess(t *testing.T, bin string, extraEnv []string, args ...string) *process {
+	p := &process{t: t, bin: bin, args: args, env: append(os.Environ(), append([]string{
+		"DATABASE_URL=" + env.DatabaseURL, "TUNEFORGE_TEMPORAL_ADDR=" + env.TemporalAddr, "TUNEFORGE_ARTIFACTS=" + env.ArtifactsURL,
+		"TUNEFORGE_DATA_DIR=" + t.TempDir(), "TUNEFORGE_METRICS_ADDR=", "TUNEFORGE_LOG_LEVEL=warn", "TUNEFORGE_RATE_LIMIT=0",
+	}, extraEnv...)...)}
+	p.start()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *process) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cmd = exec.Command(p.bin, p.args...)
+	p.cmd.Env = p.env
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// kill sends SIGKILL: the process gets no chance to tidy up.
+func (p *process) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// The platform's processes are killed one after another while jobs train
+// (SIGKILL: no checkpoint, no hand-back): a training worker, a control
+// worker and the API. Every job completes, and its metric steps run on
+// without a gap or a duplicate.
+func TestProcessesKilledMidRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills processes of the platform mid-run")
+	}
+	bin := buildBinary(t)
+	addr := freeAddr(t)
+	api := startProcess(t, bin, []string{"TUNEFORGE_HTTP_ADDR=" + addr}, "api")
+	control := startProcess(t, bin, nil, "worker")
+	training := startProcess(t, bin, nil, "worker", "--hardware", "gpu-a100-80gb-x4", "--slots", "2", "--id", "test/faults")
+	org := env.NewOrg(t)
+	remote := &testenv.Client{BaseURL: "http://" + addr, Key: org.Key}
+	waitReady(t, remote.BaseURL)
+
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(40000, 95))
+	const epochs = 3
+	var jobs []string
+	for range 2 {
+		r := remote.Do(t, "POST", jobsPath, map[string]any{"name": "survivor", "baseModel": "llama-3.1-70b", "trainingDataset": ds, "hyperparameters": map[string]any{"epochs": epochs}})
+		expect(t, r, 201)
+		jobs = append(jobs, r.Body["id"].(string))
+	}
+	for _, id := range jobs {
+		org.WaitStatus(t, id, time.Minute, "running")
+		org.WaitMetricPoints(t, id, 5)
+	}
+
+	for _, id := range jobs {
+		if len(org.MetricSteps(t, id)) >= epochs*25 {
+			t.Skip("training finished before the training worker was killed")
+		}
+	}
+	training.kill()
+	training.start()
+	control.kill()
+	control.start()
+	api.kill()
+	if r, err := http.Get(remote.BaseURL + "/healthz"); err == nil {
+		r.Body.Close()
+		t.Fatal("the API answers after SIGKILL")
+	}
+	api.start()
+	waitReady(t, remote.BaseURL)
+
+	for _, id := range jobs {
+		job := org.WaitStatus(t, id, 3*time.Minute, "completed", "failed")
+		if job["status"] != "completed" {
+			t.Fatalf("job %s %v: %v\ntraining worker:\n%s", id, job["status"], job["error"], training.logs.String())
+		}
+		checkSteps(t, org.MetricSteps(t, id), epochs, 5000)
+		if types, _ := eventTypes(t, org, id); !slices.Contains(types, "worker_lost") {
+			t.Errorf("job %s did not lose its worker: %v", id, types)
+		}
+		expect(t, remote.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"completed"`)
+	}
+}
+
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if r, err := http.Get(base + "/readyz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not ready", base)
+		}
+	}
+}
