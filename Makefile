@@ -54,9 +54,17 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) ./trainer/command
 	$(GO) test -run '^$$' -fuzz '^FuzzJSONBodies$$' -fuzztime $(FUZZTIME) ./server/apifuzz
 
-## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency)
+## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency), then bench-list
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
+	$(MAKE) bench-list
+
+## bench-list: GET /jobs over one organization of BENCH_BIG jobs and BENCH_ORGS sharing BENCH_SPREAD, custom and generic plans
+BENCH_BIG ?= 1000000
+BENCH_ORGS ?= 100
+BENCH_SPREAD ?= 1000000
+bench-list:
+	$(GO) run ./bench/listjobs -big $(BENCH_BIG) -orgs $(BENCH_ORGS) -spread $(BENCH_SPREAD)
 
 ## lint: gofmt, go vet, workflowcheck and sqlc diff (generated code is fresh)
 lint:
@@ -69,4 +77,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev build test test-python test-ui test-fuzz bench lint generate
+.PHONY: help dev build test test-python test-ui test-fuzz bench bench-list lint generate

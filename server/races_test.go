@@ -12,7 +12,8 @@ import (
 )
 
 // Two hundred creates at once with one Idempotency-Key make one job, and
-// every one of them is answered with it.
+// every one of them is answered with it (after a retry, for those told
+// to try again).
 func TestConcurrentCreatesWithOneKey(t *testing.T) {
 	t.Parallel()
 	org := env.NewOrg(t)
@@ -25,12 +26,23 @@ func TestConcurrentCreatesWithOneKey(t *testing.T) {
 		wg.Go(func() { answers[i] = env.Do(t, org.Key, "POST", jobsPath, body, key) })
 	}
 	wg.Wait()
+	// On a loaded machine some may be told to try again (503, nothing
+	// created); their retry is answered with the same job.
+	retried := 0
+	for i, r := range answers {
+		for r.Status == http.StatusServiceUnavailable && retried < len(answers) {
+			retried++
+			r = env.Do(t, org.Key, "POST", jobsPath, body, key)
+			answers[i] = r
+		}
+	}
 	id := answers[0].Body["id"]
 	for i, r := range answers {
 		if r.Status != http.StatusCreated || r.Body["id"] != id {
 			t.Fatalf("create %d: %d %s; the first made %v", i, r.Status, r.Raw, id)
 		}
 	}
+	t.Logf("%d of %d were told to try again", retried, len(answers))
 	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":1`)
 }
 
