@@ -62,13 +62,9 @@ func (s *Store) RequestGPU(ctx context.Context, r GPURequest, live time.Duration
 		if place.Granted {
 			return tx.MarkGrantNotified(ctx, r.JobID, lease.RequestedAt)
 		}
-		place.Ahead, err = tx.q.GPUQueuePosition(ctx, tx.db, dbsqlc.GPUQueuePositionParams{
-			HardwareID: r.HardwareID, OrganizationID: r.OrganizationID, RequestedAt: lease.RequestedAt, JobID: r.JobID,
-		})
-		if err != nil {
-			return fmt.Errorf("queue position: %w", err)
-		}
-		return nil
+		queued, err := tx.QueuePlace(ctx, r.OrganizationID, r.JobID)
+		place.Ahead = queued.Ahead
+		return err
 	})
 	if err != nil {
 		return GPUPlace{}, err

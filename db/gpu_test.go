@@ -381,22 +381,19 @@ func TestGPUQueuePosition(t *testing.T) {
 		lease{job: "o1", org: "a", at: 0, other: true})
 	cases := []struct {
 		job, org string
-		at       int
 		want     int64
 	}{
-		{"a1", "a", 1, 0},
-		{"a3", "a", 3, 1}, // not a2: granted
-		{"a4", "a", 3, 2}, // a3 requested at the same time has the smaller ID
-		{"a5", "a", 5, 3},
-		{"b1", "b", 0, 0}, // another organization's queue
+		{"a1", "a", 0},
+		{"a3", "a", 1}, // not a2: granted
+		{"a4", "a", 2}, // a3 requested at the same time has the smaller ID
+		{"a5", "a", 3},
+		{"b1", "b", 0}, // another organization's queue
 	}
 	for _, c := range cases {
-		got, err := f.q.GPUQueuePosition(f.ctx, f.tx, dbsqlc.GPUQueuePositionParams{
-			HardwareID: pool, OrganizationID: f.id(c.org), RequestedAt: at(c.at), JobID: f.id(c.job),
-		})
+		got, err := f.q.GetJobQueuePlace(f.ctx, f.tx, dbsqlc.GetJobQueuePlaceParams{JobID: f.id(c.job), OrganizationID: f.id(c.org)})
 		f.check(err)
-		if got != c.want {
-			t.Errorf("%s has %d ahead; want %d", c.job, got, c.want)
+		if got.Ahead != c.want {
+			t.Errorf("%s has %d ahead; want %d", c.job, got.Ahead, c.want)
 		}
 	}
 }

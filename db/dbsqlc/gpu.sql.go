@@ -46,33 +46,6 @@ func (q *Queries) GPUPoolUsage(ctx context.Context, db DBTX, arg GPUPoolUsagePar
 	return i, err
 }
 
-const gPUQueuePosition = `-- name: GPUQueuePosition :one
-SELECT count(*) FROM gpu_leases
-WHERE hardware_id = $1 AND organization_id = $2 AND granted_at IS NULL
-  AND (requested_at, job_id) < ($3::timestamptz, $4::text)
-`
-
-type GPUQueuePositionParams struct {
-	HardwareID     string
-	OrganizationID string
-	RequestedAt    time.Time
-	JobID          string
-}
-
-// How many of the same organization's jobs wait ahead of this one: other
-// organizations' queues are not the caller's business.
-func (q *Queries) GPUQueuePosition(ctx context.Context, db DBTX, arg GPUQueuePositionParams) (int64, error) {
-	row := db.QueryRow(ctx, gPUQueuePosition,
-		arg.HardwareID,
-		arg.OrganizationID,
-		arg.RequestedAt,
-		arg.JobID,
-	)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
-}
-
 const getGPULease = `-- name: GetGPULease :one
 SELECT job_id, hardware_id, requested_at, granted_at, organization_id, notified_at FROM gpu_leases WHERE job_id = $1
 `

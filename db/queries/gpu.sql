@@ -86,13 +86,6 @@ SELECT h.id,
     (SELECT count(*) FROM gpu_leases l WHERE l.hardware_id = h.id AND l.granted_at IS NULL) AS waiting
 FROM hardware h ORDER BY h.position;
 
--- name: GPUQueuePosition :one
--- How many of the same organization's jobs wait ahead of this one: other
--- organizations' queues are not the caller's business.
-SELECT count(*) FROM gpu_leases
-WHERE hardware_id = @hardware_id AND organization_id = @organization_id AND granted_at IS NULL
-  AND (requested_at, job_id) < (@requested_at::timestamptz, @job_id::text);
-
 -- name: GetGPULease :one
 SELECT * FROM gpu_leases WHERE job_id = $1;
 
