@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -58,14 +57,6 @@ func (p *process) kill() {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // The platform's processes are killed one after another while jobs train
 // (SIGKILL: no checkpoint, no hand-back): a training worker, a control
@@ -76,13 +67,13 @@ func TestProcessesKilledMidRun(t *testing.T) {
 		t.Skip("kills processes of the platform mid-run")
 	}
 	bin := buildBinary(t)
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	api := startProcess(t, bin, []string{"TUNEFORGE_HTTP_ADDR=" + addr}, "api")
 	control := startProcess(t, bin, nil, "worker")
 	training := startProcess(t, bin, nil, "worker", "--hardware", "gpu-a100-80gb-x4", "--slots", "2", "--id", "test/faults")
 	org := env.NewOrg(t)
 	remote := &testenv.Client{BaseURL: "http://" + addr, Key: org.Key}
-	waitReady(t, remote.BaseURL)
+	testenv.WaitOK(t, remote.BaseURL+"/readyz", 30*time.Second)
 
 	ds := org.Upload(t, "big.jsonl", testenv.Tickets(40000, 95))
 	const epochs = 3
@@ -112,7 +103,7 @@ func TestProcessesKilledMidRun(t *testing.T) {
 		t.Fatal("the API answers after SIGKILL")
 	}
 	api.start()
-	waitReady(t, remote.BaseURL)
+	testenv.WaitOK(t, remote.BaseURL+"/readyz", 30*time.Second)
 
 	for _, id := range jobs {
 		job := org.WaitStatus(t, id, 3*time.Minute, "completed", "failed")
@@ -127,17 +118,3 @@ func TestProcessesKilledMidRun(t *testing.T) {
 	}
 }
 
-func waitReady(t *testing.T, base string) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if r, err := http.Get(base + "/readyz"); err == nil {
-			r.Body.Close()
-			if r.StatusCode == 200 {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s is not ready", base)
-		}
-	}
-}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,13 +43,13 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 			c.Close(ctx)
 		}
 	})
-	httpAddr, temporalAddr := freeAddr(t), freeAddr(t)
+	httpAddr, temporalAddr := testenv.FreeAddr(t), testenv.FreeAddr(t)
 	environ := append(os.Environ(),
 		"DATABASE_URL="+dbURL,
 		"TUNEFORGE_DATA_DIR="+filepath.Join(dir, "data"),
 		"TUNEFORGE_HTTP_ADDR="+httpAddr,
 		"TUNEFORGE_TEMPORAL_ADDR="+temporalAddr,
-		"TUNEFORGE_UI_ADDR="+freeAddr(t),
+		"TUNEFORGE_UI_ADDR="+testenv.FreeAddr(t),
 		"TUNEFORGE_DEV_SLOTS=1",
 		"TUNEFORGE_RATE_LIMIT=0", // the test polls faster than a client should
 		"TUNEFORGE_LOG_LEVEL=warn",
@@ -67,19 +65,8 @@ func TestDevSurvivesSIGKILL(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
-		deadline := time.Now().Add(90 * time.Second)
-		for {
-			if resp, err := http.Get("http://" + httpAddr + "/healthz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					return cmd
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("tuneforge dev did not come up")
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		testenv.WaitOK(t, "http://"+httpAddr+"/healthz", 90*time.Second)
+		return cmd
 	}
 	first := start()
 	keyBytes, err := os.ReadFile(filepath.Join(dir, "data", "dev-api-key"))
@@ -152,11 +139,3 @@ func waitMidEpochCheckpoint(t *testing.T, dir string) {
 	t.Fatal("no checkpoint inside epoch 2 appeared")
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
