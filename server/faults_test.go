@@ -57,7 +57,6 @@ func (p *process) kill() {
 	}
 }
 
-
 // The platform's processes are killed one after another while jobs train
 // (SIGKILL: no checkpoint, no hand-back): a training worker, a control
 // worker and the API. Every job completes, and its metric steps run on
@@ -117,4 +116,3 @@ func TestProcessesKilledMidRun(t *testing.T) {
 		expect(t, remote.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"completed"`)
 	}
 }
-

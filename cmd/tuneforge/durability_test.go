@@ -138,4 +138,3 @@ func waitMidEpochCheckpoint(t *testing.T, dir string) {
 	}
 	t.Fatal("no checkpoint inside epoch 2 appeared")
 }
-
