@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,13 +22,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"go.temporal.io/sdk/client"
-
 	"github.com/tuneforge/tuneforge/apikey"
-	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/internal/apionly"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
-	"github.com/tuneforge/tuneforge/server"
 )
 
 func main() {
@@ -168,24 +164,14 @@ func queries(big bool) []string {
 	return q
 }
 
-// serve runs the API over st; listing needs no Temporal, so its client is
-// one that never connects.
+// serve runs the API over st; listing needs no Temporal.
 func serve(ctx context.Context, st *db.Store) (string, func(), error) {
-	temporal, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
+	api, closeAPI, err := apionly.New(ctx, st)
 	if err != nil {
 		return "", nil, err
 	}
-	dir, err := os.MkdirTemp("", "tuneforge-bench-")
-	if err != nil {
-		return "", nil, err
-	}
-	blobs, err := artifacts.Open(ctx, "file://"+dir)
-	if err != nil {
-		return "", nil, err
-	}
-	api := server.New(server.Deps{Store: st, Temporal: temporal, Artifacts: blobs, DataDir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	srv := httptest.NewServer(api)
-	return srv.URL, func() { srv.Close(); temporal.Close(); os.RemoveAll(dir) }, nil
+	return srv.URL, func() { srv.Close(); closeAPI() }, nil
 }
 
 // measure sends GET /jobs?q runs times, after a few to warm up (and to let

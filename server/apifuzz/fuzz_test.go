@@ -10,21 +10,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 
-	"go.temporal.io/sdk/client"
-
 	"github.com/tuneforge/tuneforge/apikey"
-	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/internal/apionly"
 	"github.com/tuneforge/tuneforge/internal/contract"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
-	"github.com/tuneforge/tuneforge/server"
 )
 
 var (
@@ -52,27 +48,14 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "tuneforge-fuzz-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	blobs, err := artifacts.Open(ctx, "file://"+dir+"/artifacts")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	// No Temporal server: a request that got as far as a workflow would
 	// fail as a 503, and the fuzz target with it.
-	temporal, err := client.NewLazyClient(client.Options{HostPort: "127.0.0.1:1"})
+	srv, closeAPI, err := apionly.New(ctx, store)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer temporal.Close()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := server.New(server.Deps{Store: store, Temporal: temporal, Artifacts: blobs, DataDir: dir, Logger: log})
+	defer closeAPI()
 	doc, err := contract.New(srv.Routes())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
