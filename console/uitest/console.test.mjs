@@ -101,20 +101,18 @@ try {
   check(await page.evaluate(() => sessionStorage.getItem("tuneforge.apiKey") !== null && localStorage.length === 0), "the key is kept in the session only");
 
   // Datasets: upload with progress; a bad line is reported by its number.
+  // upload sends a file from the datasets page and waits for its report to say report.
+  const upload = async (file, report) => {
+    await page.setInputFiles("#dataset-file", file);
+    await page.click("#upload");
+    await page.waitForSelector(`#upload-report:has-text('${report}')`);
+  };
   await page.click("[data-nav=datasets]");
-  await page.setInputFiles("#dataset-file", bad);
-  await page.click("#upload");
-  await page.waitForSelector("#upload-report:has-text('line 21')");
+  await upload(bad, "line 21");
   check(true, "a bad dataset line is named by its number");
-  await page.setInputFiles("#dataset-file", train);
-  await page.click("#upload");
-  await page.waitForSelector("#upload-report:has-text('valid')");
-  await page.setInputFiles("#dataset-file", valid);
-  await page.click("#upload");
-  await page.waitForSelector("#upload-report:has-text('valid.jsonl: valid')");
-  await page.setInputFiles("#dataset-file", long);
-  await page.click("#upload");
-  await page.waitForSelector("#upload-report:has-text('long.jsonl: valid')");
+  await upload(train, "valid");
+  await upload(valid, "valid.jsonl: valid");
+  await upload(long, "long.jsonl: valid");
   check(await page.locator("#datasets tr[data-dataset]").count() === 3, "the good datasets are listed");
   await shot(page, "datasets");
 
