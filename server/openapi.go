@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -106,15 +107,15 @@ var docPage = sync.OnceValues(func() ([]byte, error) {
 			for _, p := range op.Parameters {
 				o.Params = append(o.Params, docParam{Name: p.Name, In: p.In, Type: compact(p.Schema), Description: p.Description})
 			}
-			o.Body = strings.Join(slices.Sorted(mapKeys(op.RequestBody.Content)), ", ")
-			for _, code := range slices.Sorted(mapKeys(op.Responses)) {
+			o.Body = strings.Join(slices.Sorted(maps.Keys(op.RequestBody.Content)), ", ")
+			for _, code := range slices.Sorted(maps.Keys(op.Responses)) {
 				r := op.Responses[code]
 				desc := r.Description
 				if r.Ref != "" {
 					desc = strings.TrimPrefix(r.Ref, "#/components/responses/")
 				}
 				var content []string
-				for _, ct := range slices.Sorted(mapKeys(r.Content)) {
+				for _, ct := range slices.Sorted(maps.Keys(r.Content)) {
 					content = append(content, ct+" "+compact(r.Content[ct]))
 				}
 				o.Responses = append(o.Responses, docResponse{Status: code, Description: desc, Content: strings.Join(content, "; ")})
@@ -132,7 +133,7 @@ var docPage = sync.OnceValues(func() ([]byte, error) {
 		return ops[i].Method < ops[j].Method
 	})
 	schemas := make([][2]string, 0, len(doc.Components.Schemas))
-	for _, name := range slices.Sorted(mapKeys(doc.Components.Schemas)) {
+	for _, name := range slices.Sorted(maps.Keys(doc.Components.Schemas)) {
 		var pretty strings.Builder
 		var v any
 		_ = json.Unmarshal(doc.Components.Schemas[name], &v)
@@ -145,16 +146,6 @@ var docPage = sync.OnceValues(func() ([]byte, error) {
 	err = docTemplate.Execute(&out, map[string]any{"Info": doc.Info, "Ops": ops, "Schemas": schemas})
 	return []byte(out.String()), err
 })
-
-func mapKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
 
 // compact shows a schema on one line, its references by name.
 func compact(raw json.RawMessage) string {
