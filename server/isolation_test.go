@@ -23,7 +23,7 @@ func TestOtherOrganizationsIDsAreNotFound(t *testing.T) {
 	victim, intruder := env.NewOrg(t), env.NewOrg(t)
 	job := completedJob(t, victim, "isolated")
 	expect(t, victim.Do(t, "POST", jobsPath+"/"+job+"/deploy", nil), 200)
-	dataset := victim.Upload(t, "kept.jsonl", testIntents(40))
+	dataset := victim.Upload(t, "kept.jsonl", testenv.Tickets(40, 63))
 	checkpoint := firstID(t, victim.Do(t, "GET", jobsPath+"/"+job+"/checkpoints", nil), "checkpoints")
 	artifact := firstID(t, victim.Do(t, "GET", jobsPath+"/"+job+"/artifacts", nil), "artifacts")
 	model := "llama-3.1-8b-isolated"
@@ -86,7 +86,7 @@ func TestOtherOrganizationsIDsAreNotFound(t *testing.T) {
 
 	// IDs in bodies: they name nothing of the intruder's either.
 	own := completedJob(t, intruder, "intruder")
-	ownDataset := intruder.Upload(t, "own.jsonl", testIntents(40))
+	ownDataset := intruder.Upload(t, "own.jsonl", testenv.Tickets(40, 64))
 	for _, c := range []struct {
 		path string
 		body map[string]any
@@ -108,15 +108,6 @@ func TestOtherOrganizationsIDsAreNotFound(t *testing.T) {
 	if after := snapshot(t, victim, job, dataset); after != before {
 		t.Errorf("the victim's things changed:\nbefore %s\nafter  %s", before, after)
 	}
-}
-
-// testIntents is a small valid dataset.
-func testIntents(n int) []byte {
-	var b strings.Builder
-	for i := range n {
-		fmt.Fprintf(&b, `{"prompt":"ticket %d about my invoice","completion":"billing"}`+"\n", i)
-	}
-	return []byte(b.String())
 }
 
 func firstID(t *testing.T, r testenv.Response, list string) string {
