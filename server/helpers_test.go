@@ -106,3 +106,13 @@ func insertJobRow(x execer, org, id, hardware, ds string, valid *string) error {
 		Epochs: 1, LearningRate: 0.1, BatchSize: 8, Suffix: "s", Status: jobstatus.Queued, CreatedAt: time.Now(),
 	})
 }
+
+// jobLeases counts the GPU leases (held or waited for) of a job.
+func jobLeases(t *testing.T, id string) int {
+	t.Helper()
+	var n int
+	if err := env.Store.Pool.QueryRow(context.Background(), "SELECT count(*) FROM gpu_leases WHERE job_id = $1", id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

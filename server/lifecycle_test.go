@@ -229,11 +229,7 @@ func TestDeleteFaults(t *testing.T) {
 		expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
 		expect(t, org.Do(t, "GET", jobsPath+"/"+id, nil), 404)
 		env.WaitDeleted(t, id)
-		var leases int
-		if err := env.Store.Pool.QueryRow(context.Background(), `SELECT count(*) FROM gpu_leases WHERE job_id = $1`, id).Scan(&leases); err != nil {
-			t.Fatal(err)
-		}
-		if leases != 0 || workflowOpen(t, id) || workflowOpen(t, workflows.DeleteWorkflowID(id)) {
+		if leases := jobLeases(t, id); leases != 0 || workflowOpen(t, id) || workflowOpen(t, workflows.DeleteWorkflowID(id)) {
 			t.Fatalf("after the delete: %d leases, job workflow open %v", leases, workflowOpen(t, id))
 		}
 	})

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"sync"
@@ -105,10 +104,7 @@ func TestConcurrentTransitionsOnOneJob(t *testing.T) {
 		}
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		var leases int
-		if err := env.Store.Pool.QueryRow(context.Background(), "SELECT count(*) FROM gpu_leases WHERE job_id = $1", id).Scan(&leases); err != nil {
-			t.Fatal(err)
-		}
+		leases := jobLeases(t, id)
 		if leases == 0 {
 			break
 		}
