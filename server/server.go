@@ -115,9 +115,9 @@ func New(d Deps) *Server {
 	s.engine.GET("/openapi.json", s.openAPIDocument)
 	s.engine.GET("/docs", s.docs)
 	// The web console: a page and its assets, which call the API above.
-	ui := gin.WrapH(http.StripPrefix("/console", console.Handler()))
-	s.engine.GET("/", gin.WrapH(console.Handler()))
-	s.engine.GET("/console/*file", ui)
+	ui := console.Handler()
+	s.engine.GET("/", gin.WrapH(ui))
+	s.engine.GET("/console/*file", gin.WrapH(http.StripPrefix("/console", ui)))
 
 	read, write := s.auth(apikey.ScopeRead), s.auth(apikey.ScopeWrite)
 	ft := s.engine.Group("/api/v1/fine-tuning")
