@@ -40,12 +40,14 @@ func main() {
 	}
 }
 
-// load writes n jobs of organization org straight into the read model, as
-// the workflows would have: statuses, base models and times vary, every
-// 97th name says "support intents", every tenth description names a week.
-const load = `
-INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by)
-VALUES ('ds_' || $1, $1, 'train.jsonl', 1000, '', 'k', 'u');
+// loadDataset and loadJobs write organization $1's dataset and $2 jobs
+// straight into the read model, as the workflows would have: statuses,
+// base models and times vary, every 97th name says "support intents",
+// every tenth description names a week, every 50th has metadata.
+const loadDataset = `INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by)
+VALUES ('ds_' || $1, $1, 'train.jsonl', 1000, '', 'k', 'u')`
+
+const loadJobs = `
 INSERT INTO jobs (id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset,
   training_dataset_id, training_file, epochs, learning_rate, batch_size, warmup_steps, suffix,
   created_at, updated_at, started_at, finished_at, metadata)
@@ -74,14 +76,11 @@ func run(big, orgs, spread, runs int) error {
 	}
 	start := time.Now()
 	fill := func(org string, n int) error {
-		for _, stmt := range strings.Split(load, ";\n") {
-			args := []any{org}
-			if strings.Contains(stmt, "$2") {
-				args = append(args, n)
-			}
-			if _, err := store.Pool.Exec(ctx, stmt, args...); err != nil {
-				return fmt.Errorf("load %s: %w", org, err)
-			}
+		if _, err := store.Pool.Exec(ctx, loadDataset, org); err != nil {
+			return fmt.Errorf("load %s: %w", org, err)
+		}
+		if _, err := store.Pool.Exec(ctx, loadJobs, org, n); err != nil {
+			return fmt.Errorf("load %s: %w", org, err)
 		}
 		return nil
 	}
