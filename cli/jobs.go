@@ -173,8 +173,9 @@ func jobsList(a *app) *cobra.Command {
 				q.Set("metadata["+k+"]", v)
 			}
 			var page struct {
-				Count int64 `json:"count"`
-				Jobs  []Job `json:"jobs"`
+				Count      int64 `json:"count"`
+				CountExact bool  `json:"countExact"`
+				Jobs       []Job `json:"jobs"`
 			}
 			raw, err := a.client.get(cmd.Context(), fineTuning+"/jobs?"+q.Encode(), &page)
 			if err != nil {
@@ -190,7 +191,11 @@ func jobsList(a *app) *cobra.Command {
 			if err := table(cmd.OutOrStdout(), []string{"ID", "NAME", "BASE MODEL", "STATUS", "CREATED"}, rows); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d jobs\n", len(page.Jobs), page.Count)
+			atLeast := ""
+			if !page.CountExact {
+				atLeast = "at least "
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "%d of %s%d jobs\n", len(page.Jobs), atLeast, page.Count)
 			return nil
 		},
 	}

@@ -57,6 +57,13 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL is not a valid PostgreSQL URL: %w", err)
 	}
+	// The job list's one query serves every sort key and filter through
+	// parameters that only a custom plan folds into an index scan; a generic
+	// plan, which pgx's prepared statements may end up on, sorts the whole
+	// organization (seconds at a million jobs). A URL may still choose.
+	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)

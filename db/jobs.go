@@ -108,19 +108,24 @@ func (c Conn) ActiveJobs(ctx context.Context, org string) (int64, error) {
 	return n, nil
 }
 
-// JobFilter selects and orders an organization's jobs. Nil fields do not
-// filter; Search matches name or description as a LIKE pattern (the caller
-// escapes it); Sort is "field:asc" or "field:desc" of a field the caller
-// checked.
+// JobFilter selects and orders a page of an organization's jobs. Nil
+// fields do not filter; Search matches name or description as a LIKE
+// pattern (the caller escapes it); Sort is "field:asc" or "field:desc" of
+// a field the caller checked.
 type JobFilter struct {
 	OrganizationID string
 	Status         *jobstatus.Status
 	BaseModel      *string
 	Search         *string
 	// Metadata keeps jobs whose metadata holds all these pairs.
-	Metadata      map[string]string
-	Sort          string
+	Metadata map[string]string
+	Sort     string
+	// After, a keyset cursor for the createdAt sorts, starts the page
+	// after that job; Offset then skips from there.
+	After         *string
 	Limit, Offset int
+	// CountUpTo bounds the count of matching jobs (0: do not count).
+	CountUpTo int
 }
 
 // metadataFilter encodes a metadata filter for jsonb containment; nil
@@ -133,26 +138,36 @@ func metadataFilter(m map[string]string) []byte {
 	return b
 }
 
-// Jobs lists a page of the organization's jobs matching f, and how many
-// match in all.
+// Jobs lists a page of the organization's jobs matching f and, when
+// f.CountUpTo is set, how many match, counting no further than it. An
+// After that names none of the organization's jobs is ErrNotFound.
 func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 	var status *string
 	if f.Status != nil {
 		v := string(*f.Status)
 		status = &v
 	}
+	if f.After != nil {
+		if _, err := c.Job(ctx, f.OrganizationID, *f.After); err != nil {
+			return nil, 0, err
+		}
+	}
 	rows, err := c.q.ListJobs(ctx, c.db, dbsqlc.ListJobsParams{
 		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
-		Metadata: metadataFilter(f.Metadata), Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
+		Metadata: metadataFilter(f.Metadata), After: f.After, Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("list jobs: %w", err)
 	}
-	count, err := c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{
-		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search, Metadata: metadataFilter(f.Metadata),
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("count jobs: %w", err)
+	var count int64
+	if f.CountUpTo > 0 {
+		count, err = c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{
+			OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
+			Metadata: metadataFilter(f.Metadata), Most: int32(f.CountUpTo),
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("count jobs: %w", err)
+		}
 	}
 	jobs := make([]Job, len(rows))
 	for i, r := range rows {
@@ -244,35 +259,4 @@ func (c Conn) DeleteJob(ctx context.Context, org, id string) error {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	return nil
-}
-
-// JobPage selects a page of an organization's jobs by cursor, newest
-// first: those older than the job After (when set) whose metadata holds
-// all of Metadata's pairs.
-type JobPage struct {
-	OrganizationID string
-	After          *string
-	Metadata       map[string]string
-	Limit          int
-}
-
-// JobsAfter reads a page of jobs by cursor; an After that names none of
-// the organization's jobs is ErrNotFound.
-func (c Conn) JobsAfter(ctx context.Context, p JobPage) ([]Job, error) {
-	if p.After != nil {
-		if _, err := c.Job(ctx, p.OrganizationID, *p.After); err != nil {
-			return nil, err
-		}
-	}
-	rows, err := c.q.ListJobsNewestFirst(ctx, c.db, dbsqlc.ListJobsNewestFirstParams{
-		OrganizationID: p.OrganizationID, Metadata: metadataFilter(p.Metadata), After: p.After, Lim: int32(p.Limit),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list jobs: %w", err)
-	}
-	jobs := make([]Job, len(rows))
-	for i, r := range rows {
-		jobs[i] = jobFromRow(r)
-	}
-	return jobs, nil
 }

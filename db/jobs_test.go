@@ -31,7 +31,8 @@ func TestListJobsSorts(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	// j3 and j4 were created at once; j1 and j3 share a name, as do j2 and
-	// j5. Ties go by created_at desc, then id desc.
+	// j5. Ties go by created_at desc, then id desc; createdAt:asc's by id asc,
+	// so that its keyset cursor runs one index backwards.
 	for _, j := range []struct {
 		name, title       string
 		created, updated  int
@@ -60,7 +61,7 @@ func TestListJobsSorts(t *testing.T) {
 		sort string
 		want []string
 	}{
-		{"createdAt:asc", []string{"j1", "j2", "j4", "j3", "j5"}},
+		{"createdAt:asc", []string{"j1", "j2", "j3", "j4", "j5"}},
 		{"createdAt:desc", []string{"j5", "j4", "j3", "j2", "j1"}},
 		{"updatedAt:asc", []string{"j4", "j3", "j2", "j1", "j5"}},
 		{"updatedAt:desc", []string{"j5", "j1", "j2", "j3", "j4"}},
@@ -85,6 +86,25 @@ func TestListJobsSorts(t *testing.T) {
 		f.check(err)
 		if got := f.ids(jobs); !slices.Equal(got, c.want[2:4]) {
 			t.Errorf("%s, page 2 of 2: %v; want %v", c.sort, got, c.want[2:4])
+		}
+		if !strings.HasPrefix(c.sort, "createdAt:") {
+			continue
+		}
+		// The keyset cursor walks the same order, two at a time, past the
+		// tie of j3 and j4.
+		var walked []string
+		var after *string
+		for range len(c.want) {
+			jobs, err = f.q.ListJobs(f.ctx, f.tx, dbsqlc.ListJobsParams{OrganizationID: f.id("a"), Sort: c.sort, After: after, Lim: 2})
+			f.check(err)
+			if len(jobs) == 0 {
+				break
+			}
+			walked = append(walked, f.ids(jobs)...)
+			after = &jobs[len(jobs)-1].ID
+		}
+		if !slices.Equal(walked, c.want) {
+			t.Errorf("%s by cursor: %v; want %v", c.sort, walked, c.want)
 		}
 	}
 }
@@ -135,10 +155,16 @@ func TestListJobsFilters(t *testing.T) {
 		if got := f.ids(jobs); !slices.Equal(got, c.want) {
 			t.Errorf("%s: %v; want %v", c.name, got, c.want)
 		}
-		n, err := f.q.CountJobs(f.ctx, f.tx, dbsqlc.CountJobsParams{OrganizationID: f.id("a"), Status: c.status, BaseModel: c.baseModel, Search: c.search})
+		n, err := f.q.CountJobs(f.ctx, f.tx, dbsqlc.CountJobsParams{OrganizationID: f.id("a"), Status: c.status, BaseModel: c.baseModel, Search: c.search, Most: 100})
 		f.check(err)
 		if n != int64(len(jobs)) {
 			t.Errorf("%s: CountJobs %d, ListJobs %d jobs", c.name, n, len(jobs))
+		}
+		// A bounded count stops there.
+		n, err = f.q.CountJobs(f.ctx, f.tx, dbsqlc.CountJobsParams{OrganizationID: f.id("a"), Status: c.status, BaseModel: c.baseModel, Search: c.search, Most: 2})
+		f.check(err)
+		if want := min(int64(len(jobs)), 2); n != want {
+			t.Errorf("%s: CountJobs at most 2: %d, want %d", c.name, n, want)
 		}
 	}
 }

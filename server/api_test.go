@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -492,6 +493,81 @@ func TestListPaginationAndSorting(t *testing.T) {
 	if stats.Body["total"] != float64(n) || stats.Body["running"] != 60.0 || stats.Body["queued"] != 60.0 {
 		t.Errorf("stats %s", stats.Raw)
 	}
+}
+
+func TestListCursorAndBoundedCount(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "t.jsonl", testenv.Tickets(20, 7))
+	const n = 1100 // more than the count's bound past offset 0
+	insertJobs(t, org, ds, n)
+	type page struct {
+		Count      int64 `json:"count"`
+		CountExact bool  `json:"countExact"`
+		HasMore    bool  `json:"hasMore"`
+		Jobs       []struct {
+			ID, Name string
+		} `json:"jobs"`
+	}
+	get := func(q string) page {
+		t.Helper()
+		r := org.Do(t, "GET", jobsPath+"?"+q, nil)
+		expect(t, r, 200)
+		var p page
+		if err := json.Unmarshal(r.Raw, &p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, c := range []struct {
+		q     string
+		count int64
+		exact bool
+	}{
+		{"", 1000, false},
+		{"offset=99", 1099, false},
+		{"offset=100", n, true},
+		{"status=failed", n / 5, true},
+	} {
+		if p := get(c.q); p.Count != c.count || p.CountExact != c.exact || !p.HasMore {
+			t.Errorf("%q: count %d exact %v hasMore %v; want %d %v true", c.q, p.Count, p.CountExact, p.HasMore, c.count, c.exact)
+		}
+	}
+	if p := get("offset=1090&limit=10"); p.HasMore || len(p.Jobs) != 10 {
+		t.Errorf("last page: hasMore %v, %d jobs", p.HasMore, len(p.Jobs))
+	}
+	// The cursor walks every job once, in order, both ways.
+	for _, sort := range []string{"createdAt:desc", "createdAt:asc"} {
+		var walked []string
+		q := "limit=100&sort=" + sort
+		for {
+			p := get(q)
+			for _, j := range p.Jobs {
+				walked = append(walked, j.Name)
+			}
+			if !p.HasMore {
+				break
+			}
+			q = "limit=100&sort=" + sort + "&after=" + p.Jobs[len(p.Jobs)-1].ID
+		}
+		if len(walked) != n {
+			t.Fatalf("%s: the cursor walked %d jobs, want %d", sort, len(walked), n)
+		}
+		for i, name := range walked {
+			k := i
+			if sort == "createdAt:desc" {
+				k = n - 1 - i
+			}
+			if want := fmt.Sprintf("job %03d", k); name != want {
+				t.Fatalf("%s: item %d is %s, want %s", sort, i, name, want)
+			}
+		}
+	}
+	someJob := get("limit=1").Jobs[0].ID
+	expect(t, org.Do(t, "GET", jobsPath+"?sort=name:asc&after="+someJob, nil), 400, "createdAt")
+	expect(t, org.Do(t, "GET", jobsPath+"?after=ftjob_none", nil), 400, "ftjob_none")
+	other := env.NewOrg(t)
+	expect(t, other.Do(t, "GET", jobsPath+"?after="+someJob, nil), 400, "names no fine-tuning job of yours")
 }
 
 // insertJobs writes n jobs straight into the read model (the list reads

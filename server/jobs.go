@@ -496,29 +496,44 @@ func (s *Server) listJobs(c *gin.Context) {
 	}
 	metadata := c.QueryMap("metadata")
 	checkMetadata(metadata, "metadata", &errs)
+	after := optionalQuery(c, "after")
+	if after != nil && field != "createdAt" {
+		errs.add("after", "works with sort=createdAt:desc (the default) or createdAt:asc; page other sorts by offset")
+	}
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return
 	}
 	filter := db.JobFilter{
 		OrganizationID: caller(c).OrganizationID, BaseModel: baseModel, Search: search, Metadata: metadata,
-		Sort: field + ":" + dir, Limit: limit, Offset: offset,
+		Sort: field + ":" + dir, After: after, Limit: limit + 1, Offset: offset, CountUpTo: offset + countBeyondOffset + 1,
 	}
 	if status != nil {
 		st := jobstatus.Status(*status)
 		filter.Status = &st
 	}
 	jobs, count, err := s.Store.Jobs(ctx, filter)
+	if db.IsNotFound(err) {
+		s.respondError(c, fieldError(http.StatusBadRequest, "after", "names no fine-tuning job of yours: %q", *after))
+		return
+	}
 	if err != nil {
 		s.respondError(c, err)
 		return
 	}
+	jobs, more := trimPage(jobs, limit)
 	items := make([]jobSummary, len(jobs))
 	for i, j := range jobs {
 		items[i] = summarize(j)
 	}
-	c.JSON(http.StatusOK, jobPage{pageInfo{count, limit, offset}, items})
+	exact := count <= int64(offset+countBeyondOffset)
+	c.JSON(http.StatusOK, jobPage{pageInfo: pageInfo{min(count, int64(offset+countBeyondOffset)), limit, offset}, CountExact: exact, HasMore: more, Jobs: items})
 }
+
+// countBeyondOffset bounds a job list's count: exact while at most offset
+// plus this many jobs match, "at least" beyond. An exact count reads every
+// matching row, some 100 ms for an organization of a million jobs.
+const countBeyondOffset = 1000
 
 // pagination reads limit (default 20, at most 100) and offset.
 func pagination(c *gin.Context, errs *fieldErrors) (limit, offset int) {

@@ -286,8 +286,8 @@ func (s *Server) openAIListJobs(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	jobs, err := s.Store.JobsAfter(c.Request.Context(), db.JobPage{
-		OrganizationID: caller(c).OrganizationID, After: after, Metadata: metadata, Limit: limit + 1,
+	jobs, _, err := s.Store.Jobs(c.Request.Context(), db.JobFilter{
+		OrganizationID: caller(c).OrganizationID, After: after, Metadata: metadata, Sort: "createdAt:desc", Limit: limit + 1,
 	})
 	if db.IsNotFound(err) {
 		s.respondError(c, fieldError(http.StatusBadRequest, "after", "names no fine-tuning job of yours: %q", *after))

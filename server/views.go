@@ -164,7 +164,10 @@ type pageInfo struct {
 
 type jobPage struct {
 	pageInfo
-	Jobs []jobSummary `json:"jobs"`
+	// CountExact is false when Count is a lower bound (see countBeyondOffset).
+	CountExact bool         `json:"countExact"`
+	HasMore    bool         `json:"hasMore"`
+	Jobs       []jobSummary `json:"jobs"`
 }
 
 type datasetPage struct {

@@ -140,8 +140,9 @@ async function jobsPage(params) {
       h("td", {}, j.name, h("div", { class: "muted" }, j.id)), h("td", {}, statusBadge(j.status)), h("td", {}, j.baseModel),
       h("td", {}, fmtTime(j.createdAt)), h("td", {}, fmtTime(j.finishedAt)))));
     if (page.jobs.length === 0) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No jobs yet.")));
-    info.textContent = page.count ? `${offset + 1}–${offset + page.jobs.length} of ${page.count}` : "";
-    next.disabled = offset + limit >= page.count;
+    const total = page.countExact ? `${page.count}` : `${page.count}+`;
+    info.textContent = page.jobs.length ? `${offset + 1}–${offset + page.jobs.length} of ${total}` : "";
+    next.disabled = !page.hasMore;
   });
 }
 

@@ -29,14 +29,17 @@ func (q *Queries) CountActiveJobs(ctx context.Context, db DBTX, arg CountActiveJ
 }
 
 const countJobs = `-- name: CountJobs :one
-SELECT count(*) FROM jobs
-WHERE organization_id = $1
-  AND ($2::text IS NULL OR status = $2)
-  AND ($3::text IS NULL OR base_model = $3)
-  AND ($4::text IS NULL
-       OR name ILIKE '%' || $4 || '%'
-       OR description ILIKE '%' || $4 || '%')
-  AND ($5::jsonb IS NULL OR metadata @> $5)
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs
+    WHERE organization_id = $1
+      AND ($2::text IS NULL OR status = $2)
+      AND ($3::text IS NULL OR base_model = $3)
+      AND ($4::text IS NULL
+           OR name ILIKE '%' || $4 || '%'
+           OR description ILIKE '%' || $4 || '%')
+      AND ($5::jsonb IS NULL OR metadata @> $5)
+    LIMIT $6
+) AS matching
 `
 
 type CountJobsParams struct {
@@ -45,8 +48,11 @@ type CountJobsParams struct {
 	BaseModel      *string
 	Search         *string
 	Metadata       []byte
+	Most           int32
 }
 
+// How many jobs match, counting no further than @most: an exact count of a
+// big organization reads all its rows.
 func (q *Queries) CountJobs(ctx context.Context, db DBTX, arg CountJobsParams) (int64, error) {
 	row := db.QueryRow(ctx, countJobs,
 		arg.OrganizationID,
@@ -54,6 +60,7 @@ func (q *Queries) CountJobs(ctx context.Context, db DBTX, arg CountJobsParams) (
 		arg.BaseModel,
 		arg.Search,
 		arg.Metadata,
+		arg.Most,
 	)
 	var count int64
 	err := row.Scan(&count)
@@ -380,30 +387,36 @@ func (q *Queries) JobStats(ctx context.Context, db DBTX, organizationID string) 
 }
 
 const listJobs = `-- name: ListJobs :many
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at FROM jobs
-WHERE organization_id = $1
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at FROM jobs j
+WHERE j.organization_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR base_model = $3)
   AND ($4::text IS NULL
        OR name ILIKE '%' || $4 || '%'
        OR description ILIKE '%' || $4 || '%')
   AND ($5::jsonb IS NULL OR metadata @> $5)
+  AND ($6::text IS NULL
+       OR ($7::text = 'createdAt:desc' AND (j.created_at, j.id) <
+           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $6))
+       OR ($7::text = 'createdAt:asc' AND (j.created_at, j.id) >
+           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $6)))
 ORDER BY
-    CASE WHEN $6::text = 'createdAt:asc' THEN created_at END ASC,
-    CASE WHEN $6::text = 'createdAt:desc' THEN created_at END DESC,
-    CASE WHEN $6::text = 'updatedAt:asc' THEN updated_at END ASC,
-    CASE WHEN $6::text = 'updatedAt:desc' THEN updated_at END DESC,
-    CASE WHEN $6::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
-    CASE WHEN $6::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
-    CASE WHEN $6::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
-    CASE WHEN $6::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
-    CASE WHEN $6::text = 'name:asc' THEN name END ASC,
-    CASE WHEN $6::text = 'name:desc' THEN name END DESC,
-    CASE WHEN $6::text = 'status:asc' THEN status END ASC,
-    CASE WHEN $6::text = 'status:desc' THEN status END DESC,
+    CASE WHEN $7::text = 'createdAt:asc' THEN created_at END ASC,
+    CASE WHEN $7::text = 'createdAt:asc' THEN id END ASC,
+    CASE WHEN $7::text = 'createdAt:desc' THEN created_at END DESC,
+    CASE WHEN $7::text = 'updatedAt:asc' THEN updated_at END ASC,
+    CASE WHEN $7::text = 'updatedAt:desc' THEN updated_at END DESC,
+    CASE WHEN $7::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
+    CASE WHEN $7::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
+    CASE WHEN $7::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
+    CASE WHEN $7::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
+    CASE WHEN $7::text = 'name:asc' THEN name END ASC,
+    CASE WHEN $7::text = 'name:desc' THEN name END DESC,
+    CASE WHEN $7::text = 'status:asc' THEN status END ASC,
+    CASE WHEN $7::text = 'status:desc' THEN status END DESC,
     created_at DESC,
     id DESC
-LIMIT $8 OFFSET $7
+LIMIT $9 OFFSET $8
 `
 
 type ListJobsParams struct {
@@ -412,13 +425,17 @@ type ListJobsParams struct {
 	BaseModel      *string
 	Search         *string
 	Metadata       []byte
+	After          *string
 	Sort           string
 	Off            int32
 	Lim            int32
 }
 
 // The sort key is one of a fixed set checked by the caller; each CASE arm is
-// NULL unless chosen, so only the chosen column orders the rows.
+// NULL unless chosen, so only the chosen column orders the rows. Plans are
+// custom (db.Open), so the chosen arm folds into an index scan. @after, a
+// keyset cursor, is for the createdAt sorts only: the page starts after
+// that job, in (created_at, id) order, through jobs_org_created.
 func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]Job, error) {
 	rows, err := db.Query(ctx, listJobs,
 		arg.OrganizationID,
@@ -426,86 +443,9 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 		arg.BaseModel,
 		arg.Search,
 		arg.Metadata,
+		arg.After,
 		arg.Sort,
 		arg.Off,
-		arg.Lim,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []Job{}
-	for rows.Next() {
-		var i Job
-		if err := rows.Scan(
-			&i.ID,
-			&i.OrganizationID,
-			&i.Owner,
-			&i.Name,
-			&i.Description,
-			&i.BaseModel,
-			&i.HardwareID,
-			&i.Status,
-			&i.TrainingDataset,
-			&i.TrainingDatasetID,
-			&i.TrainingFile,
-			&i.ValidationFile,
-			&i.ValidationDatasetID,
-			&i.Epochs,
-			&i.LearningRate,
-			&i.BatchSize,
-			&i.WarmupSteps,
-			&i.Suffix,
-			&i.ResultModel,
-			&i.TrainedTokens,
-			&i.Error,
-			&i.TrainingLoss,
-			&i.ValidationLoss,
-			&i.Epoch,
-			&i.StartedAt,
-			&i.FinishedAt,
-			&i.CreatedAt,
-			&i.UpdatedAt,
-			&i.Metadata,
-			&i.Seed,
-			&i.Cancelled,
-			&i.AutoDeploy,
-			&i.ValidatedAt,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const listJobsNewestFirst = `-- name: ListJobsNewestFirst :many
-SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at FROM jobs j
-WHERE j.organization_id = $1
-  AND ($2::jsonb IS NULL OR j.metadata @> $2)
-  AND ($3::text IS NULL
-       OR (j.created_at, j.id) < (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $3))
-ORDER BY j.created_at DESC, j.id DESC
-LIMIT $4
-`
-
-type ListJobsNewestFirstParams struct {
-	OrganizationID string
-	Metadata       []byte
-	After          *string
-	Lim            int32
-}
-
-// A page of the organization's jobs older than the job @after (when set),
-// newest first: OpenAI's cursor, which holds while jobs come and go.
-func (q *Queries) ListJobsNewestFirst(ctx context.Context, db DBTX, arg ListJobsNewestFirstParams) ([]Job, error) {
-	rows, err := db.Query(ctx, listJobsNewestFirst,
-		arg.OrganizationID,
-		arg.Metadata,
-		arg.After,
 		arg.Lim,
 	)
 	if err != nil {

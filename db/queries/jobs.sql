@@ -22,17 +22,26 @@ DELETE FROM jobs WHERE organization_id = $1 AND id = $2;
 
 -- name: ListJobs :many
 -- The sort key is one of a fixed set checked by the caller; each CASE arm is
--- NULL unless chosen, so only the chosen column orders the rows.
-SELECT * FROM jobs
-WHERE organization_id = @organization_id
+-- NULL unless chosen, so only the chosen column orders the rows. Plans are
+-- custom (db.Open), so the chosen arm folds into an index scan. @after, a
+-- keyset cursor, is for the createdAt sorts only: the page starts after
+-- that job, in (created_at, id) order, through jobs_org_created.
+SELECT j.* FROM jobs j
+WHERE j.organization_id = @organization_id
   AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
   AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
   AND (sqlc.narg(search)::text IS NULL
        OR name ILIKE '%' || sqlc.narg(search) || '%'
        OR description ILIKE '%' || sqlc.narg(search) || '%')
   AND (sqlc.narg(metadata)::jsonb IS NULL OR metadata @> sqlc.narg(metadata))
+  AND (sqlc.narg(after)::text IS NULL
+       OR (@sort::text = 'createdAt:desc' AND (j.created_at, j.id) <
+           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = @organization_id AND a.id = sqlc.narg(after)))
+       OR (@sort::text = 'createdAt:asc' AND (j.created_at, j.id) >
+           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = @organization_id AND a.id = sqlc.narg(after))))
 ORDER BY
     CASE WHEN @sort::text = 'createdAt:asc' THEN created_at END ASC,
+    CASE WHEN @sort::text = 'createdAt:asc' THEN id END ASC,
     CASE WHEN @sort::text = 'createdAt:desc' THEN created_at END DESC,
     CASE WHEN @sort::text = 'updatedAt:asc' THEN updated_at END ASC,
     CASE WHEN @sort::text = 'updatedAt:desc' THEN updated_at END DESC,
@@ -49,14 +58,19 @@ ORDER BY
 LIMIT @lim OFFSET @off;
 
 -- name: CountJobs :one
-SELECT count(*) FROM jobs
-WHERE organization_id = @organization_id
-  AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
-  AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
-  AND (sqlc.narg(search)::text IS NULL
-       OR name ILIKE '%' || sqlc.narg(search) || '%'
-       OR description ILIKE '%' || sqlc.narg(search) || '%')
-  AND (sqlc.narg(metadata)::jsonb IS NULL OR metadata @> sqlc.narg(metadata));
+-- How many jobs match, counting no further than @most: an exact count of a
+-- big organization reads all its rows.
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs
+    WHERE organization_id = @organization_id
+      AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
+      AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
+      AND (sqlc.narg(search)::text IS NULL
+           OR name ILIKE '%' || sqlc.narg(search) || '%'
+           OR description ILIKE '%' || sqlc.narg(search) || '%')
+      AND (sqlc.narg(metadata)::jsonb IS NULL OR metadata @> sqlc.narg(metadata))
+    LIMIT @most
+) AS matching;
 
 -- name: JobStats :many
 SELECT status, count(*) AS n FROM jobs WHERE organization_id = $1 GROUP BY status;
@@ -119,17 +133,6 @@ SELECT count(*) FROM jobs WHERE organization_id = @organization_id AND status::t
 
 -- name: MarkJobValidated :exec
 UPDATE jobs SET validated_at = now() WHERE id = $1;
-
--- name: ListJobsNewestFirst :many
--- A page of the organization's jobs older than the job @after (when set),
--- newest first: OpenAI's cursor, which holds while jobs come and go.
-SELECT j.* FROM jobs j
-WHERE j.organization_id = @organization_id
-  AND (sqlc.narg(metadata)::jsonb IS NULL OR j.metadata @> sqlc.narg(metadata))
-  AND (sqlc.narg(after)::text IS NULL
-       OR (j.created_at, j.id) < (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = @organization_id AND a.id = sqlc.narg(after)))
-ORDER BY j.created_at DESC, j.id DESC
-LIMIT @lim;
 
 -- name: DeleteJobMetricsAfter :exec
 -- The metric points of steps a restart from an earlier checkpoint trains again.
