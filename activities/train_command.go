@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
@@ -82,6 +83,9 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	defer os.RemoveAll(dir)
 
 	h := &commandHandler{a: a, ctx: ctx, in: in}
+	h.logs = newLogBatch(h.writeLogs)
+	// Closed after Run, or here on an early return.
+	defer h.logs.Close()
 	stopBeats := h.heartbeat()
 	defer stopBeats()
 
@@ -135,6 +139,9 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	res, err := a.Command.Run(ctx, dir, cfg, h)
 	if ferr := h.flush(); err == nil {
 		err = ferr
+	}
+	if lerr := h.logs.Close(); err == nil {
+		err = lerr
 	}
 	if err != nil {
 		// The trainer was stopped and its checkpoint uploaded before Run
@@ -254,6 +261,8 @@ type commandHandler struct {
 	pending   bool
 	lastWrite time.Time
 	counted   *throughput
+
+	logs *logBatch
 }
 
 // heartbeat reports progress until the returned func is called. It runs on
@@ -266,6 +275,7 @@ func (h *commandHandler) heartbeat() (stop func()) {
 		defer t.Stop()
 		for {
 			activity.RecordHeartbeat(h.ctx, progress{Step: int(h.step.Load()), Checkpoint: int(h.ckpt.Load())})
+			h.logs.Flush()
 			select {
 			case <-done:
 				return
@@ -350,11 +360,21 @@ func (h *commandHandler) Checkpoint(c command.Checkpoint) error {
 	return h.Log(LevelInfo, fmt.Sprintf("Checkpoint saved at step %d (%s)", c.Step, humanBytes(n)))
 }
 
-// Log implements command.Handler.
+// Log implements command.Handler: the line joins the batch.
 func (h *commandHandler) Log(level, msg string) error {
+	return h.logs.Add(db.LogLine{Level: level, Message: msg})
+}
+
+// writeLogs records a batch of the trainer's lines. A stop does not cut
+// the write: the lines are the trainer's last words.
+func (h *commandHandler) writeLogs(lines []db.LogLine) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), 30*time.Second)
 	defer cancel()
-	return h.a.appendLog(ctx, h.in.JobID, level, msg)
+	err := h.a.Store.AppendLogs(ctx, h.in.JobID, lines)
+	if db.IsNotFound(err) {
+		return jobGone(h.in.JobID)
+	}
+	return err
 }
 
 func humanBytes(n int64) string {

@@ -45,8 +45,11 @@ type Config struct {
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
 	TrainerCmd   string        // TUNEFORGE_TRAINER_CMD: the command trainer's command line
 	TrainerGrace time.Duration // TUNEFORGE_TRAINER_GRACE: SIGTERM to SIGKILL, default 30s
-	ModelDir     string        // TUNEFORGE_MODEL_DIR: base model weights, one directory per base model ID
-	WorkDir      string        // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
+	// TUNEFORGE_TRAINER_LOG_RATE: log lines a second each training attempt
+	// may write, default command.DefaultLogRate's 20
+	TrainerLogRate float64
+	ModelDir       string // TUNEFORGE_MODEL_DIR: base model weights, one directory per base model ID
+	WorkDir        string // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
 
 	// Serving of adapters trained by the command trainer.
 	InferenceURL string // TUNEFORGE_INFERENCE_URL: an OpenAI-compatible server with vLLM's LoRA API; "" disables
@@ -137,6 +140,9 @@ func FromEnv() (Config, error) {
 		return c, fmt.Errorf("TUNEFORGE_TRAINER_GRACE %q: must be a duration such as 30s", os.Getenv("TUNEFORGE_TRAINER_GRACE"))
 	}
 	c.TrainerGrace = grace
+	if c.TrainerLogRate, err = strconv.ParseFloat(env("TUNEFORGE_TRAINER_LOG_RATE", "20"), 64); err != nil || c.TrainerLogRate <= 0 {
+		return c, fmt.Errorf("TUNEFORGE_TRAINER_LOG_RATE %q: must be a positive number of log lines per second", os.Getenv("TUNEFORGE_TRAINER_LOG_RATE"))
+	}
 	for _, d := range []struct {
 		dst       *string
 		name, def string

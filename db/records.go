@@ -82,6 +82,23 @@ func (c Conn) AppendLog(ctx context.Context, jobID, level, msg string) error {
 	return nil
 }
 
+// AppendLogs appends lines (their Level and Message) to the job's log in
+// one COPY, in order; ErrNotFound when the job is gone.
+func (c Conn) AppendLogs(ctx context.Context, jobID string, lines []LogLine) error {
+	rows := make([]dbsqlc.AppendJobLogsParams, len(lines))
+	for i, l := range lines {
+		rows[i] = dbsqlc.AppendJobLogsParams{JobID: jobID, Level: l.Level, Message: l.Message}
+	}
+	_, err := c.q.AppendJobLogs(ctx, c.db, rows)
+	if IsForeignKeyViolation(err) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("append %d log lines of %s: %w", len(lines), jobID, err)
+	}
+	return nil
+}
+
 // MarkValidated records that the job's current run validated its files.
 func (c Conn) MarkValidated(ctx context.Context, jobID string) error {
 	if err := c.q.MarkJobValidated(ctx, c.db, jobID); err != nil {

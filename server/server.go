@@ -81,6 +81,7 @@ type Server struct {
 	models  *serving.Models
 	metrics *httpMetrics
 	limiter *rateLimiter
+	keys    *apikey.Cache
 	// authFailures counts failed authentications per client address.
 	authFailures *rateLimiter
 	// readyDB and readyTemporal answer /readyz.
@@ -93,6 +94,7 @@ func New(d Deps) *Server {
 	d.Timeouts = d.Timeouts.withDefaults()
 	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: serving.New(d.Artifacts, d.ModelCacheBytes),
 		limiter:      newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit))),
+		keys:         apikey.NewCache(d.Store),
 		authFailures: newRateLimiter(d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
 	}
 	if err := s.engine.SetTrustedProxies(d.TrustedProxies); err != nil {
@@ -303,7 +305,7 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: %s", how))
 			return
 		}
-		key, err := apikey.Lookup(c.Request.Context(), s.Store, strings.TrimSpace(plaintext))
+		key, err := s.keys.Lookup(c.Request.Context(), strings.TrimSpace(plaintext))
 		if errors.Is(err, apikey.ErrInvalid) {
 			s.authFailures.take(addr)
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "invalid API key"))

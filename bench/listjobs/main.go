@@ -25,6 +25,7 @@ import (
 	"github.com/tuneforge/tuneforge/apikey"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/apionly"
+	"github.com/tuneforge/tuneforge/internal/benchdata"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 )
 
@@ -40,24 +41,9 @@ func main() {
 	}
 }
 
-// loadDataset and loadJobs write organization $1's dataset and $2 jobs
-// straight into the read model, as the workflows would have: statuses,
-// base models and times vary, every 97th name says "support intents",
-// every tenth description names a week, every 50th has metadata.
+// loadDataset writes organization $1's dataset, which its jobs train on.
 const loadDataset = `INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by)
 VALUES ('ds_' || $1, $1, 'train.jsonl', 1000, '', 'k', 'u')`
-
-const loadJobs = `
-INSERT INTO jobs (id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset,
-  training_dataset_id, training_file, epochs, learning_rate, batch_size, warmup_steps, suffix,
-  created_at, updated_at, started_at, finished_at, metadata)
-SELECT 'ftjob_' || $1 || '_' || i, $1, 'u', 'job ' || i || CASE WHEN i % 97 = 0 THEN ' support intents' ELSE '' END,
-  CASE WHEN i % 10 = 0 THEN 'tickets of week ' || (i % 52) ELSE '' END,
-  (ARRAY['llama-3.1-8b','mistral-7b-v0.3','llama-3.1-70b'])[1 + i % 3], 'gpu-a100-40gb',
-  (ARRAY['queued','running','completed','failed','stopped','deployed'])[1 + i % 6], 'ds_' || $1, 'ds_' || $1, 'train.jsonl',
-  3, 0.0002, 8, 10, '', t, t, t + interval '1 minute', CASE WHEN i % 6 >= 2 THEN t + interval '1 hour' END,
-  CASE WHEN i % 50 = 0 THEN '{"team":"search"}'::jsonb ELSE '{}'::jsonb END
-FROM generate_series(1, $2::int) i, LATERAL (SELECT timestamptz '2025-01-01' + i * interval '1 second') AS at(t)`
 
 func run(big, orgs, spread, runs int) error {
 	ctx := context.Background()
@@ -79,10 +65,7 @@ func run(big, orgs, spread, runs int) error {
 		if _, err := store.Pool.Exec(ctx, loadDataset, org); err != nil {
 			return fmt.Errorf("load %s: %w", org, err)
 		}
-		if _, err := store.Pool.Exec(ctx, loadJobs, org, n); err != nil {
-			return fmt.Errorf("load %s: %w", org, err)
-		}
-		return nil
+		return benchdata.LoadJobs(ctx, store.Pool, org, "ds_"+org, n)
 	}
 	if err := fill("org_big", big); err != nil {
 		return err
@@ -120,7 +103,7 @@ func run(big, orgs, spread, runs int) error {
 			if err != nil {
 				return err
 			}
-			for _, q := range queries(org == "org_big") {
+			for _, q := range queries(org, org == "org_big") {
 				name := org + " " + q
 				if !slices.Contains(order, name) {
 					order = append(order, name)
@@ -150,15 +133,17 @@ func run(big, orgs, spread, runs int) error {
 }
 
 // queries are GET /jobs query strings: the first page of every filter,
-// search and sort key, and deep offsets.
-func queries(big bool) []string {
+// search and sort key, deep offsets, and the keyset cursor as deep.
+func queries(org string, big bool) []string {
 	q := []string{"", "status=failed", "status=queued", "baseModel=llama-3.1-70b", "search=support", "search=week%207", "search=nothing-like-it", "metadata[team]=search"}
 	for _, key := range []string{"createdAt", "updatedAt", "startedAt", "finishedAt", "name", "status"} {
 		q = append(q, "sort="+key+":asc", "sort="+key+":desc")
 	}
-	q = append(q, "offset=1000", "limit=100&offset=9000")
+	// Jobs are created in the order of their number, so the page after
+	// job i newest first starts as deep as offset (jobs − i).
+	q = append(q, "offset=1000", "limit=100&offset=9000", "limit=100&after="+benchdata.JobID(org, 1000))
 	if big {
-		q = append(q, "offset=100000", "offset=900000")
+		q = append(q, "offset=100000", "offset=900000", "after="+benchdata.JobID(org, 100000))
 	}
 	return q
 }

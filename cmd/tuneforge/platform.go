@@ -83,6 +83,7 @@ func (p *platform) trainingActivities(cfg config.Config, workerID string) (*acti
 	if err != nil {
 		return nil, err
 	}
+	runner.LogRate = cfg.TrainerLogRate
 	acts.Command, acts.ModelDir, acts.WorkDir = runner, cfg.ModelDir, activities.WorkRoot(cfg.WorkDir, workerID)
 	return acts, nil
 }

@@ -25,6 +25,12 @@ func (q *Queries) AppendJobLog(ctx context.Context, db DBTX, arg AppendJobLogPar
 	return err
 }
 
+type AppendJobLogsParams struct {
+	JobID   string
+	Level   string
+	Message string
+}
+
 const listJobLogs = `-- name: ListJobLogs :many
 SELECT id, job_id, ts, level, message FROM (
     SELECT id, job_id, ts, level, message FROM job_logs

@@ -1,6 +1,10 @@
 -- name: AppendJobLog :exec
 INSERT INTO job_logs (job_id, level, message) VALUES ($1, $2, $3);
 
+-- name: AppendJobLogs :copyfrom
+-- A batch of lines, in order (COPY keeps it; ts is each row's clock time).
+INSERT INTO job_logs (job_id, level, message) VALUES ($1, $2, $3);
+
 -- name: ListJobLogs :many
 -- The newest @lim lines after @since, returned oldest first.
 SELECT * FROM (

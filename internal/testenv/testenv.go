@@ -51,6 +51,7 @@ type Env struct {
 
 	inferenceURL string
 	maxActive    int
+	noContract   bool
 	contract     *contract.Contract
 
 	ctx      context.Context
@@ -73,6 +74,11 @@ func WithInference(url string) Option { return func(e *Env) { e.inferenceURL = u
 // WithMaxActiveJobs sets each organization's cap on queued plus running
 // jobs (500 by default, as in production).
 func WithMaxActiveJobs(n int) Option { return func(e *Env) { e.maxActive = n } }
+
+// WithoutContract serves the API as production does, without holding its
+// traffic to the OpenAPI document: for benchmarks, which measure the API
+// rather than the validator.
+func WithoutContract() Option { return func(e *Env) { e.noContract = true } }
 
 // Start brings the platform up; call Stop when done (from TestMain).
 func Start(opts ...Option) (*Env, error) {
@@ -137,14 +143,16 @@ func (e *Env) start() error {
 		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
 		Inference: inf, AdapterDir: e.AdapterDir, MaxActiveJobs: e.maxActive,
 	})
-	// Every request and response is held to the OpenAPI document.
-	if e.contract, err = contract.New(api.Routes()); err != nil {
-		return err
-	}
 	// The API's own HTTP server settings (timeouts, header limit), as in production.
 	e.API = httptest.NewUnstartedServer(api)
 	e.API.Config = api.HTTPServer("")
-	e.API.Config.Handler = e.contract.Wrap(api)
+	if !e.noContract {
+		// Every request and response is held to the OpenAPI document.
+		if e.contract, err = contract.New(api.Routes()); err != nil {
+			return err
+		}
+		e.API.Config.Handler = e.contract.Wrap(api)
+	}
 	e.API.Start()
 	return nil
 }
@@ -226,10 +234,16 @@ func (e *Env) WaitDeleted(t testing.TB, id string) {
 // own work directory, as each worker must.
 func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (stop func()) {
 	t.Helper()
+	return e.StartRunnerWorker(t, pool, &command.Runner{Argv: argv, Grace: 5 * time.Second})
+}
+
+// StartRunnerWorker is StartCommandWorker with a runner of the caller's.
+func (e *Env) StartRunnerWorker(t testing.TB, pool string, r *command.Runner) (stop func()) {
+	t.Helper()
 	id := "test/command-" + pool + "-" + dbtest.RandomHex(3)
 	acts := &activities.Activities{
 		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Temporal: e.Temporal,
-		Command: &command.Runner{Argv: argv, Grace: 5 * time.Second}, ModelDir: filepath.Join(e.DataDir, "models"),
+		Command: r, ModelDir: filepath.Join(e.DataDir, "models"),
 		WorkDir: activities.WorkRoot(filepath.Join(e.DataDir, "work"), id),
 	}
 	return e.startWorker(t, acts, workers.Training{ID: id, HardwareID: pool, Slots: 1})

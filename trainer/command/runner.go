@@ -21,9 +21,9 @@ import (
 const (
 	// MaxLineBytes cuts longer lines.
 	MaxLineBytes = 64 << 10
-	// logRate and logBurst bound log lines (a token bucket per attempt).
-	logRate  = 20
-	logBurst = 200
+	// DefaultLogRate is the log lines a second an attempt may write when
+	// Runner.LogRate is unset; the token bucket holds ten seconds' worth.
+	DefaultLogRate = 20
 	// stderrTail lines are kept to explain a failure.
 	stderrTail = 20
 	// groupGoneWait bounds the wait for a killed process group to vanish.
@@ -80,6 +80,10 @@ type Runner struct {
 	Argv []string
 	// Grace is how long a trainer has between SIGTERM and SIGKILL.
 	Grace time.Duration
+	// LogRate bounds the log lines a second an attempt records (0:
+	// DefaultLogRate), with bursts of ten seconds' worth; more are dropped
+	// and counted in the log.
+	LogRate float64
 }
 
 // NewRunner splits cmdline and resolves its relative file paths against
@@ -177,7 +181,11 @@ func (r *Runner) Run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 
-	a := attempt{cfg: cfg, h: h, logs: newBucket(logRate, logBurst), lastCkpt: -1}
+	rate := r.LogRate
+	if rate <= 0 {
+		rate = DefaultLogRate
+	}
+	a := attempt{cfg: cfg, h: h, logs: newBucket(rate, 10*rate), rate: rate, lastCkpt: -1}
 	var (
 		done        = ctx.Done()
 		graceTimer  <-chan time.Time
@@ -267,6 +275,7 @@ type attempt struct {
 	h         Handler
 	logs      *bucket
 	dropped   int
+	rate      float64 // the log lines a second it may write
 	result    *Result
 	lastCkpt  int      // step of the last announced checkpoint, -1 for none
 	lastError string   // the last error log line
@@ -384,7 +393,7 @@ func (a *attempt) flushDropped() {
 	}
 	n := a.dropped
 	a.dropped = 0
-	if err := a.h.Log(LevelWarn, fmt.Sprintf("%d trainer output lines were dropped (more than %d a second)", n, logRate)); err != nil {
+	if err := a.h.Log(LevelWarn, fmt.Sprintf("%d trainer output lines were dropped (more than %g a second)", n, a.rate)); err != nil {
 		a.failed = err
 	}
 }

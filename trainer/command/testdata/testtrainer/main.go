@@ -17,6 +17,7 @@
 //	--ignore-sigterm        ignore SIGTERM, so the worker must SIGKILL
 //	--spawn-child           start `sleep 300` in the process group and log its pid
 //	--garbage               print non-messages, a 1 MiB line and a flood first
+//	--log-lines N           log N lines ("flood i") before training, as fast as it can
 //	--exit-code N           exit N after the first progress line
 //	--no-final-checkpoint   skip the checkpoint before the result (a protocol violation)
 package main
@@ -48,6 +49,7 @@ var (
 	ignoreSigterm     = flag.Bool("ignore-sigterm", false, "ignore SIGTERM")
 	spawnChild        = flag.Bool("spawn-child", false, "start a grandchild `sleep 300` in the process group")
 	garbage           = flag.Bool("garbage", false, "print garbage, a huge line and a flood of lines first")
+	logLines          = flag.Int("log-lines", 0, "log this many lines before training")
 	exitCode          = flag.Int("exit-code", -1, "exit with this code after the first progress line")
 	noFinalCheckpoint = flag.Bool("no-final-checkpoint", false, "skip the checkpoint at the end (a protocol violation)")
 )
@@ -133,6 +135,9 @@ func main() {
 	}
 	if *garbage {
 		printGarbage()
+	}
+	for i := range *logLines {
+		logf("info", "flood %d", i)
 	}
 
 	train := load(cfg.TrainingFile)

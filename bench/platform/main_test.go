@@ -1,0 +1,78 @@
+// Package platform_test measures the whole platform against its ceilings:
+// the API's throughput against a bare Gin + pgx handler doing the same
+// read, job creation against raw workflow starts, stop latency and the
+// heartbeats it costs, serving, orchestration overhead and log ingestion.
+// Each figure is a ratio to its ceiling measured in the same run, since
+// the machine is shared and absolute times drift.
+//
+// It runs only when asked (make bench-platform):
+//
+//	TUNEFORGE_BENCH=1 go test -count=1 -v -timeout 40m ./bench/platform
+package platform_test
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"text/tabwriter"
+
+	"github.com/tuneforge/tuneforge/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	if os.Getenv("TUNEFORGE_BENCH") == "" {
+		fmt.Println("bench/platform: skipped; it measures for minutes (TUNEFORGE_BENCH=1, or make bench-platform)")
+		os.Exit(0)
+	}
+	var err error
+	// No cap on active jobs: the create benchmark makes thousands.
+	if env, err = testenv.Start(testenv.WithMaxActiveJobs(0), testenv.WithoutContract()); err != nil {
+		fmt.Fprintln(os.Stderr, "start the platform:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	env.Stop()
+	results.print()
+	os.Exit(code)
+}
+
+// A result is one row of the final table: a figure and its ceiling.
+type result struct {
+	bench, what     string
+	value, ceiling  string
+	ratio           string
+	target, verdict string
+}
+
+type table struct {
+	mu   sync.Mutex
+	rows []result
+}
+
+var results table
+
+func (t *table) add(r result) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.rows = append(t.rows, r)
+}
+
+func (t *table) print() {
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "\nbenchmark\tfigure\tvalue\tceiling\tratio\ttarget\tmet")
+	for _, r := range t.rows {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.bench, r.what, r.value, r.ceiling, r.ratio, r.target, r.verdict)
+	}
+	w.Flush()
+}
+
+// verdict says whether a target was met.
+func verdict(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}

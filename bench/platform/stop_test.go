@@ -1,0 +1,153 @@
+package platform_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tuneforge/tuneforge/internal/testenv"
+)
+
+// addPool adds a hardware pool of the benchmark's own, so that only the
+// workers it starts serve it.
+func addPool(t *testing.T, id string) {
+	t.Helper()
+	_, err := env.Store.Pool.Exec(context.Background(), `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
+		VALUES ($1, $1, '80GB', 80, 1, 1, 1, 100) ON CONFLICT DO NOTHING`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStopLatency: benchmark 4. Jobs train on a pool of their own; each
+// round waits until its job trains mid-epoch, times POST …/stop (which
+// answers once the epoch has halted and saved its checkpoint), and
+// restarts it. Builtin: 4 jobs on a 4-slot worker, 25 rounds each.
+// Command trainer: 4 one-slot workers running the protocol's test trainer
+// (a real process training with the builtin trainer's code), 25 rounds
+// each. While the 4 builtin jobs train, the heartbeat RPCs the worker
+// sends are counted. Four trainers keep both cores of a small machine busy
+// besides the platform, as GPU trainers do not.
+func TestStopLatency(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(120000, 21))
+
+	addPool(t, "bench-builtin")
+	env.StartWorker(t, "bench-builtin", 4)
+	var builtin []string
+	for range 4 {
+		builtin = append(builtin, createLongJob(t, org, ds, "bench-builtin"))
+	}
+	for _, id := range builtin {
+		org.WaitStatus(t, id, 2*time.Minute, "running")
+	}
+	before, window := heartbeats(t), 5*time.Second
+	time.Sleep(window)
+	perJob := (heartbeats(t) - before) / window.Seconds() / float64(len(builtin))
+	results.add(result{"4 stop latency", "heartbeat RPCs per running job", fmt.Sprintf("%.1f/s", perJob), "", "", "(report)", ""})
+	results.add(result{"4 stop latency", "heartbeat RPCs at 500 running jobs", fmt.Sprintf("%.0f/s (measured rate × 500)", perJob*500), "", "", "(report)", ""})
+	reportStops(t, "builtin", stopRounds(t, org, builtin, 25))
+
+	addPool(t, "bench-command")
+	trainer := testenv.TestTrainer(t)
+	var command []string
+	for range 4 {
+		env.StartCommandWorker(t, "bench-command", trainer, "--step-delay", "2ms", "--checkpoint-every", "200")
+		command = append(command, createLongJob(t, org, ds, "bench-command"))
+	}
+	for _, id := range command {
+		org.WaitStatus(t, id, 2*time.Minute, "running")
+	}
+	reportStops(t, "command", stopRounds(t, org, command, 25))
+}
+
+// createLongJob creates a job of many epochs on pool, so that it trains
+// for as long as the rounds need.
+func createLongJob(t *testing.T, org *testenv.Org, ds, pool string) string {
+	t.Helper()
+	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "stop bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
+		"hardware": pool, "hyperparameters": map[string]any{"epochs": 100}})
+	if r.Status != 201 {
+		t.Fatalf("create: %d %s", r.Status, r.Raw)
+	}
+	return r.Body["id"].(string)
+}
+
+// stopRounds runs rounds stop-and-restart rounds on each job at once and
+// returns every stop's latency.
+func stopRounds(t *testing.T, org *testenv.Org, jobs []string, rounds int) []time.Duration {
+	var mu sync.Mutex
+	var all []time.Duration
+	t.Run("rounds", func(t *testing.T) {
+		for _, id := range jobs {
+			t.Run(id, func(t *testing.T) {
+				t.Parallel()
+				for i := range rounds {
+					if i > 0 {
+						if r := org.Do(t, "POST", jobsPath+"/"+id+"/restart", nil); r.Status != 200 {
+							t.Fatalf("restart: %d %s", r.Status, r.Raw)
+						}
+						org.WaitStatus(t, id, 2*time.Minute, "running")
+					}
+					// Somewhere inside an epoch, not at its start.
+					time.Sleep(300*time.Millisecond + rand.N(300*time.Millisecond))
+					start := time.Now()
+					r := org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil)
+					took := time.Since(start)
+					if r.Status != 200 {
+						t.Fatalf("stop: %d %s", r.Status, r.Raw)
+					}
+					mu.Lock()
+					all = append(all, took)
+					mu.Unlock()
+				}
+			})
+		}
+	})
+	return all
+}
+
+func reportStops(t *testing.T, trainer string, lat []time.Duration) {
+	t.Helper()
+	if len(lat) == 0 {
+		t.Fatalf("%s: no stop was measured", trainer)
+	}
+	slices.Sort(lat)
+	p50, p99 := lat[len(lat)/2], lat[(len(lat)*99+99)/100-1]
+	results.add(result{"4 stop latency", fmt.Sprintf("%s trainer, %d stops", trainer, len(lat)),
+		fmt.Sprintf("p50 %s, p99 %s", ms(p50), ms(p99)), "", "", "p99 < 1 s", verdict(p99 < time.Second)})
+}
+
+// heartbeats is how many RecordActivityTaskHeartbeat calls this process's
+// Temporal clients have made, from the SDK's request counter.
+func heartbeats(t *testing.T) float64 {
+	t.Helper()
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "temporal_request") || strings.Contains(f.GetName(), "latency") || strings.Contains(f.GetName(), "failure") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "operation" && l.GetValue() == "RecordActivityTaskHeartbeat" {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("the SDK's metrics count no heartbeat at all (temporal_request{operation=RecordActivityTaskHeartbeat})")
+	}
+	return n
+}
