@@ -73,12 +73,21 @@ func (b *logBatch) Add(line db.LogLine) error {
 	return b.failed()
 }
 
-// Flush sends the lines that have waited logDelay.
+// Flush sends the lines that have waited logDelay. It is the heartbeat's,
+// which must not wait: while Add waits for a busy writer, Flush has
+// nothing to do.
 func (b *logBatch) Flush() {
-	b.mu.Lock()
+	if !b.mu.TryLock() {
+		return
+	}
 	defer b.mu.Unlock()
-	if len(b.lines) > 0 && time.Since(b.oldest) >= logDelay {
-		b.send()
+	if b.closed || len(b.lines) == 0 || time.Since(b.oldest) < logDelay {
+		return
+	}
+	select {
+	case b.batches <- b.lines:
+		b.lines = nil
+	default: // the writer is busy; the next Add or Flush sends them
 	}
 }
 

@@ -27,9 +27,10 @@ func addPool(t *testing.T, id string) {
 }
 
 // TestStopLatency: benchmark 4. Jobs train on a pool of their own; each
-// round waits until its job trains mid-epoch, times POST …/stop (which
-// answers once the epoch has halted and saved its checkpoint), and
-// restarts it. Builtin: 4 jobs on a 4-slot worker, 25 rounds each.
+// round waits until its job records a new metric point (a command trainer
+// loads its data first and heeds no stop before it trains), a little
+// longer, times POST …/stop (which answers once the epoch has halted and
+// saved its checkpoint), and restarts it. Builtin: 4 jobs on a 4-slot worker, 25 rounds each.
 // Command trainer: 4 one-slot workers running the protocol's test trainer
 // (a real process training with the builtin trainer's code), 25 rounds
 // each. While the 4 builtin jobs train, the heartbeat RPCs the worker
@@ -96,8 +97,10 @@ func stopRounds(t *testing.T, org *testenv.Org, jobs []string, rounds int) []tim
 						}
 						org.WaitStatus(t, id, 2*time.Minute, "running")
 					}
-					// Somewhere inside an epoch, not at its start.
-					time.Sleep(300*time.Millisecond + rand.N(300*time.Millisecond))
+					// Somewhere inside an epoch: once the trainer records a
+					// point (it has loaded its data and trains), a little later.
+					trainingOn(t, org, id)
+					time.Sleep(100*time.Millisecond + rand.N(300*time.Millisecond))
 					start := time.Now()
 					r := org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil)
 					took := time.Since(start)
@@ -112,6 +115,19 @@ func stopRounds(t *testing.T, org *testenv.Org, jobs []string, rounds int) []tim
 		}
 	})
 	return all
+}
+
+// trainingOn waits until job id records a metric point it did not have.
+func trainingOn(t *testing.T, org *testenv.Org, id string) {
+	t.Helper()
+	seen := len(org.MetricSteps(t, id))
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(org.MetricSteps(t, id)) <= seen {
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s recorded no new metric point in 2 minutes", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func reportStops(t *testing.T, trainer string, lat []time.Duration) {
