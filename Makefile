@@ -1,5 +1,7 @@
 # tuneforge — `make help` lists the targets.
 GO        ?= go
+# bash, for pipefail in test.
+SHELL     := /bin/bash
 BIN       := bin/tuneforge
 # What `tuneforge --version` says.
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
@@ -28,7 +30,10 @@ build:
 ## test: run every test against the local PostgreSQL and an embedded Temporal server, then test-python
 test:
 	$(GO) test -race -count=1 $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 20m $(PKGS)
+# A package that times out prints the tests it was running first, far
+# above the end of its goroutine dump: they are repeated last.
+	@mkdir -p bin; set -o pipefail; $(GO) test -count=1 -timeout 20m $(PKGS) 2>&1 | tee bin/go-test.log || \
+	  { grep -A 12 '^panic: test timed out' bin/go-test.log; exit 1; }
 	@$(MAKE) --no-print-directory test-python
 
 ## test-python: run trainers/hf's pytest tests with $(PYTHON); skipped, saying why, without pytest or torch

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net/http"
 	"sync"
@@ -14,11 +15,14 @@ import (
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
-// The queue test's shape: orgs organizations queue perOrg jobs each on a
-// pool of one slot.
+// queuePerOrg is how many jobs each of queueOrgs organizations queues.
+// make test keeps it at 20 (1,000 jobs; jobs are created at about 15/s
+// on two cores); -queue-per-org 100 queues 5,000.
+var queuePerOrg = flag.Int("queue-per-org", 20, "jobs each organization queues in TestQueueUnderLoad")
+
+// The queue test's shape: queueOrgs organizations queue on a pool of one slot.
 const (
-	queueOrgs   = 50
-	queuePerOrg = 100
+	queueOrgs = 50
 	// queueClients create the jobs concurrently.
 	queueClients = 8
 	// busyPool has no worker until the test starts one; idlePool has one.
@@ -26,14 +30,14 @@ const (
 	idlePool = "gpu-a100-40gb"
 )
 
-// TestQueueUnderLoad queues 5,000 jobs of 50 organizations on a one-slot
-// pool. Waiting jobs hold no worker slot, so control activities keep
+// TestQueueUnderLoad queues 1,000 jobs of 50 organizations (5,000 with
+// -queue-per-org 100) on a one-slot pool. Waiting jobs hold no worker slot, so control activities keep
 // running: a job on an idle pool trains and completes meanwhile. When the
 // slot comes up, a job of an organization new to the pool gets one of the
 // first two turns, ahead of the thousands queued before it.
 func TestQueueUnderLoad(t *testing.T) {
 	if testing.Short() {
-		t.Skip("queues 5,000 jobs")
+		t.Skip("queues thousands of jobs")
 	}
 	orgs := make([]*testenv.Org, queueOrgs)
 	datasets := make([]string, queueOrgs)
@@ -52,7 +56,7 @@ func TestQueueUnderLoad(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := next.Add(1) - 1; n < queueOrgs*queuePerOrg; n = next.Add(1) - 1 {
+			for n := next.Add(1) - 1; n < int64(queueOrgs**queuePerOrg); n = next.Add(1) - 1 {
 				i := n % queueOrgs
 				if _, err := createJob(orgs[i], datasets[i], busyPool, fmt.Sprintf("queued %d", n)); err != nil {
 					errs <- err
@@ -69,7 +73,7 @@ func TestQueueUnderLoad(t *testing.T) {
 	}
 	createdIn := time.Since(start)
 	waitFor(t, 10*time.Minute, "every job waiting for the busy pool", func() bool {
-		return waiting(t, busyPool) == queueOrgs*queuePerOrg
+		return waiting(t, busyPool) == queueOrgs**queuePerOrg
 	})
 	queuedIn := time.Since(start)
 	t.Logf("%d jobs created in %s (%.0f/s); all waiting for a slot after %s", created.Load(), createdIn.Round(time.Millisecond),
@@ -84,14 +88,14 @@ func TestQueueUnderLoad(t *testing.T) {
 	}
 	began := time.Now()
 	waitFor(t, 2*time.Minute, "the idle pool's job to complete", func() bool { return status(t, idleID) == "completed" })
-	t.Logf("a job on an idle pool completed %s after its creation, with %d jobs queued elsewhere", time.Since(began).Round(time.Millisecond), queueOrgs*queuePerOrg)
+	t.Logf("a job on an idle pool completed %s after its creation, with %d jobs queued elsewhere", time.Since(began).Round(time.Millisecond), queueOrgs**queuePerOrg)
 
 	newcomer := env.NewOrg(t)
 	newID, err := createJob(newcomer, newcomer.Upload(t, "tickets.jsonl", data), busyPool, "newcomer")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "the newcomer's job to queue", func() bool { return waiting(t, busyPool) == queueOrgs*queuePerOrg+1 })
+	waitFor(t, time.Minute, "the newcomer's job to queue", func() bool { return waiting(t, busyPool) == queueOrgs**queuePerOrg+1 })
 
 	began = time.Now()
 	env.StartWorker(t, busyPool, 1)
@@ -105,7 +109,7 @@ func TestQueueUnderLoad(t *testing.T) {
 	}
 	t.Logf("the newcomer's job started in turn %d, %s after the slot came up", turn, time.Since(began).Round(time.Millisecond))
 	if turn > 2 {
-		t.Errorf("the newcomer's job started in turn %d behind %d queued jobs; want one of the first two", turn, queueOrgs*queuePerOrg)
+		t.Errorf("the newcomer's job started in turn %d behind %d queued jobs; want one of the first two", turn, queueOrgs**queuePerOrg)
 	}
 }
 
@@ -122,7 +126,7 @@ func createJob(org *testenv.Org, dataset, pool, name string) (string, error) {
 	}
 	req.Header.Set("X-API-Key", org.Key)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		return "", err
 	}

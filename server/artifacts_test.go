@@ -56,7 +56,7 @@ func download(t *testing.T, key, url string) (int, http.Header, []byte) {
 		t.Fatal(err)
 	}
 	req.Header.Set("X-API-Key", key)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestAuthFailuresAreThrottledPerAddress(t *testing.T) {
 	}
 	req, _ := http.NewRequest("GET", api.URL+jobsPath, nil)
 	req.Header.Set("X-Forwarded-For", "10.9.9.9")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,26 @@ type process struct {
 	env  []string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	logs strings.Builder
+	logs lockedBuffer
+}
+
+// lockedBuffer is the process's output, written by exec's copier while a
+// failing test may read it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func startProcess(t *testing.T, bin string, extraEnv []string, args ...string) *process {
@@ -42,6 +61,8 @@ func (p *process) start() {
 	p.cmd = exec.Command(p.bin, p.args...)
 	p.cmd.Env = p.env
 	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	// Wait would otherwise wait on any child still holding the output.
+	p.cmd.WaitDelay = 5 * time.Second
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}

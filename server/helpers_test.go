@@ -68,7 +68,7 @@ func postStream(t *testing.T, url, key string, body []byte) testenv.Response {
 		t.Fatal(err)
 	}
 	req.Header.Set("X-API-Key", key)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func streamChat(t *testing.T, key string, body map[string]any) (string, []string
 	req, _ := http.NewRequest("POST", env.API.URL+"/v1/chat/completions", bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestAdapterDeployAndServe(t *testing.T) {
 		req, _ := http.NewRequest("POST", env.API.URL+"/v1/chat/completions", bytes.NewReader(body))
 		req.Header.Set("X-API-Key", org.Key)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testenv.HTTP.Do(req)
 		if err != nil {
 			first <- err.Error()
 			return

@@ -283,7 +283,7 @@ func TestLostDeployRaceLeavesNothing(t *testing.T) {
 			defer func() { done <- struct{}{} }()
 			req, _ := http.NewRequest("POST", org.BaseURL+jobsPath+"/"+id+"/deploy", nil)
 			req.Header.Set("X-API-Key", org.Key)
-			if resp, err := http.DefaultClient.Do(req); err == nil {
+			if resp, err := testenv.HTTP.Do(req); err == nil {
 				statuses[i] = resp.StatusCode
 				resp.Body.Close()
 			}

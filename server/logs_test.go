@@ -28,7 +28,7 @@ func readEvents(t *testing.T, key, url, lastEventID string, n int) []sseEvent {
 	if lastEventID != "" {
 		req.Header.Set("Last-Event-ID", lastEventID)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

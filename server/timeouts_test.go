@@ -91,7 +91,7 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	req, _ := http.NewRequest("POST", api.URL+datasetsPath, pr)
 	req.Header.Set("X-API-Key", org.Key)
 	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	req, _ = http.NewRequest("GET", api.URL+jobsPath+"/"+jobID+"/artifacts/checkpoint-step-000000000001", nil)
 	req.Header.Set("X-API-Key", org.Key)
 	start = time.Now()
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = testenv.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,11 @@ import (
 	"time"
 )
 
+// HTTP is the tests' client. Its timeout turns a request that never
+// ends into a failure naming it, rather than a package that hangs until
+// go test's -timeout.
+var HTTP = &http.Client{Timeout: 2 * time.Minute}
+
 // Client calls a running tuneforge API with one key.
 type Client struct {
 	BaseURL string
@@ -65,9 +70,9 @@ func (c *Client) Send(t testing.TB, method, path string, body any, header http.H
 	if c.Key != "" {
 		req.Header.Set("X-API-Key", c.Key)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := HTTP.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
