@@ -31,14 +31,16 @@ const (
 )
 
 // TestQueueUnderLoad queues 1,000 jobs of 50 organizations (5,000 with
-// -queue-per-org 100) on a one-slot pool. Waiting jobs hold no worker slot, so control activities keep
-// running: a job on an idle pool trains and completes meanwhile. When the
-// slot comes up, a job of an organization new to the pool gets one of the
-// first two turns, ahead of the thousands queued before it.
+// -queue-per-org 100) on a one-slot pool. Waiting jobs hold no worker
+// slot, so control activities keep running: a job on an idle pool trains
+// and completes meanwhile. When the slot comes up, a job of an
+// organization new to the pool gets one of the first two turns, ahead of
+// the thousands queued before it.
 func TestQueueUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("queues thousands of jobs")
 	}
+	total := queueOrgs * *queuePerOrg
 	orgs := make([]*testenv.Org, queueOrgs)
 	datasets := make([]string, queueOrgs)
 	data := testenv.Tickets(20, 7)
@@ -56,7 +58,7 @@ func TestQueueUnderLoad(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := next.Add(1) - 1; n < int64(queueOrgs**queuePerOrg); n = next.Add(1) - 1 {
+			for n := next.Add(1) - 1; n < int64(total); n = next.Add(1) - 1 {
 				i := n % queueOrgs
 				if _, err := createJob(orgs[i], datasets[i], busyPool, fmt.Sprintf("queued %d", n)); err != nil {
 					errs <- err
@@ -73,7 +75,7 @@ func TestQueueUnderLoad(t *testing.T) {
 	}
 	createdIn := time.Since(start)
 	waitFor(t, 10*time.Minute, "every job waiting for the busy pool", func() bool {
-		return waiting(t, busyPool) == queueOrgs**queuePerOrg
+		return waiting(t, busyPool) == total
 	})
 	queuedIn := time.Since(start)
 	t.Logf("%d jobs created in %s (%.0f/s); all waiting for a slot after %s", created.Load(), createdIn.Round(time.Millisecond),
@@ -88,14 +90,14 @@ func TestQueueUnderLoad(t *testing.T) {
 	}
 	began := time.Now()
 	waitFor(t, 2*time.Minute, "the idle pool's job to complete", func() bool { return status(t, idleID) == "completed" })
-	t.Logf("a job on an idle pool completed %s after its creation, with %d jobs queued elsewhere", time.Since(began).Round(time.Millisecond), queueOrgs**queuePerOrg)
+	t.Logf("a job on an idle pool completed %s after its creation, with %d jobs queued elsewhere", time.Since(began).Round(time.Millisecond), total)
 
 	newcomer := env.NewOrg(t)
 	newID, err := createJob(newcomer, newcomer.Upload(t, "tickets.jsonl", data), busyPool, "newcomer")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "the newcomer's job to queue", func() bool { return waiting(t, busyPool) == queueOrgs**queuePerOrg+1 })
+	waitFor(t, time.Minute, "the newcomer's job to queue", func() bool { return waiting(t, busyPool) == total+1 })
 
 	began = time.Now()
 	env.StartWorker(t, busyPool, 1)
@@ -109,7 +111,7 @@ func TestQueueUnderLoad(t *testing.T) {
 	}
 	t.Logf("the newcomer's job started in turn %d, %s after the slot came up", turn, time.Since(began).Round(time.Millisecond))
 	if turn > 2 {
-		t.Errorf("the newcomer's job started in turn %d behind %d queued jobs; want one of the first two", turn, queueOrgs**queuePerOrg)
+		t.Errorf("the newcomer's job started in turn %d behind %d queued jobs; want one of the first two", turn, total)
 	}
 }
 
