@@ -238,7 +238,8 @@ func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochRe
 
 // recordResume records that an epoch's attempt took over from an earlier
 // one that ended without an outcome: its worker was lost (no heartbeat
-// within the timeout) or its trainer crashed.
+// within the timeout), its trainer crashed, or what it trained could not
+// be recorded (PostgreSQL was unavailable).
 func (a *Activities) recordResume(ctx context.Context, in EpochInput, step int) error {
 	info := activity.GetInfo(ctx)
 	if info.Attempt <= 1 {
@@ -249,7 +250,7 @@ func (a *Activities) recordResume(ctx context.Context, in EpochInput, step int) 
 	}
 	return recordEvent(ctx, a.Store.Conn, db.Event{
 		JobID: in.JobID, Level: LevelWarn, Type: db.EventWorkerLost,
-		Message: fmt.Sprintf("Epoch %d attempt %d ended without an outcome (its worker was lost or its trainer crashed); attempt %d resumes at step %d",
+		Message: fmt.Sprintf("Epoch %d attempt %d ended without an outcome (its worker was lost, its trainer crashed, or the database was unavailable); attempt %d resumes at step %d",
 			in.Epoch, info.Attempt-1, info.Attempt, step),
 		Data: map[string]any{"epoch": in.Epoch, "attempt": info.Attempt, "step": step},
 	}, fmt.Sprint(info.Attempt))

@@ -81,6 +81,12 @@ func (s *Server) respondError(c *gin.Context, err error) {
 		// Text PostgreSQL cannot store (a NUL, invalid UTF-8) came from the client.
 		apiErr = badRequest("text in the request must be valid UTF-8 without NUL characters")
 	}
+	if apiErr == nil && db.IsUnavailable(err) {
+		// PostgreSQL is restarting or unreachable: the client may retry.
+		s.log.WarnContext(c.Request.Context(), "database unavailable", "method", c.Request.Method, "path", c.FullPath(), "err", err)
+		c.Header("Retry-After", "1")
+		apiErr = newError(http.StatusServiceUnavailable, "unavailable", "the database is unavailable; try again shortly")
+	}
 	if apiErr == nil && !errors.As(err, &apiErr) {
 		s.log.ErrorContext(c.Request.Context(), "request failed", "method", c.Request.Method, "path", c.FullPath(), "err", err)
 		apiErr = newError(http.StatusInternalServerError, "internal", "internal error; the request was not completed")

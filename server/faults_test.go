@@ -2,80 +2,20 @@ package server_test
 
 import (
 	"net/http"
-	"os"
-	"os/exec"
 	"slices"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
-// process is one tuneforge role run from the production binary against
+// startProcess runs one tuneforge role from the production binary against
 // the test platform's PostgreSQL, Temporal and artifact store.
-type process struct {
-	t    *testing.T
-	bin  string
-	args []string
-	env  []string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	logs lockedBuffer
-}
-
-// lockedBuffer is the process's output, written by exec's copier while a
-// failing test may read it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func startProcess(t *testing.T, bin string, extraEnv []string, args ...string) *process {
-	p := &process{t: t, bin: bin, args: args, env: append(os.Environ(), append([]string{
+func startProcess(t *testing.T, bin string, extraEnv []string, args ...string) *testenv.Process {
+	return testenv.StartProcess(t, bin, append([]string{
 		"DATABASE_URL=" + env.DatabaseURL, "TUNEFORGE_TEMPORAL_ADDR=" + env.TemporalAddr, "TUNEFORGE_ARTIFACTS=" + env.ArtifactsURL,
 		"TUNEFORGE_DATA_DIR=" + t.TempDir(), "TUNEFORGE_METRICS_ADDR=", "TUNEFORGE_LOG_LEVEL=warn", "TUNEFORGE_RATE_LIMIT=0",
-	}, extraEnv...)...)}
-	p.start()
-	t.Cleanup(func() { p.kill() })
-	return p
-}
-
-func (p *process) start() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cmd = exec.Command(p.bin, p.args...)
-	p.cmd.Env = p.env
-	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
-	// Wait would otherwise wait on any child still holding the output.
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-// kill sends SIGKILL: the process gets no chance to tidy up.
-func (p *process) kill() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		_ = p.cmd.Wait()
-	}
+	}, extraEnv...), args...)
 }
 
 // The platform's processes are killed one after another while jobs train
@@ -113,16 +53,16 @@ func TestProcessesKilledMidRun(t *testing.T) {
 			t.Skip("training finished before the training worker was killed")
 		}
 	}
-	training.kill()
-	training.start()
-	control.kill()
-	control.start()
-	api.kill()
+	training.Kill()
+	training.Start()
+	control.Kill()
+	control.Start()
+	api.Kill()
 	if r, err := http.Get(remote.BaseURL + "/healthz"); err == nil {
 		r.Body.Close()
 		t.Fatal("the API answers after SIGKILL")
 	}
-	api.start()
+	api.Start()
 	testenv.WaitOK(t, remote.BaseURL+"/readyz", 30*time.Second)
 
 	// A job whose epoch had just ended when the worker died loses no
@@ -131,10 +71,10 @@ func TestProcessesKilledMidRun(t *testing.T) {
 	for _, id := range jobs {
 		job := org.WaitStatus(t, id, 3*time.Minute, "completed", "failed")
 		if job["status"] != "completed" {
-			t.Fatalf("job %s %v: %v\ntraining worker:\n%s", id, job["status"], job["error"], training.logs.String())
+			t.Fatalf("job %s %v: %v\ntraining worker:\n%s", id, job["status"], job["error"], training.Logs())
 		}
-		checkSteps(t, org.MetricSteps(t, id), epochs, 5000)
-		types, _ := eventTypes(t, org, id)
+		testenv.CheckSteps(t, org.MetricSteps(t, id), epochs, 5000)
+		types, _ := org.EventTypes(t, id)
 		if slices.Contains(types, "worker_lost") {
 			lost++
 		} else {

@@ -9,21 +9,6 @@ import (
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
-// eventTypes lists a job's events through the seed API, oldest first.
-func eventTypes(t *testing.T, org *testenv.Org, id string) ([]string, []map[string]any) {
-	t.Helper()
-	r := org.Do(t, "GET", jobsPath+"/"+id+"/events?limit=1000", nil)
-	expect(t, r, 200, `"jobId":"`+id)
-	var types []string
-	var events []map[string]any
-	for _, e := range r.Body["events"].([]any) {
-		ev := e.(map[string]any)
-		types = append(types, ev["type"].(string))
-		events = append(events, ev)
-	}
-	return types, events
-}
-
 func checkpointIDs(t *testing.T, org *testenv.Org, id string) []map[string]any {
 	t.Helper()
 	r := org.Do(t, "GET", jobsPath+"/"+id+"/checkpoints", nil)
@@ -58,7 +43,7 @@ func TestEventsCheckpointsAndRestartFromCheckpoint(t *testing.T) {
 	expect(t, org.Do(t, "GET", jobsPath+"?metadata[team]=support&metadata[run]=7", nil), 200, `"count":1`, id)
 	expect(t, org.Do(t, "GET", jobsPath+"?metadata[team]=other", nil), 200, `"count":0`)
 
-	types, events := eventTypes(t, org, id)
+	types, events := org.EventTypes(t, id)
 	// Tests share the pool, so the job may have waited for it.
 	if len(types) > 2 && types[2] == "waiting_for_gpu" {
 		types, events = slices.Delete(types, 2, 3), slices.Delete(events, 2, 3)
@@ -114,7 +99,7 @@ func TestEventsCheckpointsAndRestartFromCheckpoint(t *testing.T) {
 	}
 	steps := org.MetricSteps(t, id)
 	checkIncreasing(t, steps, steps[len(steps)-1])
-	types, events = eventTypes(t, org, id)
+	types, events = org.EventTypes(t, id)
 	var restarted map[string]any
 	for _, e := range events {
 		if e["type"] == "restarted" {

@@ -81,7 +81,7 @@ func TestTrainingWorkerSIGTERM(t *testing.T) {
 	if !ok || saved < steps[len(steps)-1] {
 		t.Fatalf("the checkpoint saved at shutdown is at step %d, behind the last metric point at %d", saved, steps[len(steps)-1])
 	}
-	types, events := eventTypes(t, org, id)
+	types, events := org.EventTypes(t, id)
 	var handed map[string]any
 	for _, e := range events {
 		if e["type"] == "worker_stopped" {
@@ -97,8 +97,8 @@ func TestTrainingWorkerSIGTERM(t *testing.T) {
 	if l := org.Logs(t, id); !strings.Contains(l, fmt.Sprintf("resumed at step %d from its checkpoint", saved)) {
 		t.Errorf("the next worker did not resume from the checkpoint at step %d: %s", saved, l)
 	}
-	if types, _ := eventTypes(t, org, id); slices.Contains(types, "worker_lost") {
+	if types, _ := org.EventTypes(t, id); slices.Contains(types, "worker_lost") {
 		t.Errorf("a handed-back epoch counted as a lost worker: %v", types)
 	}
-	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
+	testenv.CheckSteps(t, org.MetricSteps(t, id), epochs, 7500)
 }

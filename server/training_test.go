@@ -29,21 +29,6 @@ func longJob(t *testing.T, org *testenv.Org, ds, hardware string, epochs int) st
 	return r.Body["id"].(string)
 }
 
-// checkSteps asserts one metric point per reporting interval, no gaps and
-// no duplicates: 25 per epoch for these datasets.
-func checkSteps(t *testing.T, steps []int, epochs, stepsPerEpoch int) {
-	t.Helper()
-	every := stepsPerEpoch / 25
-	if len(steps) != epochs*25 {
-		t.Fatalf("%d metric points, want %d", len(steps), epochs*25)
-	}
-	for i, s := range steps {
-		if s != (i+1)*every {
-			t.Fatalf("metric point %d is step %d, want %d", i, s, (i+1)*every)
-		}
-	}
-}
-
 func pool(t *testing.T, org *testenv.Org, id string) map[string]any {
 	t.Helper()
 	for _, h := range org.Do(t, "GET", "/api/v1/fine-tuning/hardware", nil).Body["hardware"].([]any) {
@@ -91,7 +76,7 @@ func TestStopRestartResumes(t *testing.T) {
 	if !strings.Contains(logs, "resumed at step") || !strings.Contains(logs, "Training stopped") {
 		t.Errorf("logs do not show the resume: %s", logs)
 	}
-	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
+	testenv.CheckSteps(t, org.MetricSteps(t, id), epochs, 7500)
 	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
 }
 
@@ -268,8 +253,8 @@ func TestTrainingWorkerReplacedMidEpoch(t *testing.T) {
 		t.Errorf("the new worker did not resume from the checkpoint: %s", logs)
 	}
 	// The stopped worker handed its epoch back.
-	if types, _ := eventTypes(t, org, id); !slices.Contains(types, "worker_stopped") {
+	if types, _ := org.EventTypes(t, id); !slices.Contains(types, "worker_stopped") {
 		t.Errorf("no worker_stopped event: %v", types)
 	}
-	checkSteps(t, org.MetricSteps(t, id), epochs, 7500)
+	testenv.CheckSteps(t, org.MetricSteps(t, id), epochs, 7500)
 }

@@ -145,3 +145,37 @@ func (c *Client) Logs(t testing.TB, jobID string) string {
 	t.Helper()
 	return string(c.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID+"/logs?lines=1000", nil).Raw)
 }
+
+// EventTypes returns the types of a job's events, oldest first, and the
+// events themselves.
+func (c *Client) EventTypes(t testing.TB, jobID string) ([]string, []map[string]any) {
+	t.Helper()
+	r := c.Do(t, http.MethodGet, "/api/v1/fine-tuning/jobs/"+jobID+"/events?limit=1000", nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("events of %s: %d %s", jobID, r.Status, r.Raw)
+	}
+	var types []string
+	var events []map[string]any
+	for _, e := range r.Body["events"].([]any) {
+		ev := e.(map[string]any)
+		types = append(types, ev["type"].(string))
+		events = append(events, ev)
+	}
+	return types, events
+}
+
+// CheckSteps fails the test unless steps are a job's metric points for
+// epochs whole epochs of stepsPerEpoch steps, each once and in order: the
+// builtin trainer records 25 a epoch.
+func CheckSteps(t testing.TB, steps []int, epochs, stepsPerEpoch int) {
+	t.Helper()
+	every := stepsPerEpoch / 25
+	if len(steps) != epochs*25 {
+		t.Fatalf("%d metric points, want %d", len(steps), epochs*25)
+	}
+	for i, s := range steps {
+		if s != (i+1)*every {
+			t.Fatalf("metric point %d is step %d, want %d", i, s, (i+1)*every)
+		}
+	}
+}

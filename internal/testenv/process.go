@@ -3,6 +3,11 @@ package testenv
 import (
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -34,4 +39,74 @@ func WaitOK(t testing.TB, url string, timeout time.Duration) {
 			t.Fatalf("%s did not answer 200 within %s", url, timeout)
 		}
 	}
+}
+
+// Process is one of tuneforge's processes run from its binary, which a
+// test may kill and start again; it is killed when the test ends.
+type Process struct {
+	t    testing.TB
+	bin  string
+	args []string
+	env  []string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	logs lockedBuffer
+}
+
+// StartProcess runs bin with args, in this process's environment with
+// environ added.
+func StartProcess(t testing.TB, bin string, environ []string, args ...string) *Process {
+	t.Helper()
+	p := &Process{t: t, bin: bin, args: args, env: append(os.Environ(), environ...)}
+	p.Start()
+	t.Cleanup(p.Kill)
+	return p
+}
+
+// Start starts the process (again).
+func (p *Process) Start() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cmd = exec.Command(p.bin, p.args...)
+	p.cmd.Env = p.env
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	// Wait would otherwise wait on any child still holding the output.
+	p.cmd.WaitDelay = 5 * time.Second
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// Kill sends SIGKILL, so the process gets no chance to tidy up, and waits
+// for it to exit.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+	}
+}
+
+// Logs is what the process has written to stdout and stderr, in all its runs.
+func (p *Process) Logs() string { return p.logs.String() }
+
+// lockedBuffer is a process's output, written by exec's copier while a
+// failing test may read it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(b)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
