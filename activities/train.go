@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,6 +88,45 @@ type progress struct {
 	Checkpoint int // the step of the last saved checkpoint
 }
 
+// heartbeat reports an attempt's progress every heartbeatEvery from a
+// goroutine of its own until stopped, so loading the dataset, featurizing
+// it, a full-pass evaluation and transfers heartbeat as training steps do
+// (an epoch that went quiet for the heartbeat timeout would be retried),
+// and a stop is heard at any moment.
+type heartbeat struct {
+	step, ckpt atomic.Int64 // progress's fields
+	done       chan struct{}
+	exited     chan struct{}
+}
+
+// startHeartbeat starts heartbeating; flush, when set, runs at each beat.
+func startHeartbeat(ctx context.Context, flush func()) *heartbeat {
+	h := &heartbeat{done: make(chan struct{}), exited: make(chan struct{})}
+	go func() {
+		defer close(h.exited)
+		t := time.NewTicker(heartbeatEvery)
+		defer t.Stop()
+		for {
+			activity.RecordHeartbeat(ctx, progress{Step: int(h.step.Load()), Checkpoint: int(h.ckpt.Load())})
+			if flush != nil {
+				flush()
+			}
+			select {
+			case <-h.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return h
+}
+
+// stop ends the heartbeats and waits for the last one.
+func (h *heartbeat) stop() {
+	close(h.done)
+	<-h.exited
+}
+
 // TrainEpoch trains one epoch of a job on this worker's pool, with the
 // command trainer when one is configured, else with the builtin trainer.
 func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult, error) {
@@ -104,6 +144,8 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
 	ctx, done := untilWorkerStops(ctx)
 	defer done()
+	beat := startHeartbeat(ctx, nil)
+	defer beat.stop()
 	train, err := a.loadExamples(ctx, in.DatasetKey, "training file")
 	if err != nil {
 		return EpochResult{}, err
@@ -154,16 +196,18 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 		return EpochResult{}, err
 	}
 
+	beat.step.Store(int64(state.Step))
+	beat.ckpt.Store(int64(state.Step))
 	var (
-		lastBeat, lastSave = time.Now(), time.Now()
-		savedStep          = state.Step
-		unsaved            int
-		lossSum            float64
-		lossN              int
+		lastSave = time.Now()
+		unsaved  int
+		lossSum  float64
+		lossN    int
 	)
 	counted := newThroughput(ctx, in, "builtin", state.Step, state.Tokens)
 	res, err := run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error {
 		counted.at(s.Step, s.Tokens)
+		beat.step.Store(int64(s.Step))
 		lossSum += s.BatchLoss
 		lossN++
 		if s.EpochStep%every == 0 || s.EpochStep == s.StepsPerEpoch {
@@ -175,12 +219,9 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 				if err := a.saveState(ctx, in.JobID, state); err != nil {
 					return err
 				}
-				lastSave, savedStep, unsaved = time.Now(), s.Step, 0
+				lastSave, unsaved = time.Now(), 0
+				beat.ckpt.Store(int64(s.Step))
 			}
-		}
-		if time.Since(lastBeat) >= heartbeatEvery {
-			activity.RecordHeartbeat(ctx, progress{Step: s.Step, Checkpoint: savedStep})
-			lastBeat = time.Now()
 		}
 		return nil
 	})

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -86,8 +85,8 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	h.logs = newLogBatch(h.writeLogs)
 	// Closed after Run, or here on an early return.
 	defer h.logs.Close()
-	stopBeats := h.heartbeat()
-	defer stopBeats()
+	h.beat = startHeartbeat(ctx, h.logs.Flush)
+	defer h.beat.stop()
 
 	cfg := command.Config{
 		Protocol: command.Protocol, JobID: in.JobID, BaseModel: in.BaseModel,
@@ -117,8 +116,8 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	if err != nil {
 		return EpochResult{}, err
 	}
-	h.ckpt.Store(int64(resumeStep))
-	h.step.Store(int64(resumeStep))
+	h.beat.ckpt.Store(int64(resumeStep))
+	h.beat.step.Store(int64(resumeStep))
 	h.counted = newThroughput(ctx, in, "command", resumeStep, 0)
 
 	msg := fmt.Sprintf("Epoch %d/%d started (command trainer: %s)", in.Epoch, in.Hyperparameters.Epochs, a.Command)
@@ -146,10 +145,10 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	if err != nil {
 		// The trainer was stopped and its checkpoint uploaded before Run
 		// returned: a stopping worker can hand the epoch back.
-		if herr := a.handBack(ctx, in, int(h.ckpt.Load())); herr != nil {
+		if herr := a.handBack(ctx, in, int(h.beat.ckpt.Load())); herr != nil {
 			return EpochResult{}, herr
 		}
-		return EpochResult{}, a.trainerFailure(ctx, in, info.Attempt, int(h.ckpt.Load()), err)
+		return EpochResult{}, a.trainerFailure(ctx, in, info.Attempt, int(h.beat.ckpt.Load()), err)
 	}
 	if in.Epoch == in.Hyperparameters.Epochs {
 		n, err := a.Artifacts.PutDir(ctx, artifacts.OutputKey(in.JobID), res.OutputPath)
@@ -255,7 +254,7 @@ type commandHandler struct {
 	ctx context.Context
 	in  EpochInput
 
-	step, ckpt atomic.Int64 // read by the heartbeat goroutine
+	beat *heartbeat
 
 	last      *command.Progress
 	pending   bool
@@ -265,30 +264,9 @@ type commandHandler struct {
 	logs *logBatch
 }
 
-// heartbeat reports progress until the returned func is called. It runs on
-// its own, so long downloads and uploads heartbeat too and a stop is heard
-// at any moment.
-func (h *commandHandler) heartbeat() (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(heartbeatEvery)
-		defer t.Stop()
-		for {
-			activity.RecordHeartbeat(h.ctx, progress{Step: int(h.step.Load()), Checkpoint: int(h.ckpt.Load())})
-			h.logs.Flush()
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return func() { close(done) }
-}
-
 // Progress implements command.Handler.
 func (h *commandHandler) Progress(p command.Progress) error {
-	h.step.Store(int64(p.Step))
+	h.beat.step.Store(int64(p.Step))
 	if h.last == nil {
 		// A resumed trainer reports its tokens from the job's start.
 		h.counted.tok = p.Tokens
@@ -350,7 +328,7 @@ func (h *commandHandler) Checkpoint(c command.Checkpoint) error {
 	if err := h.a.keepUpload(ctx, h.in.JobID, key); err != nil {
 		return err
 	}
-	h.ckpt.Store(int64(c.Step))
+	h.beat.ckpt.Store(int64(c.Step))
 	if err := h.a.pruneCheckpoints(ctx, h.in.JobID, key); err != nil {
 		return err
 	}
