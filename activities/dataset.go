@@ -38,19 +38,14 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset"); err != nil {
 		return DatasetSummary{}, err
 	}
-	r, err := a.open(ctx, in.DatasetKey, "training file")
-	if err != nil {
-		return DatasetSummary{}, err
-	}
-	defer r.Close()
-	train, err := validateTraining(ctx, r, in.MaxSequenceLength)
+	train, err := a.validateFile(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, true)
 	if err != nil {
 		return DatasetSummary{}, err
 	}
 	sum := DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
 	if in.ValidationKey != "" {
-		// A small validation set is fine: it only measures.
-		v, err := a.scan(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, 1, nil)
+		// A small validation set is fine, whatever its labels: it only measures.
+		v, err := a.validateFile(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, false)
 		if err != nil {
 			return DatasetSummary{}, err
 		}
@@ -71,6 +66,31 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 		}
 		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
 	})
+}
+
+// validateFile checks a dataset file for a job: from what its upload found,
+// when that was recorded and shows nothing wrong for the job (enough
+// examples, none over the model's limit, learnable labels in a training
+// file; each line was valid then and the file cannot change), else by
+// reading the file, which names each bad line.
+func (a *Activities) validateFile(ctx context.Context, key, what string, maxSeq int, training bool) (dataset.Summary, error) {
+	st, err := a.Store.DatasetStatsOf(ctx, key)
+	if err != nil {
+		return dataset.Summary{}, err
+	}
+	enough := st != nil && st.Examples > 0 && (!training || st.Examples >= dataset.MinTrainingExamples)
+	if enough && (maxSeq <= 0 || st.MaxTokens <= maxSeq) && (!training || st.LabelProblem == "") {
+		return dataset.Summary{Examples: st.Examples, Tokens: st.Tokens, MaxTokens: st.MaxTokens}, nil
+	}
+	if !training {
+		return a.scan(ctx, key, what, maxSeq, 1, nil)
+	}
+	r, err := a.open(ctx, key, what)
+	if err != nil {
+		return dataset.Summary{}, err
+	}
+	defer r.Close()
+	return validateTraining(ctx, r, maxSeq)
 }
 
 // validateTraining checks a training file as it streams from r: every line,

@@ -73,3 +73,49 @@ func TestValidateDataset(t *testing.T) {
 		wantError(t, err, activities.ErrTypeJobGone)
 	})
 }
+
+// What the upload found stands in for reading the file again, unless it
+// shows a problem for the job: then the file is read, which names the lines.
+func TestValidateDatasetFromUploadStats(t *testing.T) {
+	t.Parallel()
+	setStats := func(f *fixture, examples, maxTokens int, labelProblem string) {
+		_, err := env.Store.Pool.Exec(f.ctx, `UPDATE datasets SET examples = $2, tokens = 99, max_tokens = $3, label_problem = $4 WHERE id = $1`,
+			f.dataset, examples, maxTokens, labelProblem)
+		f.check(err)
+	}
+	t.Run("stats that fit", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t)
+		setStats(f, 12, 50, "")
+		// No file: the stats must do.
+		val, err := f.run(f.acts.ValidateDataset, activities.ValidateInput{JobID: f.newJob("gpu-a100-40gb"), DatasetKey: f.datasetKey(), MaxSequenceLength: 8192})
+		f.check(err)
+		var sum activities.DatasetSummary
+		f.check(val.Get(&sum))
+		if sum != (activities.DatasetSummary{Examples: 12, Tokens: 99}) {
+			t.Errorf("summary %+v, want the upload's", sum)
+		}
+	})
+	for name, c := range map[string]struct {
+		examples, maxTokens int
+		labelProblem        string
+	}{
+		"too few examples":                  {7, 50, ""},
+		"an example over the model's limit": {12, 9000, ""},
+		"labels the trainer cannot learn":   {12, 50, "one label only"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			setStats(f, c.examples, c.maxTokens, c.labelProblem)
+			f.check(env.Artifacts.PutBytes(f.ctx, f.datasetKey(), testenv.Tickets(20, 1)))
+			val, err := f.run(f.acts.ValidateDataset, activities.ValidateInput{JobID: f.newJob("gpu-a100-40gb"), DatasetKey: f.datasetKey(), MaxSequenceLength: 8192})
+			f.check(err)
+			var sum activities.DatasetSummary
+			f.check(val.Get(&sum))
+			if sum.Examples != 20 {
+				t.Errorf("summary %+v, want the file's 20 examples", sum)
+			}
+		})
+	}
+}

@@ -99,16 +99,19 @@ func (f Format) describe() string {
 	return "prompt/completion format"
 }
 
+// MinTrainingExamples is the fewest valid examples a training file needs.
+const MinTrainingExamples = 10
+
 // Options tunes validation. The zero value is usable.
 type Options struct {
-	MinExamples       int // fewest valid examples a file needs; 0 or less means 10
+	MinExamples       int // fewest valid examples a file needs; 0 or less means MinTrainingExamples
 	MaxSequenceLength int // most tokens per example (see CountTokens); 0 or less means unlimited
 	MaxErrors         int // how many line errors to keep in detail; 0 or less means 5
 }
 
 func (o Options) withDefaults() Options {
 	if o.MinExamples <= 0 {
-		o.MinExamples = 10
+		o.MinExamples = MinTrainingExamples
 	}
 	if o.MaxErrors <= 0 {
 		o.MaxErrors = 5

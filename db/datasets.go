@@ -20,13 +20,47 @@ type Dataset struct {
 	BlobKey   string
 	CreatedBy string
 	CreatedAt time.Time
+	// Stats is what the upload's validation found; nil for a dataset
+	// uploaded before it was recorded.
+	Stats *DatasetStats
+}
+
+// DatasetStats is what validating a dataset's file found.
+type DatasetStats struct {
+	Examples  int
+	Tokens    int64
+	MaxTokens int // of the longest example
+	// LabelProblem is why the builtin trainer could not learn the file's
+	// labels, "" when it can.
+	LabelProblem string
+}
+
+func datasetStats(examples *int32, tokens *int64, maxTokens *int32, labelProblem *string) *DatasetStats {
+	if examples == nil || tokens == nil || maxTokens == nil || labelProblem == nil {
+		return nil
+	}
+	return &DatasetStats{Examples: int(*examples), Tokens: *tokens, MaxTokens: int(*maxTokens), LabelProblem: *labelProblem}
 }
 
 func datasetFromRow(r dbsqlc.Dataset) Dataset {
 	return Dataset{
 		ID: r.ID, OrganizationID: r.OrganizationID, Filename: r.Filename, Bytes: r.Bytes, SHA256: r.Sha256,
 		BlobKey: r.BlobKey, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(),
+		Stats: datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem),
 	}
+}
+
+// DatasetStatsOf is what the upload found in the file at blobKey: nil when
+// no dataset has that file or its stats were not recorded.
+func (c Conn) DatasetStatsOf(ctx context.Context, blobKey string) (*DatasetStats, error) {
+	r, err := c.q.DatasetStatsByBlobKey(ctx, c.db, blobKey)
+	if IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read dataset stats: %w", err)
+	}
+	return datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem), nil
 }
 
 // Dataset reads one of the organization's datasets; ErrNotFound when it has
@@ -86,10 +120,15 @@ func (c Conn) LockDatasetQuota(ctx context.Context, org string) error {
 // CreateDataset records d and returns it as stored; d.CreatedAt is
 // ignored, the row's is the time of the insert.
 func (c Conn) CreateDataset(ctx context.Context, d Dataset) (Dataset, error) {
-	r, err := c.q.CreateDataset(ctx, c.db, dbsqlc.CreateDatasetParams{
+	p := dbsqlc.CreateDatasetParams{
 		ID: d.ID, OrganizationID: d.OrganizationID, Filename: d.Filename, Bytes: d.Bytes, Sha256: d.SHA256,
 		BlobKey: d.BlobKey, CreatedBy: d.CreatedBy,
-	})
+	}
+	if st := d.Stats; st != nil {
+		examples, maxTokens := int32(st.Examples), int32(st.MaxTokens)
+		p.Examples, p.Tokens, p.MaxTokens, p.LabelProblem = &examples, &st.Tokens, &maxTokens, &st.LabelProblem
+	}
+	r, err := c.q.CreateDataset(ctx, c.db, p)
 	if err != nil {
 		return Dataset{}, fmt.Errorf("record dataset: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 type datasetView struct {
@@ -211,7 +212,13 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		done <- putResult{n, sum, err}
 	}()
 	tee := io.TeeReader(src, pw)
-	_, scanErr := dataset.Scan(ctx, tee, dataset.Options{MinExamples: 1}, nil)
+	// The labels are checked as a job's validation would, so that a job
+	// on this file need not read it again (db.DatasetStats).
+	var labels trainer.LabelCheck
+	sum, scanErr := dataset.Scan(ctx, tee, dataset.Options{MinExamples: 1}, func(e dataset.Example) error {
+		labels.Add(e.Target())
+		return nil
+	})
 	if scanErr == nil {
 		_, scanErr = io.Copy(io.Discard, tee)
 	}
@@ -234,6 +241,10 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		s.discardBlob(ctx, blobKey)
 		return db.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 	}
+	stats := &db.DatasetStats{Examples: sum.Examples, Tokens: sum.Tokens, MaxTokens: sum.MaxTokens}
+	if err := labels.Err(); err != nil {
+		stats.LabelProblem = err.Error()
+	}
 	var d db.Dataset
 	err := s.Store.Transact(ctx, func(tx db.Conn) error {
 		if quota {
@@ -251,7 +262,7 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		var err error
 		d, err = tx.CreateDataset(ctx, db.Dataset{
 			ID: id, OrganizationID: org, Filename: filename, Bytes: put.n, SHA256: put.sum,
-			BlobKey: blobKey, CreatedBy: key.UserID,
+			BlobKey: blobKey, CreatedBy: key.UserID, Stats: stats,
 		})
 		return err
 	})

@@ -233,3 +233,28 @@ func TestFailedImportsAndUploadsLeaveNothing(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	expectNothingStored(t, org, "an upload cut off halfway")
 }
+
+// An upload records what its validation found, for jobs on the file to use
+// instead of reading it again.
+func TestUploadRecordsStats(t *testing.T) {
+	org := env.NewOrg(t)
+	one := org.Upload(t, "train.jsonl", testenv.Tickets(20, 3))
+	d, err := env.Store.Dataset(t.Context(), org.ID, one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Stats; st == nil || st.Examples != 20 || st.Tokens <= 0 || st.MaxTokens <= 0 || st.LabelProblem != "" {
+		t.Errorf("stats of a good file: %+v", st)
+	}
+	var lines []string
+	for range 5 {
+		lines = append(lines, `{"prompt":"a question","completion":"the only label"}`)
+	}
+	single := org.Upload(t, "single.jsonl", []byte(strings.Join(lines, "\n")))
+	if d, err = env.Store.Dataset(t.Context(), org.ID, single); err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Stats; st == nil || st.Examples != 5 || st.LabelProblem == "" {
+		t.Errorf("stats of a file with one label: %+v", st)
+	}
+}

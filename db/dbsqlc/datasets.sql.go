@@ -23,9 +23,9 @@ func (q *Queries) CountDatasets(ctx context.Context, db DBTX, organizationID str
 }
 
 const createDataset = `-- name: CreateDataset :one
-INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at
+INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by, examples, tokens, max_tokens, label_problem)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+RETURNING id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem
 `
 
 type CreateDatasetParams struct {
@@ -36,6 +36,10 @@ type CreateDatasetParams struct {
 	Sha256         string
 	BlobKey        string
 	CreatedBy      string
+	Examples       *int32
+	Tokens         *int64
+	MaxTokens      *int32
+	LabelProblem   *string
 }
 
 func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetParams) (Dataset, error) {
@@ -47,6 +51,10 @@ func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetP
 		arg.Sha256,
 		arg.BlobKey,
 		arg.CreatedBy,
+		arg.Examples,
+		arg.Tokens,
+		arg.MaxTokens,
+		arg.LabelProblem,
 	)
 	var i Dataset
 	err := row.Scan(
@@ -58,6 +66,34 @@ func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetP
 		&i.BlobKey,
 		&i.CreatedBy,
 		&i.CreatedAt,
+		&i.Examples,
+		&i.Tokens,
+		&i.MaxTokens,
+		&i.LabelProblem,
+	)
+	return i, err
+}
+
+const datasetStatsByBlobKey = `-- name: DatasetStatsByBlobKey :one
+SELECT examples, tokens, max_tokens, label_problem FROM datasets WHERE blob_key = $1
+`
+
+type DatasetStatsByBlobKeyRow struct {
+	Examples     *int32
+	Tokens       *int64
+	MaxTokens    *int32
+	LabelProblem *string
+}
+
+// A job's validation asks by the file it was given: the object's key.
+func (q *Queries) DatasetStatsByBlobKey(ctx context.Context, db DBTX, blobKey string) (DatasetStatsByBlobKeyRow, error) {
+	row := db.QueryRow(ctx, datasetStatsByBlobKey, blobKey)
+	var i DatasetStatsByBlobKeyRow
+	err := row.Scan(
+		&i.Examples,
+		&i.Tokens,
+		&i.MaxTokens,
+		&i.LabelProblem,
 	)
 	return i, err
 }
@@ -97,7 +133,7 @@ func (q *Queries) DeleteDataset(ctx context.Context, db DBTX, arg DeleteDatasetP
 }
 
 const getDataset = `-- name: GetDataset :one
-SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at FROM datasets WHERE organization_id = $1 AND id = $2
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem FROM datasets WHERE organization_id = $1 AND id = $2
 `
 
 type GetDatasetParams struct {
@@ -117,12 +153,16 @@ func (q *Queries) GetDataset(ctx context.Context, db DBTX, arg GetDatasetParams)
 		&i.BlobKey,
 		&i.CreatedBy,
 		&i.CreatedAt,
+		&i.Examples,
+		&i.Tokens,
+		&i.MaxTokens,
+		&i.LabelProblem,
 	)
 	return i, err
 }
 
 const listDatasets = `-- name: ListDatasets :many
-SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at FROM datasets
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem FROM datasets
 WHERE organization_id = $1
 ORDER BY created_at DESC, id DESC
 LIMIT $2 OFFSET $3
@@ -152,6 +192,10 @@ func (q *Queries) ListDatasets(ctx context.Context, db DBTX, arg ListDatasetsPar
 			&i.BlobKey,
 			&i.CreatedBy,
 			&i.CreatedAt,
+			&i.Examples,
+			&i.Tokens,
+			&i.MaxTokens,
+			&i.LabelProblem,
 		); err != nil {
 			return nil, err
 		}
@@ -164,7 +208,7 @@ func (q *Queries) ListDatasets(ctx context.Context, db DBTX, arg ListDatasetsPar
 }
 
 const listDatasetsNewestFirst = `-- name: ListDatasetsNewestFirst :many
-SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at FROM datasets d
+SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at, d.examples, d.tokens, d.max_tokens, d.label_problem FROM datasets d
 WHERE d.organization_id = $1
   AND ($2::text IS NULL
        OR (d.created_at, d.id) < (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = $1 AND a.id = $2))
@@ -198,6 +242,10 @@ func (q *Queries) ListDatasetsNewestFirst(ctx context.Context, db DBTX, arg List
 			&i.BlobKey,
 			&i.CreatedBy,
 			&i.CreatedAt,
+			&i.Examples,
+			&i.Tokens,
+			&i.MaxTokens,
+			&i.LabelProblem,
 		); err != nil {
 			return nil, err
 		}
@@ -210,7 +258,7 @@ func (q *Queries) ListDatasetsNewestFirst(ctx context.Context, db DBTX, arg List
 }
 
 const listDatasetsOldestFirst = `-- name: ListDatasetsOldestFirst :many
-SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at FROM datasets d
+SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at, d.examples, d.tokens, d.max_tokens, d.label_problem FROM datasets d
 WHERE d.organization_id = $1
   AND ($2::text IS NULL
        OR (d.created_at, d.id) > (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = $1 AND a.id = $2))
@@ -242,6 +290,10 @@ func (q *Queries) ListDatasetsOldestFirst(ctx context.Context, db DBTX, arg List
 			&i.BlobKey,
 			&i.CreatedBy,
 			&i.CreatedAt,
+			&i.Examples,
+			&i.Tokens,
+			&i.MaxTokens,
+			&i.LabelProblem,
 		); err != nil {
 			return nil, err
 		}
@@ -304,7 +356,7 @@ func (q *Queries) ListJobsReadingDataset(ctx context.Context, db DBTX, arg ListJ
 }
 
 const lockDataset = `-- name: LockDataset :one
-SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE
 `
 
 type LockDatasetParams struct {
@@ -326,6 +378,10 @@ func (q *Queries) LockDataset(ctx context.Context, db DBTX, arg LockDatasetParam
 		&i.BlobKey,
 		&i.CreatedBy,
 		&i.CreatedAt,
+		&i.Examples,
+		&i.Tokens,
+		&i.MaxTokens,
+		&i.LabelProblem,
 	)
 	return i, err
 }

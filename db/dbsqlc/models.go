@@ -42,6 +42,10 @@ type Dataset struct {
 	BlobKey        string
 	CreatedBy      string
 	CreatedAt      time.Time
+	Examples       *int32
+	Tokens         *int64
+	MaxTokens      *int32
+	LabelProblem   *string
 }
 
 type DeployedModel struct {

@@ -1,7 +1,11 @@
 -- name: CreateDataset :one
-INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by, examples, tokens, max_tokens, label_problem)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING *;
+
+-- name: DatasetStatsByBlobKey :one
+-- A job's validation asks by the file it was given: the object's key.
+SELECT examples, tokens, max_tokens, label_problem FROM datasets WHERE blob_key = $1;
 
 -- name: GetDataset :one
 SELECT * FROM datasets WHERE organization_id = $1 AND id = $2;
