@@ -186,7 +186,10 @@ type datasetCache struct {
 type cachedDataset struct {
 	key      string
 	examples []trainer.Example
-	bytes    int64
+	// featurized is the examples featurized for a job's state, once an
+	// epoch has needed it, for the job's later epochs.
+	featurized *trainer.Featurized
+	bytes      int64
 }
 
 // datasetCacheBytes bounds the cache: a few jobs' training and validation
@@ -207,10 +210,7 @@ func (c *datasetCache) get(key string) ([]trainer.Example, bool) {
 }
 
 func (c *datasetCache) put(key string, examples []trainer.Example) {
-	limit := c.maxBytes
-	if limit == 0 {
-		limit = datasetCacheBytes
-	}
+	limit := c.limit()
 	size := examplesBytes(examples)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -221,13 +221,60 @@ func (c *datasetCache) put(key string, examples []trainer.Example) {
 	if size > limit {
 		return
 	}
-	c.entries = append(c.entries, cachedDataset{key, examples, size})
+	c.entries = append(c.entries, cachedDataset{key: key, examples: examples, bytes: size})
 	c.bytes += size
-	for c.bytes > limit {
+	c.evict()
+}
+
+// evict drops the least recently used entries while the cache is over its limit.
+func (c *datasetCache) evict() {
+	for c.bytes > c.limit() {
 		c.bytes -= c.entries[0].bytes
 		// Delete clears the vacated slot, so the evicted examples can be freed.
 		c.entries = slices.Delete(c.entries, 0, 1)
 	}
+}
+
+// featurize returns key's examples featurized for s: those kept beside
+// them when they were featurized for s, else featurized now and kept while
+// the examples are.
+func (c *datasetCache) featurize(key string, s *trainer.State, examples []trainer.Example) *trainer.Featurized {
+	c.mu.Lock()
+	if i := c.index(key); i >= 0 && c.entries[i].featurized != nil && c.entries[i].featurized.For(s) {
+		f := c.entries[i].featurized
+		c.mu.Unlock()
+		return f
+	}
+	c.mu.Unlock()
+	f := trainer.Featurize(s, examples)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := c.index(key)
+	if i < 0 {
+		return f
+	}
+	e := c.entries[i]
+	if e.featurized != nil {
+		e.bytes -= e.featurized.Bytes()
+		c.bytes -= e.featurized.Bytes()
+		e.featurized = nil
+	}
+	if e.bytes+f.Bytes() <= c.limit() {
+		e.featurized = f
+		e.bytes += f.Bytes()
+		c.bytes += f.Bytes()
+	}
+	// The entry just used goes last, so eviction takes others first.
+	c.entries = append(slices.Delete(c.entries, i, i+1), e)
+	c.evict()
+	return f
+}
+
+func (c *datasetCache) limit() int64 {
+	if c.maxBytes == 0 {
+		return datasetCacheBytes
+	}
+	return c.maxBytes
 }
 
 func (c *datasetCache) index(key string) int {

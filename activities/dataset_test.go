@@ -183,3 +183,41 @@ func runAlone(t *testing.T) bool {
 	}
 	return false
 }
+
+// A dataset's featurized form is kept beside its examples for the state it
+// was made for, counted in the budget, and made anew for another state.
+func TestDatasetCacheKeepsFeaturized(t *testing.T) {
+	var examples []trainer.Example
+	for i := range 40 {
+		examples = append(examples, trainer.Example{Text: fmt.Sprintf("ticket %d about billing", i), Label: []string{"billing", "bug"}[i%2]})
+	}
+	s, err := trainer.NewState(examples, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := datasetCache{maxBytes: 1 << 20}
+	if f := c.featurize("absent", s, examples); f == nil || len(c.entries) != 0 {
+		t.Fatal("featurizing examples the cache does not hold kept them")
+	}
+	c.put("a", examples)
+	first := c.featurize("a", s, examples)
+	if again := c.featurize("a", s, examples); again != first {
+		t.Error("the second epoch featurized again")
+	}
+	if c.bytes != examplesBytes(examples)+first.Bytes() {
+		t.Errorf("%d bytes held, want the examples' and the features'", c.bytes)
+	}
+	other, err := trainer.NewState(append(examples, trainer.Example{Text: "a new kind", Label: "outage"}), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := c.featurize("a", other, examples); f == first || !f.For(other) {
+		t.Error("features made for another state's labels were reused")
+	}
+	small := datasetCache{maxBytes: examplesBytes(examples) + 1}
+	small.put("a", examples)
+	small.featurize("a", s, examples)
+	if small.entries[0].featurized != nil || small.bytes != examplesBytes(examples) {
+		t.Error("features over the budget were kept")
+	}
+}

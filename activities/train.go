@@ -163,7 +163,14 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 	if state.Epoch < in.Epoch-1 {
 		return EpochResult{}, invalidData("the checkpoint holds %d epochs; cannot train epoch %d", state.Epoch, in.Epoch)
 	}
-	run, err := trainer.NewRun(state, in.Hyperparameters, train, valid)
+	// Kept beside the examples: a job's later epochs on this worker need
+	// not featurize them again.
+	trainF := a.datasets.featurize(in.DatasetKey, state, train)
+	validF := trainer.Featurize(state, nil)
+	if in.ValidationKey != "" {
+		validF = a.datasets.featurize(in.ValidationKey, state, valid)
+	}
+	run, err := trainer.NewRunFeaturized(state, in.Hyperparameters, trainF, validF)
 	if err != nil {
 		return EpochResult{}, invalidData("%v", err)
 	}

@@ -101,6 +101,38 @@ type dataset struct {
 	tokens []int64
 }
 
+// Featurized is examples in the form a run trains on, for one state's
+// features and labels. Featurizing a large file costs about as much as an
+// epoch of training on it, so a worker keeps it between a job's epochs. A
+// run only reads it: runs may share it.
+type Featurized struct {
+	dims         int
+	labels       []string
+	d            dataset
+	unknown      int // the first example whose label the state does not know, or -1
+	unknownLabel string
+}
+
+// Featurize featurizes examples for s.
+func Featurize(s *State, examples []Example) *Featurized {
+	f := &Featurized{dims: s.Dims, labels: slices.Clone(s.Labels), d: newDataset(s, examples), unknown: -1}
+	if i := slices.Index(f.d.label, -1); i >= 0 {
+		f.unknown, f.unknownLabel = i, examples[i].Label
+	}
+	return f
+}
+
+// For reports whether f was featurized for s's features and labels.
+func (f *Featurized) For(s *State) bool {
+	return f.dims == s.Dims && slices.Equal(f.labels, s.Labels)
+}
+
+// Bytes approximates the memory f takes.
+func (f *Featurized) Bytes() int64 {
+	d := f.d
+	return int64(8*len(d.off) + 4*len(d.idx) + 4*len(d.val) + 8*len(d.label) + 8*len(d.tokens))
+}
+
 func newDataset(s *State, examples []Example) dataset {
 	labelOf := make(map[string]int, len(s.Labels))
 	for i, l := range s.Labels {

@@ -129,29 +129,35 @@ type Run struct {
 // predicted, so they count as wrong in validation accuracy; they have no
 // defined cross-entropy, so validation loss skips them.
 func NewRun(s *State, hp Hyperparameters, train, validation []Example) (*Run, error) {
+	return NewRunFeaturized(s, hp, Featurize(s, train), Featurize(s, validation))
+}
+
+// NewRunFeaturized is NewRun on examples already featurized for s.
+func NewRunFeaturized(s *State, hp Hyperparameters, train, validation *Featurized) (*Run, error) {
 	if err := hp.validate(); err != nil {
 		return nil, err
 	}
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	if len(train) == 0 {
+	if !train.For(s) || !validation.For(s) {
+		return nil, errors.New("trainer: examples featurized for another state")
+	}
+	if train.d.len() == 0 {
 		return nil, errors.New("trainer: no training examples")
+	}
+	if train.unknown >= 0 {
+		return nil, fmt.Errorf("trainer: training example %d has label %q, which the state does not know", train.unknown, train.unknownLabel)
 	}
 	r := &Run{
 		s:     s,
 		hp:    hp,
-		train: newDataset(s, train),
-		valid: newDataset(s, validation),
+		train: train.d,
+		valid: validation.d,
 		slot:  make([]int32, s.Dims),
 		gradB: make([]float64, len(s.Labels)),
 		zeros: make([]float64, len(s.Labels)),
 		z:     make([]float64, len(s.Labels)),
-	}
-	for i, k := range r.train.label {
-		if k < 0 {
-			return nil, fmt.Errorf("trainer: training example %d has label %q, which the state does not know", i, train[i].Label)
-		}
 	}
 	for i := range r.slot {
 		r.slot[i] = -1
