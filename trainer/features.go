@@ -113,7 +113,8 @@ type Featurized struct {
 	unknownLabel string
 }
 
-// Featurize featurizes examples for s.
+// Featurize featurizes examples for s, which must be valid: made by
+// NewState or accepted by UnmarshalBinary.
 func Featurize(s *State, examples []Example) *Featurized {
 	f := &Featurized{dims: s.Dims, labels: slices.Clone(s.Labels), d: newDataset(s, examples), unknown: -1}
 	if i := slices.Index(f.d.label, -1); i >= 0 {

@@ -129,6 +129,10 @@ type Run struct {
 // predicted, so they count as wrong in validation accuracy; they have no
 // defined cross-entropy, so validation loss skips them.
 func NewRun(s *State, hp Hyperparameters, train, validation []Example) (*Run, error) {
+	// Featurizing needs the state's dims: refuse a bad state first.
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
 	return NewRunFeaturized(s, hp, Featurize(s, train), Featurize(s, validation))
 }
 

@@ -410,3 +410,12 @@ func BenchmarkTrainEpoch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(train))/b.Elapsed().Seconds(), "examples/s")
 }
+
+// A state that could not have come from NewState or a checkpoint is
+// refused with an error, before featurizing would divide by its dims.
+func TestNewRunRefusesABadState(t *testing.T) {
+	hp := Hyperparameters{Epochs: 1, LearningRate: 0.1, BatchSize: 8}
+	if _, err := NewRun(&State{}, hp, []Example{{Text: "a ticket", Label: "billing"}}, nil); err == nil {
+		t.Fatal("NewRun accepted a state with no labels and no dims")
+	}
+}
