@@ -19,13 +19,16 @@ import (
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
+// binDir holds the binary once a test has built it; TestMain removes it.
+var binDir string
+
 // tuneforgeBinary builds this command once for the tests that run it.
 var tuneforgeBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "tuneforge-bin-")
-	if err != nil {
+	var err error
+	if binDir, err = os.MkdirTemp("", "tuneforge-bin-"); err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "tuneforge")
+	bin := filepath.Join(binDir, "tuneforge")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build: %w\n%s", err, out)
 	}
@@ -46,8 +49,8 @@ func buildTuneforge(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bin, err := tuneforgeBinary(); err == nil {
-		_ = os.RemoveAll(filepath.Dir(bin))
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }
@@ -103,8 +106,8 @@ func freshDatabase(t *testing.T) string {
 	return url
 }
 
-// createJob starts a builtin-trainer job of epochs over a big dataset and
-// waits until it has recorded metric points.
+// createJob uploads a big dataset and creates a builtin-trainer job of
+// epochs on it, 7500 steps an epoch.
 func createJob(t *testing.T, api *testenv.Client, epochs int) string {
 	t.Helper()
 	ds := api.Upload(t, "big.jsonl", testenv.Tickets(60000, 31))
@@ -122,22 +125,16 @@ func checkOnce(t *testing.T, api *testenv.Client, id string, epochs int) {
 	t.Helper()
 	types, _ := api.EventTypes(t, id)
 	t.Logf("events: %v", types)
+	got := map[string]int{}
+	for _, typ := range types {
+		got[typ]++
+	}
 	want := map[string]int{"created": 1, "validated": 1, "epoch_completed": epochs, "completed": 1}
 	for typ, n := range want {
-		if got := countOf(types, typ); got != n {
-			t.Errorf("%d %s events, want %d: %v", got, typ, n, types)
+		if got[typ] != n {
+			t.Errorf("%d %s events, want %d: %v", got[typ], typ, n, types)
 		}
 	}
-}
-
-func countOf(list []string, s string) int {
-	n := 0
-	for _, v := range list {
-		if v == s {
-			n++
-		}
-	}
-	return n
 }
 
 // TestDevSurvivesSIGKILL kills `tuneforge dev` with SIGKILL in the middle of
