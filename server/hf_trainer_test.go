@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,19 +22,14 @@ import (
 // tiny/llama-3.1-8b.json describes the model --init-tiny builds.
 func hfTrainer(t *testing.T) []string {
 	t.Helper()
-	out, err := exec.Command("python3", "-c", "import torch, transformers, peft").CombinedOutput()
-	if err != nil {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		t.Skipf("trainers/hf/train.py needs python3 with torch, transformers and peft "+
-			"(pip install -r trainers/hf/requirements.txt); here: %v: %s", err, lines[len(lines)-1])
-	}
+	python := testenv.Python(t)
 	// The trainer runs in its attempt directory, so its path must be absolute;
 	// the test runs in server/.
 	script, err := filepath.Abs(filepath.Join("..", "trainers", "hf", "train.py"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{"python3", script, "--init-tiny"}
+	return []string{python, script, "--init-tiny"}
 }
 
 // TestHFTrainer trains a job for real with trainers/hf/train.py through the

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -67,6 +66,26 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
     # A job's seed is an int64, possibly negative or huge.
     assert sorted(train.epoch_order(5, -(2**63), 1)) == list(range(5))
     assert sorted(train.epoch_order(5, 2**63 - 1, 3)) == list(range(5))
+    # Fixed for good: no library's random numbers are involved, so every
+    # host and release orders the data alike (torch.randperm's order changed
+    # between releases).
+    assert train.epoch_order(12, 7, 1) == [9, 5, 1, 7, 8, 10, 3, 11, 2, 6, 0, 4]
+
+
+def test_seeded_stream_is_splitmix64():
+    def splitmix64(state):
+        mask = 2**64 - 1
+        out = []
+        for _ in range(4):
+            state = (state + 0x9E3779B97F4A7C15) & mask
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+            out.append(z ^ (z >> 31))
+        return out
+
+    for seed in (0, 7, 2**64 - 1, -5):
+        assert train.seeded_stream(seed, 4).tolist() == splitmix64(seed & (2**64 - 1))
 
 
 def test_epoch_batches_cover_the_epoch_once():
@@ -163,42 +182,50 @@ def test_read_jsonl_skips_blank_lines_and_names_a_bad_line(tmp_path):
         train.read_jsonl(str(tmp_path / "missing.jsonl"))
 
 
-def char_renderer(system_in_last_user: bool = False):
-    """A fake chat template, one token per character: "^" then "<role>content$"
-    per message, "<assistant>" as generation prompt. With system_in_last_user
-    it moves the system prompt into the last user message, as Mistral's does."""
+def chars(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """A fake tokenizer: one token per character."""
+    return [ord(c) for c in text], [(i, i + 1) for i in range(len(text))]
+
+
+def char_format(system_in_last_user: bool = False) -> train.ChatFormat:
+    """A fake chat template: "^" then "<role>content$" per message,
+    "<assistant>" as generation prompt. With system_in_last_user it moves the
+    system prompt into the user message that is the conversation's last
+    message, as Mistral v0.3's does (Jinja's loop.last): so a whole
+    conversation, which ends with a reply, shows no system prompt at all."""
 
     def render(messages, add_generation_prompt):
         text = "^"
         system = [m["content"] for m in messages if m["role"] == "system"]
-        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
         for i, m in enumerate(messages):
             if system_in_last_user and m["role"] == "system":
                 continue
             content = m["content"]
-            if system_in_last_user and i == last_user and system:
+            if system_in_last_user and i == len(messages) - 1 and m["role"] == "user" and system:
                 content = system[0] + " " + content
             text += f"<{m['role']}>{content}$"
         if add_generation_prompt:
             text += "<assistant>"
-        return [ord(c) for c in text]
+        return text
 
-    return render
+    return train.ChatFormat(render, chars)
 
 
 def labelled_text(e: Encoded) -> str:
     return "".join(chr(t) if t != IGNORE_INDEX else "_" for t in e.labels)
 
 
+CONVERSATION = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2"},
+]
+
+
 def test_encode_example_labels_only_assistant_tokens():
-    messages = [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "Q1"},
-        {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "Q2"},
-        {"role": "assistant", "content": "A2"},
-    ]
-    e = train.encode_example(messages, char_renderer(), 1000)
+    e = train.encode_example(CONVERSATION, char_format(), 1000)
     text = "".join(map(chr, e.input_ids))
     assert text == "^<system>S$<user>Q1$<assistant>A1$<user>Q2$<assistant>A2$"
     labelled = labelled_text(e)
@@ -211,50 +238,66 @@ def test_encode_example_labels_only_assistant_tokens():
 
 def test_encode_example_truncates_and_skips_examples_without_targets():
     messages = [{"role": "user", "content": "Q" * 20}, {"role": "assistant", "content": "A" * 10}]
-    full = train.encode_example(messages, char_renderer(), 1000)
-    cut = train.encode_example(messages, char_renderer(), len(full.input_ids) - 5)
+    full = train.encode_example(messages, char_format(), 1000)
+    cut = train.encode_example(messages, char_format(), len(full.input_ids) - 5)
     assert cut.input_ids == full.input_ids[:-5] and cut.labels == full.labels[:-5]
     assert cut.targets == full.targets - 5
     with pytest.raises(ValueError, match="within maxSequenceLength"):
-        train.encode_example(messages, char_renderer(), 20)
+        train.encode_example(messages, char_format(), 20)
     with pytest.raises(ValueError, match="no assistant reply"):
-        train.encode_example([{"role": "user", "content": "hi"}], char_renderer(), 100)
+        train.encode_example([{"role": "user", "content": "hi"}], char_format(), 100)
     # An opening assistant message has no prompt: it is not trained on.
     opening = [{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "hi"}]
     with pytest.raises(ValueError, match="no assistant reply"):
-        train.encode_example(opening, char_renderer(), 100)
+        train.encode_example(opening, char_format(), 100)
 
 
-def test_encode_example_leaves_turns_the_template_moves_unlabelled():
-    messages = [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "Q1"},
-        {"role": "assistant", "content": "A1"},
-        {"role": "user", "content": "Q2"},
-        {"role": "assistant", "content": "A2"},
-    ]
-    e = train.encode_example(messages, char_renderer(system_in_last_user=True), 1000)
+def test_encode_example_renders_the_last_reply_as_serving_does_when_the_template_moves_the_system_prompt():
+    e = train.encode_example(CONVERSATION, char_format(system_in_last_user=True), 1000)
+    # Serving renders [system, user, assistant, user] with the generation
+    # prompt: the system prompt is in the last user turn. The whole
+    # conversation rendered at once would have lost it.
     assert "".join(map(chr, e.input_ids)) == "^<user>Q1$<assistant>A1$<user>S Q2$<assistant>A2$"
-    # Rendered alone, the first exchange puts S into Q1: its place in the whole is unknown.
+    # Only the reply is labelled, never the prompt; the first exchange,
+    # rendered alone, puts S into Q1: its place in the whole is unknown.
     assert labelled_text(e).replace("_", " ").split() == ["A2$"]
 
 
+def test_encode_example_honours_weight_zero():
+    weighted = [dict(m) for m in CONVERSATION]
+    weighted[2]["weight"] = 0
+    e = train.encode_example(weighted, char_format(), 1000)
+    assert labelled_text(e).replace("_", " ").split() == ["A2$"]
+    weighted[4]["weight"] = 0
+    with pytest.raises(ValueError, match="weight 0"):
+        train.encode_example(weighted, char_format(), 1000)
+
+
+def test_normalize_example_reads_weights():
+    line = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}
+    assert train.normalize_example(line)[1] == {"role": "assistant", "content": "a", "weight": 0}
+    line["messages"][1]["weight"] = 0.5
+    with pytest.raises(ValueError, match="weight must be 0 or 1"):
+        train.normalize_example(line)
+
+
 def test_encode_example_starts_a_span_early_when_a_token_merges_across_the_boundary():
-    def merging(messages, add_generation_prompt):
-        ids = char_renderer()(messages, add_generation_prompt)
-        # Pretend ">A" tokenizes as one token (1000) inside a rendered turn.
-        out, i = [], 0
-        while i < len(ids):
-            if ids[i] == ord(">") and i + 1 < len(ids) and ids[i + 1] == ord("A"):
-                out.append(1000)
+    def merging(text):
+        # Pretend ">A" tokenizes as one token (1000).
+        ids, offsets, i = [], [], 0
+        while i < len(text):
+            if text[i : i + 2] == ">A":
+                ids.append(1000)
+                offsets.append((i, i + 2))
                 i += 2
             else:
-                out.append(ids[i])
+                ids.append(ord(text[i]))
+                offsets.append((i, i + 1))
                 i += 1
-        return out
+        return ids, offsets
 
     messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
-    e = train.encode_example(messages, merging, 100)
+    e = train.encode_example(messages, train.ChatFormat(char_format().render, merging), 100)
     labelled = [t for t in e.labels if t != IGNORE_INDEX]
     assert labelled == [1000, ord("$")]
 
@@ -267,13 +310,46 @@ def test_collate_pads_right():
     assert labels.tolist() == [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX] * 3]
 
 
-def test_token_loss_sum_predicts_each_label_from_the_tokens_before_it():
+class CountingHead(torch.nn.Linear):
+    """An output layer that records how many positions it computed logits for."""
+
+    def __init__(self, hidden: int, vocab: int) -> None:
+        super().__init__(hidden, vocab, bias=False)
+        self.rows: list[int] = []
+
+    def forward(self, x):
+        self.rows.append(x.shape[0])
+        return super().forward(x)
+
+
+def test_labelled_loss_sum_computes_logits_of_labelled_positions_only_in_chunks():
     torch.manual_seed(0)
-    logits = torch.randn(2, 4, 5)
-    labels = torch.tensor([[IGNORE_INDEX, 1, IGNORE_INDEX, 3], [IGNORE_INDEX, IGNORE_INDEX, 4, IGNORE_INDEX]])
-    logp = logits.log_softmax(-1)
-    expected = -(logp[0, 0, 1] + logp[0, 2, 3] + logp[1, 1, 4])
-    assert train.token_loss_sum(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    hidden = torch.randn(2, 6, 8, requires_grad=True)
+    head = CountingHead(8, 11)
+    labels = torch.full((2, 6), IGNORE_INDEX)
+    labels[0, 2], labels[0, 3], labels[0, 5], labels[1, 4] = 1, 3, 7, 10
+    # The full computation: every position's logits, the labelled ones summed.
+    logp = head(hidden).log_softmax(-1)
+    expected = -(logp[0, 1, 1] + logp[0, 2, 3] + logp[0, 4, 7] + logp[1, 3, 10])
+    expected.backward()
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    head.rows.clear()
+
+    total = train.labelled_loss_sum(hidden, labels, head, chunk=3)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert head.rows == [3, 1]  # 4 labelled positions, chunks of 3: never all 12
+    total.backward()
+    assert torch.allclose(hidden.grad, grad, atol=1e-6)
+    # Each chunk's logits are recomputed in the backward pass, not kept.
+    assert sorted(head.rows[2:]) == [1, 3]
+
+
+def test_choose_precision():
+    assert train.choose_precision(False, False) == (torch.float32, False)
+    assert train.choose_precision(True, True) == (torch.bfloat16, False)
+    # A GPU that would emulate bf16: fp16 with loss scaling.
+    assert train.choose_precision(True, False) == (torch.float16, True)
 
 
 def test_trainer_state_epoch_loss():
@@ -301,11 +377,6 @@ def test_tiny_configs_cover_the_catalog():
         assert fields["num_attention_heads"] % fields["num_key_value_heads"] == 0, name
         assert "vocab_size" not in fields, name  # it is the tokenizer's
     assert configs["mistral-7b-v0.3"]["model_type"] == "mistral"
-
-
-def test_tiny_seed_is_fixed_per_base_model():
-    assert train.tiny_seed("llama-3.1-8b") == zlib.crc32(b"llama-3.1-8b")
-    assert len({train.tiny_seed(name) for name in CATALOG}) == len(CATALOG)
 
 
 def test_tiny_fields_merges_overrides(tmp_path):

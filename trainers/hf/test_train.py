@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -137,6 +139,15 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
 
 
 @pytest.fixture(scope="module")
+def written_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    written = subprocess.run([sys.executable, str(TRAIN_PY), "--write-tiny", str(models)],
+                             capture_output=True, text=True, timeout=600)
+    assert written.returncode == 0, written.stderr[-3000:]
+    return models
+
+
+@pytest.fixture(scope="module")
 def uninterrupted(job: Job) -> tuple[Run, Run]:
     """The job's two epochs, one process each, as the worker runs them."""
     first = ok(job.run("a1", epoch=1))
@@ -245,12 +256,9 @@ def test_a_resume_from_the_epochs_end_only_reports_again(job: Job, uninterrupted
     assert result["tokens"] == first.messages[-1]["tokens"]
 
 
-def test_written_tiny_models_load_like_init_tiny(tmp_path: Path, job: Job, uninterrupted: tuple[Run, Run]):
+def test_written_tiny_models_load_like_init_tiny(tmp_path: Path, written_models: Path, uninterrupted: tuple[Run, Run]):
     first, _ = uninterrupted
-    models = tmp_path / "models"
-    written = subprocess.run([sys.executable, str(TRAIN_PY), "--write-tiny", str(models)],
-                             capture_output=True, text=True, timeout=600)
-    assert written.returncode == 0, written.stderr[-3000:]
+    models = written_models
     for name in ("llama-3.1-8b", "llama-3.1-70b", "mistral-7b-v0.3"):
         for file in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
             assert (models / name / file).is_file(), (name, file)
@@ -259,6 +267,11 @@ def test_written_tiny_models_load_like_init_tiny(tmp_path: Path, job: Job, unint
     loaded = Job(tmp_path / "job", modelPath=str(models / "llama-3.1-8b"))
     run = ok(loaded.run("d1", epoch=1, flags=("--micro-batch-size", "2")))
     assert not any("tiny random model" in m["message"] for m in run.of("log"))
+    # Nothing in the adapter names this host's model path (PEFT's model card did).
+    output = Path(run.messages[-1]["outputPath"])
+    for file in output.iterdir():
+        if file.suffix in (".md", ".json", ".jinja"):
+            assert str(models) not in file.read_text(), file.name
     expected = first.losses()
     for step, loss in run.losses().items():
         assert loss == pytest.approx(expected[step], abs=LOSS_TOLERANCE), step
@@ -283,8 +296,8 @@ def test_tiny_tokenizer_masks_all_but_assistant_tokens():
         {"role": "user", "content": "Café?"},
         {"role": "assistant", "content": "Oui, café."},
     ]
-    render = train.chat_renderer(tokenizer)
-    e = train.encode_example(messages, render, 1024)
+    chat = train.chat_format(tokenizer)
+    e = train.encode_example(messages, chat, 1024)
     assert tokenizer.decode(e.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
     assert tokenizer.decode(e.input_ids) == (
         "<s><|system|>\nBe brief.</s>\n<|user|>\nHi there</s>\n<|assistant|>\nHello!</s>\n"
@@ -309,7 +322,74 @@ def test_tiny_tokenizer_masks_all_but_assistant_tokens():
 
     # prompt/completion lines are [user, assistant] chats.
     pc = train.normalize_example({"prompt": "Hi there", "completion": "Hello!"})
-    assert train.encode_example(pc, render, 1024) == train.encode_example(messages[1:3], render, 1024)
+    assert train.encode_example(pc, chat, 1024) == train.encode_example(messages[1:3], chat, 1024)
+    # The template never sees a message's weight.
+    weighted = [*messages[1:2], {"role": "assistant", "content": "Hello!", "weight": 1}]
+    assert train.encode_example(weighted, chat, 1024) == train.encode_example(messages[1:3], chat, 1024)
+
+
+def labelled_spans(tokenizer: Any, e: train.Encoded) -> list[str]:
+    spans, current = [], []
+    for token, label in zip(e.input_ids, e.labels):
+        if label == IGNORE_INDEX:
+            if current:
+                spans.append(tokenizer.decode(current))
+                current = []
+        else:
+            current.append(token)
+    if current:
+        spans.append(tokenizer.decode(current))
+    return spans
+
+
+# The catalog's families' published chat templates (testdata/*.jinja, copied
+# from the models' tokenizer_config.json) with their special tokens.
+FAMILIES = {
+    "llama-3.1": ("llama-3.1-8b-instruct.jinja", "<|begin_of_text|>", "<|eot_id|>",
+                  ["<|start_header_id|>", "<|end_header_id|>"]),
+    "mistral-v0.3": ("mistral-7b-instruct-v0.3.jinja", "<s>", "</s>", ["[INST]", "[/INST]"]),
+}
+
+
+def family_tokenizer(family: str) -> Any:
+    template, bos, eos, specials = FAMILIES[family]
+    tokenizer = train.build_tiny_tokenizer(train.tiny_fields("llama-3.1-8b", None))
+    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos, "additional_special_tokens": specials})
+    tokenizer.chat_template = (HERE / "testdata" / template).read_text()
+    return tokenizer
+
+
+CONVERSATION = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "Q1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "Q2"},
+    {"role": "assistant", "content": "A2"},
+]
+
+
+def test_llama_31_template_labels_each_reply_and_its_end_of_turn():
+    tokenizer = family_tokenizer("llama-3.1")
+    e = train.encode_example(CONVERSATION, train.chat_format(tokenizer), 1024)
+    assert tokenizer.decode(e.input_ids) == tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert labelled_spans(tokenizer, e) == ["A1<|eot_id|>", "A2<|eot_id|>"]
+
+
+def test_mistral_v03_template_keeps_the_system_prompt_and_labels_only_the_reply():
+    tokenizer = family_tokenizer("mistral-v0.3")
+    e = train.encode_example(CONVERSATION, train.chat_format(tokenizer), 1024)
+    text = tokenizer.decode(e.input_ids)
+    # What serving renders for the last reply's prompt, then the reply: the
+    # system prompt is in the last user turn (the whole conversation rendered
+    # at once has none).
+    assert text == "<s>[INST] Q1[/INST] A1</s>[INST] S\n\nQ2[/INST] A2</s>"
+    assert text == tokenizer.apply_chat_template(CONVERSATION[:4], tokenize=False, add_generation_prompt=True) + " A2</s>"
+    # No prompt token is labelled; the first reply, whose prompt had the
+    # system prompt in Q1, is context.
+    assert labelled_spans(tokenizer, e) == [" A2</s>"]
+    # Without a system prompt every reply is labelled.
+    e = train.encode_example(CONVERSATION[1:], train.chat_format(tokenizer), 1024)
+    assert labelled_spans(tokenizer, e) == [" A1</s>", " A2</s>"]
 
 
 def test_tiny_models_have_the_base_models_architecture(tmp_path: Path):
@@ -357,3 +437,178 @@ def test_throughput_of_a_few_hundred_million_parameters_on_the_gpu(tmp_path: Pat
     print("\n".join(logs))
     assert any("tokens/s" in line for line in logs)
     assert any("bfloat16" in line for line in logs) == torch.cuda.is_bf16_supported()
+
+
+# ------------------------------------------------- a trainer in this process
+
+
+def in_process_trainer(root: Path, *flags: str) -> train.Trainer:
+    """A Trainer of the tiny llama-3.1-8b on 8 examples (batchSize 4), in
+    this process, its adapter initialised from seed 7."""
+    root.mkdir(parents=True, exist_ok=True)
+    job = Job(root, trainingFile=write_jsonl(root / "t.jsonl", [example(i) for i in range(8)]))
+    cfg = train.parse_config({**job.cfg, "checkpointDir": str(root / "c"), "outputDir": str(root / "o")})
+    args = train.parse_args(["--init-tiny", *flags])
+    fields = train.tiny_fields(cfg.base_model, None)
+    tokenizer = train.build_tiny_tokenizer(fields)
+    model = train.build_tiny_model(cfg.base_model, fields, tokenizer)
+    torch.manual_seed(7)
+    model = train.add_lora(model, args, cfg.base_model)
+    data = train.encode_file(cfg.training_file, train.chat_format(tokenizer), cfg.max_sequence_length, "training")
+    stop = SimpleNamespace(loading=False, requested=False)
+    return train.Trainer(cfg, args, stop, model, tokenizer, data, [], torch.device("cpu"), torch.float32, False)
+
+
+def adapter_weights(t: train.Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in t.params]
+
+
+def test_micro_batches_are_longest_first_within_the_token_budget(tmp_path: Path):
+    t = in_process_trainer(tmp_path)
+    batch = t.train_set[:4]
+    longest = max(len(e.input_ids) for e in batch)
+    t.token_budget = 2 * longest
+    micro = t.micro_batches(batch)
+    assert sorted(id(e) for m in micro for e in m) == sorted(id(e) for e in batch)
+    lengths = [len(e.input_ids) for m in micro for e in m]
+    assert lengths == sorted(lengths, reverse=True)
+    assert all(len(m) * len(m[0].input_ids) <= t.token_budget for m in micro)
+    t.token_budget = 1
+    assert [len(m) for m in t.micro_batches(batch)] == [1, 1, 1, 1]
+
+
+def test_a_step_out_of_memory_is_retried_in_smaller_micro_batches_with_the_same_gradient(tmp_path: Path, capsys):
+    whole = in_process_trainer(tmp_path / "a", "--lora-dropout", "0")
+    loss, _ = whole.train_step(whole.train_set[:4])
+    expected = adapter_weights(whole)
+
+    small = in_process_trainer(tmp_path / "b", "--lora-dropout", "0")
+    real = small.loss_sum
+
+    def limited(micro):  # a GPU with room for one example at a time
+        if len(micro) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(micro)
+
+    small.loss_sum = limited
+    capsys.readouterr()
+    retried, _ = small.train_step(small.train_set[:4])
+    assert retried == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(adapter_weights(small), expected):
+        assert torch.allclose(a, b, atol=1e-6)
+    warnings = [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines()]
+    assert warnings and all("out of memory at step 1: micro-batches of at most" in w for w in warnings)
+    assert not small.checkpointing
+
+
+def test_out_of_memory_with_one_example_turns_gradient_checkpointing_on_then_gives_up(tmp_path: Path):
+    t = in_process_trainer(tmp_path)
+    t.token_budget = 1
+    calls = []
+
+    def exhausted(micro):
+        calls.append(t.checkpointing)
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    t.loss_sum = exhausted
+    with pytest.raises(torch.OutOfMemoryError):
+        t.train_step(t.train_set[:4])
+    assert calls == [False, True]  # tried without, then with checkpointing
+    # --no-gradient-checkpointing: no second try.
+    t = in_process_trainer(tmp_path / "off", "--no-gradient-checkpointing")
+    t.token_budget = 1
+    t.loss_sum = exhausted
+    calls.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        t.train_step(t.train_set[:4])
+    assert calls == [False]
+
+
+def test_micro_batches_never_wait_for_the_device(tmp_path: Path, monkeypatch):
+    t = in_process_trainer(tmp_path, "--micro-batch-size", "1")
+    inside, reads = [False], []
+    item, accumulate = torch.Tensor.item, t.accumulate
+
+    def counting(self):
+        if inside[0]:
+            reads.append(self)
+        return item(self)
+
+    def watched(*args):
+        inside[0] = True
+        try:
+            return accumulate(*args)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(torch.Tensor, "item", counting)
+    t.accumulate = watched
+    loss, _ = t.train_step(t.train_set[:4])  # four micro-batches, one .item() after them
+    assert reads == [] and isinstance(loss, float)
+
+
+def test_tiny_weights_are_the_same_on_every_host_and_release():
+    fields = train.tiny_fields("llama-3.1-8b", None)
+    model = train.build_tiny_model("llama-3.1-8b", fields, train.build_tiny_tokenizer(fields))
+    weights = dict(model.named_parameters())
+    # Fixed values: seeded_stream, not torch's or transformers' initialisation.
+    q = weights["model.layers.0.self_attn.q_proj.weight"]
+    bound = 0.02 * 3**0.5
+    assert q.abs().max().item() <= bound
+    assert q.std().item() == pytest.approx(0.02, rel=0.05)
+    first = train.seeded_stream(zlib.crc32(b"llama-3.1-8b/model.layers.0.self_attn.q_proj.weight"), 1)
+    assert q.flatten()[0].item() == pytest.approx(((int(first[0]) >> 11) * 2.0**-53 * 2 - 1) * bound, rel=1e-6)
+    assert torch.equal(weights["model.norm.weight"], torch.ones_like(weights["model.norm.weight"]))
+
+
+# ------------------------------------------------------------- exit 2
+
+
+def config_for(tmp_path: Path, model_path: Path) -> Path:
+    job = Job(tmp_path / "job", modelPath=str(model_path))
+    work = tmp_path / "work"
+    (work / "checkpoints").mkdir(parents=True)
+    cfg = dict(job.cfg, checkpointDir=str(work / "checkpoints"), outputDir=str(work))
+    (work / "config.json").write_text(json.dumps(cfg))
+    return work / "config.json"
+
+
+def run_with(config: Path, *flags: str) -> Run:
+    env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(config), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(TRAIN_PY), *flags], env=env, capture_output=True, text=True, timeout=300)
+    return Run(proc.returncode, [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")], proc.stderr)
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_an_unknown_architecture_exits_2(tmp_path: Path, written_models: Path):
+    model = copy_model(written_models / "llama-3.1-8b", tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"], config["architectures"] = "llama-next", ["LlamaNextForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    run = run_with(config_for(tmp_path, model))
+    assert run.code == 2, run.stderr[-2000:]
+    assert run.messages[-1]["level"] == "error" and "cannot load the model" in run.messages[-1]["message"]
+    assert len(run.messages[-1]["message"]) < 600
+
+
+def test_a_tokenizer_that_cannot_load_exits_2(tmp_path: Path, written_models: Path):
+    model = copy_model(written_models / "llama-3.1-8b", tmp_path / "m")
+    (model / "tokenizer.json").write_text("{not json")
+    run = run_with(config_for(tmp_path, model))
+    assert run.code == 2, run.stderr[-2000:]
+    assert "cannot load the tokenizer" in run.messages[-1]["message"]
+
+
+@pytest.mark.parametrize("fields", [{"hidden_size": 30}, {"hidden_act": "nope"}, [1]])
+def test_a_bad_tiny_config_exits_2(tmp_path: Path, fields: Any):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(fields))
+    run = run_with(config_for(tmp_path, tmp_path / "none"), "--init-tiny", "--tiny-config", str(bad))
+    assert run.code == 2, run.stderr[-2000:]
+    assert run.messages[-1]["level"] == "error" and "config" in run.messages[-1]["message"]

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,9 +62,18 @@ CHAT_TEMPLATE = (
 TINY_BOS, TINY_EOS, TINY_PAD = "<s>", "</s>", "<pad>"
 TINY_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 
-Message = dict[str, str]
-Render = Callable[[list[Message], bool], list[int]]
+# A chat message: role and content, and for an assistant message the
+# optional OpenAI `weight` (0: not trained on). Templates see role and content only.
+Message = dict[str, Any]
+# Renders messages with the chat template (bool: add the generation prompt).
+RenderText = Callable[[list[Message], bool], str]
+# Tokenizes rendered text: token ids and each token's (start, end) in the text.
+Tokenize = Callable[[str], tuple[list[int], list[tuple[int, int]]]]
 T = TypeVar("T")
+
+# Stands in for a reply's content, to find where the template puts it.
+REPLY_MARK = "TUNEFORGEREPLY5f0c"
+PROMPT_MARK = "TUNEFORGEPROMPT5f0c"
 
 
 class Untrainable(Exception):
@@ -80,6 +90,13 @@ def emit(kind: str, **fields: Any) -> None:
 
 def log(level: str, message: str) -> None:
     emit("log", level=level, message=message)
+
+
+def brief(error: BaseException, limit: int = 300) -> str:
+    """A library's error for a log line: its first line, bounded (some list
+    every architecture transformers knows)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ------------------------------------------------------------------ config
@@ -186,7 +203,13 @@ def normalize_example(obj: Any) -> list[Message]:
             if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
                 raise ValueError('each message must be {"role": string, "content": string}')
             # Only role and content: other keys could change what a template renders.
-            messages.append({"role": m["role"], "content": m["content"]})
+            message: Message = {"role": m["role"], "content": m["content"]}
+            if m["role"] == "assistant" and m.get("weight") is not None:
+                weight = m["weight"]
+                if isinstance(weight, bool) or weight not in (0, 1):
+                    raise ValueError(f"an assistant message's weight must be 0 or 1, not {weight!r}")
+                message["weight"] = int(weight)
+            messages.append(message)
         return messages
     if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("completion"), str):
         return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
@@ -223,40 +246,70 @@ class Encoded:
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+@dataclass(frozen=True)
+class ChatFormat:
+    """How conversations become tokens: the chat template and the tokenizer."""
+
+    render: RenderText
+    tokenize: Tokenize
 
 
-def encode_example(messages: list[Message], render: Render, max_length: int) -> Encoded:
-    """Tokenizes a conversation and labels its assistant tokens.
+def reply_text(messages: list[Message], i: int, render: RenderText) -> str:
+    """What the model writes for assistant message i after the prompt that
+    serving renders for it: the part of the turn the generation prompt leaves
+    out (Mistral's leading space), the content as the template renders it
+    (trimmed, say), and the end of the turn."""
+    full = render(messages[: i + 1], False)
+    marked = render([*messages[:i], {"role": "assistant", "content": REPLY_MARK}], False)
+    head, _, tail = marked.partition(REPLY_MARK)
+    content = full[len(head) :] if full.startswith(head) else messages[i]["content"] + tail
+    # Mark the message before the reply too: what follows it up to the reply
+    # in the whole conversation, less what follows it in the prompt.
+    before = [*messages[: i - 1], {**messages[i - 1], "content": PROMPT_MARK}]
+    in_prompt = render(before, True).rpartition(PROMPT_MARK)[2]
+    in_turn = render([*before, {"role": "assistant", "content": REPLY_MARK}], False)
+    between = in_turn.rpartition(PROMPT_MARK)[2].partition(REPLY_MARK)[0]
+    return (between[len(in_prompt) :] if between.startswith(in_prompt) else "") + content
 
-    For assistant message i, messages[:i] rendered with the generation prompt
-    ends where its span starts, and messages[:i+1] ends where it ends (the
-    end-of-turn tokens included, so the model learns to stop). Raises
-    ValueError when nothing is left to train on.
+
+def encode_example(messages: list[Message], chat: ChatFormat, max_length: int) -> Encoded:
+    """Tokenizes a conversation and labels its assistant replies.
+
+    The text is the last reply as serving renders it: the conversation before
+    it with the generation prompt, then the reply and its end of turn (so the
+    model learns to stop). Every earlier reply whose own prompt and reply
+    begin that text is labelled too; one the template renders differently in
+    the longer conversation (Mistral's moves the system prompt to the last
+    user turn) is context only. A reply with weight 0 is never labelled, and
+    an opening assistant message (no prompt) neither. Raises ValueError when
+    nothing is left to train on.
     """
-    ids = render(messages, False)
-    labels = [IGNORE_INDEX] * len(ids)
-    for i, message in enumerate(messages):
-        # An opening assistant message has no prompt to learn from, and
-        # apply_chat_template cannot render the empty conversation before it.
-        if message["role"] != "assistant" or i == 0:
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0]
+    if not replies:
+        raise ValueError("it has no assistant reply to train on")
+    last = replies[-1]
+    prompt = chat.render(messages[:last], True)
+    text = prompt + reply_text(messages, last, chat.render)
+    spans = []
+    for i in replies:
+        if messages[i].get("weight", 1) == 0:
             continue
-        turn = render(messages[: i + 1], False)
-        if ids[: len(turn)] != turn:
-            # The template renders the conversation up to here differently
-            # inside the whole one (Mistral's moves the system prompt into the
-            # last user message), so where this turn lies is unknown.
+        if i == last:
+            spans.append((len(prompt), len(text)))
             continue
-        # The common prefix, not len(prompt): a token merged across the
-        # boundary then starts the span one token early rather than late.
-        start = common_prefix(render(messages[:i], True), turn)
-        labels[start : len(turn)] = turn[start:]
+        before = chat.render(messages[:i], True)
+        turn = before + reply_text(messages, i, chat.render)
+        if text.startswith(turn):
+            spans.append((len(before), len(turn)))
+    if not spans:
+        raise ValueError("every assistant reply in it has weight 0")
+    ids, offsets = chat.tokenize(text)
+    # A token that straddles a span's start (merged across the boundary) is
+    # labelled: the span starts one token early rather than late.
+    labels = [
+        token if any(end > s and begin < e for s, e in spans) else IGNORE_INDEX
+        for token, (begin, end) in zip(ids, offsets)
+    ]
     encoded = Encoded(ids[:max_length], labels[:max_length])
     if encoded.targets == 0:
         if Encoded(ids, labels).targets == 0:
@@ -265,29 +318,35 @@ def encode_example(messages: list[Message], render: Render, max_length: int) -> 
     return encoded
 
 
-def chat_renderer(tokenizer: Any) -> Render:
-    """Renders and tokenizes messages with the tokenizer's chat template."""
+def chat_format(tokenizer: Any) -> ChatFormat:
+    """The tokenizer's chat template and its tokenization with character offsets."""
     from jinja2 import TemplateError
 
-    def render(messages: list[Message], add_generation_prompt: bool) -> list[int]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise Untrainable("the tokenizer has no fast (tokenizer.json) form, which labelling needs")
+
+    def render(messages: list[Message], add_generation_prompt: bool) -> str:
+        clean = [{"role": m["role"], "content": m["content"]} for m in messages]
         try:
-            ids = tokenizer.apply_chat_template(
-                messages, tokenize=True, add_generation_prompt=add_generation_prompt
-            )
+            return tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
         except TemplateError as e:
             raise ValueError(f"the chat template rejects it ({e})") from None
-        return list(ids)
 
-    return render
+    def tokenize(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        # What apply_chat_template(tokenize=True) does: the template writes the special tokens.
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+    return ChatFormat(render, tokenize)
 
 
-def encode_file(path: str, render: Render, max_length: int, what: str) -> list[Encoded]:
+def encode_file(path: str, chat: ChatFormat, max_length: int, what: str) -> list[Encoded]:
     """Encodes a dataset file, skipping (with warnings) examples with nothing to train on."""
     examples = read_jsonl(path)
     encoded, skipped = [], 0
     for n, messages in enumerate(examples, 1):
         try:
-            encoded.append(encode_example(messages, render, max_length))
+            encoded.append(encode_example(messages, chat, max_length))
         except ValueError as e:
             skipped += 1
             if skipped <= 5:  # a few examples; the count says the rest without flooding the job log
@@ -323,12 +382,29 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
     return -(-n_examples // batch_size)
 
 
+_U64 = np.uint64
+
+
+def seeded_stream(seed: int, count: int) -> np.ndarray:
+    """count pseudo-random uint64s: SplitMix64 from seed, written out here so
+    that the numbers never depend on a library's version or the host."""
+    with np.errstate(over="ignore"):
+        z = _U64(seed & (2**64 - 1)) + np.arange(1, count + 1, dtype=_U64) * _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
 def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     """The epoch's example order: a pure function of (seed, epoch), so a
-    resumed run, on any host, sees the same batches."""
-    generator = torch.Generator()
-    generator.manual_seed((seed * 1000 + epoch) % (1 << 63))
-    return torch.randperm(n_examples, generator=generator).tolist()
+    resumed run, on any host and with any library versions, sees the same
+    batches. A Fisher-Yates shuffle driven by seeded_stream."""
+    order = list(range(n_examples))
+    draws = seeded_stream(seed * 1000 + epoch, max(0, n_examples - 1)).tolist()
+    for k, i in enumerate(range(n_examples - 1, 0, -1)):
+        j = draws[k] % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
 
 
 def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -395,12 +471,6 @@ def byte_alphabet() -> list[str]:
     return chars
 
 
-def tiny_seed(base_model: str) -> int:
-    """A fixed seed per base model, so every process on every host builds the
-    same tiny base weights: an adapter only fits the weights it was trained on."""
-    return zlib.crc32(base_model.encode("utf-8"))
-
-
 def tiny_fields(base_model: str, overrides_path: str | None) -> dict[str, Any]:
     """tiny/<baseModel>.json, with --tiny-config's fields over it."""
     path = TINY_DIR / f"{base_model}.json"
@@ -410,9 +480,12 @@ def tiny_fields(base_model: str, overrides_path: str | None) -> dict[str, Any]:
     fields = json.loads(path.read_text(encoding="utf-8"))
     if overrides_path:
         try:
-            fields.update(json.loads(Path(overrides_path).read_text(encoding="utf-8")))
+            overrides = json.loads(Path(overrides_path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise Untrainable(f"--tiny-config {overrides_path}: {e}") from None
+        if not isinstance(overrides, dict):
+            raise Untrainable(f"--tiny-config {overrides_path}: not a JSON object of model config fields")
+        fields.update(overrides)
     return fields
 
 
@@ -442,21 +515,45 @@ def build_tiny_tokenizer(fields: dict[str, Any]) -> Any:
 
 
 def build_tiny_model(base_model: str, fields: dict[str, Any], tokenizer: Any) -> Any:
-    """A randomly initialised model of the base model's architecture, on the
-    CPU in float32, identical on every host (see tiny_seed)."""
+    """A random model of the base model's architecture, on the CPU in float32,
+    identical on every host (see init_tiny_weights): an adapter only fits the
+    base weights it was trained on."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     fields = dict(fields)
-    config = AutoConfig.for_model(
-        fields.pop("model_type"),
-        **fields,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(tiny_seed(base_model))
-    return AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    try:
+        config = AutoConfig.for_model(
+            fields.pop("model_type", None),
+            **fields,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except Exception as e:  # whatever transformers raises, the same fields fail the same way: exit 2
+        raise Untrainable(f"the tiny model config of {base_model} cannot build a model: {brief(e)}") from None
+    init_tiny_weights(model, base_model, fields.get("initializer_range", 0.02))
+    return model
+
+
+def init_tiny_weights(model: Any, base_model: str, initializer_range: float) -> None:
+    """Sets every weight from seeded_stream, seeded by the base model and the
+    parameter's name: norms 1, biases 0, the rest uniform with the standard
+    deviation initializer_range. transformers' own initialisation changes
+    between releases; these weights never do."""
+    bound = initializer_range * math.sqrt(3.0)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith(".bias"):
+                param.zero_()
+            elif param.dim() == 1:
+                param.fill_(1.0)
+            else:
+                draws = seeded_stream(zlib.crc32(f"{base_model}/{name}".encode("utf-8")), param.numel())
+                unit = (draws >> _U64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
+                values = torch.from_numpy((unit * 2.0 - 1.0) * bound).reshape(param.shape)
+                param.copy_(values.to(param.dtype))
 
 
 def write_tiny(directory: Path, overrides_path: str | None) -> None:
@@ -481,8 +578,8 @@ def load_tokenizer(model_path: str) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    except OSError as e:
-        raise Untrainable(f"cannot load the tokenizer from {model_path}: {e}") from None
+    except Exception as e:  # retrying cannot help: the files are what they are
+        raise Untrainable(f"cannot load the tokenizer from {model_path}: {brief(e)}") from None
     if tokenizer.chat_template is None:
         log("warn", f"the tokenizer in {model_path} has no chat template; using tuneforge's plain one")
         tokenizer.chat_template = CHAT_TEMPLATE  # saved with the adapter, so serving renders the same
@@ -495,11 +592,12 @@ def load_model(model_path: str, dtype: torch.dtype, device: torch.device) -> Any
     try:
         # Straight onto the device: a model too big for it fails as out of
         # GPU memory (exit 3) rather than exhausting host memory first.
-        return AutoModelForCausalLM.from_pretrained(
-            model_path, local_files_only=True, torch_dtype=dtype, device_map=device
-        )
-    except OSError as e:
-        raise Untrainable(f"cannot load the weights from {model_path}: {e}") from None
+        return AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, dtype=dtype, device_map=device)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:
+        # An unknown architecture, a bad config or missing files: deterministic, not retried.
+        raise Untrainable(f"cannot load the model from {model_path}: {brief(e)}") from None
 
 
 def add_lora(model: Any, args: argparse.Namespace, base_model: str) -> Any:
@@ -515,22 +613,55 @@ def add_lora(model: Any, args: argparse.Namespace, base_model: str) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
+    # The base model's name, not this host's path, in the adapter's config and
+    # model card: the adapter moves between hosts.
+    model.config.name_or_path = base_model
     # get_peft_model casts the adapter of a bf16 model to float32 (autocast_adapter_dtype).
     peft_model = get_peft_model(model, config)
-    # The base model's name, not this host's path: the adapter moves between hosts.
     peft_model.peft_config["default"].base_model_name_or_path = base_model
     return peft_model
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+# Labelled positions whose logits are computed at once: 4,096 x a 128k
+# vocabulary is 2 GB in float32, whatever the micro-batch.
+LOSS_CHUNK = 4096
+
+
+def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def labelled_loss_sum(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, chunk: int = LOSS_CHUNK
+) -> torch.Tensor:
     """Summed cross-entropy of the labelled tokens, each predicted from the
-    tokens before it; in float32 whatever the logits' dtype."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        labels[:, 1:].flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    hidden state before it, in float32. Logits exist only for labelled
+    positions, a chunk at a time; in training each chunk's are recomputed in
+    the backward pass rather than kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.numel(), chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss, h, t, head, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(h, t, head)
+    return total
+
+
+def choose_precision(cuda: bool, bf16_native: bool) -> tuple[torch.dtype, bool]:
+    """The base weights' and autocast's dtype, and whether the loss is scaled.
+    bf16 where the GPU has it natively; fp16 with loss scaling on a GPU that
+    would only emulate bf16 (slowly); float32 on the CPU."""
+    if not cuda:
+        return torch.float32, False
+    if bf16_native:
+        return torch.bfloat16, False
+    return torch.float16, True
 
 
 def rng_state() -> dict[str, Any]:
@@ -598,16 +729,22 @@ class Trainer:
         train_set: list[Encoded],
         validation_set: list[Encoded],
         device: torch.device,
-        bf16: bool,
+        dtype: torch.dtype,
+        scale_loss: bool,
     ) -> None:
         self.cfg, self.args, self.stop = cfg, args, stop
-        self.model, self.tokenizer, self.device, self.bf16 = model, tokenizer, device, bf16
+        self.model, self.tokenizer, self.device, self.dtype = model, tokenizer, device, dtype
+        base = model.get_base_model()
+        self.decoder, self.head = base.get_decoder(), base.get_output_embeddings()
+        self.scaler = torch.amp.GradScaler("cuda") if scale_loss else None
+        # Padded tokens a forward pass may take; halved when the GPU runs out of memory.
+        self.token_budget = args.micro_batch_tokens
+        self.checkpointing = bool(args.gradient_checkpointing)
         self.train_set = train_set
         # Sorted by length: less padding, and the order of a sum is immaterial.
         self.validation_set = sorted(validation_set, key=lambda e: len(e.input_ids))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad_id if pad_id is not None else 0  # any id does: padding is masked and unlabelled
-        self.micro_batch_size = args.micro_batch_size or min(cfg.batch_size, 4)
         self.per_epoch = steps_per_epoch(len(train_set), cfg.batch_size)
         self.total_steps = cfg.epochs * self.per_epoch
         self.eval_every = default_every(args.eval_every, self.per_epoch)
@@ -629,7 +766,19 @@ class Trainer:
         self.validation_loss: float | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Gradient checkpointing recomputes activations in the backward pass:
+        about 1.4 times slower with a frozen base, so on only when memory needs it."""
+        if on:
+            # Non-reentrant: gradients reach the adapter although the frozen embeddings need none.
+            self.model.get_base_model().gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        self.checkpointing = on
 
     # -- checkpoints
 
@@ -662,6 +811,8 @@ class Trainer:
         torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
         torch.save(rng_state(), path / "rng_state.pt")
+        if self.scaler is not None:
+            torch.save(self.scaler.state_dict(), path / "scaler.pt")
         (path / "trainer_state.json").write_text(json.dumps(self.checkpoint_meta(), indent=2) + "\n")
         self.saved_step = self.state.step
         emit("checkpoint", step=self.state.step, epoch=self.state.epoch, path=str(path))
@@ -698,6 +849,8 @@ class Trainer:
             raise Untrainable(f"checkpoint {path} holds weights this model lacks: {loaded.unexpected_keys[:3]}")
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(scheduler)
+        if self.scaler is not None and (path / "scaler.pt").is_file():
+            self.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))
         set_rng_state(rng)
         self.state = TrainerState(
             step=meta["step"],
@@ -717,26 +870,81 @@ class Trainer:
 
     # -- steps
 
-    def train_step(self, batch: list[Encoded]) -> tuple[float, int]:
-        """One optimizer step over an effective batch, by gradient accumulation.
-        Returns the mean token loss and the number of loss tokens."""
-        targets = sum(e.targets for e in batch)
-        loss_sum = 0.0
-        for micro in chunks(batch, self.micro_batch_size):
-            ids, mask, labels = (t.to(self.device) for t in collate(micro, self.pad_id))
-            with self.autocast():
-                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss = token_loss_sum(logits, labels)
+    def loss_sum(self, micro: Sequence[Encoded]) -> torch.Tensor:
+        """The micro-batch's summed token loss, float32, on the device."""
+        ids, mask, labels = (t.to(self.device) for t in collate(micro, self.pad_id))
+        with self.autocast():
+            hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            return labelled_loss_sum(hidden, labels, self.head)
+
+    def micro_batches(self, batch: Sequence[Encoded]) -> list[list[Encoded]]:
+        """The batch longest first (little padding), cut into micro-batches of
+        at most token_budget padded tokens and --micro-batch-size examples."""
+        out: list[list[Encoded]] = []
+        for e in sorted(batch, key=lambda e: -len(e.input_ids)):
+            current = out[-1] if out else None
+            if (
+                current is None
+                or (len(current) + 1) * len(current[0].input_ids) > self.token_budget
+                or (self.args.micro_batch_size and len(current) >= self.args.micro_batch_size)
+            ):
+                out.append([e])
+            else:
+                current.append(e)
+        return out
+
+    def accumulate(self, batch: Sequence[Encoded], targets: int) -> torch.Tensor:
+        """Forward and backward over the batch's micro-batches; the summed loss."""
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        for micro in self.micro_batches(batch):
+            loss = self.loss_sum(micro)
             # Divided by the whole batch's token count: the gradient is the
             # batch's mean token loss however it is split into micro-batches.
-            (loss / targets).backward()
-            loss_sum += loss.item()
-            del logits, loss  # free the logits before the next micro-batch's forward
+            scaled = loss / targets
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total += loss.detach()  # no .item() here: it would wait for the GPU each micro-batch
+            del loss, scaled
+        return total
+
+    def shrink(self, batch: Sequence[Encoded], error: BaseException) -> None:
+        """After running out of memory: smaller micro-batches, then gradient
+        checkpointing (unless --no-gradient-checkpointing); else give up."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if any(len(m) > 1 for m in self.micro_batches(batch)):
+            self.token_budget = max(1, self.token_budget // 2)
+            log("warn", f"out of memory at step {self.state.step + 1}: micro-batches of at most {self.token_budget} tokens now")
+        elif not self.checkpointing and self.args.gradient_checkpointing is None:
+            self.set_checkpointing(True)
+            log("warn", f"out of memory at step {self.state.step + 1} with one example a micro-batch: gradient checkpointing on")
+        else:
+            raise error
+
+    def train_step(self, batch: list[Encoded]) -> tuple[float, int]:
+        """One optimizer step over an effective batch, by gradient accumulation.
+        Returns the mean token loss and the number of loss tokens. Out of
+        memory, the step starts again with smaller micro-batches: the same
+        gradient, since it never depended on how the batch was split."""
+        targets = sum(e.targets for e in batch)
+        while True:
+            try:
+                loss_sum = self.accumulate(batch, targets)
+                break
+            except torch.OutOfMemoryError as e:
+                self.optimizer.zero_grad(set_to_none=True)
+                error = e
+            self.shrink(batch, error)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum / targets, targets
+        return loss_sum.item() / targets, targets
 
     def evaluate(self) -> None:
         """Mean token loss over the validation set's assistant tokens, as an eval line.
@@ -744,20 +952,17 @@ class Trainer:
         if not self.validation_set or self.evaluated_step == self.state.step:
             return
         self.model.eval()
-        loss_sum, targets = 0.0, 0
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        targets = 0
         with torch.no_grad():
-            for micro in chunks(self.validation_set, self.micro_batch_size):
+            for micro in self.micro_batches(self.validation_set):
                 if self.stop.requested:
                     self.model.train()
                     return
-                ids, mask, labels = (t.to(self.device) for t in collate(micro, self.pad_id))
-                with self.autocast():
-                    logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                loss_sum += token_loss_sum(logits, labels).item()
+                total += self.loss_sum(micro)
                 targets += sum(e.targets for e in micro)
-                del logits
         self.model.train()
-        self.validation_loss = loss_sum / targets
+        self.validation_loss = total.item() / targets
         self.evaluated_step = self.state.step
         emit("eval", step=self.state.step, validationLoss=self.validation_loss)
 
@@ -849,23 +1054,20 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
             )
         tiny = tiny_fields(cfg.base_model, args.tiny_config)
 
-    if torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-        bf16 = torch.cuda.is_bf16_supported()
-    else:
-        device, bf16 = torch.device("cpu"), False
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    dtype, scale_loss = choose_precision(cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False))
 
     # The data before the model: bad data fails in seconds, not after a long load.
     tokenizer = build_tiny_tokenizer(tiny) if tiny is not None else load_tokenizer(cfg.model_path)
-    render = chat_renderer(tokenizer)
+    chat = chat_format(tokenizer)
     started = time.perf_counter()
-    train_set = encode_file(cfg.training_file, render, cfg.max_sequence_length, "training")
+    train_set = encode_file(cfg.training_file, chat, cfg.max_sequence_length, "training")
     if not train_set:
         raise Untrainable("no training example has an assistant token to train on")
     validation_set: list[Encoded] = []
     if cfg.validation_file is not None:
-        validation_set = encode_file(cfg.validation_file, render, cfg.max_sequence_length, "validation")
+        validation_set = encode_file(cfg.validation_file, chat, cfg.max_sequence_length, "validation")
         if not validation_set:
             log("warn", "no validation example has an assistant token; there will be no validation loss")
     log(
@@ -882,9 +1084,6 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         model = load_model(cfg.model_path, dtype, device)
         source = cfg.model_path
     model.config.use_cache = False  # no generation here; the cache only costs memory
-    if args.gradient_checkpointing:
-        # Non-reentrant: gradients reach the adapter although the frozen embeddings need none.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     total = sum(p.numel() for p in model.parameters())
     # The job's seed fixes the adapter's initial weights (and dropout, until a resume restores the RNG).
     random.seed(cfg.seed)
@@ -898,11 +1097,14 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         f"{trainable / 1e6:.2f}M trainable parameters",
     )
 
-    trainer = Trainer(cfg, args, stop, model, tokenizer, train_set, validation_set, device, bf16)
+    trainer = Trainer(cfg, args, stop, model, tokenizer, train_set, validation_set, device, dtype, scale_loss)
+    if args.gradient_checkpointing:
+        trainer.set_checkpointing(True)
     log(
         "info",
-        f"{trainer.per_epoch} steps an epoch ({len(train_set)} examples, batchSize {cfg.batch_size} "
-        f"in micro-batches of {trainer.micro_batch_size}), {trainer.total_steps} in all",
+        f"{trainer.per_epoch} steps an epoch ({len(train_set)} examples, batchSize {cfg.batch_size} in "
+        f"micro-batches of at most {trainer.token_budget} tokens), {trainer.total_steps} in all; "
+        f"gradient checkpointing {'on' if trainer.checkpointing else 'off until memory needs it' if args.gradient_checkpointing is None else 'off'}",
     )
     if cfg.resume_from is not None:
         trainer.restore(Path(cfg.resume_from))
@@ -925,8 +1127,11 @@ def non_negative_int(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="tuneforge's reference LoRA trainer (trainer protocol 1).")
+    p.add_argument("--micro-batch-tokens", type=positive_int, default=8192, metavar="N",
+                   help="padded tokens per forward pass; gradients accumulate to batchSize, and out of "
+                        "memory the step is retried with half as many (default: 8192)")
     p.add_argument("--micro-batch-size", type=positive_int, metavar="N",
-                   help="examples per forward pass; gradients accumulate to batchSize (default: min(batchSize, 4))")
+                   help="at most N examples per forward pass (default: as many as --micro-batch-tokens allows)")
     p.add_argument("--lora-r", type=positive_int, default=16, metavar="N", help="LoRA rank (default: 16)")
     p.add_argument("--lora-alpha", type=positive_int, default=32, metavar="N", help="LoRA alpha (default: 32)")
     p.add_argument("--lora-dropout", type=float, default=0.05, metavar="P", help="LoRA dropout (default: 0.05)")
@@ -936,8 +1141,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=non_negative_int, metavar="N",
                    help="checkpoint every N steps and at each epoch's end; 0: at epoch ends only "
                         "(default: 4 times an epoch)")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="recompute activations in the backward pass, to fit long sequences (default: on)")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute activations in the backward pass, to fit long sequences (default: off "
+                        "until a step runs out of memory with one example a micro-batch)")
     p.add_argument("--init-tiny", action="store_true",
                    help="when modelPath has no weights, train a tiny random model of the base model's architecture")
     p.add_argument("--tiny-config", metavar="PATH",
@@ -959,7 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Untrainable as e:
         log("error", str(e))
         return EXIT_UNTRAINABLE
-    except torch.cuda.OutOfMemoryError as e:
+    except torch.OutOfMemoryError as e:
         print(e, file=sys.stderr, flush=True)
         log(
             "error",
