@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/jobstatus"
@@ -50,15 +51,27 @@ type Activities struct {
 	// WorkDir holds the command trainer's attempt directories. It is this
 	// training worker's own (see WorkRoot): the worker sweeps it at start.
 	WorkDir string
-	// Inference is the backend that serves adapters the command trainer
-	// produced; nil when none is configured.
-	Inference *inference.Client
-	// AdapterDir is where adapters are materialized for that backend to read.
+	// Inference routes the adapters the command trainer produced to the
+	// backend of their base model; nil when none is configured.
+	Inference *inference.Backends
+	// AdapterDir is where adapters are materialized for a backend that
+	// names no directory of its own.
 	AdapterDir string
 	// Temporal signals grants to waiting jobs and ends deleted jobs' workflows.
 	Temporal client.Client
 
 	datasets datasetCache
+}
+
+// Trainer names the trainer a's TrainEpoch runs: config.TrainerCommand
+// when Command is set, else config.TrainerBuiltin. Training workers
+// advertise it with their slots (see ValidateDataset). A function, not a
+// method: every exported method of Activities is registered as an activity.
+func Trainer(a *Activities) string {
+	if a.Command != nil {
+		return config.TrainerCommand
+	}
+	return config.TrainerBuiltin
 }
 
 // Log levels of job log lines.

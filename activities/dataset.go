@@ -11,6 +11,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 
+	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/trainer"
@@ -34,29 +35,44 @@ type DatasetSummary struct {
 // ValidateDataset streams the training (and validation) files, checks every
 // line and fails, without retries, with line-numbered errors on bad data.
 // It keeps nothing per example, so its memory does not grow with the files.
+// The training file's labels are held to the builtin trainer's rule only
+// when that trainer is the one that will train the job (builtinLabelRule).
 func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (DatasetSummary, error) {
 	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset"); err != nil {
 		return DatasetSummary{}, err
 	}
-	train, err := a.validateFile(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, true)
+	job, err := a.Store.JobByID(ctx, in.JobID)
+	if db.IsNotFound(err) {
+		return DatasetSummary{}, jobGone(in.JobID)
+	}
+	if err != nil {
+		return DatasetSummary{}, err
+	}
+	trainers, err := a.Store.LiveTrainers(ctx, job.HardwareID, a.GPULiveness)
+	if err != nil {
+		return DatasetSummary{}, err
+	}
+	checkLabels := builtinLabelRule(trainers)
+	train, err := a.validateFile(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, true, checkLabels)
 	if err != nil {
 		return DatasetSummary{}, err
 	}
 	sum := DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
 	if in.ValidationKey != "" {
 		// A small validation set is fine, whatever its labels: it only measures.
-		v, err := a.validateFile(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, false)
+		v, err := a.validateFile(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, false, false)
 		if err != nil {
 			return DatasetSummary{}, err
 		}
 		sum.ValidationExamples = v.Examples
 	}
 	msg := fmt.Sprintf("Dataset valid: %d training examples, %d tokens", sum.Examples, sum.Tokens)
-	data := map[string]any{"examples": sum.Examples, "tokens": sum.Tokens}
+	data := map[string]any{"examples": sum.Examples, "tokens": sum.Tokens, "trainers": trainers, "labelsChecked": checkLabels}
 	if in.ValidationKey != "" {
 		msg += fmt.Sprintf(", %d validation examples", sum.ValidationExamples)
 		data["validationExamples"] = sum.ValidationExamples
 	}
+	msg += labelNote(trainers, checkLabels, job.HardwareID)
 	return sum, a.Store.Transact(ctx, func(tx db.Conn) error {
 		if err := tx.MarkValidated(ctx, in.JobID); err != nil {
 			return err
@@ -68,22 +84,63 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 	})
 }
 
+// builtinLabelRule reports whether a job's training file is held to the
+// builtin trainer's label rule (trainer.LabelCheck: few distinct assistant
+// replies, repeating as labels) at validation, given the trainers that the
+// live training workers of the job's pool advertise (db.Conn.LiveTrainers).
+//
+// The rule: only when at least one worker of the pool is live and every
+// live one runs the builtin trainer. Whichever of them takes the job's
+// epochs would then refuse such labels, so refusing them at validation
+// fails the job before it waits for a slot, and names the problem as
+// early. A command trainer (a Hugging Face LoRA trainer, say) learns free
+// text: when any live worker of the pool runs one, or a trainer it did not
+// name (""), the job may well be trained, and when none is live, the worker
+// that comes may run either. Validation then never refuses the labels and
+// leaves them to the trainer: the builtin trainer checks them itself when it
+// starts a job (trainBuiltin's loadState), failing it without retries with
+// the same message as validation would have.
+func builtinLabelRule(trainers []string) bool {
+	return len(trainers) > 0 && !slices.ContainsFunc(trainers, func(k string) bool { return k != config.TrainerBuiltin })
+}
+
+// labelNote completes the validated message when the labels were left to
+// the trainer though the builtin trainer may take the job: the dataset is
+// then valid for validation's checks, not necessarily for that trainer.
+func labelNote(trainers []string, checked bool, pool string) string {
+	onlyCommand := len(trainers) > 0 && !slices.ContainsFunc(trainers, func(k string) bool { return k != config.TrainerCommand })
+	switch {
+	case checked || onlyCommand:
+		return ""
+	case len(trainers) == 0:
+		return fmt.Sprintf("; no training worker of %s is live, so the labels are left to the trainer that takes the job (the builtin trainer checks them when it starts)", pool)
+	default:
+		return fmt.Sprintf("; the training workers of %s do not all run the builtin trainer, so the labels are left to the trainer that takes the job (the builtin trainer checks them when it starts)", pool)
+	}
+}
+
 // validateFile checks a dataset file for a job: from what its upload found,
 // when that was recorded and shows nothing wrong for the job (enough
-// examples, none over the model's limit, learnable labels in a training
-// file; each line was valid then and the file cannot change), else by
-// reading the file, which names each bad line.
-func (a *Activities) validateFile(ctx context.Context, key, what string, maxSeq int, training bool) (dataset.Summary, error) {
+// examples, none over the model's limit and, when labels is set, labels the
+// builtin trainer learns; each line was valid then and the file cannot
+// change), else by reading the file, which names each bad line. training
+// asks for a training file's MinTrainingExamples (else one example is
+// enough); labels, for a training file held to the builtin trainer's label
+// rule.
+func (a *Activities) validateFile(ctx context.Context, key, what string, maxSeq int, training, labels bool) (dataset.Summary, error) {
 	st, err := a.Store.DatasetStatsOf(ctx, key)
 	if err != nil {
 		return dataset.Summary{}, err
 	}
 	enough := st != nil && st.Examples > 0 && (!training || st.Examples >= dataset.MinTrainingExamples)
-	if enough && (maxSeq <= 0 || st.MaxTokens <= maxSeq) && (!training || st.LabelProblem == "") {
+	if enough && (maxSeq <= 0 || st.MaxTokens <= maxSeq) && (!labels || st.LabelProblem == "") {
 		return dataset.Summary{Examples: st.Examples, Tokens: st.Tokens, MaxTokens: st.MaxTokens}, nil
 	}
-	if !training {
+	switch {
+	case !training:
 		return a.scan(ctx, key, what, maxSeq, 1, nil)
+	case !labels:
+		return a.scan(ctx, key, what, maxSeq, dataset.MinTrainingExamples, nil)
 	}
 	r, err := a.open(ctx, key, what)
 	if err != nil {

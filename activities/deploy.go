@@ -101,17 +101,25 @@ func (a *Activities) removeUnpublished(ctx context.Context, jobID string, keys .
 // A backend that is missing, down or refuses the adapter fails the deploy
 // at once; the job stays completed and can be deployed again.
 func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
-	if a.Inference == nil {
-		return temporal.NewNonRetryableApplicationError(
-			"this job was trained by the command trainer and its adapter needs an inference backend, "+
-				"but none is configured (TUNEFORGE_INFERENCE_URL is unset)", ErrTypeUnavailable, nil)
+	be, err := a.Inference.For(ctx, in.BaseModel)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err // the worker is stopping or the attempt timed out: retried
+		}
+		a.Logger.WarnContext(ctx, "no inference backend for the adapter", "job", in.JobID, "base_model", in.BaseModel, "err", err)
+		msg := "this job trained a LoRA adapter of " + in.BaseModel + ", and its inference backend could not be started: " + err.Error()
+		if errors.Is(err, inference.ErrNoBackend) {
+			msg = "this job trained a LoRA adapter of " + in.BaseModel + ", and no inference backend serves " + in.BaseModel +
+				": set TUNEFORGE_INFERENCE_BACKENDS=" + in.BaseModel + "=URL, the URL of a vLLM server of that model; the job stays completed, deploy it again later"
+		}
+		return temporal.NewNonRetryableApplicationError(msg, ErrTypeUnavailable, nil)
 	}
 	job, err := a.deployedJob(ctx, in)
 	if err != nil {
 		return err
 	}
 	name := inference.AdapterName(in.JobID)
-	dir, err := a.materialize(ctx, in.JobID)
+	dir, err := a.materialize(ctx, in.JobID, be.AdapterDir)
 	if err != nil {
 		if ctx.Err() != nil {
 			return err // the worker is stopping or the attempt timed out: retried
@@ -126,7 +134,7 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 		return temporal.NewNonRetryableApplicationError(
 			"the trained output is not a LoRA adapter (it has no adapter_config.json), so it cannot be served", ErrTypeConflict, nil)
 	}
-	if err := a.loadAdapter(ctx, name, dir); err != nil {
+	if err := a.loadAdapter(ctx, be.Client, name, dir); err != nil {
 		_ = os.RemoveAll(dir)
 		if ctx.Err() != nil {
 			return fmt.Errorf("load adapter: %w", ctx.Err()) // retried
@@ -140,7 +148,7 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 	}
 	if err != nil {
 		// Nothing may serve an adapter no deployed model names.
-		a.unloadAdapter(ctx, in.JobID, name, "a failed deploy")
+		a.unloadAdapter(ctx, in.JobID, in.BaseModel, name, "a failed deploy")
 		_ = os.RemoveAll(dir)
 		a.removeUnpublished(ctx, in.JobID, artifacts.ModelCardKey(in.OrganizationID, in.JobID, in.ResultModel))
 	}
@@ -150,12 +158,12 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 // loadAdapter has the backend (re)load adapter name from dir. The name is
 // unloaded first: an earlier attempt of this deploy may have loaded it, and
 // the backend refuses to load a name twice.
-func (a *Activities) loadAdapter(ctx context.Context, name, dir string) error {
+func (a *Activities) loadAdapter(ctx context.Context, backend *inference.Client, name, dir string) error {
 	ctx, cancel := context.WithTimeout(ctx, adapterCallTimeout)
 	defer cancel()
-	err := a.Inference.UnloadAdapter(ctx, name)
+	err := backend.UnloadAdapter(ctx, name)
 	if err == nil {
-		err = a.Inference.LoadAdapter(ctx, name, dir)
+		err = backend.LoadAdapter(ctx, name, dir)
 	}
 	if err == nil {
 		return nil
@@ -184,15 +192,18 @@ func (a *Activities) loadAdapter(ctx context.Context, name, dir string) error {
 }
 
 // materialize extracts the job's trained adapter into its directory under
-// AdapterDir, replacing any left by an earlier attempt. It is extracted
-// beside its place and renamed there, so the backend never reads a partial
-// adapter.
-func (a *Activities) materialize(ctx context.Context, jobID string) (string, error) {
-	dst := inference.AdapterPath(a.AdapterDir, jobID)
-	if err := os.MkdirAll(a.AdapterDir, 0o755); err != nil {
+// dir (AdapterDir when empty), replacing any left by an earlier attempt. It
+// is extracted beside its place and renamed there, so the backend never
+// reads a partial adapter.
+func (a *Activities) materialize(ctx context.Context, jobID, dir string) (string, error) {
+	if dir == "" {
+		dir = a.AdapterDir
+	}
+	dst := inference.AdapterPath(dir, jobID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("materialize adapter: %w", err)
 	}
-	tmp, err := os.MkdirTemp(a.AdapterDir, "."+jobID+"-")
+	tmp, err := os.MkdirTemp(dir, "."+jobID+"-")
 	if err != nil {
 		return "", fmt.Errorf("materialize adapter: %w", err)
 	}

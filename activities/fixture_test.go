@@ -15,6 +15,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 )
@@ -74,10 +75,16 @@ func (f *fixture) pool(slots int) string {
 	return id
 }
 
-// worker advertises slots of pool, as a training worker does.
+// worker advertises slots of pool, as a builtin-trainer worker does.
 func (f *fixture) worker(pool string, slots int) {
 	f.t.Helper()
-	f.check(env.Store.AdvertiseGPUWorker(f.ctx, "worker_"+dbtest.RandomHex(4), pool, slots))
+	f.workerOf(pool, slots, config.TrainerBuiltin)
+}
+
+// workerOf advertises slots of pool, as a worker running trainer does.
+func (f *fixture) workerOf(pool string, slots int, trainer string) {
+	f.t.Helper()
+	f.check(env.Store.AdvertiseGPUWorker(f.ctx, "worker_"+dbtest.RandomHex(4), pool, slots, trainer))
 }
 
 func (f *fixture) datasetKey() string { return artifacts.DatasetKey(f.org, f.dataset) }

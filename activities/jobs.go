@@ -149,6 +149,8 @@ type DeletedJob struct {
 	OrganizationID string
 	// Adapter is the inference backend's name for the deployed adapter.
 	Adapter *string
+	// BaseModel routes the adapter's unloading to its backend.
+	BaseModel string
 	// Pool is the hardware pool the job held or waited for a slot of.
 	Pool string
 }
@@ -159,14 +161,14 @@ type DeletedJob struct {
 func (a *Activities) DeleteJobRow(ctx context.Context, req DeleteRequest) (DeletedJob, error) {
 	out := DeletedJob{JobID: req.JobID, OrganizationID: req.OrganizationID}
 	err := a.Store.Transact(ctx, func(tx db.Conn) error {
-		_, err := tx.Job(ctx, req.OrganizationID, req.JobID)
+		job, err := tx.Job(ctx, req.OrganizationID, req.JobID)
 		if db.IsNotFound(err) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		out.Found = true
+		out.Found, out.BaseModel = true, job.BaseModel
 		if out.Adapter, err = tx.JobAdapter(ctx, req.JobID); err != nil && !db.IsNotFound(err) {
 			return err
 		}
@@ -196,8 +198,11 @@ func (a *Activities) EndJobWorkflow(ctx context.Context, jobID string) error {
 // load it again), the adapter in the backend, its checkpoints, output and
 // published model. Each part is idempotent, so the activity can be retried.
 func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
-	if a.AdapterDir != "" {
-		if err := os.RemoveAll(inference.AdapterPath(a.AdapterDir, d.JobID)); err != nil {
+	for _, dir := range append(a.Inference.AdapterDirs(d.BaseModel), a.AdapterDir) {
+		if dir == "" {
+			continue
+		}
+		if err := os.RemoveAll(inference.AdapterPath(dir, d.JobID)); err != nil {
 			return fmt.Errorf("remove adapter of %s: %w", d.JobID, err)
 		}
 	}
@@ -205,7 +210,7 @@ func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
 		// Best effort: no request reaches an adapter without its model's
 		// row, which is gone already, and a backend that is down has
 		// unloaded it anyway.
-		a.unloadAdapter(ctx, d.JobID, *d.Adapter, "a deleted job")
+		a.unloadAdapter(ctx, d.JobID, d.BaseModel, *d.Adapter, "a deleted job")
 	}
 	// Everything the job published goes, under whatever model name: a
 	// deploy that failed may have left files its cleanup could not remove.
@@ -220,17 +225,17 @@ func (a *Activities) RetireJob(ctx context.Context, d DeletedJob) error {
 	return nil
 }
 
-// unloadAdapter asks the backend to stop serving the adapter of whose
-// (a deleted job, a failed deploy), even when ctx is done; a failure is
-// only logged.
-func (a *Activities) unloadAdapter(ctx context.Context, jobID, adapter, whose string) {
-	if a.Inference == nil {
-		a.Logger.WarnContext(ctx, "cannot unload the adapter of "+whose+": TUNEFORGE_INFERENCE_URL is unset", "job", jobID, "adapter", adapter)
+// unloadAdapter asks the backend of baseModel to stop serving the adapter
+// of whose (a deleted job, a failed deploy), even when ctx is done; a
+// failure is only logged. A backend that is not running holds no adapter.
+func (a *Activities) unloadAdapter(ctx context.Context, jobID, baseModel, adapter, whose string) {
+	be := a.Inference.Running(baseModel)
+	if be == nil {
 		return
 	}
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adapterCallTimeout)
 	defer cancel()
-	if err := a.Inference.UnloadAdapter(uctx, adapter); err != nil {
+	if err := be.Client.UnloadAdapter(uctx, adapter); err != nil {
 		a.Logger.WarnContext(ctx, "unload the adapter of "+whose, "job", jobID, "adapter", adapter, "err", err)
 	}
 }

@@ -120,8 +120,8 @@ func TestDeleteJobRowAndRetireJob(t *testing.T) {
 	val, err = f.run(f.acts.DeleteJobRow, activities.DeleteRequest{JobID: job, OrganizationID: f.org})
 	f.check(err)
 	f.check(val.Get(&deleted))
-	want := activities.DeletedJob{Found: true, JobID: job, OrganizationID: f.org, Adapter: &adapter, Pool: pool}
-	if deleted.Found != want.Found || deleted.Pool != want.Pool ||
+	want := activities.DeletedJob{Found: true, JobID: job, OrganizationID: f.org, Adapter: &adapter, Pool: pool, BaseModel: "llama-3.1-8b"}
+	if deleted.Found != want.Found || deleted.Pool != want.Pool || deleted.BaseModel != want.BaseModel ||
 		deleted.Adapter == nil || *deleted.Adapter != adapter || deleted.JobID != job || deleted.OrganizationID != f.org {
 		t.Errorf("deleted %+v; want %+v", deleted, want)
 	}

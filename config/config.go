@@ -52,8 +52,14 @@ type Config struct {
 	WorkDir        string // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
 
 	// Serving of adapters trained by the command trainer.
-	InferenceURL string // TUNEFORGE_INFERENCE_URL: an OpenAI-compatible server with vLLM's LoRA API; "" disables
-	AdapterDir   string // TUNEFORGE_ADAPTER_DIR: where adapters are materialized for that server to read
+	// TUNEFORGE_INFERENCE_BACKENDS: MODEL=URL[;ADAPTER_DIR],... the vLLM
+	// server (OpenAI-compatible, with the LoRA API) of each base model
+	InferenceBackends string
+	InferenceURL      string // TUNEFORGE_INFERENCE_URL: the backend of every base model the list above does not name; "" disables
+	AdapterDir        string // TUNEFORGE_ADAPTER_DIR: where adapters are materialized for that server to read
+	// TUNEFORGE_INFERENCE_MAX_TOKENS: the most tokens one chat completion
+	// of that server may generate, default 4096
+	InferenceMaxTokens int
 }
 
 // Trainer backends.
@@ -156,6 +162,10 @@ func FromEnv() (Config, error) {
 		}
 	}
 	c.InferenceURL = strings.TrimRight(env("TUNEFORGE_INFERENCE_URL", ""), "/")
+	c.InferenceBackends = env("TUNEFORGE_INFERENCE_BACKENDS", "")
+	if c.InferenceMaxTokens, err = strconv.Atoi(env("TUNEFORGE_INFERENCE_MAX_TOKENS", "4096")); err != nil || c.InferenceMaxTokens < 1 {
+		return c, fmt.Errorf("TUNEFORGE_INFERENCE_MAX_TOKENS %q: must be a positive number of tokens", os.Getenv("TUNEFORGE_INFERENCE_MAX_TOKENS"))
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(env("TUNEFORGE_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("TUNEFORGE_LOG_LEVEL: %w", err)
 	}

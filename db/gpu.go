@@ -179,13 +179,28 @@ func (c Conn) GPULease(ctx context.Context, jobID string) (GPULease, error) {
 	}, nil
 }
 
-// AdvertiseGPUWorker records a training worker's slots of a pool as seen
-// now; the worker repeats it well within the liveness window.
-func (c Conn) AdvertiseGPUWorker(ctx context.Context, id, hardwareID string, slots int) error {
-	if err := c.q.HeartbeatGPUWorker(ctx, c.db, dbsqlc.HeartbeatGPUWorkerParams{ID: id, HardwareID: hardwareID, Slots: int32(slots)}); err != nil {
+// AdvertiseGPUWorker records a training worker's slots of a pool, and the
+// trainer it runs ("builtin" or "command": config.TrainerBuiltin or
+// config.TrainerCommand), as seen now; the worker repeats it well within
+// the liveness window.
+func (c Conn) AdvertiseGPUWorker(ctx context.Context, id, hardwareID string, slots int, trainer string) error {
+	err := c.q.HeartbeatGPUWorker(ctx, c.db, dbsqlc.HeartbeatGPUWorkerParams{ID: id, HardwareID: hardwareID, Slots: int32(slots), Trainer: trainer})
+	if err != nil {
 		return fmt.Errorf("heartbeat of worker %s: %w", id, err)
 	}
 	return nil
+}
+
+// LiveTrainers lists, each once and sorted, the trainers that the pool's
+// workers seen within live advertise: none when no worker of the pool is
+// live. "" stands for a worker that did not say (its binary predates the
+// advertisement of trainers).
+func (c Conn) LiveTrainers(ctx context.Context, hardwareID string, live time.Duration) ([]string, error) {
+	kinds, err := c.q.LivePoolTrainers(ctx, c.db, dbsqlc.LivePoolTrainersParams{HardwareID: hardwareID, LiveSeconds: live.Seconds()})
+	if err != nil {
+		return nil, fmt.Errorf("trainers of pool %s: %w", hardwareID, err)
+	}
+	return kinds, nil
 }
 
 // WithdrawGPUWorker removes a training worker's advertisement, so its slots

@@ -397,3 +397,36 @@ func TestGPUQueuePosition(t *testing.T) {
 		}
 	}
 }
+
+// A pool's live trainers are those its workers seen within the window
+// advertise, each once; a worker's latest advertisement names its trainer.
+func TestLivePoolTrainers(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	pool, other := f.pool("pool"), f.pool("other")
+	advertise := func(name, hw, trainer string, seenAgo time.Duration) {
+		id := f.id(name)
+		f.check(f.q.HeartbeatGPUWorker(f.ctx, f.tx, dbsqlc.HeartbeatGPUWorkerParams{ID: id, HardwareID: hw, Slots: 1, Trainer: trainer}))
+		f.exec(`UPDATE gpu_workers SET last_seen_at = last_seen_at - make_interval(secs => $2) WHERE id = $1`, id, seenAgo.Seconds())
+	}
+	live := func() []string {
+		got, err := f.q.LivePoolTrainers(f.ctx, f.tx, dbsqlc.LivePoolTrainersParams{HardwareID: pool, LiveSeconds: 10})
+		f.check(err)
+		return got
+	}
+	if got := live(); len(got) != 0 {
+		t.Errorf("a pool without workers has trainers %q", got)
+	}
+	advertise("a", pool, "builtin", 0)
+	advertise("b", pool, "builtin", time.Second)
+	advertise("dead", pool, "command", time.Minute)
+	advertise("elsewhere", other, "command", 0)
+	if got := live(); !slices.Equal(got, []string{"builtin"}) {
+		t.Errorf("trainers %q; want [builtin]: a dead worker and another pool's do not count", got)
+	}
+	advertise("b", pool, "command", 0) // b restarts with the command trainer
+	f.exec(`INSERT INTO gpu_workers (id, hardware_id, slots) VALUES ($1, $2, 1)`, f.id("old"), pool)
+	if got := live(); !slices.Equal(got, []string{"", "builtin", "command"}) {
+		t.Errorf("trainers %q; want [\"\" builtin command]", got)
+	}
+}

@@ -36,14 +36,7 @@ func errorMessage(r testenv.Response) string {
 
 func expect(t *testing.T, r testenv.Response, status int, contains ...string) {
 	t.Helper()
-	if r.Status != status {
-		t.Fatalf("status %d, want %d: %s", r.Status, status, r.Raw)
-	}
-	for _, c := range contains {
-		if !strings.Contains(string(r.Raw), c) {
-			t.Fatalf("response %s does not mention %q", r.Raw, c)
-		}
-	}
+	r.Expect(t, status, contains...)
 }
 
 func TestAuth(t *testing.T) {

@@ -25,17 +25,9 @@ func commandJob(t *testing.T, org *testenv.Org, ds string, epochs int) string {
 	return r.Body["id"].(string)
 }
 
-// checkIncreasing asserts metric points with no duplicate step, ending at last.
 func checkIncreasing(t *testing.T, steps []int, last int) {
 	t.Helper()
-	if len(steps) == 0 || steps[len(steps)-1] != last {
-		t.Fatalf("metric steps %v; want them to end at step %d", steps, last)
-	}
-	for i := 1; i < len(steps); i++ {
-		if steps[i] <= steps[i-1] {
-			t.Fatalf("metric steps are not strictly increasing at %d: %v", i, steps)
-		}
-	}
+	testenv.CheckIncreasing(t, steps, last)
 }
 
 func TestCommandTrainerCrashResumes(t *testing.T) {

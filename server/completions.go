@@ -28,10 +28,10 @@ type chatMessage struct {
 	Content string `json:"content"`
 }
 
-// chatRequest is the OpenAI-compatible subset tuneforge reads. Other fields
-// OpenAI clients send (sampling parameters, user, …) are passed as sent to
-// the inference backend for a model it serves, and ignored by builtin
-// models, which answer their most likely label.
+// chatRequest is the OpenAI-compatible subset tuneforge reads itself. The
+// other fields are checked by forwardChat: for a model the inference
+// backend serves, the allow-listed ones reach it; builtin models, which
+// answer their most likely label, ignore them.
 type chatRequest struct {
 	Model         string        `json:"model"`
 	Messages      []chatMessage `json:"messages"`
@@ -53,12 +53,18 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		s.respondError(c, jsonError(err))
 		return
 	}
-	// The fields as sent, for the inference backend.
+	// The fields as sent, checked; the allow-listed ones are for the
+	// inference backend.
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		s.respondError(c, badRequest("the request body must hold a single JSON object"))
 		return
 	}
+	maxTokens := s.MaxCompletionTokens
+	if maxTokens <= 0 {
+		maxTokens = DefaultMaxCompletionTokens
+	}
+	fwd := forwardChat(fields, maxTokens)
 	var errs fieldErrors
 	if req.Model == "" {
 		errs.add("model", "is required: the resultModel of a deployed fine-tuning job")
@@ -73,6 +79,7 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		}
 		ex.Messages = append(ex.Messages, dataset.Message{Role: m.Role, Content: m.Content})
 	}
+	errs = append(errs, fwd.errs...)
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return
@@ -87,7 +94,7 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		return
 	}
 	if rec.Adapter != nil {
-		s.proxyCompletion(c, rec, fields)
+		s.proxyCompletion(c, rec, fwd.fields)
 		return
 	}
 	model, err := s.model(ctx, rec)
@@ -192,14 +199,15 @@ func startStream(c *gin.Context) {
 }
 
 // proxyCompletion answers with a model the inference backend serves as an
-// adapter: the request goes to the backend as the client sent it, naming
-// the adapter, and the answer comes back, streamed or whole, naming the
-// model the client asked for.
+// adapter: the request's allow-listed fields (forwardChat) go to the
+// backend, naming the adapter, and the answer comes back, streamed or
+// whole, naming the model the client asked for.
 func (s *Server) proxyCompletion(c *gin.Context, rec db.Model, fields map[string]json.RawMessage) {
 	ctx := c.Request.Context()
-	if s.Inference == nil {
-		s.log.ErrorContext(ctx, "a deployed model needs the inference backend, and TUNEFORGE_INFERENCE_URL is unset", "model", rec.Name, "job", rec.JobID)
-		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "model %s is served by an inference backend, and none is configured", rec.Name))
+	be, err := s.Inference.For(ctx, rec.BaseModel)
+	if err != nil {
+		s.log.ErrorContext(ctx, "a deployed model's inference backend is missing", "model", rec.Name, "job", rec.JobID, "err", err)
+		s.respondError(c, newError(http.StatusServiceUnavailable, "unavailable", "model %s is served by an inference backend of %s, and none is available", rec.Name, rec.BaseModel))
 		return
 	}
 	adapter := *rec.Adapter
@@ -209,16 +217,23 @@ func (s *Server) proxyCompletion(c *gin.Context, rec db.Model, fields map[string
 		s.respondError(c, fmt.Errorf("encode the request for the inference backend: %w", err))
 		return
 	}
-	resp, err := s.Inference.ChatCompletions(ctx, body)
+	resp, err := be.Client.ChatCompletions(ctx, body)
+	if inference.IsUnavailable(err) && backendStatus(err) == 0 && s.Inference.Forget(rec.BaseModel, be) {
+		// A backend this process started has stopped: start it again; the
+		// adapter is loaded below.
+		if be, err = s.Inference.For(ctx, rec.BaseModel); err == nil {
+			resp, err = be.Client.ChatCompletions(ctx, body)
+		}
+	}
 	if backendStatus(err) == http.StatusNotFound {
 		// The backend lost the adapter (it restarted, say): load it again
 		// from where the deploy materialized it, and ask once more.
 		s.log.InfoContext(ctx, "reload adapter into the inference backend", "model", rec.Name, "adapter", adapter)
-		if lerr := s.Inference.LoadAdapter(ctx, adapter, inference.AdapterPath(s.AdapterDir, rec.JobID)); inference.IsUnavailable(lerr) {
+		if lerr := be.Client.LoadAdapter(ctx, adapter, inference.AdapterPath(be.AdapterDir, rec.JobID)); inference.IsUnavailable(lerr) {
 			err = lerr
 		} else {
 			// A refusal may be a concurrent request's reload; asking again tells.
-			resp, err = s.Inference.ChatCompletions(ctx, body)
+			resp, err = be.Client.ChatCompletions(ctx, body)
 		}
 	}
 	// The backend may have taken longer than the server's write timeout.

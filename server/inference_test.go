@@ -154,11 +154,13 @@ func TestAdapterDeployAndServe(t *testing.T) {
 		t.Errorf("the backend got %v", sent)
 	}
 	// The backend's refusals pass through, naming the model.
-	r := org.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "x"}}, "max_tokens": -1})
-	expect(t, r, 400, "max_tokens must be at least 1")
+	backend.RefuseCompletions(name, "This model's maximum context length is 2048 tokens; "+name+" was asked for more.")
+	r := org.Do(t, "POST", "/v1/chat/completions", map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "x"}}})
+	expect(t, r, 400, "maximum context length is 2048 tokens; "+model+" was asked for more")
 	if e, _ := r.Body["error"].(map[string]any); e["type"] != "invalid_request_error" {
 		t.Errorf("refusal %s", r.Raw)
 	}
+	backend.RefuseCompletions(name, "")
 
 	ct, data := streamChat(t, org.Key, map[string]any{"model": model, "stream": true, "messages": []map[string]string{{"role": "user", "content": "hi there"}}})
 	content := ""
@@ -215,7 +217,7 @@ func TestAdapterDeployAndServe(t *testing.T) {
 	bare := httptest.NewServer(server.New(server.Deps{Store: env.Store, Temporal: env.Temporal, Artifacts: env.Artifacts, DataDir: env.DataDir, Logger: env.Log, GPULiveness: workers.GPULiveness}))
 	defer bare.Close()
 	expect(t, (&testenv.Client{BaseURL: bare.URL, Key: org.Key}).Do(t, "POST", "/v1/chat/completions", map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "x"}}}),
-		503, "none is configured")
+		503, "served by an inference backend of llama-3.1-8b, and none is available")
 
 	// The backend goes down: 503.
 	backend.SetDown(name, true)
@@ -248,6 +250,12 @@ func TestAdapterDeployFailures(t *testing.T) {
 	name, deploy := inference.AdapterName(id), jobsPath+"/"+id+"/deploy"
 	storeOutput(t, id, map[string]string{"model.bin": "full weights"})
 
+	// An API that no backend of llama-3.1-8b stands behind refuses the
+	// deploy of an adapter at once, naming the setting to add.
+	unserved := apiWith(t, func(*server.Deps) {})
+	expect(t, (&testenv.Client{BaseURL: unserved.URL, Key: org.Key}).Do(t, "POST", deploy, nil),
+		409, "no inference backend serves llama-3.1-8b here: set TUNEFORGE_INFERENCE_BACKENDS=llama-3.1-8b=URL, the URL of a vLLM server of that model")
+
 	// Without a backend configured, the activity says so.
 	job, err := env.Store.JobByID(context.Background(), id)
 	if err != nil {
@@ -256,7 +264,7 @@ func TestAdapterDeployFailures(t *testing.T) {
 	bare := &activities.Activities{Store: env.Store, Artifacts: env.Artifacts, Logger: env.Log, AdapterDir: env.AdapterDir}
 	err = bare.Deploy(context.Background(), activities.DeployInput{JobID: id, OrganizationID: org.ID, BaseModel: job.BaseModel, ResultModel: "llama-3.1-8b-flaky"})
 	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || appErr.Type() != activities.ErrTypeUnavailable || !appErr.NonRetryable() || !strings.Contains(appErr.Message(), "TUNEFORGE_INFERENCE_URL is unset") {
+	if !errors.As(err, &appErr) || appErr.Type() != activities.ErrTypeUnavailable || !appErr.NonRetryable() || !strings.Contains(appErr.Message(), "set TUNEFORGE_INFERENCE_BACKENDS=llama-3.1-8b=URL, the URL of a vLLM server of that model") {
 		t.Fatalf("deploy without a backend: %v", err)
 	}
 

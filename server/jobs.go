@@ -43,6 +43,9 @@ type hyperparameters struct {
 	LearningRate *float64 `json:"learningRate"`
 	BatchSize    *int     `json:"batchSize"`
 	WarmupSteps  *int     `json:"warmupSteps"`
+	// Seed fixes the data order and initialisation: a job run again with
+	// the same seed and data reports the same losses. Random when left out.
+	Seed *int64 `json:"seed"`
 }
 
 type createJobRequest struct {
@@ -141,6 +144,13 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
 			if hp.WarmupSteps < 0 || hp.WarmupSteps > 1_000_000 {
 				errs.add("hyperparameters.warmupSteps", "must be between 0 and 1000000")
 			}
+		}
+		if h.Seed != nil {
+			if *h.Seed < 0 || *h.Seed > 1<<31-1 {
+				errs.add("hyperparameters.seed", "must be an integer from 0 to 2147483647")
+			}
+			seed := *h.Seed
+			hp.Seed = &seed
 		}
 	}
 	return hp, errs.err(http.StatusBadRequest)

@@ -60,17 +60,20 @@ type Deps struct {
 	Datasets DatasetLimits
 	// Timeouts bound how long a client may hold a connection.
 	Timeouts Timeouts
-	// Inference is the backend that serves models trained by the command
-	// trainer; nil when none is configured.
-	Inference *inference.Client
-	// AdapterDir is where deploys materialize adapters for that backend.
-	AdapterDir string
+	// Inference routes models trained by the command trainer (LoRA
+	// adapters) to the backend of their base model; nil when none is
+	// configured.
+	Inference *inference.Backends
 	// MaxActiveJobs caps each organization's queued plus running jobs; 0
 	// means no cap.
 	MaxActiveJobs int
 	// ModelCacheBytes is the memory builtin models may take while served;
 	// 0 means serving.DefaultCacheBytes.
 	ModelCacheBytes int64
+	// MaxCompletionTokens caps the tokens a chat completion of the
+	// inference backend may generate (max_tokens, which is always sent);
+	// 0 means DefaultMaxCompletionTokens.
+	MaxCompletionTokens int
 }
 
 // Server serves the API.

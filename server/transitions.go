@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -27,7 +29,34 @@ func (s *Server) stopJob(c *gin.Context) {
 }
 
 func (s *Server) deployJob(c *gin.Context) {
-	s.transition(c, workflows.UpdateDeploy, workflows.TransitionRequest{By: caller(c).UserID})
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
+	}
+	if err := s.checkServable(c.Request.Context(), job); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	s.transitionOf(c, job, workflows.UpdateDeploy, workflows.TransitionRequest{By: caller(c).UserID})
+}
+
+// checkServable refuses the deploy of a LoRA adapter (a command-trained
+// job's output) whose base model no inference backend serves: a vLLM
+// server serves one base model, and the answer names the setting to add.
+func (s *Server) checkServable(ctx context.Context, job db.Job) error {
+	if s.Inference.Serves(job.BaseModel) {
+		return nil
+	}
+	_, err := s.Artifacts.Stat(ctx, artifacts.OutputKey(job.ID))
+	switch {
+	case errors.Is(err, artifacts.ErrNotExist):
+		return nil // a builtin model, served in-process; or nothing trained yet
+	case err != nil:
+		return fmt.Errorf("stat the output of %s: %w", job.ID, err)
+	}
+	return newError(http.StatusConflict, "conflict",
+		"job %s trained a LoRA adapter of %s, and no inference backend serves %s here: set TUNEFORGE_INFERENCE_BACKENDS=%s=URL, the URL of a vLLM server of that model; GET /api/v1/fine-tuning/base-models shows which models can be served",
+		job.ID, job.BaseModel, job.BaseModel, job.BaseModel)
 }
 
 // restartRequest is restart's optional body.
@@ -51,6 +80,10 @@ func (s *Server) transition(c *gin.Context, update string, req workflows.Transit
 	if !ok {
 		return
 	}
+	s.transitionOf(c, job, update, req)
+}
+
+func (s *Server) transitionOf(c *gin.Context, job db.Job, update string, req workflows.TransitionRequest) {
 	res, err := s.sendTransition(c.Request.Context(), job, update, req, "fromCheckpoint")
 	if err != nil {
 		s.respondError(c, err)

@@ -93,7 +93,9 @@ type Training struct {
 }
 
 // RunTraining runs a training worker for one hardware pool until ctx ends,
-// advertising its slots in PostgreSQL so the pool's capacity is known.
+// advertising its slots in PostgreSQL so the pool's capacity is known, and
+// its trainer (activities.Trainer), so a job's validation checks what the
+// pool's trainers need.
 func RunTraining(ctx context.Context, c client.Client, acts *activities.Activities, t Training, log *slog.Logger) error {
 	if t.Slots < 1 {
 		return fmt.Errorf("--slots must be at least 1, not %d", t.Slots)
@@ -130,7 +132,7 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	// go to waiting jobs at once, and a grant whose signal was lost (a
 	// crash between grant and signal) is sent again.
 	advertise := func(ctx context.Context) error {
-		if err := acts.Store.AdvertiseGPUWorker(ctx, t.ID, t.HardwareID, t.Slots); err != nil {
+		if err := acts.Store.AdvertiseGPUWorker(ctx, t.ID, t.HardwareID, t.Slots, activities.Trainer(acts)); err != nil {
 			return err
 		}
 		return acts.DispatchGPUs(ctx, t.HardwareID)

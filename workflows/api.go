@@ -177,7 +177,20 @@ type TransitionResult struct {
 
 // EpochTimeout bounds one TrainEpoch attempt; HeartbeatTimeout decides how
 // soon a crashed training worker's epoch is retried elsewhere.
+// EpochAttempts bounds the attempts of one epoch: a failure that every
+// attempt meets (output the database refuses, a worker that always dies)
+// then fails the job, with ErrTypeEpochAttempts, and frees its GPU slot,
+// instead of retrying for ever. Each retry resumes from the latest
+// checkpoint; a lost worker and a worker's hand-back at shutdown count as
+// attempts too. With the back-off (1 s doubling to 30 s) the attempts
+// outlast a database outage of about 3.5 minutes; a job failed by a
+// longer one resumes from its checkpoint on restart.
 const (
 	EpochTimeout     = 24 * time.Hour
 	HeartbeatTimeout = 5 * time.Second
+	EpochAttempts    = 12
 )
+
+// ErrTypeEpochAttempts marks a job failed because an epoch used up its
+// EpochAttempts.
+const ErrTypeEpochAttempts = "EpochAttemptsExhausted"

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
@@ -393,13 +394,36 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch, HardwareID: in.HardwareID,
 		}).Get(ctx, &res)
 		if err != nil {
-			return true, err
+			return true, epochFailure(epoch, err)
 		}
 		j.state.Epoch, j.state.Step, j.state.TrainedTokens = res.Epoch, res.Step, res.TrainedTokens
 		j.state.TrainingLoss, j.state.ValidationLoss = &res.TrainingLoss, res.ValidationLoss
 		j.describe(ctx)
 	}
 	return true, nil
+}
+
+// epochFailure says so when an epoch failed because it used up its
+// attempts: the job's error then names the epoch and the count, and ends
+// with the last attempt's failure.
+func epochFailure(epoch int, err error) error {
+	var actErr *temporal.ActivityError
+	if !errors.As(err, &actErr) {
+		return err
+	}
+	exhausted := actErr.RetryState() == enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED
+	if !exhausted && actErr.RetryState() != enumspb.RETRY_STATE_NON_RETRYABLE_FAILURE {
+		// A retryable failure that still ended the activity, which has no
+		// schedule-to-close timeout, used its attempts up (the SDK's test
+		// environment leaves the retry state unspecified).
+		var appErr *temporal.ApplicationError
+		exhausted = errors.As(err, &appErr) && !appErr.NonRetryable()
+	}
+	if !exhausted {
+		return err
+	}
+	return temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("epoch %d failed %d times, the last time with: %s", epoch, EpochAttempts, userMessage(err)), ErrTypeEpochAttempts, err)
 }
 
 // awaitGPU joins the pool's queue and waits for the grant signal: the wait
@@ -672,7 +696,7 @@ var (
 		HeartbeatTimeout:    HeartbeatTimeout,
 		// The stop update answers once training has really halted.
 		WaitForCancellation: true,
-		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: EpochAttempts},
 	}
 	recordOptions = workflow.LocalActivityOptions{
 		StartToCloseTimeout: 30 * time.Second,

@@ -25,8 +25,8 @@ type platform struct {
 	artifacts *artifacts.Store
 	log       *slog.Logger
 	dataDir   string
-	// inference serves command-trained adapters; nil when none is configured.
-	inference  *inference.Client
+	// inference routes command-trained adapters to their base model's backend.
+	inference  *inference.Backends
 	adapterDir string
 }
 
@@ -43,7 +43,11 @@ func connect(ctx context.Context, cfg config.Config, log *slog.Logger) (*platfor
 	if err != nil {
 		return nil, err
 	}
-	p := &platform{store: store, log: log, dataDir: cfg.DataDir, inference: inference.New(cfg.InferenceURL), adapterDir: cfg.AdapterDir}
+	p := &platform{store: store, log: log, dataDir: cfg.DataDir, adapterDir: cfg.AdapterDir}
+	if p.inference, err = backends(cfg, nil); err != nil {
+		p.close()
+		return nil, err
+	}
 	if p.artifacts, err = artifacts.Open(ctx, cfg.Artifacts); err != nil {
 		p.close()
 		return nil, err
@@ -53,6 +57,21 @@ func connect(ctx context.Context, cfg config.Config, log *slog.Logger) (*platfor
 		return nil, err
 	}
 	return p, nil
+}
+
+// backends are the inference backends cfg names (TUNEFORGE_INFERENCE_BACKENDS,
+// then TUNEFORGE_INFERENCE_URL for every other model) and, when not nil,
+// starter's for the models neither names.
+func backends(cfg config.Config, starter inference.Starter) (*inference.Backends, error) {
+	configured, err := inference.ParseBackends(cfg.InferenceBackends, cfg.AdapterDir)
+	if err != nil {
+		return nil, fmt.Errorf("TUNEFORGE_INFERENCE_BACKENDS: %w", err)
+	}
+	var fallback *inference.Backend
+	if cfg.InferenceURL != "" {
+		fallback = &inference.Backend{Client: inference.New(cfg.InferenceURL), AdapterDir: cfg.AdapterDir}
+	}
+	return inference.NewBackends(configured, fallback, starter), nil
 }
 
 func (p *platform) close() {
@@ -96,8 +115,8 @@ func (p *platform) api(cfg config.Config) *server.Server {
 		Datasets: server.DatasetLimits{
 			MaxBytes: cfg.DatasetMaxBytes, QuotaBytes: cfg.DatasetQuotaBytes, QuotaCount: cfg.DatasetQuotaCount,
 		},
-		Inference: p.inference, AdapterDir: p.adapterDir, MaxActiveJobs: cfg.MaxActiveJobs,
-		ModelCacheBytes: cfg.ModelCacheBytes,
+		Inference: p.inference, MaxActiveJobs: cfg.MaxActiveJobs,
+		ModelCacheBytes: cfg.ModelCacheBytes, MaxCompletionTokens: cfg.InferenceMaxTokens,
 	})
 }
 

@@ -112,19 +112,25 @@ func (q *Queries) GrantGPULease(ctx context.Context, db DBTX, jobID string) (Gpu
 }
 
 const heartbeatGPUWorker = `-- name: HeartbeatGPUWorker :exec
-INSERT INTO gpu_workers (id, hardware_id, slots, last_seen_at)
-VALUES ($1, $2, $3, now())
-ON CONFLICT (id) DO UPDATE SET hardware_id = EXCLUDED.hardware_id, slots = EXCLUDED.slots, last_seen_at = now()
+INSERT INTO gpu_workers (id, hardware_id, slots, trainer, last_seen_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (id) DO UPDATE SET hardware_id = EXCLUDED.hardware_id, slots = EXCLUDED.slots, trainer = EXCLUDED.trainer, last_seen_at = now()
 `
 
 type HeartbeatGPUWorkerParams struct {
 	ID         string
 	HardwareID string
 	Slots      int32
+	Trainer    string
 }
 
 func (q *Queries) HeartbeatGPUWorker(ctx context.Context, db DBTX, arg HeartbeatGPUWorkerParams) error {
-	_, err := db.Exec(ctx, heartbeatGPUWorker, arg.ID, arg.HardwareID, arg.Slots)
+	_, err := db.Exec(ctx, heartbeatGPUWorker,
+		arg.ID,
+		arg.HardwareID,
+		arg.Slots,
+		arg.Trainer,
+	)
 	return err
 }
 
@@ -162,6 +168,38 @@ func (q *Queries) ListGPUPoolUsage(ctx context.Context, db DBTX, liveSeconds flo
 			return nil, err
 		}
 		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const livePoolTrainers = `-- name: LivePoolTrainers :many
+SELECT DISTINCT trainer FROM gpu_workers
+WHERE hardware_id = $1 AND last_seen_at > now() - make_interval(secs => $2::float8)
+ORDER BY trainer
+`
+
+type LivePoolTrainersParams struct {
+	HardwareID  string
+	LiveSeconds float64
+}
+
+// The trainers the pool's live workers advertise, each once.
+func (q *Queries) LivePoolTrainers(ctx context.Context, db DBTX, arg LivePoolTrainersParams) ([]string, error) {
+	rows, err := db.Query(ctx, livePoolTrainers, arg.HardwareID, arg.LiveSeconds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var trainer string
+		if err := rows.Scan(&trainer); err != nil {
+			return nil, err
+		}
+		items = append(items, trainer)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

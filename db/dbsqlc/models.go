@@ -79,6 +79,7 @@ type GpuWorker struct {
 	HardwareID string
 	Slots      int32
 	LastSeenAt time.Time
+	Trainer    string
 }
 
 type Hardware struct {

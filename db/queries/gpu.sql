@@ -1,7 +1,13 @@
 -- name: HeartbeatGPUWorker :exec
-INSERT INTO gpu_workers (id, hardware_id, slots, last_seen_at)
-VALUES ($1, $2, $3, now())
-ON CONFLICT (id) DO UPDATE SET hardware_id = EXCLUDED.hardware_id, slots = EXCLUDED.slots, last_seen_at = now();
+INSERT INTO gpu_workers (id, hardware_id, slots, trainer, last_seen_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (id) DO UPDATE SET hardware_id = EXCLUDED.hardware_id, slots = EXCLUDED.slots, trainer = EXCLUDED.trainer, last_seen_at = now();
+
+-- name: LivePoolTrainers :many
+-- The trainers the pool's live workers advertise, each once.
+SELECT DISTINCT trainer FROM gpu_workers
+WHERE hardware_id = @hardware_id AND last_seen_at > now() - make_interval(secs => @live_seconds::float8)
+ORDER BY trainer;
 
 -- name: DeleteGPUWorker :exec
 DELETE FROM gpu_workers WHERE id = $1;

@@ -40,13 +40,14 @@ type Server struct {
 	calls  []Call
 	loaded map[string]string // adapter name → path
 	refuse map[string]string // adapter name → why its load is refused
+	reject map[string]string // adapter name → why its completions are refused
 	down   map[string]bool
 	held   map[string]chan struct{} // adapter name → released when streams may go on
 }
 
 // New starts a backend; Close it when done.
 func New() *Server {
-	s := &Server{loaded: map[string]string{}, refuse: map[string]string{}, down: map[string]bool{}, held: map[string]chan struct{}{}}
+	s := &Server{loaded: map[string]string{}, refuse: map[string]string{}, reject: map[string]string{}, down: map[string]bool{}, held: map[string]chan struct{}{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/load_lora_adapter", s.load)
 	mux.HandleFunc("POST /v1/unload_lora_adapter", s.unload)
@@ -78,6 +79,12 @@ func (s *Server) Loaded(adapter string) (string, bool) {
 
 // Refuse makes loads of adapter fail with 400 and message; "" lifts it.
 func (s *Server) Refuse(adapter, message string) { s.set(func() { s.refuse[adapter] = message }) }
+
+// RefuseCompletions makes chat completions of adapter fail with 400 and
+// message, as vLLM refuses a request it finds invalid; "" lifts it.
+func (s *Server) RefuseCompletions(adapter, message string) {
+	s.set(func() { s.reject[adapter] = message })
+}
 
 // SetDown makes every request about adapter find no backend: the
 // connection is closed without an answer.
@@ -202,6 +209,13 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	}
 	if n, ok := c.Body["max_tokens"].(float64); ok && n < 1 {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("max_tokens must be at least 1, got %g.", n))
+		return
+	}
+	s.mu.Lock()
+	reject := s.reject[c.Name]
+	s.mu.Unlock()
+	if reject != "" {
+		fail(w, http.StatusBadRequest, reject)
 		return
 	}
 	messages, _ := c.Body["messages"].([]any)

@@ -164,6 +164,33 @@ func (c *Client) EventTypes(t testing.TB, jobID string) ([]string, []map[string]
 	return types, events
 }
 
+// Expect fails the test unless r has status and its body mentions each of contains.
+func (r Response) Expect(t testing.TB, status int, contains ...string) {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("status %d, want %d: %s", r.Status, status, r.Raw)
+	}
+	for _, c := range contains {
+		if !strings.Contains(string(r.Raw), c) {
+			t.Fatalf("response %s does not mention %q", r.Raw, c)
+		}
+	}
+}
+
+// CheckIncreasing fails the test unless steps, a job's metric points, have
+// no duplicate and end at last.
+func CheckIncreasing(t testing.TB, steps []int, last int) {
+	t.Helper()
+	if len(steps) == 0 || steps[len(steps)-1] != last {
+		t.Fatalf("metric steps %v; want them to end at step %d", steps, last)
+	}
+	for i := 1; i < len(steps); i++ {
+		if steps[i] <= steps[i-1] {
+			t.Fatalf("metric steps are not strictly increasing at %d: %v", i, steps)
+		}
+	}
+}
+
 // CheckSteps fails the test unless steps are a job's metric points for
 // epochs whole epochs of stepsPerEpoch steps, each once and in order: the
 // builtin trainer records 25 a epoch.

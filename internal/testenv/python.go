@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,26 +10,40 @@ import (
 	"testing"
 )
 
-// Python is the interpreter of the project's Python environment, with
+// Repo is the repository's root directory.
+func Repo() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// PythonPath is the interpreter of the project's Python environment, with
 // torch, transformers and peft: TUNEFORGE_PYTHON (make test sets it), else
-// the repository's .venv. Without one the test skips, saying how to build
-// it, except in CI (CI=true), where a missing library fails the test.
-func Python(t testing.TB) string {
-	t.Helper()
+// the repository's .venv; an error saying how to build it when it lacks them.
+func PythonPath() (string, error) {
 	python := os.Getenv("TUNEFORGE_PYTHON")
 	if python == "" {
-		_, file, _, _ := runtime.Caller(0)
-		python = filepath.Join(filepath.Dir(file), "..", "..", ".venv", "bin", "python")
+		python = filepath.Join(Repo(), ".venv", "bin", "python")
 	}
 	out, err := exec.Command(python, "-c", "import torch, transformers, peft").CombinedOutput()
 	if err != nil {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		msg := "the language-model tests need the Python environment (make venv builds .venv; TUNEFORGE_PYTHON names another interpreter); " +
-			python + ": " + err.Error() + ": " + lines[len(lines)-1]
+		return "", fmt.Errorf("the language-model tests need the Python environment (make venv builds .venv; "+
+			"TUNEFORGE_PYTHON names another interpreter); %s: %v: %s", python, err, lines[len(lines)-1])
+	}
+	return python, nil
+}
+
+// Python is PythonPath for a test: without the environment the test skips,
+// saying how to build it, except in CI (CI=true), where a missing library
+// fails it.
+func Python(t testing.TB) string {
+	t.Helper()
+	python, err := PythonPath()
+	if err != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
+			t.Fatal(err)
 		}
-		t.Skip(msg)
+		t.Skip(err)
 	}
 	return python
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/devserver"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/inference/vllm"
 	"github.com/tuneforge/tuneforge/internal/contract"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/server"
@@ -43,6 +44,8 @@ type Env struct {
 	// AdapterDir is where deploys materialize adapters for the inference
 	// backend.
 	AdapterDir string
+	// Inference routes adapters to the backends of their base models.
+	Inference *inference.Backends
 	// DatabaseURL, TemporalAddr and ArtifactsURL are where the platform's
 	// state is, for processes of its own a test starts (the binary's
 	// DATABASE_URL, TUNEFORGE_TEMPORAL_ADDR and TUNEFORGE_ARTIFACTS).
@@ -50,6 +53,7 @@ type Env struct {
 	Log                                     *slog.Logger
 
 	inferenceURL string
+	launcher     *vllm.Launcher
 	maxActive    int
 	noContract   bool
 	contract     *contract.Contract
@@ -70,6 +74,11 @@ type Option func(*Env)
 // WithInference has deploys and chat completions of command-trained models
 // use the inference backend at url; without it none is configured.
 func WithInference(url string) Option { return func(e *Env) { e.inferenceURL = url } }
+
+// WithVLLM has deploys start vLLM's CPU build for each base model on first
+// use, as `tuneforge dev` does; Stop stops it. l's DataDir and AdapterDir
+// are the platform's.
+func WithVLLM(l *vllm.Launcher) Option { return func(e *Env) { e.launcher = l } }
 
 // WithMaxActiveJobs sets each organization's cap on queued plus running
 // jobs (500 by default, as in production).
@@ -129,7 +138,21 @@ func (e *Env) start() error {
 		return err
 	}
 	e.AdapterDir = filepath.Join(e.DataDir, "adapters")
-	inf := inference.New(e.inferenceURL)
+	var fallback *inference.Backend
+	if e.inferenceURL != "" {
+		fallback = &inference.Backend{Client: inference.New(e.inferenceURL), AdapterDir: e.AdapterDir}
+	}
+	var starter inference.Starter
+	if e.launcher != nil {
+		e.launcher.DataDir, e.launcher.AdapterDir = e.DataDir, e.AdapterDir
+		if e.launcher.Logger == nil {
+			e.launcher.Logger = e.Log
+		}
+		e.cleanups = append(e.cleanups, e.launcher.Close)
+		starter = e.launcher
+	}
+	inf := inference.NewBackends(nil, fallback, starter)
+	e.Inference = inf
 	e.Activities = &activities.Activities{
 		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Inference: inf, AdapterDir: e.AdapterDir,
 		Temporal: e.Temporal,
@@ -141,7 +164,7 @@ func (e *Env) start() error {
 	}
 	api := server.New(server.Deps{
 		Store: e.Store, Temporal: e.Temporal, Artifacts: e.Artifacts, DataDir: e.DataDir, Logger: e.Log, GPULiveness: workers.GPULiveness,
-		Inference: inf, AdapterDir: e.AdapterDir, MaxActiveJobs: e.maxActive,
+		Inference: inf, MaxActiveJobs: e.maxActive,
 	})
 	// The API's own HTTP server settings (timeouts, header limit), as in production.
 	e.API = httptest.NewUnstartedServer(api)

@@ -65,6 +65,7 @@ func (e *Error) Error() string { return e.Message }
 // time, in the order of the trainer's output; while one runs the trainer's
 // output waits, so Checkpoint can upload a directory before the trainer
 // moves on. An error from a method stops the attempt and is returned by Run.
+// The messages Log is given are valid UTF-8 without NUL (see Clean).
 type Handler interface {
 	Progress(Progress) error
 	Eval(Eval) error
@@ -121,12 +122,19 @@ type event struct {
 
 // Run trains one attempt in dir, which must exist: it writes cfg to
 // dir/config.json, creates the checkpoint and output directories, starts
-// the trainer in its own process group and feeds its messages to h until
-// it exits. When ctx ends it sends SIGTERM, then SIGKILL after the grace
-// period, and returns ctx's error once no process of the group is left.
-// Otherwise it returns the trainer's result, or an *Error that classifies
-// the failure, or the error of a Handler method.
+// the trainer in its own process group, with an allow-listed environment
+// (trainerEnv), and feeds its messages to h until it exits. When ctx ends
+// it sends SIGTERM, then SIGKILL after the grace period, and returns ctx's
+// error once no process of the group is left. Otherwise it returns the
+// trainer's result, or an *Error that classifies the failure, or the error
+// of a Handler method. The trainer's text reaches h and the error's
+// message only through Clean.
 func (r *Runner) Run(ctx context.Context, dir string, cfg Config, h Handler) (Result, error) {
+	res, err := r.run(ctx, dir, cfg, cleanHandler{h})
+	return res, cleanError(err)
+}
+
+func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Result, error) {
 	for _, d := range []string{cfg.CheckpointDir, cfg.OutputDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return Result{}, fmt.Errorf("create %s: %w", d, err)
@@ -156,7 +164,7 @@ func (r *Runner) Run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	}
 	cmd := exec.Command(r.Argv[0], r.Argv[1:]...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), ConfigEnv+"="+cfgPath)
+	cmd.Env = trainerEnv(os.Environ(), cfgPath)
 	cmd.Stdout, cmd.Stderr = outW, errW
 	cmd.SysProcAttr = sysProcAttr()
 	err = cmd.Start()
@@ -245,8 +253,8 @@ func (r *Runner) Run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	return a.outcome(cmd.ProcessState, waitErr)
 }
 
-// readLines sends r's lines to events, cutting long ones without buffering
-// them whole.
+// readLines sends r's lines to events, cutting long ones (before a
+// character, not inside one) without buffering them whole.
 func readLines(r io.Reader, stderr bool, events chan<- event, done chan<- struct{}) {
 	defer func() { done <- struct{}{} }()
 	br := bufio.NewReaderSize(r, MaxLineBytes)
@@ -254,7 +262,7 @@ func readLines(r io.Reader, stderr bool, events chan<- event, done chan<- struct
 		chunk, err := br.ReadSlice('\n')
 		ev := event{line: strings.TrimRight(string(chunk), "\r\n"), stderr: stderr}
 		if errors.Is(err, bufio.ErrBufferFull) {
-			ev.cut = true
+			ev.line, ev.cut = trimPartial(ev.line), true
 			// Skip the rest of the line.
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = br.ReadSlice('\n')
@@ -444,11 +452,12 @@ func suffix(why string) string {
 	return ": " + why
 }
 
+// truncate cuts s to at most n bytes, before a character, marking the cut.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return cut(s, n) + "…"
 }
 
 // bucket is a token bucket.

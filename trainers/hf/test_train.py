@@ -553,9 +553,9 @@ def test_tiny_weights_are_the_same_on_every_host_and_release():
     weights = dict(model.named_parameters())
     # Fixed values: seeded_stream, not torch's or transformers' initialisation.
     q = weights["model.layers.0.self_attn.q_proj.weight"]
-    bound = 0.02 * 3**0.5
+    bound = fields["initializer_range"] * 3**0.5
     assert q.abs().max().item() <= bound
-    assert q.std().item() == pytest.approx(0.02, rel=0.05)
+    assert q.std().item() == pytest.approx(fields["initializer_range"], rel=0.05)
     first = train.seeded_stream(zlib.crc32(b"llama-3.1-8b/model.layers.0.self_attn.q_proj.weight"), 1)
     assert q.flatten()[0].item() == pytest.approx(((int(first[0]) >> 11) * 2.0**-53 * 2 - 1) * bound, rel=1e-6)
     assert torch.equal(weights["model.norm.weight"], torch.ones_like(weights["model.norm.weight"]))

@@ -1044,6 +1044,8 @@ class Trainer:
 
 
 def train(args: argparse.Namespace, stop: StopSignal) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config()
     tiny: dict[str, Any] | None = None
     if not (Path(cfg.model_path) / "config.json").is_file():
@@ -1053,6 +1055,11 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
                 f"weights there, or run the trainer with --init-tiny to train a tiny random model"
             )
         tiny = tiny_fields(cfg.base_model, args.tiny_config)
+        log(
+            "info",
+            f"no weights for {cfg.base_model} at {cfg.model_path}: training a tiny stand-in of its architecture "
+            f"(--init-tiny); put the model's weights there to fine-tune the real model",
+        )
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -1150,6 +1157,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a JSON object of model config fields over tiny/<baseModel>.json (a bigger tiny model)")
     p.add_argument("--write-tiny", metavar="DIR",
                    help="write every tiny model and its tokenizer to DIR/<baseModel>/ and exit")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads torch may use (default: torch's, one per core)")
     p.add_argument("--step-delay", type=float, default=0.0, metavar="SECONDS",
                    help="sleep after each step: for tests, so that a stop lands mid-epoch")
     return p.parse_args(argv)

@@ -17,6 +17,9 @@
 //	--ignore-sigterm        ignore SIGTERM, so the worker must SIGKILL
 //	--spawn-child           start `sleep 300` in the process group and log its pid
 //	--garbage               print non-messages, a 1 MiB line and a flood first
+//	--odd-text              print text a database refuses first: long lines of multibyte
+//	                        characters, NULs, bytes that are not UTF-8 (stdout and stderr)
+//	--print-env             print the environment it was given, a variable a line
 //	--log-lines N           log N lines ("flood i") before training, as fast as it can
 //	--exit-code N           exit N after the first progress line
 //	--no-final-checkpoint   skip the checkpoint before the result (a protocol violation)
@@ -32,6 +35,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +53,8 @@ var (
 	ignoreSigterm     = flag.Bool("ignore-sigterm", false, "ignore SIGTERM")
 	spawnChild        = flag.Bool("spawn-child", false, "start a grandchild `sleep 300` in the process group")
 	garbage           = flag.Bool("garbage", false, "print garbage, a huge line and a flood of lines first")
+	oddText           = flag.Bool("odd-text", false, "print long multibyte lines, NULs and invalid UTF-8 first")
+	printEnv          = flag.Bool("print-env", false, "print the environment, a variable a line")
 	logLines          = flag.Int("log-lines", 0, "log this many lines before training")
 	exitCode          = flag.Int("exit-code", -1, "exit with this code after the first progress line")
 	noFinalCheckpoint = flag.Bool("no-final-checkpoint", false, "skip the checkpoint at the end (a protocol violation)")
@@ -135,6 +141,16 @@ func main() {
 	}
 	if *garbage {
 		printGarbage()
+	}
+	if *oddText {
+		printOddText()
+	}
+	if *printEnv {
+		env := os.Environ()
+		slices.Sort(env)
+		for _, kv := range env {
+			fmt.Println(kv)
+		}
 	}
 	for i := range *logLines {
 		logf("info", "flood %d", i)
@@ -372,4 +388,24 @@ func printGarbage() {
 	if err := w.Flush(); err != nil {
 		fmt.Fprintln(os.Stderr, "flood:", err)
 	}
+}
+
+// oddLine is the 2,001-byte line of three-byte characters --odd-text
+// prints: cut at 1,024 (or any count not a multiple of three) bytes, it
+// ends inside a character.
+var oddLine = strings.Repeat("€", 667)
+
+// printOddText prints what PostgreSQL's text columns refuse, as a trainer
+// printing a tokenizer's raw bytes might: long lines of multibyte
+// characters, NULs raw and escaped in a log message, and bytes that are
+// not UTF-8, on stdout and stderr. Its last stderr line is the long one,
+// so a crash right after explains itself with a cut of it.
+func printOddText() {
+	fmt.Println(oddLine)
+	fmt.Println("a NUL\x00 in a raw line")
+	emit("log", "level", "warn", "message", "a NUL\x00 in a log message")
+	fmt.Println("latin-1 caf\xe9 and a lone \xff byte")
+	os.Stdout.Write([]byte(`{"type":"log","level":"info","message":"escaped \u0000 NUL and \ud800 surrogate"}` + "\n"))
+	fmt.Fprintln(os.Stderr, "stderr: a NUL\x00 and a stray \xfe byte")
+	fmt.Fprintln(os.Stderr, oddLine)
 }

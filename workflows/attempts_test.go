@@ -1,0 +1,79 @@
+package workflows_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/workflows"
+)
+
+// TestEpochAttemptsAreBounded: an epoch whose every attempt fails
+// retryably (say, on output the database refuses) fails the job after
+// workflows.EpochAttempts attempts, naming the last failure, and the job's
+// slot is released; it does not retry for ever.
+func TestEpochAttemptsAreBounded(t *testing.T) {
+	h := newHarness(t)
+	var attempts atomic.Int32
+	const why = `append 3 log lines of ftjob-test: ERROR: invalid byte sequence for encoding "UTF8": 0x00 (SQLSTATE 22021)`
+	h.env.OnActivity("TrainEpoch", mock.Anything, mock.MatchedBy(func(in activities.EpochInput) bool { return in.Epoch == 2 })).
+		Return(func(context.Context, activities.EpochInput) (activities.EpochResult, error) {
+			attempts.Add(1)
+			return activities.EpochResult{}, temporal.NewApplicationError(why, "")
+		})
+	var st workflows.JobState
+	// The attempts, with back-off capped at 30 s, take a few minutes. (The
+	// SDK's test environment caps an unbounded policy at 10 attempts.)
+	h.at(time.Hour, func() { st = h.state(); h.env.CancelWorkflow() })
+	h.run(jobInput(3))
+
+	requireCanceled(t, h.env)
+	assert.Equal(t, int32(workflows.EpochAttempts), attempts.Load(), "the epoch's attempts")
+	assert.Equal(t, jobstatus.Failed, st.Status)
+	assert.Equal(t, 1, st.Epoch, "epoch 1 stays trained")
+	want := fmt.Sprintf("epoch 2 failed %d times, the last time with: %s", workflows.EpochAttempts, why)
+	assert.Equal(t, want, st.Error)
+	rec := h.lastRecord()
+	assert.Equal(t, jobstatus.Failed, rec.Status)
+	assert.Equal(t, want, rec.Error)
+	assert.Equal(t, "Training failed: "+want, rec.Log)
+	assert.Equal(t, db.EventFailed, rec.Event)
+	assert.Equal(t, []string{"running", "failed"}, h.statuses())
+	events, epochs, releases, _ := h.snapshot()
+	assert.Equal(t, []int{1}, epochs)
+	assert.Equal(t, []string{"ftjob-test"}, releases, "the failed job's slot is released")
+	require.NotEmpty(t, events)
+	assert.Equal(t, "ReleaseGPU", events[len(events)-1], "the failure is recorded before the slot is released")
+}
+
+// TestEpochRetryThatSucceeds: a retryable failure short of the bound is
+// retried, and the job completes.
+func TestEpochRetryThatSucceeds(t *testing.T) {
+	h := newHarness(t)
+	var attempts atomic.Int32
+	h.env.OnActivity("TrainEpoch", mock.Anything, mock.MatchedBy(func(in activities.EpochInput) bool { return in.Epoch == 1 })).
+		Return(func(ctx context.Context, in activities.EpochInput) (activities.EpochResult, error) {
+			if attempts.Add(1) < workflows.EpochAttempts {
+				return activities.EpochResult{}, temporal.NewApplicationError("the trainer crashed", activities.ErrTypeTrainerCrashed)
+			}
+			return h.trainEpoch(ctx, in)
+		})
+	var st workflows.JobState
+	h.at(time.Hour, func() { st = h.state(); h.env.CancelWorkflow() })
+	h.run(jobInput(2))
+
+	requireCanceled(t, h.env)
+	assert.Equal(t, int32(workflows.EpochAttempts), attempts.Load())
+	assert.Equal(t, jobstatus.Completed, st.Status, st.Error)
+	assert.Equal(t, 2, st.Epoch)
+}
