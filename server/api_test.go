@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -77,10 +78,25 @@ func TestCatalog(t *testing.T) {
 		if m["name"] != w[0] || m["provider"] != w[1] || m["parameterCount"] != w[2] || m["maxSequenceLength"] != w[3] || len(m["supportedTasks"].([]any)) != w[4] {
 			t.Errorf("model %v does not match the spec", m)
 		}
+		// The test platform's inference backend serves every model's adapters.
+		if m["adapterServing"] != true {
+			t.Errorf("model %v: adapterServing %v, want true", m["id"], m["adapterServing"])
+		}
+		// Its builtin workers serve llama-3.1-8b's default pool.
+		if trainers, _ := m["trainers"].([]any); m["id"] == "llama-3.1-8b" && !slices.Contains(trainers, any("builtin")) {
+			t.Errorf("llama-3.1-8b: trainers %v; want the builtin trainer among them", m["trainers"])
+		}
 		delete(want, m["id"].(string))
 	}
 	if len(want) != 0 {
 		t.Errorf("missing models %v", want)
+	}
+	// An API with no inference backend serves no adapter.
+	bare := apiWith(t, func(*server.Deps) {})
+	for _, m := range (&testenv.Client{BaseURL: bare.URL, Key: org.Key}).Do(t, "GET", "/api/v1/fine-tuning/base-models", nil).Body["models"].([]any) {
+		if m := m.(map[string]any); m["adapterServing"] != false {
+			t.Errorf("without a backend, model %v: adapterServing %v", m["id"], m["adapterServing"])
+		}
 	}
 	r = org.Do(t, "GET", "/api/v1/fine-tuning/hardware", nil)
 	expect(t, r, 200)

@@ -17,9 +17,21 @@ func (s *Server) baseModels(c *gin.Context) {
 	}
 	out := baseModelList{Models: make([]baseModelView, len(models))}
 	for i, m := range models {
+		live, err := s.Store.LiveTrainers(c.Request.Context(), m.DefaultHardwareID, s.GPULiveness)
+		if err != nil {
+			s.respondError(c, err)
+			return
+		}
+		trainers := []string{}
+		for _, t := range live {
+			if t != "" { // a worker too old to say
+				trainers = append(trainers, t)
+			}
+		}
 		out.Models[i] = baseModelView{
 			ID: m.ID, Name: m.Name, Provider: m.Provider, ParameterCount: m.ParameterCount,
 			SupportedTasks: m.SupportedTasks, MaxSequenceLength: m.MaxSequenceLength, DefaultHardware: m.DefaultHardwareID,
+			Trainers: trainers, AdapterServing: s.Inference.Serves(m.ID),
 		}
 	}
 	c.JSON(http.StatusOK, out)

@@ -121,6 +121,13 @@ type baseModelView struct {
 	SupportedTasks    []string `json:"supportedTasks"`
 	MaxSequenceLength int32    `json:"maxSequenceLength"`
 	DefaultHardware   string   `json:"defaultHardware"`
+	// Trainers are the trainers of the live workers of its default pool:
+	// builtin (a classifier on the CPU) or command (such as trainers/hf's
+	// LoRA fine-tuning); empty when none is live.
+	Trainers []string `json:"trainers"`
+	// AdapterServing says whether an inference backend serves (or can be
+	// started for) its LoRA adapters, which command-trained jobs produce.
+	AdapterServing bool `json:"adapterServing"`
 }
 
 type baseModelList struct {

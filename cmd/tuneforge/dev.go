@@ -18,6 +18,7 @@ import (
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/devserver"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/workers"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -57,7 +58,13 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	defer srv.Stop()
 
-	p, err := connect(ctx, cfg, log)
+	launcher, cpuTrainer := devLanguageModels(ctx, &cfg, log)
+	var starter inference.Starter
+	if launcher != nil {
+		defer launcher.Close()
+		starter = launcher
+	}
+	p, err := connect(ctx, cfg, log, starter)
 	if err != nil {
 		return err
 	}
@@ -79,7 +86,7 @@ func runDev(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	acts := p.activities()
 	roles := append(p.apiRoles(cfg), func(ctx context.Context) error { return workers.RunControl(ctx, p.temporal, acts) })
 	for _, h := range hardware {
-		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots, CheckGPUs: cfg.Trainer == config.TrainerCommand}
+		t := workers.Training{ID: "dev/" + h.ID, HardwareID: h.ID, Slots: slots, CheckGPUs: cfg.Trainer == config.TrainerCommand && !cpuTrainer}
 		tacts, err := p.trainingActivities(cfg, t.ID)
 		if err != nil {
 			return err

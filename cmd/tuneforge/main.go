@@ -207,7 +207,7 @@ func runAPIKey(ctx context.Context, cfg config.Config, org, user, scopes string)
 }
 
 func runAPI(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	p, err := connect(ctx, cfg, log)
+	p, err := connect(ctx, cfg, log, nil)
 	if err != nil {
 		return err
 	}
@@ -229,7 +229,7 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger, w worke
 	if err := cfg.CheckTrainer(); err != nil {
 		return cli.UsageError(err)
 	}
-	p, err := connect(ctx, cfg, log)
+	p, err := connect(ctx, cfg, log, nil)
 	if err != nil {
 		return err
 	}

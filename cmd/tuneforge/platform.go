@@ -38,13 +38,15 @@ func openStore(ctx context.Context, cfg config.Config) (*db.Store, error) {
 	return store, err
 }
 
-func connect(ctx context.Context, cfg config.Config, log *slog.Logger) (*platform, error) {
+// connect opens the shared connections; starter (nil: none) starts
+// inference backends for base models the configuration names none for.
+func connect(ctx context.Context, cfg config.Config, log *slog.Logger, starter inference.Starter) (*platform, error) {
 	store, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	p := &platform{store: store, log: log, dataDir: cfg.DataDir, adapterDir: cfg.AdapterDir}
-	if p.inference, err = backends(cfg, nil); err != nil {
+	if p.inference, err = backends(cfg, starter); err != nil {
 		p.close()
 		return nil, err
 	}

@@ -249,3 +249,22 @@ func Split(line string) ([]string, error) {
 	}
 	return words, nil
 }
+
+// Join is Split's inverse: words as a command line, each quoted when it
+// holds anything but letters, digits and -_./:=+,@%.
+func Join(words ...string) string {
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		plain := w != ""
+		for j := 0; j < len(w) && plain; j++ {
+			c := w[j]
+			plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-_./:=+,@%", c) >= 0
+		}
+		if plain {
+			quoted[i] = w
+		} else {
+			quoted[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(quoted, " ")
+}

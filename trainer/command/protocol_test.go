@@ -2,6 +2,7 @@ package command
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -54,6 +55,18 @@ func TestParseLine(t *testing.T) {
 	for _, line := range []string{`{"type":"progress","step":"three","epoch":1,"loss":1}`, `{"type":"checkpoint","step":3}`, `{"type":"eval","step":3}`} {
 		if p := parseLine(line); !strings.Contains(p.malformed, "message") {
 			t.Errorf("parseLine(%q) = %+v; want it reported as malformed", line, p)
+		}
+	}
+}
+
+func TestJoinIsSplitsInverse(t *testing.T) {
+	for _, words := range [][]string{
+		{"python3", "train.py", "--init-tiny"},
+		{"/path with spaces/python", "it's", "", `a"b\c`, "$HOME", "é"},
+	} {
+		got, err := Split(Join(words...))
+		if err != nil || !slices.Equal(got, words) {
+			t.Errorf("Split(Join(%q)) = %q, %v", words, got, err)
 		}
 	}
 }

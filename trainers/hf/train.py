@@ -615,7 +615,7 @@ def add_lora(model: Any, args: argparse.Namespace, base_model: str) -> Any:
     )
     # The base model's name, not this host's path, in the adapter's config and
     # model card: the adapter moves between hosts.
-    model.config.name_or_path = base_model
+    model.config.name_or_path = model.name_or_path = base_model
     # get_peft_model casts the adapter of a bf16 model to float32 (autocast_adapter_dtype).
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_model

@@ -1,0 +1,48 @@
+//go:build !nodev
+
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/tuneforge/tuneforge/config"
+	"github.com/tuneforge/tuneforge/inference/vllm"
+	"github.com/tuneforge/tuneforge/trainer/command"
+)
+
+// devLanguageModels sets `tuneforge dev` up to fine-tune and serve language
+// models when it runs in the repository with the Python environment built
+// (make venv): the workers train with trainers/hf (tiny stand-ins of the
+// catalog's architectures when TUNEFORGE_MODEL_DIR has no weights) unless
+// TUNEFORGE_TRAINER says otherwise, and deploys start vLLM's CPU build.
+// It returns the launcher (nil without the environment), to be closed,
+// and whether the workers train language models on this machine's CPU
+// (their GPUs are then not checked against the pools).
+func devLanguageModels(ctx context.Context, cfg *config.Config, log *slog.Logger) (*vllm.Launcher, bool) {
+	repo, err := os.Getwd()
+	if err != nil {
+		return nil, false
+	}
+	python := os.Getenv("TUNEFORGE_PYTHON")
+	if python == "" {
+		python = filepath.Join(repo, ".venv", "bin", "python")
+	}
+	script := filepath.Join(repo, "trainers", "hf", "train.py")
+	_, statErr := os.Stat(script)
+	if statErr != nil || exec.CommandContext(ctx, python, "-c", "import torch, transformers, peft, vllm").Run() != nil {
+		if _, set := os.LookupEnv("TUNEFORGE_TRAINER"); !set {
+			log.Info("training with the builtin CPU classifier: to fine-tune and serve language models, build the Python environment (make venv) and run make dev from the repository")
+		}
+		return nil, false
+	}
+	cpu := false
+	if _, set := os.LookupEnv("TUNEFORGE_TRAINER"); !set {
+		// One thread per trainer: the dev slots share this machine's cores.
+		cfg.Trainer, cfg.TrainerCmd, cpu = config.TrainerCommand, command.Join(python, script, "--init-tiny", "--threads", "1"), true
+	}
+	return &vllm.Launcher{Python: python, Repo: repo, ModelDir: cfg.ModelDir, DataDir: cfg.DataDir, AdapterDir: cfg.AdapterDir, Logger: log}, cpu
+}
