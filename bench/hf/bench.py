@@ -67,7 +67,7 @@ def main() -> None:
         env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(root / "config.json"))
         started = time.perf_counter()
         out = subprocess.run([sys.executable, str(TRAIN_PY), "--init-tiny", "--tiny-config", str(tiny),
-                              "--checkpoint-every", "0", "--eval-every", "0"],
+                              "--checkpoint-every", "0", "--eval-every", "0", *os.environ.get("BENCH_HF_FLAGS", "").split()],
                              env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             sys.exit(f"train.py failed ({out.returncode}): {out.stderr[-2000:]}")

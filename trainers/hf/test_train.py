@@ -464,7 +464,7 @@ def adapter_weights(t: train.Trainer) -> list[torch.Tensor]:
 
 
 def test_micro_batches_are_longest_first_within_the_token_budget(tmp_path: Path):
-    t = in_process_trainer(tmp_path)
+    t = in_process_trainer(tmp_path, "--micro-batch-size", "8")
     batch = t.train_set[:4]
     longest = max(len(e.input_ids) for e in batch)
     t.token_budget = 2 * longest
@@ -475,14 +475,16 @@ def test_micro_batches_are_longest_first_within_the_token_budget(tmp_path: Path)
     assert all(len(m) * len(m[0].input_ids) <= t.token_budget for m in micro)
     t.token_budget = 1
     assert [len(m) for m in t.micro_batches(batch)] == [1, 1, 1, 1]
+    # On the CPU an example a forward pass, unless told otherwise: no padding.
+    assert in_process_trainer(tmp_path / "cpu").micro_batch_size == 1
 
 
 def test_a_step_out_of_memory_is_retried_in_smaller_micro_batches_with_the_same_gradient(tmp_path: Path, capsys):
-    whole = in_process_trainer(tmp_path / "a", "--lora-dropout", "0")
+    whole = in_process_trainer(tmp_path / "a", "--lora-dropout", "0", "--micro-batch-size", "4")
     loss, _ = whole.train_step(whole.train_set[:4])
     expected = adapter_weights(whole)
 
-    small = in_process_trainer(tmp_path / "b", "--lora-dropout", "0")
+    small = in_process_trainer(tmp_path / "b", "--lora-dropout", "0", "--micro-batch-size", "4")
     real = small.loss_sum
 
     def limited(micro):  # a GPU with room for one example at a time

@@ -739,6 +739,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if scale_loss else None
         # Padded tokens a forward pass may take; halved when the GPU runs out of memory.
         self.token_budget = args.micro_batch_tokens
+        # On the CPU one example's matrix products already keep the cores
+        # busy, so an example a forward pass wastes nothing on padding
+        # (make bench-hf: 1.75 times the tokens/s of padded micro-batches).
+        self.micro_batch_size = args.micro_batch_size or (1 if device.type == "cpu" else None)
         self.checkpointing = bool(args.gradient_checkpointing)
         self.train_set = train_set
         # Sorted by length: less padding, and the order of a sum is immaterial.
@@ -886,7 +890,7 @@ class Trainer:
             if (
                 current is None
                 or (len(current) + 1) * len(current[0].input_ids) > self.token_budget
-                or (self.args.micro_batch_size and len(current) >= self.args.micro_batch_size)
+                or (self.micro_batch_size and len(current) >= self.micro_batch_size)
             ):
                 out.append([e])
             else:
@@ -1110,7 +1114,8 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     log(
         "info",
         f"{trainer.per_epoch} steps an epoch ({len(train_set)} examples, batchSize {cfg.batch_size} in "
-        f"micro-batches of at most {trainer.token_budget} tokens), {trainer.total_steps} in all; "
+        f"micro-batches of at most {trainer.micro_batch_size or 'any number of'} examples and {trainer.token_budget} tokens), "
+        f"{trainer.total_steps} in all; "
         f"gradient checkpointing {'on' if trainer.checkpointing else 'off until memory needs it' if args.gradient_checkpointing is None else 'off'}",
     )
     if cfg.resume_from is not None:
@@ -1138,7 +1143,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="padded tokens per forward pass; gradients accumulate to batchSize, and out of "
                         "memory the step is retried with half as many (default: 8192)")
     p.add_argument("--micro-batch-size", type=positive_int, metavar="N",
-                   help="at most N examples per forward pass (default: as many as --micro-batch-tokens allows)")
+                   help="at most N examples per forward pass (default: 1 on the CPU, where padding is pure "
+                        "waste; on a GPU as many as --micro-batch-tokens allows)")
     p.add_argument("--lora-r", type=positive_int, default=16, metavar="N", help="LoRA rank (default: 16)")
     p.add_argument("--lora-alpha", type=positive_int, default=32, metavar="N", help="LoRA alpha (default: 32)")
     p.add_argument("--lora-dropout", type=float, default=0.05, metavar="P", help="LoRA dropout (default: 0.05)")
