@@ -109,12 +109,13 @@ tuneforge dev is running
   Temporal        %s (namespace %s; its server's log: %s)
   Data directory  %s
   Training pools  %d slot(s) each on %d hardware pools (%s)
+  Adapters        %s
 
 Development API key (org org_dev, user user_dev, both scopes):
   export TUNEFORGE_API_KEY=%s
   curl -H "X-API-Key: $TUNEFORGE_API_KEY" http://%s/api/v1/fine-tuning/jobs
 
-`, cfg.HTTPAddr, metricsURL(cfg.MetricsAddr), srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, filepath.Join(cfg.DataDir, "temporal-server.log"), cfg.DataDir, slots, len(hardware), trainerLabel(cfg), key, cfg.HTTPAddr)
+`, cfg.HTTPAddr, metricsURL(cfg.MetricsAddr), srv.UIURL(), srv.FrontendAddr(), cfg.TemporalNamespace, filepath.Join(cfg.DataDir, "temporal-server.log"), cfg.DataDir, slots, len(hardware), trainerLabel(cfg), servingLabel(cfg, launcher != nil), key, cfg.HTTPAddr)
 	return group(ctx, roles...)
 }
 
@@ -143,4 +144,15 @@ func metricsURL(addr string) string {
 		return "off (TUNEFORGE_METRICS_ADDR is empty)"
 	}
 	return "http://" + addr + "/metrics"
+}
+
+// servingLabel says where deploys of LoRA adapters go.
+func servingLabel(cfg config.Config, launcher bool) string {
+	switch {
+	case cfg.InferenceBackends != "" || cfg.InferenceURL != "":
+		return "served by the backends TUNEFORGE_INFERENCE_BACKENDS and TUNEFORGE_INFERENCE_URL name"
+	case launcher:
+		return "served by vLLM's CPU build, started for a base model on its first deploy"
+	}
+	return "not served: no inference backend (make venv, or set TUNEFORGE_INFERENCE_BACKENDS)"
 }
