@@ -27,13 +27,18 @@ func devLanguageModels(ctx context.Context, cfg *config.Config, log *slog.Logger
 	if err != nil {
 		return nil, false
 	}
-	python := os.Getenv("TUNEFORGE_PYTHON")
+	// make venv's stamp says .venv matches the lock (importing torch and
+	// vLLM to check would take seconds); another interpreter is asked.
+	python, ready := os.Getenv("TUNEFORGE_PYTHON"), false
 	if python == "" {
 		python = filepath.Join(repo, ".venv", "bin", "python")
+		_, err := os.Stat(filepath.Join(repo, ".venv", ".synced"))
+		ready = err == nil
+	} else {
+		ready = exec.CommandContext(ctx, python, "-c", "import torch, transformers, peft, vllm").Run() == nil
 	}
 	script := filepath.Join(repo, "trainers", "hf", "train.py")
-	_, statErr := os.Stat(script)
-	if statErr != nil || exec.CommandContext(ctx, python, "-c", "import torch, transformers, peft, vllm").Run() != nil {
+	if _, err := os.Stat(script); err != nil || !ready {
 		if _, set := os.LookupEnv("TUNEFORGE_TRAINER"); !set {
 			log.Info("training with the builtin CPU classifier: to fine-tune and serve language models, build the Python environment (make venv) and run make dev from the repository")
 		}
