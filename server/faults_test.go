@@ -26,7 +26,7 @@ func TestProcessesKilledMidRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills processes of the platform mid-run")
 	}
-	bin := buildBinary(t)
+	bin := testenv.BuildBinary(t)
 	addr := testenv.FreeAddr(t)
 	api := startProcess(t, bin, []string{"TUNEFORGE_HTTP_ADDR=" + addr}, "api")
 	control := startProcess(t, bin, nil, "worker")

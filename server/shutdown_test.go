@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -16,24 +15,12 @@ import (
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
-// buildBinary builds the production tuneforge binary (-tags nodev) once
-// per test.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "tuneforge")
-	out, err := exec.Command("go", "build", "-tags", "nodev", "-o", bin, "github.com/tuneforge/tuneforge/cmd/tuneforge").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build tuneforge: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // A training worker sent SIGTERM mid-epoch stops taking work, saves its
 // epoch's checkpoint, hands the attempt back and exits; the next worker
 // resumes from exactly that checkpoint, so a rolling restart loses no
 // progress and no metric step is trained twice or skipped.
 func TestTrainingWorkerSIGTERM(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testenv.BuildBinary(t)
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "big.jsonl", testenv.Tickets(60000, 91))
 	const epochs = 2

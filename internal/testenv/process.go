@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +14,18 @@ import (
 )
 
 // For tests that run tuneforge's own binary.
+
+// BuildBinary builds the production tuneforge binary (-tags nodev) into
+// the test's temporary directory.
+func BuildBinary(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tuneforge")
+	out, err := exec.Command("go", "build", "-tags", "nodev", "-o", bin, "github.com/tuneforge/tuneforge/cmd/tuneforge").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build tuneforge: %v\n%s", err, out)
+	}
+	return bin
+}
 
 // FreeAddr is a 127.0.0.1 address with a port nothing listens on now.
 func FreeAddr(t testing.TB) string {

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -11,18 +12,21 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
-// TestExactResume runs one job three times with the same data and seed:
-// uninterrupted; stopped mid-epoch through the API and restarted; and with
-// its trainer process SIGKILLed mid-epoch, which the worker retries from
-// the last checkpoint. All three must report the same training loss at
-// every step (CPU, float32).
+// TestExactResume runs one job four times with the same data and seed:
+// uninterrupted; stopped mid-epoch through the API and restarted; with its
+// trainer process SIGKILLed mid-epoch, which the worker retries from the
+// last checkpoint; and with its training worker, a process of the
+// production binary, SIGKILLed mid-epoch and started again. All four must
+// report the same training loss at every step (CPU, float32).
 func TestExactResume(t *testing.T) {
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(64, 43)) // 8 steps an epoch
 	// A step delay so that a stop and a kill land mid-epoch; checkpoints every 2 steps.
-	env.StartCommandWorker(t, pool, hfTrainer("--threads", "1", "--step-delay", "0.4", "--checkpoint-every", "2", "--eval-every", "0")...)
+	argv := hfTrainer("--threads", "1", "--step-delay", "0.4", "--checkpoint-every", "2", "--eval-every", "0")
+	stopWorker := env.StartCommandWorker(t, pool, argv...)
 	create := func(name string) string {
 		r := org.Do(t, "POST", jobsPath, map[string]any{
 			"name": name, "baseModel": "llama-3.1-8b", "hardware": pool, "trainingDataset": ds,
@@ -61,7 +65,24 @@ func TestExactResume(t *testing.T) {
 	if logs := org.Logs(t, killed); !strings.Contains(logs, "resuming from the checkpoint at step") {
 		t.Errorf("the killed job's log does not say it resumed: %s", logs)
 	}
-	compare(t, "its trainer SIGKILLed at step 11", whole, got)
+	compare(t, "with its trainer SIGKILLed at step 11", whole, got)
+
+	// The next job's worker is a process of its own.
+	stopWorker()
+	worker := testenv.StartProcess(t, testenv.BuildBinary(t), []string{
+		"DATABASE_URL=" + env.DatabaseURL, "TUNEFORGE_TEMPORAL_ADDR=" + env.TemporalAddr, "TUNEFORGE_ARTIFACTS=" + env.ArtifactsURL,
+		"TUNEFORGE_DATA_DIR=" + t.TempDir(), "TUNEFORGE_METRICS_ADDR=", "TUNEFORGE_LOG_LEVEL=warn",
+		"TUNEFORGE_TRAINER=command", "TUNEFORGE_TRAINER_CMD=" + command.Join(argv...),
+	}, "worker", "--hardware", pool, "--slots", "1", "--id", "test/llm-killed")
+	lost := create("worker killed")
+	waitStep(t, org, lost, 5)
+	worker.Kill()
+	worker.Start()
+	got = finish(lost)
+	if types, _ := org.EventTypes(t, lost); !slices.Contains(types, "worker_lost") {
+		t.Errorf("the job whose worker was killed has no worker_lost event: %v", types)
+	}
+	compare(t, "with its training worker SIGKILLed at step 5", whole, got)
 }
 
 // losses are a job's training loss at each step.
