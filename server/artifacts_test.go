@@ -1,11 +1,9 @@
 package server_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -78,28 +76,6 @@ func checkDownloadHeaders(t *testing.T, h http.Header, body []byte, contentType,
 	}
 	if got, want := h.Get("Content-Disposition"), `attachment; filename=`+filename; got != want {
 		t.Errorf("Content-Disposition %q, want %q", got, want)
-	}
-}
-
-func untar(t *testing.T, b []byte) map[string]string {
-	t.Helper()
-	files := map[string]string{}
-	tr := tar.NewReader(bytes.NewReader(b))
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return files
-		}
-		if err != nil {
-			t.Fatalf("not a valid tar: %v", err)
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			content, err := io.ReadAll(tr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			files[hdr.Name] = string(content)
-		}
 	}
 }
 
@@ -188,7 +164,7 @@ func TestJobArtifacts(t *testing.T) {
 		t.Fatalf("download %s: %d %s", out.DownloadURL, status, body)
 	}
 	checkDownloadHeaders(t, h, body, "application/x-tar", id+"-output.tar")
-	if got := untar(t, body); len(got) != len(files) || got["adapter_config.json"] != files["adapter_config.json"] ||
+	if got := testenv.Untar(t, body); len(got) != len(files) || got["adapter_config.json"] != files["adapter_config.json"] ||
 		got["weights/adapter_model.safetensors"] != files["weights/adapter_model.safetensors"] {
 		t.Errorf("output archive holds %v", got)
 	}
@@ -251,7 +227,7 @@ func TestCommandCheckpointArtifacts(t *testing.T) {
 		t.Fatalf("download: %d %s", status, body)
 	}
 	checkDownloadHeaders(t, h, body, "application/x-tar", id+"-checkpoint-step-000000000040.tar")
-	if got := untar(t, body); got["optimizer.pt"] != "state" {
+	if got := testenv.Untar(t, body); got["optimizer.pt"] != "state" {
 		t.Errorf("checkpoint archive holds %v", got)
 	}
 }

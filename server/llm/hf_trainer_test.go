@@ -1,12 +1,10 @@
 package llm_test
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
-	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -70,10 +68,10 @@ func TestHFTrainer(t *testing.T) {
 		`"kind":"checkpoint","step":16`, `"kind":"output"`, `"format":"tar"`)
 	out := org.Do(t, "GET", jobsPath+"/"+id+"/artifacts/output", nil)
 	out.Expect(t, 200)
-	files := tarFiles(t, out.Raw)
+	files := testenv.Untar(t, out.Raw)
 	for _, want := range []string{"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"} {
-		if !slices.Contains(files, want) {
-			t.Errorf("the output holds %v; want %s in it", files, want)
+		if _, ok := files[want]; !ok {
+			t.Errorf("the output holds %v; want %s in it", slices.Collect(maps.Keys(files)), want)
 		}
 	}
 
@@ -151,24 +149,5 @@ func TestHFTrainer(t *testing.T) {
 	}
 	if !done || streamed.String() != whole {
 		t.Errorf("streamed %q (done %v); want %q, as the whole answer", streamed.String(), done, whole)
-	}
-}
-
-// tarFiles lists the regular files of a tar archive.
-func tarFiles(t *testing.T, data []byte) []string {
-	t.Helper()
-	var names []string
-	tr := tar.NewReader(bytes.NewReader(data))
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return names
-		}
-		if err != nil {
-			t.Fatalf("read the output archive: %v", err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			names = append(names, h.Name)
-		}
 	}
 }

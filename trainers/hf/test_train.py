@@ -29,6 +29,7 @@ for _module in ("torch", "transformers", "peft"):
 import torch  # noqa: E402
 
 import train  # noqa: E402
+from test_helpers import CONVERSATION  # noqa: E402
 from train import IGNORE_INDEX  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -357,15 +358,6 @@ def family_tokenizer(family: str) -> Any:
     tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos, "additional_special_tokens": specials})
     tokenizer.chat_template = (HERE / "testdata" / template).read_text()
     return tokenizer
-
-
-CONVERSATION = [
-    {"role": "system", "content": "S"},
-    {"role": "user", "content": "Q1"},
-    {"role": "assistant", "content": "A1"},
-    {"role": "user", "content": "Q2"},
-    {"role": "assistant", "content": "A2"},
-]
 
 
 def test_llama_31_template_labels_each_reply_and_its_end_of_turn():
