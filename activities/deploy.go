@@ -101,6 +101,11 @@ func (a *Activities) removeUnpublished(ctx context.Context, jobID string, keys .
 // A backend that is missing, down or refuses the adapter fails the deploy
 // at once; the job stays completed and can be deployed again.
 func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
+	job, err := a.deployedJob(ctx, in)
+	if err != nil {
+		return err
+	}
+	// Only now: starting a backend may take minutes, for nothing if the job is gone.
 	be, err := a.Inference.For(ctx, in.BaseModel)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -113,10 +118,6 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 				": set TUNEFORGE_INFERENCE_BACKENDS=" + in.BaseModel + "=URL, the URL of a vLLM server of that model; the job stays completed, deploy it again later"
 		}
 		return temporal.NewNonRetryableApplicationError(msg, ErrTypeUnavailable, nil)
-	}
-	job, err := a.deployedJob(ctx, in)
-	if err != nil {
-		return err
 	}
 	name := inference.AdapterName(in.JobID)
 	dir, err := a.materialize(ctx, in.JobID, be.AdapterDir)

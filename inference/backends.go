@@ -38,14 +38,16 @@ type Backends struct {
 	fallback   *Backend
 	starter    Starter
 
-	mu      sync.Mutex
-	started map[string]*Backend
+	mu       sync.Mutex
+	started  map[string]*Backend
+	starting map[string]*sync.Mutex // one start of a model at a time
 }
 
 // NewBackends returns the routes of configured (base model to backend),
 // fallback (nil: none) and starter (nil: none).
 func NewBackends(configured map[string]*Backend, fallback *Backend, starter Starter) *Backends {
-	return &Backends{configured: configured, fallback: fallback, starter: starter, started: map[string]*Backend{}}
+	return &Backends{configured: configured, fallback: fallback, starter: starter,
+		started: map[string]*Backend{}, starting: map[string]*sync.Mutex{}}
 }
 
 // Serves reports whether a backend serves baseModel or can be started for it.
@@ -76,12 +78,25 @@ func (b *Backends) For(ctx context.Context, baseModel string) (*Backend, error) 
 		return nil, noBackend(baseModel)
 	}
 	b.mu.Lock()
-	be := b.started[baseModel]
+	be, once := b.started[baseModel], b.starting[baseModel]
+	if once == nil {
+		once = &sync.Mutex{}
+		b.starting[baseModel] = once
+	}
 	b.mu.Unlock()
 	if be != nil {
 		return be, nil
 	}
-	// The starter serializes starts of one model; its answer is remembered.
+	// Requests that find the model unstarted wait for one start, then all
+	// use what it started.
+	once.Lock()
+	defer once.Unlock()
+	b.mu.Lock()
+	be = b.started[baseModel]
+	b.mu.Unlock()
+	if be != nil {
+		return be, nil
+	}
 	be, err := b.starter.Start(ctx, baseModel)
 	if err != nil {
 		return nil, err

@@ -2,15 +2,26 @@
 # Makes sure a local PostgreSQL answers on 127.0.0.1:5432 for `make dev` and
 # `make test`: installs Debian's postgresql when it is missing, lets the
 # postgres user in over loopback without a password (the default
-# DATABASE_URL), and starts the cluster. Idempotent; instant when it is up.
-# Point DATABASE_URL / TUNEFORGE_TEST_DATABASE_URL elsewhere to skip it.
+# DATABASE_URL; fine on a development machine, not on a shared host), and
+# starts the cluster. Idempotent; instant when it is up. Setting
+# DATABASE_URL or TUNEFORGE_TEST_DATABASE_URL (your own server) skips it.
 set -euo pipefail
+
+if [ -n "${DATABASE_URL:-}" ] || [ -n "${TUNEFORGE_TEST_DATABASE_URL:-}" ]; then
+  exit 0
+fi
 
 answers() {
   PGCONNECT_TIMEOUT=3 psql -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1
 }
 if command -v psql >/dev/null 2>&1 && answers; then
   exit 0
+fi
+
+if command -v pg_isready >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q && [ ! -d /etc/postgresql ]; then
+  echo "a PostgreSQL answers on 127.0.0.1:5432, but user postgres cannot connect without a password;" \
+    "set DATABASE_URL (make dev) and TUNEFORGE_TEST_DATABASE_URL (make test) to a URL that can" >&2
+  exit 1
 fi
 
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
@@ -40,11 +51,14 @@ if ! grep -qF "$marker" "$hba"; then
     echo "$hba needs a trust line for postgres on 127.0.0.1; run this script as root" >&2
     exit 1
   fi
+  echo "letting user postgres in over loopback without a password: two trust lines at the top of $hba" >&2
+  tmp=$(mktemp "$hba.XXXXXX")
   { echo "$marker"
     echo "host all postgres 127.0.0.1/32 trust"
     echo "host all postgres ::1/128 trust"
-    cat "$hba"; } > "$hba.tuneforge"
-  cat "$hba.tuneforge" > "$hba" && rm "$hba.tuneforge"
+    cat "$hba"; } > "$tmp"
+  # Renamed into place (never half written), with the file's owner and mode.
+  chown --reference="$hba" "$tmp" && chmod --reference="$hba" "$tmp" && mv "$tmp" "$hba"
   # A running cluster rereads it; a stopped one reads it at start.
   pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
 fi

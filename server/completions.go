@@ -218,9 +218,10 @@ func (s *Server) proxyCompletion(c *gin.Context, rec db.Model, fields map[string
 		return
 	}
 	resp, err := be.Client.ChatCompletions(ctx, body)
-	if inference.IsUnavailable(err) && backendStatus(err) == 0 && s.Inference.Forget(rec.BaseModel, be) {
-		// A backend this process started has stopped: start it again; the
-		// adapter is loaded below.
+	if ctx.Err() == nil && inference.IsUnavailable(err) && backendStatus(err) == 0 && s.Inference.Forget(rec.BaseModel, be) {
+		// A backend this process started does not answer: start it again
+		// (the starter returns it as it is if it still runs); the adapter
+		// is loaded below.
 		if be, err = s.Inference.For(ctx, rec.BaseModel); err == nil {
 			resp, err = be.Client.ChatCompletions(ctx, body)
 		}

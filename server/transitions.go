@@ -24,6 +24,11 @@ import (
 // an update; with no worker running it would otherwise wait forever.
 const updateTimeout = 30 * time.Second
 
+// deployTimeout is a deploy's: it may start the base model's inference
+// backend (vLLM loading a model takes a minute or more), well within the
+// server's write timeout.
+const deployTimeout = 4 * time.Minute
+
 func (s *Server) stopJob(c *gin.Context) {
 	s.transition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID})
 }
@@ -111,7 +116,11 @@ func (s *Server) sendTransition(ctx context.Context, job db.Job, update string, 
 			return res, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, updateTimeout)
+	timeout := updateTimeout
+	if update == workflows.UpdateDeploy {
+		timeout = deployTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	handle, err := s.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
 		WorkflowID: job.ID, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted, Args: []any{req},
@@ -120,12 +129,12 @@ func (s *Server) sendTransition(ctx context.Context, job db.Job, update string, 
 		err = handle.Get(ctx, &res)
 	}
 	if err != nil {
-		return res, s.transitionError(ctx, update, job.Status, err)
+		return res, s.transitionError(ctx, update, job.Status, timeout, err)
 	}
 	return res, nil
 }
 
-func (s *Server) transitionError(ctx context.Context, update string, status jobstatus.Status, err error) error {
+func (s *Server) transitionError(ctx context.Context, update string, status jobstatus.Status, timeout time.Duration, err error) error {
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) {
 		switch appErr.Type() {
@@ -143,7 +152,7 @@ func (s *Server) transitionError(ctx context.Context, update string, status jobs
 		return conflict("cannot %s: the job is %s", update, status)
 	}
 	if ctx.Err() != nil {
-		return newError(http.StatusServiceUnavailable, "unavailable", "the job's workflow did not answer within %s; is a tuneforge worker running?", updateTimeout)
+		return newError(http.StatusServiceUnavailable, "unavailable", "the job's workflow did not answer within %s; is a tuneforge worker running?", timeout)
 	}
 	return err
 }

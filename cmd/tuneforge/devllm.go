@@ -32,8 +32,7 @@ func devLanguageModels(ctx context.Context, cfg *config.Config, log *slog.Logger
 	python, ready := os.Getenv("TUNEFORGE_PYTHON"), false
 	if python == "" {
 		python = filepath.Join(repo, ".venv", "bin", "python")
-		_, err := os.Stat(filepath.Join(repo, ".venv", ".synced"))
-		ready = err == nil
+		ready = newer(filepath.Join(repo, ".venv", ".synced"), filepath.Join(repo, "uv.lock"), filepath.Join(repo, "pyproject.toml"))
 	} else {
 		ready = exec.CommandContext(ctx, python, "-c", "import torch, transformers, peft, vllm").Run() == nil
 	}
@@ -50,4 +49,19 @@ func devLanguageModels(ctx context.Context, cfg *config.Config, log *slog.Logger
 		cfg.Trainer, cfg.TrainerCmd, cpu = config.TrainerCommand, command.Join(python, script, "--init-tiny", "--threads", "1"), true
 	}
 	return &vllm.Launcher{Python: python, Repo: repo, ModelDir: cfg.ModelDir, DataDir: cfg.DataDir, AdapterDir: cfg.AdapterDir, Logger: log}, cpu
+}
+
+// newer reports whether path exists and is newer than each of than (a
+// .venv stamp older than the lock is a stale environment: make venv).
+func newer(path string, than ...string) bool {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	for _, t := range than {
+		if o, err := os.Stat(t); err == nil && o.ModTime().After(st.ModTime()) {
+			return false
+		}
+	}
+	return true
 }

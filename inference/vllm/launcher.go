@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
 // Launcher starts one vLLM server per base model, as a child process group,
@@ -44,8 +45,32 @@ type Launcher struct {
 	Logger *slog.Logger
 
 	mu      sync.Mutex // one start at a time: a start takes the machine's cores
-	servers map[string]*exec.Cmd
+	servers map[string]*server
 	closed  bool
+
+	doneOnce sync.Once
+	done     chan struct{} // closed by Close: starts in progress give up
+}
+
+// server is one running vLLM.
+type server struct {
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed once the process is reaped
+	backend *inference.Backend
+}
+
+func (s *server) alive() bool {
+	select {
+	case <-s.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (l *Launcher) closing() chan struct{} {
+	l.doneOnce.Do(func() { l.done = make(chan struct{}) })
+	return l.done
 }
 
 // startTimeout bounds a server's start: loading torch and vLLM on two cores
@@ -62,17 +87,23 @@ func (l *Launcher) hasWeights(model string) bool {
 	return l.ModelDir != "" && fileExists(filepath.Join(l.ModelDir, model, "config.json"))
 }
 
-// Start starts model's server and waits until it answers.
+// Start starts model's server and waits until it answers; a server of
+// model that still runs is returned as it is.
 func (l *Launcher) Start(ctx context.Context, model string) (*inference.Backend, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return nil, errors.New("the vLLM launcher is closed")
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // its caller gave up while another start held the lock
+	}
 	if old := l.servers[model]; old != nil {
-		// A server that stopped answering: replace it.
-		stop(old)
+		if old.alive() {
+			return old.backend, nil
+		}
 		delete(l.servers, model)
+		l.Logger.WarnContext(ctx, "vLLM for "+model+" exited; starting it again", "log", filepath.Join(l.DataDir, "vllm-"+model+".log"))
 	}
 	path, err := l.modelPath(ctx, model)
 	if err != nil {
@@ -88,7 +119,8 @@ func (l *Launcher) Start(ctx context.Context, model string) (*inference.Backend,
 		return nil, fmt.Errorf("start vLLM for %s: %w", model, err)
 	}
 	logPath := filepath.Join(l.DataDir, "vllm-"+model+".log")
-	logFile, err := os.Create(logPath)
+	// Appended to: a server's successor keeps its log, and why it ended.
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start vLLM for %s: %w", model, err)
 	}
@@ -104,35 +136,54 @@ func (l *Launcher) Start(ctx context.Context, model string) (*inference.Backend,
 	}, append(dtype, l.Args...)...)
 	cmd := exec.Command(l.Python, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = os.Environ()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Env = serverEnv(os.Environ())
+	// Its own process group, stopped whole; killed with this process.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	started := time.Now()
 	l.Logger.InfoContext(ctx, "starting vLLM (CPU build) for the first deploy of "+model, "port", port, "model_path", path, "log", logPath)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start vLLM for %s: %w", model, err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	url := "http://127.0.0.1:" + strconv.Itoa(port)
-	if err := waitHealthy(ctx, url, exited); err != nil {
-		stop(cmd)
+	s := &server{cmd: cmd, exited: make(chan struct{}), backend: &inference.Backend{Client: inference.New(url), AdapterDir: l.AdapterDir}}
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(s.exited) }()
+	if err := waitHealthy(ctx, url, s.exited, l.closing()); err != nil {
+		stop(s)
+		if !s.alive() && waitErr != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %v", err, waitErr)
+		}
 		return nil, fmt.Errorf("vLLM for %s did not start (its log: %s): %w", model, logPath, err)
 	}
 	if l.servers == nil {
-		l.servers = map[string]*exec.Cmd{}
+		l.servers = map[string]*server{}
 	}
-	l.servers[model] = cmd
+	l.servers[model] = s
 	l.Logger.InfoContext(ctx, "vLLM is serving "+model, "url", url, "seconds", time.Since(started).Round(100*time.Millisecond).Seconds())
-	return &inference.Backend{Client: inference.New(url), AdapterDir: l.AdapterDir}, nil
+	return s.backend, nil
 }
 
-// Close stops every server it started.
+// serverEnv is what vLLM gets of this process's environment: what a
+// trainer gets (no database URL, no blob store keys) and vLLM's own settings.
+func serverEnv(environ []string) []string {
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if command.EnvAllowed(name) || strings.HasPrefix(name, "VLLM_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// Close stops every server it started, and a start in progress.
 func (l *Launcher) Close() {
+	close(l.closing())
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	for model, cmd := range l.servers {
-		stop(cmd)
+	for model, s := range l.servers {
+		stop(s)
 		delete(l.servers, model)
 	}
 }
@@ -169,7 +220,7 @@ func (l *Launcher) modelPath(ctx context.Context, model string) (string, error) 
 	return path, nil
 }
 
-func waitHealthy(ctx context.Context, url string, exited <-chan error) error {
+func waitHealthy(ctx context.Context, url string, exited, closing <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -183,8 +234,10 @@ func waitHealthy(ctx context.Context, url string, exited <-chan error) error {
 			}
 		}
 		select {
-		case err := <-exited:
-			return fmt.Errorf("it exited: %v", err)
+		case <-exited:
+			return errors.New("it exited")
+		case <-closing:
+			return errors.New("tuneforge is stopping")
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
@@ -193,19 +246,20 @@ func waitHealthy(ctx context.Context, url string, exited <-chan error) error {
 }
 
 // stop ends a server's process group: SIGTERM, then SIGKILL after 10 s.
-func stop(cmd *exec.Cmd) {
-	if cmd.Process == nil {
+// A server already reaped is left alone: its group ID may be another's now.
+func stop(s *server) {
+	if !s.alive() {
 		return
 	}
-	pgid := -cmd.Process.Pid
+	pgid := -s.cmd.Process.Pid
 	_ = syscall.Kill(pgid, syscall.SIGTERM)
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if syscall.Kill(pgid, 0) != nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(pgid, syscall.SIGKILL)
+		<-s.exited
 	}
+	// What the leader left in its group goes with it.
 	_ = syscall.Kill(pgid, syscall.SIGKILL)
 }
 

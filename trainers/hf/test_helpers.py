@@ -429,3 +429,24 @@ def test_emit_writes_one_json_line(capsys):
     out = capsys.readouterr().out
     assert out.endswith("\n") and out.count("\n") == 1
     assert json.loads(out) == {"type": "progress", "step": 1, "epoch": 1, "loss": 0.5, "learningRate": 1e-4, "tokens": 10}
+
+
+def test_deterministic_load_errors():
+    assert train.deterministic(ValueError("unknown architecture"))
+    assert train.deterministic(FileNotFoundError("no tokenizer.json"))
+    assert train.deterministic(Exception("data did not match any variant"))  # what tokenizers raises
+    for transient in (MemoryError(), torch.OutOfMemoryError("CUDA out of memory"), OSError(5, "I/O error"),
+                      RuntimeError("CUDA error: unspecified launch failure")):
+        assert not train.deterministic(transient), transient
+
+
+def test_encode_example_labels_a_zero_width_token_at_a_replys_start():
+    def metaspace(text):
+        # A "▁" token of no width where a reply begins, as Metaspace tokenizers make.
+        ids, offsets = chars(text)
+        at = text.index("A")
+        return ids[:at] + [9601] + ids[at:], offsets[:at] + [(at, at)] + offsets[at:]
+
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    e = train.encode_example(messages, train.ChatFormat(char_format().render, metaspace), 100)
+    assert [t for t in e.labels if t != IGNORE_INDEX] == [9601, ord("A"), ord("$")]

@@ -92,6 +92,19 @@ def log(level: str, message: str) -> None:
     emit("log", level=level, message=message)
 
 
+def deterministic(error: BaseException) -> bool:
+    """Whether loading failed for a reason that a retry would meet again
+    (exit 2), rather than for want of memory, a device or an I/O error
+    (a crash, retried)."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return False
+    if isinstance(error, OSError):
+        return isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError))
+    if isinstance(error, RuntimeError) and ("CUDA" in str(error) or "device" in str(error)):
+        return False
+    return True
+
+
 def brief(error: BaseException, limit: int = 300) -> str:
     """A library's error for a log line: its first line, bounded (some list
     every architecture transformers knows)."""
@@ -230,6 +243,8 @@ def read_jsonl(path: str) -> list[list[Message]]:
                     raise Untrainable(f"{os.path.basename(path)} line {n}: {e}") from None
     except OSError as e:
         raise Untrainable(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise Untrainable(f"{os.path.basename(path)} is not UTF-8: {e}") from None
     return examples
 
 
@@ -302,12 +317,12 @@ def encode_example(messages: list[Message], chat: ChatFormat, max_length: int) -
         if text.startswith(turn):
             spans.append((len(before), len(turn)))
     if not spans:
-        raise ValueError("every assistant reply in it has weight 0")
+        raise ValueError("its last assistant reply has weight 0, and no earlier one can be trained on")
     ids, offsets = chat.tokenize(text)
     # A token that straddles a span's start (merged across the boundary) is
     # labelled: the span starts one token early rather than late.
     labels = [
-        token if any(end > s and begin < e for s, e in spans) else IGNORE_INDEX
+        token if any(begin < e and (end > s or begin == end == s) for s, e in spans) else IGNORE_INDEX
         for token, (begin, end) in zip(ids, offsets)
     ]
     encoded = Encoded(ids[:max_length], labels[:max_length])
@@ -531,7 +546,9 @@ def build_tiny_model(base_model: str, fields: dict[str, Any], tokenizer: Any) ->
             pad_token_id=tokenizer.pad_token_id,
         )
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    except Exception as e:  # whatever transformers raises, the same fields fail the same way: exit 2
+    except Exception as e:  # whatever transformers raises, the same fields fail the same way
+        if not deterministic(e):
+            raise
         raise Untrainable(f"the tiny model config of {base_model} cannot build a model: {brief(e)}") from None
     init_tiny_weights(model, base_model, fields.get("initializer_range", 0.02))
     return model
@@ -578,7 +595,9 @@ def load_tokenizer(model_path: str) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    except Exception as e:  # retrying cannot help: the files are what they are
+    except Exception as e:  # tokenizers raises plain Exceptions for a file it cannot read
+        if not deterministic(e):
+            raise
         raise Untrainable(f"cannot load the tokenizer from {model_path}: {brief(e)}") from None
     if tokenizer.chat_template is None:
         log("warn", f"the tokenizer in {model_path} has no chat template; using tuneforge's plain one")
@@ -593,10 +612,10 @@ def load_model(model_path: str, dtype: torch.dtype, device: torch.device) -> Any
         # Straight onto the device: a model too big for it fails as out of
         # GPU memory (exit 3) rather than exhausting host memory first.
         return AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, dtype=dtype, device_map=device)
-    except torch.OutOfMemoryError:
-        raise
     except Exception as e:
-        # An unknown architecture, a bad config or missing files: deterministic, not retried.
+        # An unknown architecture, a bad config or missing files: not retried.
+        if not deterministic(e):
+            raise
         raise Untrainable(f"cannot load the model from {model_path}: {brief(e)}") from None
 
 
@@ -803,6 +822,9 @@ class Trainer:
             "batchSize": self.cfg.batch_size,
             "numExamples": len(self.train_set),
             "loraR": self.args.lora_r,
+            # How the last step was split: a resume splits alike.
+            "microBatchTokens": self.token_budget,
+            "gradientCheckpointing": self.checkpointing,
         }
 
     def checkpoint(self) -> None:
@@ -864,6 +886,9 @@ class Trainer:
             epoch_loss_sum=meta["epochLossSum"],
             epoch_loss_tokens=meta["epochLossTokens"],
         )
+        self.token_budget = min(self.token_budget, meta.get("microBatchTokens", self.token_budget))
+        if meta.get("gradientCheckpointing") and not self.checkpointing and self.args.gradient_checkpointing is None:
+            self.set_checkpointing(True)
         self.resumed = (self.state.epoch, self.state.epoch_step)
         self.start_step = self.state.step
         log(
@@ -927,16 +952,21 @@ class Trainer:
     def train_step(self, batch: list[Encoded]) -> tuple[float, int]:
         """One optimizer step over an effective batch, by gradient accumulation.
         Returns the mean token loss and the number of loss tokens. Out of
-        memory, the step starts again with smaller micro-batches: the same
-        gradient, since it never depended on how the batch was split."""
+        memory, the step starts again with smaller micro-batches and the RNG
+        as it was: the same gradient but for float rounding (without dropout
+        exactly; LoRA dropout masks follow the micro-batches' shapes)."""
         targets = sum(e.targets for e in batch)
+        # A retry draws the same dropout masks as the first try would have.
+        rng = rng_state()
         while True:
             try:
                 loss_sum = self.accumulate(batch, targets)
                 break
             except torch.OutOfMemoryError as e:
-                self.optimizer.zero_grad(set_to_none=True)
-                error = e
+                # Without its traceback: its frames hold the failed try's activations.
+                error = e.with_traceback(None)
+            self.optimizer.zero_grad(set_to_none=True)
+            set_rng_state(rng)
             self.shrink(batch, error)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -1020,6 +1050,7 @@ class Trainer:
                 f"{tokens} tokens in {seconds:.1f} s of training, {tokens / seconds:.0f} tokens/s",
             )
         self.evaluate()
+        self.stop_if_requested()  # an evaluation a stop cut short
         self.checkpoint()
 
     def run(self) -> None:
@@ -1030,6 +1061,7 @@ class Trainer:
             self.train_epoch(epoch, first_batch)
         # A resume from the end of epochs.to trains nothing; its result still needs these.
         self.evaluate()
+        self.stop_if_requested()
         self.checkpoint()
         out = Path(self.cfg.output_dir) / "adapter"
         self.model.save_pretrained(out, save_embedding_layers=False)
