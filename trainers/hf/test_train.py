@@ -140,15 +140,6 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
 
 
 @pytest.fixture(scope="module")
-def written_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    models = tmp_path_factory.mktemp("models")
-    written = subprocess.run([sys.executable, str(TRAIN_PY), "--write-tiny", str(models)],
-                             capture_output=True, text=True, timeout=600)
-    assert written.returncode == 0, written.stderr[-3000:]
-    return models
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(job: Job) -> tuple[Run, Run]:
     """The job's two epochs, one process each, as the worker runs them."""
     first = ok(job.run("a1", epoch=1))

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-# Weights are never downloaded. Set before transformers, peft or
-# huggingface_hub is imported (they are imported lazily, below).
-os.environ["HF_HUB_OFFLINE"] = "1"
+# transformers loads only what is on disk (local_files_only as well);
+# fetch.py alone downloads, a catalog model's pinned weights. Set before
+# transformers is imported (lazily, below).
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import numpy as np
@@ -1086,10 +1086,13 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     tiny: dict[str, Any] | None = None
     if not (Path(cfg.model_path) / "config.json").is_file():
         if not args.init_tiny:
-            raise Untrainable(
-                f"no model weights at {cfg.model_path} (it has no config.json): put {cfg.base_model}'s "
-                f"weights there, or run the trainer with --init-tiny to train a tiny random model"
-            )
+            import fetch
+
+            try:
+                fetch.fetch(cfg.base_model, Path(cfg.model_path), log)
+            except fetch.Refused as e:
+                raise Untrainable(str(e)) from None
+    if not (Path(cfg.model_path) / "config.json").is_file():
         tiny = tiny_fields(cfg.base_model, args.tiny_config)
         log(
             "info",
