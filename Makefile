@@ -59,7 +59,12 @@ test: postgres venv
 	$(GO) test -race -count=1 $(RACE_PKGS)
 # A package that times out prints the tests it was running first, far
 # above the end of its goroutine dump: they are repeated last.
-	@mkdir -p bin; set -o pipefail; TUNEFORGE_PYTHON=$(PYTHON) $(GO) test -count=1 -timeout 20m $(PKGS) 2>&1 | tee bin/go-test.log || \
+# The language-model tests (server/llm: trainers and vLLM on the CPU) run
+# after the rest, alone: beside the tests that run the platform's processes
+# they would take those tests' cores.
+	@mkdir -p bin; set -o pipefail; \
+	  { $(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -v '/server/llm$$') && \
+	    TUNEFORGE_PYTHON=$(PYTHON) $(GO) test -count=1 -timeout 20m ./server/llm; } 2>&1 | tee bin/go-test.log || \
 	  { grep -A 12 '^panic: test timed out' bin/go-test.log; exit 1; }
 	@$(MAKE) --no-print-directory test-python
 

@@ -91,7 +91,7 @@ func startDev(t *testing.T, dbURL string) *devPlatform {
 
 func (d *devPlatform) waitUp(t *testing.T) {
 	t.Helper()
-	testenv.WaitOK(t, d.url+"/readyz", 90*time.Second)
+	d.Process.WaitOK(d.url+"/readyz", 90*time.Second)
 }
 
 // freshDatabase is the URL of a new database on the shared test server,

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -41,15 +42,35 @@ func FreeAddr(t testing.TB) string {
 // WaitOK waits until url answers 200, failing the test after timeout.
 func WaitOK(t testing.TB, url string, timeout time.Duration) {
 	t.Helper()
+	if err := waitOK(url, timeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WaitOK waits until the process's url answers 200, failing the test with
+// the process's output after timeout.
+func (p *Process) WaitOK(url string, timeout time.Duration) {
+	p.t.Helper()
+	if err := waitOK(url, timeout); err != nil {
+		p.t.Fatalf("%v; the process's output:\n%s", err, p.Logs())
+	}
+}
+
+func waitOK(url string, timeout time.Duration) error {
+	var last string
 	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
-		if r, err := http.Get(url); err == nil {
+		r, err := http.Get(url)
+		if err == nil {
 			r.Body.Close()
 			if r.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
+			last = r.Status
+		} else {
+			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer 200 within %s", url, timeout)
+			return fmt.Errorf("%s did not answer 200 within %s (last: %s)", url, timeout, last)
 		}
 	}
 }
