@@ -6,9 +6,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_train import TRAIN_PY, Job, Run
+from test_train import Job, Started, finish
 
 import fetch  # noqa: E402
 
@@ -102,22 +99,13 @@ def hub(written_models: Path) -> Iterator[Hub]:
     server.shutdown()
 
 
-def trainer(job: Job, name: str, hub: Hub | None) -> subprocess.Popen[str]:
-    """One trainer process of the job's first epoch, without --init-tiny."""
-    work = job.root / name
-    (work / "checkpoints").mkdir(parents=True)
-    cfg = dict(job.cfg, checkpointDir=str(work / "checkpoints"), outputDir=str(work))
-    (work / "config.json").write_text(json.dumps(cfg))
-    env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(work / "config.json"), CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+def trainer(job: Job, name: str, hub: Hub | None) -> Started:
+    """One trainer process of the job's first epoch, without --init-tiny,
+    downloading from hub (offline without one)."""
+    env = {"HF_HUB_OFFLINE": "1"}
     if hub is not None:
-        env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}", HF_HOME=str(job.root / "hf-home"))
-    return subprocess.Popen([sys.executable, str(TRAIN_PY), "--threads", "1"], env=env, cwd=work,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen[str]) -> Run:
-    out, err = proc.communicate(timeout=600)
-    return Run(proc.returncode, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err)
+        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}", "HF_HOME": str(job.root / "hf-home")}
+    return job.start(name, flags=("--threads", "1"), env=env)
 
 
 def test_two_jobs_download_the_pinned_weights_once_and_train(tmp_path: Path, hub: Hub):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -94,10 +95,9 @@ class Job:
             **over,
         }
 
-    def run(self, name: str, epoch: int, resume_from: str | None = None, flags: tuple[str, ...] = FLAGS,
-            stop_at_step: int | None = None) -> Run:
-        """Runs one trainer process in a fresh work directory, as the worker
-        does; with stop_at_step, SIGTERMs it once it reports that step."""
+    def start(self, name: str, epoch: int = 1, resume_from: str | None = None, flags: tuple[str, ...] = FLAGS,
+              env: dict[str, str] | None = None) -> Started:
+        """Starts one trainer process in a fresh work directory, as the worker does."""
         work = self.root / name
         (work / "checkpoints").mkdir(parents=True)
         (work / "output").mkdir()
@@ -110,23 +110,44 @@ class Job:
         )
         (work / "config.json").write_text(json.dumps(cfg))
         # The CPU in float32 everywhere: a resumed run must repeat an uninterrupted one's losses.
-        env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(work / "config.json"), CUDA_VISIBLE_DEVICES="")
+        env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(work / "config.json"), CUDA_VISIBLE_DEVICES="", **(env or {}))
         # stderr to a file: a pipe nobody reads could fill and block the trainer.
-        with open(work / "stderr.txt", "w+") as stderr:
-            proc = subprocess.Popen([sys.executable, str(TRAIN_PY), *flags], cwd=work, env=env,
-                                    stdout=subprocess.PIPE, stderr=stderr, text=True)
-            assert proc.stdout is not None
-            messages = []
-            for line in proc.stdout:
-                if not line.startswith("{"):
-                    continue
-                message = json.loads(line)
-                messages.append(message)
-                if stop_at_step is not None and message["type"] == "progress" and message["step"] == stop_at_step:
-                    proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=600)
-            stderr.seek(0)
-            return Run(code, messages, stderr.read())
+        stderr = open(work / "stderr.txt", "w+")
+        proc = subprocess.Popen([sys.executable, str(TRAIN_PY), *flags], cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+        return Started(proc, stderr)
+
+    def run(self, name: str, epoch: int = 1, resume_from: str | None = None, flags: tuple[str, ...] = FLAGS,
+            stop_at_step: int | None = None) -> Run:
+        """Runs one trainer process; with stop_at_step, SIGTERMs it once it reports that step."""
+        return finish(self.start(name, epoch, resume_from, flags), stop_at_step)
+
+
+@dataclass
+class Started:
+    """A trainer process, its stderr going to a file."""
+
+    proc: subprocess.Popen[str]
+    stderr: IO[str]
+
+
+def finish(started: Started, stop_at_step: int | None = None) -> Run:
+    """Reads a started trainer's messages until it exits; with stop_at_step,
+    SIGTERMs it once it reports that step."""
+    proc = started.proc
+    assert proc.stdout is not None
+    messages = []
+    for line in proc.stdout:
+        if not line.startswith("{"):
+            continue
+        message = json.loads(line)
+        messages.append(message)
+        if stop_at_step is not None and message["type"] == "progress" and message["step"] == stop_at_step:
+            proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=600)
+    with started.stderr:
+        started.stderr.seek(0)
+        return Run(code, messages, started.stderr.read())
 
 
 def ok(run: Run) -> Run:
@@ -549,43 +570,21 @@ def test_tiny_weights_are_the_same_on_every_host_and_release():
 # ------------------------------------------------------------- exit 2
 
 
-def config_for(tmp_path: Path, model_path: Path) -> Path:
-    job = Job(tmp_path / "job", modelPath=str(model_path))
-    work = tmp_path / "work"
-    (work / "checkpoints").mkdir(parents=True)
-    cfg = dict(job.cfg, checkpointDir=str(work / "checkpoints"), outputDir=str(work))
-    (work / "config.json").write_text(json.dumps(cfg))
-    return work / "config.json"
-
-
-def run_with(config: Path, *flags: str) -> Run:
-    env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(config), CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(TRAIN_PY), *flags], env=env, capture_output=True, text=True, timeout=300)
-    return Run(proc.returncode, [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")], proc.stderr)
-
-
-def copy_model(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
-    return dst
-
-
 def test_an_unknown_architecture_exits_2(tmp_path: Path, written_models: Path):
-    model = copy_model(written_models / "llama-3.1-8b", tmp_path / "m")
+    model = Path(shutil.copytree(written_models / "llama-3.1-8b", tmp_path / "m"))
     config = json.loads((model / "config.json").read_text())
     config["model_type"], config["architectures"] = "llama-next", ["LlamaNextForCausalLM"]
     (model / "config.json").write_text(json.dumps(config))
-    run = run_with(config_for(tmp_path, model))
+    run = Job(tmp_path / "job", modelPath=str(model)).run("w", flags=())
     assert run.code == 2, run.stderr[-2000:]
     assert run.messages[-1]["level"] == "error" and "cannot load the model" in run.messages[-1]["message"]
     assert len(run.messages[-1]["message"]) < 600
 
 
 def test_a_tokenizer_that_cannot_load_exits_2(tmp_path: Path, written_models: Path):
-    model = copy_model(written_models / "llama-3.1-8b", tmp_path / "m")
+    model = Path(shutil.copytree(written_models / "llama-3.1-8b", tmp_path / "m"))
     (model / "tokenizer.json").write_text("{not json")
-    run = run_with(config_for(tmp_path, model))
+    run = Job(tmp_path / "job", modelPath=str(model)).run("w", flags=())
     assert run.code == 2, run.stderr[-2000:]
     assert "cannot load the tokenizer" in run.messages[-1]["message"]
 
@@ -594,6 +593,6 @@ def test_a_tokenizer_that_cannot_load_exits_2(tmp_path: Path, written_models: Pa
 def test_a_bad_tiny_config_exits_2(tmp_path: Path, fields: Any):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(fields))
-    run = run_with(config_for(tmp_path, tmp_path / "none"), "--init-tiny", "--tiny-config", str(bad))
+    run = Job(tmp_path / "job").run("w", flags=("--init-tiny", "--tiny-config", str(bad)))
     assert run.code == 2, run.stderr[-2000:]
     assert run.messages[-1]["level"] == "error" and "config" in run.messages[-1]["message"]

@@ -25,7 +25,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 # transformers loads only what is on disk (local_files_only as well);
 # fetch.py alone downloads, a catalog model's pinned weights. Set before
@@ -69,7 +69,6 @@ Message = dict[str, Any]
 RenderText = Callable[[list[Message], bool], str]
 # Tokenizes rendered text: token ids and each token's (start, end) in the text.
 Tokenize = Callable[[str], tuple[list[int], list[tuple[int, int]]]]
-T = TypeVar("T")
 
 # Stands in for a reply's content, to find where the template puts it.
 REPLY_MARK = "TUNEFORGEREPLY5f0c"
@@ -383,11 +382,6 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, torch.
         mask[row, :n] = 1
         labels[row, :n] = torch.tensor(e.labels, dtype=torch.long)
     return ids, mask, labels
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 # ---------------------------------------------------------------- schedule
