@@ -101,16 +101,20 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 // starts a job (trainBuiltin's loadState), failing it without retries with
 // the same message as validation would have.
 func builtinLabelRule(trainers []string) bool {
-	return len(trainers) > 0 && !slices.ContainsFunc(trainers, func(k string) bool { return k != config.TrainerBuiltin })
+	return allAre(trainers, config.TrainerBuiltin)
+}
+
+// allAre reports whether there are trainers and each is kind.
+func allAre(trainers []string, kind string) bool {
+	return len(trainers) > 0 && !slices.ContainsFunc(trainers, func(k string) bool { return k != kind })
 }
 
 // labelNote completes the validated message when the labels were left to
 // the trainer though the builtin trainer may take the job: the dataset is
 // then valid for validation's checks, not necessarily for that trainer.
 func labelNote(trainers []string, checked bool, pool string) string {
-	onlyCommand := len(trainers) > 0 && !slices.ContainsFunc(trainers, func(k string) bool { return k != config.TrainerCommand })
 	switch {
-	case checked || onlyCommand:
+	case checked || allAre(trainers, config.TrainerCommand):
 		return ""
 	case len(trainers) == 0:
 		return fmt.Sprintf("; no training worker of %s is live, so the labels are left to the trainer that takes the job (the builtin trainer checks them when it starts)", pool)

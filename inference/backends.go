@@ -50,15 +50,30 @@ func NewBackends(configured map[string]*Backend, fallback *Backend, starter Star
 		started: map[string]*Backend{}, starting: map[string]*sync.Mutex{}}
 }
 
+// Fallback is the backend at url for every base model (TUNEFORGE_INFERENCE_URL),
+// reading adapters from adapterDir; nil when url is empty.
+func Fallback(url, adapterDir string) *Backend {
+	if url == "" {
+		return nil
+	}
+	return &Backend{Client: New(url), AdapterDir: adapterDir}
+}
+
+// fixed is the backend the configuration names for baseModel: its own,
+// else the fallback; nil when neither does.
+func (b *Backends) fixed(baseModel string) *Backend {
+	if be := b.configured[baseModel]; be != nil {
+		return be
+	}
+	return b.fallback
+}
+
 // Serves reports whether a backend serves baseModel or can be started for it.
 func (b *Backends) Serves(baseModel string) bool {
 	if b == nil {
 		return false
 	}
-	if b.configured[baseModel] != nil || b.fallback != nil {
-		return true
-	}
-	return b.starter != nil && b.starter.Can(baseModel)
+	return b.fixed(baseModel) != nil || b.starter != nil && b.starter.Can(baseModel)
 }
 
 // For returns the backend of baseModel, starting it if that is how it is
@@ -68,11 +83,8 @@ func (b *Backends) For(ctx context.Context, baseModel string) (*Backend, error) 
 	if b == nil {
 		return nil, noBackend(baseModel)
 	}
-	if be := b.configured[baseModel]; be != nil {
+	if be := b.fixed(baseModel); be != nil {
 		return be, nil
-	}
-	if b.fallback != nil {
-		return b.fallback, nil
 	}
 	if b.starter == nil || !b.starter.Can(baseModel) {
 		return nil, noBackend(baseModel)
@@ -113,11 +125,8 @@ func (b *Backends) Running(baseModel string) *Backend {
 	if b == nil {
 		return nil
 	}
-	if be := b.configured[baseModel]; be != nil {
+	if be := b.fixed(baseModel); be != nil {
 		return be
-	}
-	if b.fallback != nil {
-		return b.fallback
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -28,13 +28,15 @@ const maxStopSequences = 4
 // tools, several choices, beam search, …) are refused with a 400 naming
 // the field, rather than dropped, so a client never mistakes an answer for
 // one that honoured them; any other field is ignored.
+const ownTemplate = "is not accepted: the model's own chat template formats the messages"
+
 var refusedChatFields = map[string]string{
-	"chat_template":          "is not accepted: the model's own chat template formats the messages",
-	"chat_template_kwargs":   "is not accepted: the model's own chat template formats the messages",
-	"add_generation_prompt":  "is not accepted: the model's own chat template formats the messages",
-	"continue_final_message": "is not accepted: the model's own chat template formats the messages",
-	"add_special_tokens":     "is not accepted: the model's own chat template formats the messages",
-	"documents":              "is not accepted: the model's own chat template formats the messages",
+	"chat_template":          ownTemplate,
+	"chat_template_kwargs":   ownTemplate,
+	"add_generation_prompt":  ownTemplate,
+	"continue_final_message": ownTemplate,
+	"add_special_tokens":     ownTemplate,
+	"documents":              ownTemplate,
 	"mm_processor_kwargs":    "is not accepted: models here take text messages only",
 	"structured_outputs":     "is not supported: guided decoding (structured output) is not offered",
 	"logits_processors":      "is not accepted: custom logits processors do not run on the shared backend",
@@ -82,12 +84,7 @@ func forwardChat(fields map[string]json.RawMessage, maxTokens int) chatForward {
 		case "model", "messages":
 			f.fields[name] = raw
 		case "stream":
-			if b, ok := v.(bool); ok {
-				stream = b
-				f.fields[name] = raw
-			} else {
-				f.errs.add(name, "must be true or false")
-			}
+			stream = f.flag(name, raw, v)
 		case "stream_options":
 			// Taken once stream is known, below.
 		case "max_tokens", "max_completion_tokens":
@@ -118,12 +115,7 @@ func forwardChat(fields map[string]json.RawMessage, maxTokens int) chatForward {
 		case "stop":
 			f.stop(raw, v)
 		case "logprobs":
-			if b, ok := v.(bool); ok {
-				logprobs = b
-				f.fields[name] = raw
-			} else {
-				f.errs.add(name, "must be true or false")
-			}
+			logprobs = f.flag(name, raw, v)
 		case "top_logprobs":
 			if n, ok := whole(v); ok && n >= 0 && n <= maxTopLogprobs {
 				topLogprobs = true
@@ -186,6 +178,17 @@ func forwardChat(fields map[string]json.RawMessage, maxTokens int) chatForward {
 	}
 	f.fields["max_tokens"], _ = json.Marshal(int64(n))
 	return f
+}
+
+// flag forwards a boolean and returns it.
+func (f *chatForward) flag(name string, raw json.RawMessage, v any) bool {
+	b, ok := v.(bool)
+	if ok {
+		f.fields[name] = raw
+	} else {
+		f.errs.add(name, "must be true or false")
+	}
+	return b
 }
 
 // number forwards a number within [lo, hi].

@@ -31,10 +31,7 @@ func TestCommandTrainerOddText(t *testing.T) {
 	stop := env.StartCommandWorker(t, commandPool, testenv.TestTrainer(t), "--odd-text")
 	defer stop()
 	id := commandJob(t, org, ds, 2)
-	job := org.WaitStatus(t, id, 2*time.Minute, "completed", "failed")
-	if job["status"] != "completed" {
-		t.Fatalf("the job %s: %v", job["status"], job["error"])
-	}
+	org.WaitCompleted(t, id, 2*time.Minute)
 	msgs := logMessages(t, org, id)
 	long := strings.Repeat("€", 667) // the trainer's 2,001-byte line
 	found := map[string]int{}
@@ -68,10 +65,7 @@ func TestCommandTrainerEnvironment(t *testing.T) {
 	stop := env.StartCommandWorker(t, commandPool, testenv.TestTrainer(t), "--print-env")
 	defer stop()
 	id := commandJob(t, org, ds, 1)
-	job := org.WaitStatus(t, id, 2*time.Minute, "completed", "failed")
-	if job["status"] != "completed" {
-		t.Fatalf("the job %s: %v", job["status"], job["error"])
-	}
+	org.WaitCompleted(t, id, 2*time.Minute)
 	logs := strings.Join(logMessages(t, org, id), "\n")
 	if strings.Contains(logs, "s3cret") {
 		t.Errorf("a secret of the worker's environment reached the job log:\n%s", logs)

@@ -69,11 +69,7 @@ func backends(cfg config.Config, starter inference.Starter) (*inference.Backends
 	if err != nil {
 		return nil, fmt.Errorf("TUNEFORGE_INFERENCE_BACKENDS: %w", err)
 	}
-	var fallback *inference.Backend
-	if cfg.InferenceURL != "" {
-		fallback = &inference.Backend{Client: inference.New(cfg.InferenceURL), AdapterDir: cfg.AdapterDir}
-	}
-	return inference.NewBackends(configured, fallback, starter), nil
+	return inference.NewBackends(configured, inference.Fallback(cfg.InferenceURL, cfg.AdapterDir), starter), nil
 }
 
 func (p *platform) close() {

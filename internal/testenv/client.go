@@ -114,6 +114,17 @@ func (c *Client) WaitStatus(t testing.TB, jobID string, timeout time.Duration, s
 	}
 }
 
+// WaitCompleted polls a job until it has ended, and fails the test with
+// its error and log unless it completed.
+func (c *Client) WaitCompleted(t testing.TB, jobID string, timeout time.Duration) map[string]any {
+	t.Helper()
+	job := c.WaitStatus(t, jobID, timeout, "completed", "failed")
+	if job["status"] != "completed" {
+		t.Fatalf("job %s %s: %v\n%s", jobID, job["status"], job["error"], c.Logs(t, jobID))
+	}
+	return job
+}
+
 // MetricSteps returns the steps of a job's recorded metric points.
 func (c *Client) MetricSteps(t testing.TB, jobID string) []int {
 	t.Helper()

@@ -138,10 +138,6 @@ func (e *Env) start() error {
 		return err
 	}
 	e.AdapterDir = filepath.Join(e.DataDir, "adapters")
-	var fallback *inference.Backend
-	if e.inferenceURL != "" {
-		fallback = &inference.Backend{Client: inference.New(e.inferenceURL), AdapterDir: e.AdapterDir}
-	}
 	var starter inference.Starter
 	if e.launcher != nil {
 		e.launcher.DataDir, e.launcher.AdapterDir = e.DataDir, e.AdapterDir
@@ -151,7 +147,7 @@ func (e *Env) start() error {
 		e.cleanups = append(e.cleanups, e.launcher.Close)
 		starter = e.launcher
 	}
-	inf := inference.NewBackends(nil, fallback, starter)
+	inf := inference.NewBackends(nil, inference.Fallback(e.inferenceURL, e.AdapterDir), starter)
 	e.Inference = inf
 	e.Activities = &activities.Activities{
 		Store: e.Store, Artifacts: e.Artifacts, Logger: e.Log, GPULiveness: workers.GPULiveness, Inference: inf, AdapterDir: e.AdapterDir,

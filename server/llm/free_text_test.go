@@ -26,9 +26,7 @@ func TestCommandTrainerLearnsFreeText(t *testing.T) {
 	ds := org.Upload(t, "chats.jsonl", testenv.Chats(120, 26))
 
 	// The builtin workers of the default pool refuse it at validation.
-	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "builtin", "baseModel": "llama-3.1-8b", "trainingDataset": ds})
-	r.Expect(t, 201)
-	builtinJob := r.Body["id"].(string)
+	builtinJob := createJob(t, org, map[string]any{"name": "builtin", "baseModel": "llama-3.1-8b", "trainingDataset": ds})
 	job := org.WaitStatus(t, builtinJob, 30*time.Second, "failed", "completed")
 	if msg, _ := job["error"].(string); job["status"] != "failed" || !strings.Contains(msg, notLearnable) {
 		t.Errorf("the builtin pool's job %v with error %q; want failed with %q", job["status"], msg, notLearnable)
@@ -53,16 +51,11 @@ func TestCommandTrainerLearnsFreeText(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c := org.Do(t, "POST", jobsPath, map[string]any{
+	id := createJob(t, org, map[string]any{
 		"name": "chats", "baseModel": "llama-3.1-8b", "hardware": pool, "trainingDataset": ds, "validationFile": ds,
 		"hyperparameters": map[string]any{"epochs": 1, "batchSize": 8},
-	})
-	c.Expect(t, 201)
-	id := c.Body["id"].(string) // 15 steps
-	job = org.WaitStatus(t, id, 10*time.Minute, "completed", "failed")
-	if job["status"] != "completed" {
-		t.Fatalf("the job %s: %v\n%s", job["status"], job["error"], org.Logs(t, id))
-	}
+	}) // 15 steps
+	org.WaitCompleted(t, id, 10*time.Minute)
 	_, events := org.EventTypes(t, id)
 	i := slices.IndexFunc(events, func(e map[string]any) bool { return e["type"] == "validated" })
 	if i < 0 {

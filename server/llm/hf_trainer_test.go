@@ -25,18 +25,13 @@ func TestHFTrainer(t *testing.T) {
 	train := org.Upload(t, "tickets.jsonl", testenv.Tickets(64, 41)) // 8 steps an epoch
 	valid := org.Upload(t, "valid.jsonl", testenv.Tickets(16, 42))
 	env.StartCommandWorker(t, pool, hfTrainer("--threads", "1")...)
-	r := org.Do(t, "POST", jobsPath, map[string]any{
+	id := createJob(t, org, map[string]any{
 		"name": "hf", "baseModel": "llama-3.1-8b", "hardware": pool, "suffix": "hf-tiny",
 		"trainingDataset": train, "validationFile": valid,
 		// A rate a random tiny model visibly learns from in 16 steps.
 		"hyperparameters": map[string]any{"epochs": 2, "batchSize": 8, "learningRate": 0.005, "warmupSteps": 2},
 	})
-	r.Expect(t, 201)
-	id := r.Body["id"].(string)
-	job := org.WaitStatus(t, id, 10*time.Minute, "completed", "failed")
-	if job["status"] != "completed" {
-		t.Fatalf("the job %s: %v\n%s", job["status"], job["error"], org.Logs(t, id))
-	}
+	org.WaitCompleted(t, id, 10*time.Minute)
 
 	logs := org.Logs(t, id)
 	for _, want := range []string{

@@ -56,15 +56,11 @@ func TestAdapterLearned(t *testing.T) {
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "parity.jsonl", parity(training))
 	env.StartCommandWorker(t, pool, hfTrainer("--threads", "1", "--lora-dropout", "0", "--eval-every", "0", "--checkpoint-every", "0")...)
-	c := org.Do(t, "POST", jobsPath, map[string]any{
+	id := createJob(t, org, map[string]any{
 		"name": "parity", "baseModel": "llama-3.1-8b", "hardware": pool, "suffix": "parity", "trainingDataset": ds,
 		"hyperparameters": map[string]any{"epochs": 1, "batchSize": 8, "learningRate": 0.003, "warmupSteps": 5, "seed": 3},
 	})
-	c.Expect(t, 201)
-	id := c.Body["id"].(string)
-	if job := org.WaitStatus(t, id, 10*time.Minute, "completed", "failed"); job["status"] != "completed" {
-		t.Fatalf("the job %s: %v\n%s", job["status"], job["error"], org.Logs(t, id))
-	}
+	org.WaitCompleted(t, id, 10*time.Minute)
 
 	be, err := env.Inference.For(t.Context(), "llama-3.1-8b")
 	if err != nil {

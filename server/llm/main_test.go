@@ -47,6 +47,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// createJob creates a job through the API and returns its ID.
+func createJob(t *testing.T, org *testenv.Org, job map[string]any) string {
+	t.Helper()
+	r := org.Do(t, "POST", jobsPath, job)
+	r.Expect(t, 201)
+	return r.Body["id"].(string)
+}
+
 // hfTrainer is the command line of trainers/hf/train.py on tiny random
 // models (--init-tiny: the workers' models directory has no weights),
 // single-threaded so that tests running beside it keep their core.

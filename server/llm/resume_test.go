@@ -28,18 +28,14 @@ func TestExactResume(t *testing.T) {
 	argv := hfTrainer("--threads", "1", "--step-delay", "0.4", "--checkpoint-every", "2", "--eval-every", "0")
 	stopWorker := env.StartCommandWorker(t, pool, argv...)
 	create := func(name string) string {
-		r := org.Do(t, "POST", jobsPath, map[string]any{
+		return createJob(t, org, map[string]any{
 			"name": name, "baseModel": "llama-3.1-8b", "hardware": pool, "trainingDataset": ds,
 			"hyperparameters": map[string]any{"epochs": 2, "batchSize": 8, "learningRate": 0.005, "warmupSteps": 2, "seed": 11},
 		})
-		r.Expect(t, 201)
-		return r.Body["id"].(string)
 	}
 	finish := func(id string) map[int]float64 {
 		t.Helper()
-		if job := org.WaitStatus(t, id, 10*time.Minute, "completed", "failed"); job["status"] != "completed" {
-			t.Fatalf("job %s %s: %v\n%s", id, job["status"], job["error"], org.Logs(t, id))
-		}
+		org.WaitCompleted(t, id, 10*time.Minute)
 		return losses(t, org, id)
 	}
 

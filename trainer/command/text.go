@@ -62,8 +62,9 @@ func cleanError(err error) error {
 		}
 		return err
 	}
-	if msg := err.Error(); Clean(msg) != msg {
-		return &cleanedError{msg: Clean(msg), err: err}
+	msg := err.Error()
+	if clean := Clean(msg); clean != msg {
+		return &cleanedError{msg: clean, err: err}
 	}
 	return err
 }
