@@ -24,8 +24,14 @@ help:
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
 ## dev: run the whole platform in one process (embedded Temporal + Web UI, workers, API); starts PostgreSQL first
+# It builds bin/tuneforge and runs it, not `go run`, which exits 1 on
+# Ctrl-C whatever the program does; says so when the build has work to do
+# (-n lists the compiles and links it would run, none when up to date).
 dev: postgres
-	$(GO) run ./cmd/tuneforge dev
+	@$(GO) build -n -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge 2>&1 | grep -qE '/(compile|link) ' && \
+	  echo "compiling $(BIN): the first build takes a few minutes (the embedded Temporal server), later ones are cached" || true
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge
+	$(BIN) dev
 
 ## postgres: install (Debian's postgresql) and start a local PostgreSQL on 127.0.0.1:5432 if none answers; instant when one does
 postgres:
@@ -74,6 +80,7 @@ test-python: venv
 
 ## test-ui: drive the web console in Chromium (playwright-core from npm) through a job's whole life on tuneforge dev; screenshots in bin/screenshots
 test-ui:
+	@command -v chromium >/dev/null || apt-get install -y chromium
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge
 	cd console/uitest && npm ci --no-audit --no-fund --loglevel=error && TUNEFORGE_BIN=$(CURDIR)/$(BIN) node console.test.mjs
 

@@ -16,18 +16,23 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/trainer/command"
+	"github.com/tuneforge/tuneforge/trainer/hang"
 )
 
 // Error types the workflow tells apart.
 const (
 	// ErrTypeJobGone: the job's row was deleted; the workflow ends quietly.
 	ErrTypeJobGone = "JobGone"
-	// ErrTypeInvalidData: the dataset or configuration cannot be trained; not retried.
+	// ErrTypeInvalidData: the dataset cannot be trained; not retried.
 	ErrTypeInvalidData = "InvalidData"
+	// ErrTypeInvalidConfig: the job's trainer cannot train it as
+	// configured (its model, hyperparameters or hardware); not retried.
+	ErrTypeInvalidConfig = "InvalidConfig"
 	// ErrTypeConflict: the request conflicts with other state (a model name in use).
 	ErrTypeConflict = "Conflict"
 	// ErrTypeUnavailable: a service the request needs (the inference
@@ -46,6 +51,14 @@ type Activities struct {
 	// Command runs TrainEpoch through an external trainer process; nil
 	// means the builtin trainer.
 	Command *command.Runner
+	// Hang bounds how long the builtin trainer may show no sign of life
+	// before it is taken for hung (zero: hang.Default); the command
+	// trainer's are its Runner's.
+	Hang hang.Limits
+	// stall, set only by tests (export_test.go), is called at each step
+	// and each evaluation progress report of the builtin trainer, which it
+	// may block, as a hung trainer would.
+	stall func(ctx context.Context, step int, evaluating bool)
 	// ModelDir holds base model weights, a directory per base model ID.
 	ModelDir string
 	// WorkDir holds the command trainer's attempt directories. It is this
@@ -85,8 +98,11 @@ const (
 type StatusRecord struct {
 	JobID  string
 	Status jobstatus.Status
-	Error  string
-	At     time.Time
+	// Failure is why the job failed; nil for a status that is no failure.
+	Failure *failure.Failure `json:",omitempty"`
+	At      time.Time
+	// Amend, on a restart, changes the job's batch size, pool or budget.
+	Amend *Amendment `json:",omitempty"`
 	// Cancel marks a stop as a cancel: the job will not resume.
 	Cancel bool
 	// Log, when set, is appended to the job's log with the transition.
@@ -96,6 +112,13 @@ type StatusRecord struct {
 	// Log as its message, and EventData (the cause, the figures).
 	Event     db.EventType
 	EventData map[string]any
+}
+
+// Amendment is what a restart changes; nil fields keep the job's.
+type Amendment struct {
+	BatchSize  *int     `json:",omitempty"`
+	HardwareID *string  `json:",omitempty"`
+	MaxCost    *float64 `json:",omitempty"`
 }
 
 // RecordStatus writes a transition (and its log line) to PostgreSQL.
@@ -109,12 +132,22 @@ func (a *Activities) RecordStatus(ctx context.Context, r StatusRecord) error {
 
 func (a *Activities) recordStatus(ctx context.Context, r StatusRecord) error {
 	return a.Store.Transact(ctx, func(tx db.Conn) error {
-		err := tx.SetStatus(ctx, r.JobID, r.Status, r.Error, r.Cancel, r.At)
+		err := tx.SetStatus(ctx, r.JobID, r.Status, dbFailure(r.Failure), r.Cancel, r.At)
 		if db.IsNotFound(err) {
 			return jobGone(r.JobID)
 		}
 		if err != nil {
 			return err
+		}
+		if am := r.Amend; am != nil {
+			var batch *int32
+			if am.BatchSize != nil {
+				b := int32(*am.BatchSize)
+				batch = &b
+			}
+			if err := tx.AmendJob(ctx, r.JobID, batch, am.HardwareID, am.MaxCost); err != nil {
+				return err
+			}
 		}
 		level := r.LogLevel
 		if level == "" {
@@ -131,6 +164,14 @@ func (a *Activities) recordStatus(ctx context.Context, r StatusRecord) error {
 		}
 		return appendLogOn(ctx, tx, r.JobID, level, r.Log)
 	})
+}
+
+// dbFailure is f as the job records it.
+func dbFailure(f *failure.Failure) *db.Failure {
+	if f == nil {
+		return nil
+	}
+	return &db.Failure{Code: f.Code, Class: string(f.Class), Message: f.Message}
 }
 
 func (a *Activities) appendLog(ctx context.Context, jobID, level, msg string) error {
@@ -155,6 +196,11 @@ func jobGone(jobID string) error {
 // invalidData is a non-retryable failure whose message is meant for users.
 func invalidData(format string, args ...any) error {
 	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), ErrTypeInvalidData, nil)
+}
+
+// invalidConfig is a non-retryable failure whose message is meant for users.
+func invalidConfig(format string, args ...any) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), ErrTypeInvalidConfig, nil)
 }
 
 // IsJobGone reports whether err says the job was deleted.

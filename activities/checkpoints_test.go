@@ -8,6 +8,7 @@ import (
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/trainer"
 )
@@ -154,6 +155,15 @@ func TestRecordDeployFailure(t *testing.T) {
 	}
 	if got := f.logs(job); !slices.Equal(got, []string{"Deploy of m-1 failed: label  refused"}) {
 		t.Errorf("log %q", got)
+	}
+	// A deploy refused as asked (a name in use) is the user's to fix: a
+	// warning. (Its event would have the ID of the one above: the test
+	// environment's activities share their run and activity IDs.)
+	refused := f.newJob("gpu-a100-40gb")
+	_, err = f.run(f.acts.RecordDeployFailure, activities.DeployFailure{JobID: refused, Model: "m-2", Reason: "name in use", Class: failure.Config})
+	f.check(err)
+	if lines, err := env.Store.JobLogs(f.ctx, refused, nil, 10); err != nil || len(lines) != 1 || lines[0].Level != activities.LevelWarn {
+		t.Errorf("log of a refused deploy %+v, %v", lines, err)
 	}
 	_, err = f.run(f.acts.RecordDeployFailure, activities.DeployFailure{JobID: "job_gone", Model: "m", Reason: "x"})
 	wantError(t, err, activities.ErrTypeJobGone)

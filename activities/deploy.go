@@ -15,7 +15,10 @@ import (
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/inference"
+	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/trainer"
 )
 
@@ -29,19 +32,33 @@ type DeployInput struct {
 	OrganizationID string
 	BaseModel      string
 	ResultModel    string
+	// CheckpointID, when set, publishes that kept checkpoint instead of
+	// the job's final model.
+	CheckpointID string `json:",omitempty"`
 }
 
 // Deploy publishes the job's trained model as ResultModel, so that
 // /v1/chat/completions serves it, and marks the job deployed. A job the
 // builtin trainer trained is served in-process from its final checkpoint;
 // one the command trainer trained is loaded into the inference backend as a
-// LoRA adapter.
+// LoRA adapter. A deploy refused for a conflict is logged at info: the
+// client is told, and nothing is wrong with the platform.
 func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
+	err := a.deploy(ctx, in)
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) && appErr.Type() == ErrTypeConflict {
+		a.Logger.InfoContext(ctx, "deploy refused", "job", in.JobID, "model", in.ResultModel, "reason", appErr.Message())
+	}
+	if err == nil {
+		metrics.JobTransitions.WithLabelValues(string(jobstatus.Deployed)).Inc()
+	}
+	return err
+}
+
+func (a *Activities) deploy(ctx context.Context, in DeployInput) error {
 	owner, err := a.Store.ModelNameOwner(ctx, in.OrganizationID, in.ResultModel, in.JobID)
 	if err == nil {
-		return temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("model %s is already deployed by job %s; delete that job or create this one with another suffix", in.ResultModel, owner),
-			ErrTypeConflict, nil)
+		return refused(fmt.Sprintf("model %s is already deployed by job %s; delete that job or create this one with another suffix", in.ResultModel, owner), nil)
 	}
 	if !db.IsNotFound(err) {
 		return err
@@ -52,9 +69,14 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 	} else if !errors.Is(err, artifacts.ErrNotExist) {
 		return fmt.Errorf("look for the trained output: %w", err)
 	}
-	weights, err := a.latestCheckpoint(ctx, in.JobID)
+	var weights []byte
+	if in.CheckpointID != "" {
+		weights, err = a.keptCheckpoint(ctx, in)
+	} else if weights, err = a.latestCheckpoint(ctx, in.JobID); err != nil {
+		err = fmt.Errorf("read final checkpoint: %w", err)
+	}
 	if err != nil {
-		return fmt.Errorf("read final checkpoint: %w", err)
+		return err
 	}
 	var state trainer.State
 	if err := state.UnmarshalBinary(weights); err != nil {
@@ -81,6 +103,32 @@ func (a *Activities) Deploy(ctx context.Context, in DeployInput) error {
 		a.removeUnpublished(ctx, in.JobID, key, cardKey)
 	}
 	return err
+}
+
+// keptCheckpoint reads the builtin model of the kept checkpoint a deploy
+// names.
+func (a *Activities) keptCheckpoint(ctx context.Context, in DeployInput) ([]byte, error) {
+	k, err := a.Store.Checkpoint(ctx, in.JobID, in.CheckpointID)
+	if db.IsNotFound(err) {
+		return nil, refused(fmt.Sprintf("checkpoint %s is not one the job keeps; GET its checkpoints to see which it does", in.CheckpointID), nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	weights, err := a.Artifacts.Get(ctx, k.BlobKey)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint %s: %w", in.CheckpointID, err)
+	}
+	return weights, nil
+}
+
+// refused is a deploy that conflicts with other state (a 409 for the
+// client, who can fix it): not retried, and benign, so the SDK logs it at
+// debug rather than as an error.
+func refused(msg string, cause error) error {
+	return temporal.NewApplicationErrorWithOptions(msg, ErrTypeConflict, temporal.ApplicationErrorOptions{
+		NonRetryable: true, Cause: cause, Category: temporal.ApplicationErrorCategoryBenign,
+	})
 }
 
 // removeUnpublished deletes what a failed deploy wrote; a key left behind
@@ -120,7 +168,7 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 		return temporal.NewNonRetryableApplicationError(msg, ErrTypeUnavailable, nil)
 	}
 	name := inference.AdapterName(in.JobID)
-	dir, err := a.materialize(ctx, in.JobID, be.AdapterDir)
+	dir, err := a.materialize(ctx, in, be.AdapterDir)
 	if err != nil {
 		if ctx.Err() != nil {
 			return err // the worker is stopping or the attempt timed out: retried
@@ -132,8 +180,7 @@ func (a *Activities) deployAdapter(ctx context.Context, in DeployInput) error {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "adapter_config.json")); err != nil {
 		_ = os.RemoveAll(dir)
-		return temporal.NewNonRetryableApplicationError(
-			"the trained output is not a LoRA adapter (it has no adapter_config.json), so it cannot be served", ErrTypeConflict, nil)
+		return refused("the trained output is not a LoRA adapter (it has no adapter_config.json), so it cannot be served", nil)
 	}
 	if err := a.loadAdapter(ctx, be.Client, name, dir); err != nil {
 		_ = os.RemoveAll(dir)
@@ -182,8 +229,7 @@ func (a *Activities) loadAdapter(ctx context.Context, backend *inference.Client,
 			"the inference backend does not accept adapters (it has no LoRA API), so the adapter was not published; the job stays completed",
 			ErrTypeUnavailable, err)
 	case inference.IsRefused(err):
-		return temporal.NewNonRetryableApplicationError(
-			"the inference backend refused the adapter: "+ierr.Message, ErrTypeConflict, err)
+		return refused("the inference backend refused the adapter: "+ierr.Message, err)
 	default:
 		a.Logger.WarnContext(ctx, "inference backend unavailable", "adapter", name, "err", err)
 		return temporal.NewNonRetryableApplicationError(
@@ -196,9 +242,23 @@ func (a *Activities) loadAdapter(ctx context.Context, backend *inference.Client,
 // dir (AdapterDir when empty), replacing any left by an earlier attempt. It
 // is extracted beside its place and renamed there, so the backend never
 // reads a partial adapter.
-func (a *Activities) materialize(ctx context.Context, jobID, dir string) (string, error) {
+func (a *Activities) materialize(ctx context.Context, in DeployInput, dir string) (string, error) {
+	jobID := in.JobID
 	if dir == "" {
 		dir = a.AdapterDir
+	}
+	// The final output is the adapter; a kept checkpoint holds it in its
+	// adapter directory, beside the optimizer's state.
+	key, sub := artifacts.OutputKey(jobID), ""
+	if in.CheckpointID != "" {
+		k, err := a.Store.Checkpoint(ctx, jobID, in.CheckpointID)
+		if db.IsNotFound(err) {
+			return "", refused(fmt.Sprintf("checkpoint %s is not one the job keeps; GET its checkpoints to see which it does", in.CheckpointID), nil)
+		}
+		if err != nil {
+			return "", err
+		}
+		key, sub = k.BlobKey, "adapter"
 	}
 	dst := inference.AdapterPath(dir, jobID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -215,14 +275,18 @@ func (a *Activities) materialize(ctx context.Context, jobID, dir string) (string
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", fmt.Errorf("materialize adapter: %w", err)
 	}
-	if err := a.Artifacts.GetDir(ctx, artifacts.OutputKey(jobID), tmp); err != nil {
+	if err := a.Artifacts.GetDir(ctx, key, tmp); err != nil {
+		return "", fmt.Errorf("materialize adapter: %w", err)
+	}
+	src := filepath.Join(tmp, sub)
+	if err := os.Chmod(src, 0o755); err != nil {
 		return "", fmt.Errorf("materialize adapter: %w", err)
 	}
 	// A directory cannot be renamed onto a non-empty one: move the old aside.
 	if err := os.Rename(dst, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("materialize adapter: %w", err)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err := os.Rename(src, dst); err != nil {
 		return "", fmt.Errorf("materialize adapter: %w", err)
 	}
 	return dst, nil
@@ -257,8 +321,7 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 			return jobGone(in.JobID)
 		}
 		if db.IsUniqueViolation(err) {
-			return temporal.NewNonRetryableApplicationError(
-				fmt.Sprintf("model %s was just deployed by another job; create this one with another suffix", in.ResultModel), ErrTypeConflict, nil)
+			return refused(fmt.Sprintf("model %s was just deployed by another job; create this one with another suffix", in.ResultModel), nil)
 		}
 		if db.IsInvalidText(err) {
 			return invalidData("the model card holds text PostgreSQL cannot store (a NUL character or invalid UTF-8, from the training data's labels); fix the data and train again")
@@ -328,6 +391,9 @@ type DeployFailure struct {
 	JobID  string
 	Model  string
 	Reason string
+	// Class is the failure's: config for a deploy refused as asked (a
+	// name in use), internal for one that may pass.
+	Class failure.Class `json:",omitempty"`
 }
 
 // RecordDeployFailure records why a deploy failed: the job's error (its
@@ -338,18 +404,28 @@ func (a *Activities) RecordDeployFailure(ctx context.Context, f DeployFailure) e
 	reason := strings.ToValidUTF8(strings.ReplaceAll(f.Reason, "\x00", ""), "?")
 	msg := fmt.Sprintf("Deploy of %s failed: %s", f.Model, reason)
 	return a.Store.Transact(ctx, func(tx db.Conn) error {
-		err := tx.SetError(ctx, f.JobID, reason)
+		class := f.Class
+		if class == "" {
+			class = failure.Internal
+		}
+		err := tx.SetError(ctx, f.JobID, db.Failure{Code: "deploy_failed", Class: string(class), Message: reason})
 		if db.IsNotFound(err) {
 			return jobGone(f.JobID)
 		}
 		if err != nil {
 			return err
 		}
-		err = recordEvent(ctx, tx, db.Event{JobID: f.JobID, Level: LevelError, Type: db.EventDeployFailed, Message: msg,
+		// A deploy refused as asked (a 4xx: a name in use) is the user's to
+		// fix, a warning; one that may pass is an error.
+		level := LevelError
+		if class == failure.Config {
+			level = LevelWarn
+		}
+		err = recordEvent(ctx, tx, db.Event{JobID: f.JobID, Level: level, Type: db.EventDeployFailed, Message: msg,
 			Data: map[string]any{"model": f.Model, "reason": reason}})
 		if err != nil {
 			return err
 		}
-		return appendLogOn(ctx, tx, f.JobID, LevelError, msg)
+		return appendLogOn(ctx, tx, f.JobID, level, msg)
 	})
 }

@@ -1,10 +1,12 @@
 package activities_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/artifacts"
@@ -13,9 +15,10 @@ import (
 )
 
 // TestDeployConflictLeavesNothing: a deploy whose model name another job
-// of the organization holds fails with Conflict and leaves nothing in the
-// artifact store, whether the name was taken before it began or while it
-// was writing the model (the unique key decides, after the files exist).
+// of the organization holds fails with a benign Conflict, logged at info,
+// and leaves nothing in the artifact store, whether the name was taken
+// before it began or while it was writing the model (the unique key
+// decides, after the files exist).
 func TestDeployConflictLeavesNothing(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -55,7 +58,14 @@ func TestDeployConflictLeavesNothing(t *testing.T) {
 			if during {
 				waitWritten(t, f, tx, artifacts.ModelKey(f.org, job, "support"), done)
 			}
-			wantError(t, <-done, activities.ErrTypeConflict)
+			// A conflict is the client's to fix (a 409): benign, so the SDK
+			// logs it at debug, and the deploy logs it at info.
+			if e := wantError(t, <-done, activities.ErrTypeConflict); e.Category() != temporal.ApplicationErrorCategoryBenign {
+				t.Errorf("the conflict is not benign: %v", e)
+			}
+			if log := f.log.String(); !strings.Contains(log, `level=INFO msg="deploy refused"`) || strings.Contains(log, "level=ERROR") {
+				t.Errorf("the deploy logged:\n%s", log)
+			}
 
 			prefix := "models/" + f.org + "/" + job + "/"
 			if left, err := env.Artifacts.List(f.ctx, prefix); err != nil || len(left) > 0 {

@@ -52,6 +52,11 @@ type NewJob struct {
 	// AutoDeploy deploys the job as soon as training completes.
 	AutoDeploy bool
 	CreatedAt  time.Time
+	// MaxCost is the job's budget in USD; nil for none.
+	MaxCost *float64 `json:",omitempty"`
+	// EarlyStopping, when set, ends training once validation loss stops
+	// improving.
+	EarlyStopping *db.EarlyStopping `json:",omitempty"`
 	// IdempotencyKey, when set, is recorded with the row, with RequestHash.
 	IdempotencyKey string
 	RequestHash    []byte
@@ -104,6 +109,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
 			Suffix: j.Suffix, Metadata: j.Metadata, Seed: seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt,
+			MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping,
 		})
 		switch {
 		case db.IsForeignKeyViolation(err):

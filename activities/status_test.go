@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
@@ -15,16 +16,20 @@ func TestRecordStatus(t *testing.T) {
 	job := f.newJob("gpu-a100-40gb")
 	started := time.Now().Truncate(time.Microsecond)
 	failed := started.Add(time.Minute)
+	oom := &failure.Failure{Code: "out_of_memory", Class: failure.OOM, Message: "out of memory"}
 	for _, r := range []activities.StatusRecord{
 		{JobID: job, Status: jobstatus.Running, At: started, Log: "Training started"},
-		{JobID: job, Status: jobstatus.Failed, At: failed, Error: "out of memory", Log: "Training failed", LogLevel: activities.LevelError},
+		{JobID: job, Status: jobstatus.Failed, At: failed, Failure: oom, Log: "Training failed", LogLevel: activities.LevelError},
 		// A transition without a log line writes none.
-		{JobID: job, Status: jobstatus.Failed, At: failed, Error: "out of memory"},
+		{JobID: job, Status: jobstatus.Failed, At: failed, Failure: oom},
 	} {
 		_, err := f.run(f.acts.RecordStatus, r)
 		f.check(err)
 	}
 	j := f.job(job)
+	if j.ErrorClass == nil || *j.ErrorClass != "oom" || j.ErrorCode == nil || *j.ErrorCode != "out_of_memory" {
+		t.Errorf("error class %v, code %v; want oom, out_of_memory", j.ErrorClass, j.ErrorCode)
+	}
 	if j.Status != jobstatus.Failed || j.Error == nil || *j.Error != "out of memory" ||
 		j.StartedAt == nil || !j.StartedAt.Equal(started) || j.FinishedAt == nil || !j.FinishedAt.Equal(failed) {
 		t.Errorf("row after the transitions: status %s, error %v, started %v, finished %v; want failed, out of memory, %v, %v",

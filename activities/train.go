@@ -11,11 +11,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/metrics"
 	"github.com/tuneforge/tuneforge/trainer"
+	"github.com/tuneforge/tuneforge/trainer/hang"
 )
 
 // EpochInput asks for one epoch of a job's training.
@@ -86,6 +88,11 @@ const (
 type progress struct {
 	Step       int
 	Checkpoint int // the step of the last saved checkpoint
+	// Evaluated of ToEvaluate: how far an evaluation after Step has got,
+	// in the trainer's unit (the builtin's: examples); 0 of 0 when none has
+	// begun since the step.
+	Evaluated  int `json:",omitempty"`
+	ToEvaluate int `json:",omitempty"`
 }
 
 // heartbeat reports an attempt's progress every heartbeatEvery from a
@@ -94,9 +101,9 @@ type progress struct {
 // (an epoch that went quiet for the heartbeat timeout would be retried),
 // and a stop is heard at any moment.
 type heartbeat struct {
-	step, ckpt atomic.Int64 // progress's fields
-	done       chan struct{}
-	exited     chan struct{}
+	step, ckpt, evaluated, toEvaluate atomic.Int64 // progress's fields
+	done                              chan struct{}
+	exited                            chan struct{}
 }
 
 // startHeartbeat starts heartbeating; flush, when set, runs at each beat.
@@ -107,7 +114,9 @@ func startHeartbeat(ctx context.Context, flush func()) *heartbeat {
 		t := time.NewTicker(heartbeatEvery)
 		defer t.Stop()
 		for {
-			activity.RecordHeartbeat(ctx, progress{Step: int(h.step.Load()), Checkpoint: int(h.ckpt.Load())})
+			activity.RecordHeartbeat(ctx, progress{
+				Step: int(h.step.Load()), Checkpoint: int(h.ckpt.Load()), Evaluated: int(h.evaluated.Load()), ToEvaluate: int(h.toEvaluate.Load()),
+			})
 			if flush != nil {
 				flush()
 			}
@@ -119,6 +128,19 @@ func startHeartbeat(ctx context.Context, flush func()) *heartbeat {
 		}
 	}()
 	return h
+}
+
+// stepped reports step n, with no evaluation after it yet.
+func (h *heartbeat) stepped(n int) {
+	h.step.Store(int64(n))
+	h.evaluated.Store(0)
+	h.toEvaluate.Store(0)
+}
+
+// evaluating reports an evaluation's progress.
+func (h *heartbeat) evaluating(done, total int) {
+	h.evaluated.Store(int64(done))
+	h.toEvaluate.Store(int64(total))
 }
 
 // stop ends the heartbeats and waits for the last one.
@@ -140,7 +162,8 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 // the job's latest checkpoint (saved at the last metric point, or when a
 // stop cancelled the previous attempt), records metric points and log
 // lines, heartbeats about twenty times a second and returns promptly when
-// cancelled, after saving a checkpoint.
+// cancelled, after saving a checkpoint. A trainer that hangs (a.Hang) is
+// abandoned without one, and the epoch retried.
 func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
 	ctx, done := untilWorkerStops(ctx)
 	defer done()
@@ -156,7 +179,7 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 			return EpochResult{}, err
 		}
 	}
-	state, resumed, err := a.loadState(ctx, in.JobID, runSeed(in), train)
+	state, err := a.loadState(ctx, in, train)
 	if err != nil {
 		return EpochResult{}, err
 	}
@@ -174,64 +197,38 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 	if err != nil {
 		return EpochResult{}, invalidData("%v", err)
 	}
-	if state.Epoch >= in.Epoch {
-		// A previous attempt finished this epoch but did not report it.
-		var vloss *float64
-		if v, ok := run.ValidationLoss(); ok {
-			vloss = &v
+	// A previous attempt that finished the epoch but did not report it
+	// leaves only its evaluation to do.
+	finished := state.Epoch >= in.Epoch
+	if !finished {
+		if err := a.appendLog(ctx, in.JobID, LevelInfo, epochStartMessage(ctx, in, state, run.StepsPerEpoch())); err != nil {
+			return EpochResult{}, err
 		}
-		return a.epochResult(ctx, in, builtinResult(state, run.TrainingLoss(), vloss))
-	}
-	steps := run.StepsPerEpoch()
-	every := max(1, int(math.Ceil(float64(steps)/metricPoints)))
-	msg := fmt.Sprintf("Epoch %d/%d started: %d steps of batch %d", in.Epoch, in.Hyperparameters.Epochs, steps, in.Hyperparameters.BatchSize)
-	if in.Epoch == 1 {
-		// Said once per job.
-		msg += " (builtin trainer: a compact hashed n-gram classifier trained on the CPU in place of the base model)"
-	}
-	if resumed && state.EpochStep > 0 {
-		msg = fmt.Sprintf("Epoch %d/%d resumed at step %d from its checkpoint", in.Epoch, in.Hyperparameters.Epochs, state.Step)
-		var last progress
-		if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &last) == nil && last.Step > state.Step {
-			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
+		if err := a.recordResume(ctx, in, state.Step); err != nil {
+			return EpochResult{}, err
 		}
-	}
-	if err := a.appendLog(ctx, in.JobID, LevelInfo, msg); err != nil {
-		return EpochResult{}, err
-	}
-	if err := a.recordResume(ctx, in, state.Step); err != nil {
-		return EpochResult{}, err
 	}
 
-	beat.step.Store(int64(state.Step))
+	beat.stepped(state.Step)
 	beat.ckpt.Store(int64(state.Step))
-	var (
-		lastSave = time.Now()
-		unsaved  int
-		lossSum  float64
-		lossN    int
-	)
-	counted := newThroughput(ctx, in, "builtin", state.Step, state.Tokens)
-	res, err := run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error {
-		counted.at(s.Step, s.Tokens)
-		beat.step.Store(int64(s.Step))
-		lossSum += s.BatchLoss
-		lossN++
-		if s.EpochStep%every == 0 || s.EpochStep == s.StepsPerEpoch {
-			if err := a.recordPoint(ctx, run, in, s, lossSum/float64(lossN)); err != nil {
-				return err
+	b := &builtinEpoch{a: a, in: in, state: state, run: run, beat: beat, watch: hang.Start(a.Hang),
+		every:    max(1, int(math.Ceil(float64(run.StepsPerEpoch())/metricPoints))),
+		lastSave: time.Now(), counted: newThroughput(ctx, in, "builtin", state.Step, state.Tokens)}
+	res, stall, err := runWatched(ctx, b.watch, func(ctx context.Context) (trainer.EpochResult, error) {
+		run.OnEvaluate = func(done, total int) { b.evaluating(ctx, done, total) }
+		if finished {
+			r := trainer.EpochResult{TrainingLoss: run.TrainingLoss()}
+			if v, ok := run.ValidationLoss(); ok {
+				r.ValidationLoss = &v
 			}
-			lossSum, lossN = 0, 0
-			if unsaved++; unsaved >= checkpointPoints || time.Since(lastSave) >= checkpointEvery {
-				if err := a.saveState(ctx, in.JobID, state); err != nil {
-					return err
-				}
-				lastSave, unsaved = time.Now(), 0
-				beat.ckpt.Store(int64(s.Step))
-			}
+			return r, nil
 		}
-		return nil
+		return run.TrainEpoch(ctx, in.Epoch, func(s trainer.StepInfo) error { return b.step(ctx, s) })
 	})
+	if stall != nil {
+		// Its state may be half-updated: the retry resumes from the last checkpoint.
+		return EpochResult{}, a.hung(ctx, in, *stall, nil, int(beat.ckpt.Load()))
+	}
 	if ctx.Err() != nil {
 		// Stopped: keep the work done so a restart resumes here.
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -247,11 +244,100 @@ func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResu
 	if err != nil {
 		return EpochResult{}, err
 	}
-	if err := a.saveState(ctx, in.JobID, state); err != nil {
-		return EpochResult{}, err
+	if !finished {
+		if err := a.saveState(ctx, in.JobID, state); err != nil {
+			return EpochResult{}, err
+		}
 	}
 	// The trainer measured the losses with a full pass at the epoch's end.
 	return a.epochResult(ctx, in, builtinResult(state, res.TrainingLoss, res.ValidationLoss))
+}
+
+// epochStartMessage says how an epoch of the builtin trainer starts: from
+// scratch, or from which checkpoint, at which step. A retry resumes, even
+// from the epoch's start.
+func epochStartMessage(ctx context.Context, in EpochInput, state *trainer.State, steps int) string {
+	if state.EpochStep > 0 || state.Step > 0 && activity.GetInfo(ctx).Attempt > 1 {
+		msg := fmt.Sprintf("Epoch %d/%d resumed at step %d from its checkpoint %s, %d of its %d steps done",
+			in.Epoch, in.Hyperparameters.Epochs, state.Step, checkpointName(state.Step), state.EpochStep, steps)
+		var last progress
+		if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &last) == nil && last.Step > state.Step {
+			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
+		}
+		return msg
+	}
+	msg := fmt.Sprintf("Epoch %d/%d started: %d steps of batch %d", in.Epoch, in.Hyperparameters.Epochs, steps, in.Hyperparameters.BatchSize)
+	if state.Step > 0 {
+		msg += fmt.Sprintf(", from checkpoint %s at step %d", checkpointName(state.Step), state.Step)
+	}
+	if in.Epoch == 1 {
+		// Said once per job.
+		msg += " (builtin trainer: a compact hashed n-gram classifier trained on the CPU in place of the base model)"
+	}
+	return msg
+}
+
+// builtinEpoch is one attempt at an epoch of the builtin trainer, as its
+// training goroutine sees it.
+type builtinEpoch struct {
+	a     *Activities
+	in    EpochInput
+	state *trainer.State
+	run   *trainer.Run
+	beat  *heartbeat
+	watch *hang.Watch
+	every int // steps between metric points
+
+	lastSave time.Time
+	unsaved  int // metric points since the last checkpoint
+	counted  *throughput
+}
+
+// step records a step: a metric point every b.every steps, and with every
+// checkpointPoints points or checkpointEvery a checkpoint, at the point.
+func (b *builtinEpoch) step(ctx context.Context, s trainer.StepInfo) error {
+	b.watch.Step(s.Step)
+	b.counted.at(s.Step, s.Tokens)
+	b.beat.stepped(s.Step)
+	if b.a.stall != nil {
+		b.a.stall(ctx, s.Step, false)
+	}
+	if s.EpochStep%b.every != 0 && s.EpochStep != s.StepsPerEpoch {
+		return nil
+	}
+	var vloss *float64
+	if v, ok := b.run.ValidationLoss(); ok {
+		vloss = &v
+	}
+	if abandoned(ctx) {
+		return context.Cause(ctx)
+	}
+	// The worker's time, not the trainer's.
+	defer b.watch.Pause()()
+	err := b.a.writePoint(ctx, b.in.JobID, metricPoint{
+		Step: s.Step, Epoch: s.Epoch, TrainingLoss: b.state.TakeLoss(), ValidationLoss: vloss, LearningRate: s.LearningRate, Tokens: s.Tokens,
+	})
+	if err != nil {
+		return err
+	}
+	if b.unsaved++; b.unsaved < checkpointPoints && time.Since(b.lastSave) < checkpointEvery {
+		return nil
+	}
+	if err := b.a.saveState(ctx, b.in.JobID, b.state); err != nil {
+		return err
+	}
+	b.lastSave, b.unsaved = time.Now(), 0
+	b.beat.ckpt.Store(int64(s.Step))
+	return nil
+}
+
+// evaluating reports an evaluation's progress: a sign of life.
+func (b *builtinEpoch) evaluating(ctx context.Context, done, total int) {
+	b.watch.Alive()
+	b.beat.evaluating(done, total)
+	if b.a.stall != nil {
+		b.a.stall(ctx, b.state.Step, true)
+	}
 }
 
 func builtinResult(state *trainer.State, trainingLoss float64, validationLoss *float64) EpochResult {
@@ -296,23 +382,15 @@ func (a *Activities) recordResume(ctx context.Context, in EpochInput, step int) 
 	if handed, err := a.handedBack(ctx, in); err != nil || handed {
 		return err // a hand-back said so itself
 	}
+	if hung, err := a.hungBefore(ctx, in); err != nil || hung {
+		return err // so did a hang
+	}
 	return recordEvent(ctx, a.Store.Conn, db.Event{
 		JobID: in.JobID, Level: LevelWarn, Type: db.EventWorkerLost,
 		Message: fmt.Sprintf("Epoch %d attempt %d ended without an outcome (its worker was lost, its trainer crashed, or the database was unavailable); attempt %d resumes at step %d",
 			in.Epoch, info.Attempt-1, info.Attempt, step),
 		Data: map[string]any{"epoch": in.Epoch, "attempt": info.Attempt, "step": step},
 	}, fmt.Sprint(info.Attempt))
-}
-
-// recordPoint writes the builtin trainer's metric point for a step.
-func (a *Activities) recordPoint(ctx context.Context, run *trainer.Run, in EpochInput, s trainer.StepInfo, trainingLoss float64) error {
-	var vloss *float64
-	if v, ok := run.ValidationLoss(); ok {
-		vloss = &v
-	}
-	return a.writePoint(ctx, in.JobID, metricPoint{
-		Step: s.Step, Epoch: s.Epoch, TrainingLoss: trainingLoss, ValidationLoss: vloss, LearningRate: s.LearningRate, Tokens: s.Tokens,
-	})
 }
 
 // metricPoint is one step's metrics.
@@ -355,24 +433,77 @@ func (a *Activities) latestCheckpoint(ctx context.Context, jobID string) ([]byte
 	return a.Artifacts.Get(ctx, keys[len(keys)-1])
 }
 
+// ErrTypeCheckpointUnreadable: the checkpoint an epoch must resume from is
+// missing or cannot be read. Not retried: starting again from the base
+// model instead would silently throw the job's training away.
+const ErrTypeCheckpointUnreadable = "CheckpointUnreadable"
+
+func checkpointUnreadable(format string, args ...any) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), ErrTypeCheckpointUnreadable, nil)
+}
+
+// checkpointName names the checkpoint at step as the job's artifact list
+// does.
+func checkpointName(step int) string { return fmt.Sprintf("checkpoint-step-%012d", step) }
+
+// resumeKey is the job's latest checkpoint, which an epoch's attempt
+// resumes from, or "" when it starts from the base model. A checkpoint the
+// job must have is missing when there is none past the previous epoch's
+// start, or none as recent as one an earlier attempt of the epoch saved.
+func (a *Activities) resumeKey(ctx context.Context, in EpochInput) (string, error) {
+	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(in.JobID))
+	if err != nil {
+		return "", fmt.Errorf("list checkpoints: %w", err)
+	}
+	key, step := "", 0
+	if len(keys) > 0 {
+		key = keys[len(keys)-1]
+		step, _, _ = artifacts.ParseCheckpointKey(in.JobID, key)
+	}
+	var last progress
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &last) == nil && last.Checkpoint > step {
+		return "", checkpointUnreadable("%s, which an earlier attempt of epoch %d saved, is missing (the newest checkpoint left is at step %d)",
+			checkpointName(last.Checkpoint), in.Epoch, step)
+	}
+	if key == "" && in.Epoch > 1 {
+		return "", checkpointUnreadable("epoch %d cannot resume: the checkpoint epoch %d ended on is missing, and the job has no other", in.Epoch, in.Epoch-1)
+	}
+	return key, nil
+}
+
 // loadState reads the job's latest checkpoint, or starts a fresh state.
-func (a *Activities) loadState(ctx context.Context, jobID string, seed int64, train []trainer.Example) (*trainer.State, bool, error) {
-	b, err := a.latestCheckpoint(ctx, jobID)
-	if errors.Is(err, artifacts.ErrNotExist) {
-		state, err := trainer.NewState(train, seed)
+func (a *Activities) loadState(ctx context.Context, in EpochInput, train []trainer.Example) (*trainer.State, error) {
+	key, err := a.resumeKey(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	if key == "" {
+		state, err := trainer.NewState(train, runSeed(in))
 		if err != nil {
-			return nil, false, invalidData("training file: %v", err)
+			return nil, invalidData("training file: %v", err)
 		}
-		return state, false, nil
+		return state, nil
+	}
+	step, isDir, _ := artifacts.ParseCheckpointKey(in.JobID, key)
+	if isDir {
+		return nil, invalidData("the job's latest checkpoint (%s) was written by a command trainer; "+
+			"a job resumes on the kind of trainer that began it", key)
+	}
+	b, err := a.Artifacts.Get(ctx, key)
+	if errors.Is(err, artifacts.ErrNotExist) {
+		return nil, checkpointUnreadable("%s (step %d) is listed but its blob is missing", checkpointName(step), step)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("read checkpoint: %w", err)
+		return nil, fmt.Errorf("read checkpoint %s: %w", checkpointName(step), err)
 	}
 	var state trainer.State
 	if err := state.UnmarshalBinary(b); err != nil {
-		return nil, false, invalidData("checkpoint of %s is unreadable: %v", jobID, err)
+		return nil, checkpointUnreadable("%s (step %d) is unreadable: %v", checkpointName(step), step, err)
 	}
-	return &state, true, nil
+	if state.Step != step {
+		return nil, checkpointUnreadable("%s holds step %d, not %d", checkpointName(step), state.Step, step)
+	}
+	return &state, nil
 }
 
 func (a *Activities) saveState(ctx context.Context, jobID string, state *trainer.State) error {

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,10 @@ const (
 	ErrTypeTrainerProtocol = "TrainerProtocol"
 	// ErrTypeTrainerCrashed: the trainer crashed; retried from the latest checkpoint.
 	ErrTypeTrainerCrashed = "TrainerCrashed"
+	// ErrTypeHang: the trainer (either kind) showed no sign of life for
+	// longer than its limit and was killed; retried from the latest
+	// checkpoint.
+	ErrTypeHang = "TrainerHung"
 )
 
 // Limits of the command trainer's attempts.
@@ -112,7 +117,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 		}
 		cfg.ValidationFile = &path
 	}
-	resumeStep, err := a.fetchCheckpoint(ctx, in.JobID, dir, &cfg)
+	resumeStep, err := a.fetchCheckpoint(ctx, in, dir, &cfg)
 	if err != nil {
 		return EpochResult{}, err
 	}
@@ -122,7 +127,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 
 	msg := fmt.Sprintf("Epoch %d/%d started (command trainer: %s)", in.Epoch, in.Hyperparameters.Epochs, a.Command)
 	if cfg.ResumeFrom != nil {
-		msg += fmt.Sprintf(", resuming from the checkpoint at step %d", resumeStep)
+		msg += fmt.Sprintf(", resuming from the checkpoint at step %d (%s, in epoch %d)", resumeStep, checkpointName(resumeStep), in.Epoch)
 		var last progress
 		if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &last) == nil && last.Step > resumeStep {
 			msg += fmt.Sprintf(" (the interrupted attempt had reached step %d)", last.Step)
@@ -169,23 +174,23 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 
 // fetchCheckpoint extracts the job's latest checkpoint into the attempt
 // directory and points cfg at it; it returns the checkpoint's step, 0 when
-// the job has none.
-func (a *Activities) fetchCheckpoint(ctx context.Context, jobID, dir string, cfg *command.Config) (int, error) {
-	keys, err := a.Artifacts.List(ctx, artifacts.CheckpointPrefix(jobID))
-	if err != nil {
-		return 0, fmt.Errorf("list checkpoints: %w", err)
+// the job starts from the base model.
+func (a *Activities) fetchCheckpoint(ctx context.Context, in EpochInput, dir string, cfg *command.Config) (int, error) {
+	key, err := a.resumeKey(ctx, in)
+	if key == "" || err != nil {
+		return 0, err
 	}
-	if len(keys) == 0 {
-		return 0, nil
-	}
-	key := keys[len(keys)-1]
-	n, isDir, ok := artifacts.ParseCheckpointKey(jobID, key)
+	n, isDir, ok := artifacts.ParseCheckpointKey(in.JobID, key)
 	if !ok || !isDir {
 		return 0, invalidData("the job's latest checkpoint (%s) was not written by a command trainer; "+
 			"a job resumes on the kind of trainer that began it", key)
 	}
 	path := filepath.Join(dir, "resume", fmt.Sprintf("step-%d", n))
-	if err := a.Artifacts.GetDir(ctx, key, path); err != nil {
+	err = a.Artifacts.GetDir(ctx, key, path)
+	if errors.Is(err, artifacts.ErrNotExist) || errors.Is(err, tar.ErrHeader) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return 0, checkpointUnreadable("checkpoint %s (step %d) cannot be read: %v", checkpointName(n), n, err)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("fetch checkpoint: %w", err)
 	}
 	cfg.ResumeFrom = &path
@@ -200,8 +205,10 @@ func (a *Activities) trainerFailure(ctx context.Context, in EpochInput, attempt 
 		return err // cancelled, or a failure to record: retry
 	}
 	switch ce.Kind {
+	case command.KindHang:
+		return a.hung(ctx, in, *ce.Stall, ce.Output, ckpt)
 	case command.KindInvalid:
-		return invalidData("%s", ce.Message)
+		return invalidConfig("%s", ce.Message)
 	case command.KindOutOfMemory:
 		return temporal.NewNonRetryableApplicationError(ce.Message, ErrTypeOutOfMemory, nil)
 	case command.KindProtocol:
@@ -266,7 +273,7 @@ type commandHandler struct {
 
 // Progress implements command.Handler.
 func (h *commandHandler) Progress(p command.Progress) error {
-	h.beat.step.Store(int64(p.Step))
+	h.beat.stepped(p.Step)
 	if h.last == nil {
 		// A resumed trainer reports its tokens from the job's start.
 		h.counted.tok = p.Tokens
@@ -308,6 +315,13 @@ func (h *commandHandler) Eval(e command.Eval) error {
 	p.Step = e.Step
 	h.pending, h.lastWrite = false, time.Now()
 	return h.a.writePoint(h.ctx, h.in.JobID, p)
+}
+
+// Evaluating implements command.Handler: the heartbeat tells how far the
+// evaluation has got.
+func (h *commandHandler) Evaluating(e command.EvalProgress) error {
+	h.beat.evaluating(e.Done, e.Total)
+	return nil
 }
 
 // Checkpoint implements command.Handler: the directory is uploaded before

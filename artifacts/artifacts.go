@@ -156,9 +156,12 @@ func wrap(key string, err error) error {
 	return fmt.Errorf("read %s: %w", key, err)
 }
 
+// DatasetPrefix holds every uploaded dataset.
+const DatasetPrefix = "datasets/"
+
 // DatasetKey is where an uploaded dataset lives.
 func DatasetKey(orgID, datasetID string) string {
-	return "datasets/" + orgID + "/" + datasetID + ".jsonl"
+	return DatasetPrefix + orgID + "/" + datasetID + ".jsonl"
 }
 
 // CheckpointPrefix holds a job's checkpoints, one object per saved step.
@@ -232,19 +235,34 @@ func (s *Store) Stat(ctx context.Context, key string) (Object, error) {
 // ListObjects returns the objects under prefix, sorted by key.
 func (s *Store) ListObjects(ctx context.Context, prefix string) ([]Object, error) {
 	var out []Object
+	err := s.EachObject(ctx, prefix, func(o Object) error {
+		out = append(out, o)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+// EachObject calls fn with each object under prefix as the listing
+// arrives, in no set order, without holding them all; an error of fn stops
+// it and is returned.
+func (s *Store) EachObject(ctx context.Context, prefix string, fn func(Object) error) error {
 	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
 	for {
 		obj, err := it.Next(ctx)
 		if errors.Is(err, io.EOF) {
-			break
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return fmt.Errorf("list %s: %w", prefix, err)
 		}
-		out = append(out, Object{Key: obj.Key, Size: obj.Size, ModTime: obj.ModTime})
+		if err := fn(Object{Key: obj.Key, Size: obj.Size, ModTime: obj.ModTime}); err != nil {
+			return err
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, nil
 }
 
 // ParseCheckpointKey reads the step of a checkpoint key and whether it holds

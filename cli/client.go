@@ -68,14 +68,16 @@ type APIError struct {
 	}
 }
 
+// Error is the server's explanation, its routes named as CLI commands and
+// its control characters escaped.
 func (e *APIError) Error() string {
-	msg := fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status)
+	msg := fmt.Sprintf("%s (HTTP %d)", cliCommands(text(e.Message)), e.Status)
 	for _, d := range e.Details[min(1, len(e.Details)):] {
-		where := d.Field
+		where := oneLine(d.Field)
 		if d.Line > 0 {
 			where = fmt.Sprintf("line %d", d.Line)
 		}
-		msg += fmt.Sprintf("\n  %s: %s", where, d.Message)
+		msg += fmt.Sprintf("\n  %s: %s", where, cliCommands(text(d.Message)))
 	}
 	return msg
 }
@@ -89,11 +91,34 @@ type Client struct {
 
 const fineTuning = "/api/v1/fine-tuning"
 
+// httpClient follows redirects only within the API's scheme and host: Go
+// sends X-API-Key on to wherever a redirect points.
 func (c *Client) httpClient() *http.Client {
+	hc := http.Client{}
 	if c.HTTP != nil {
-		return c.HTTP
+		hc = *c.HTTP
 	}
-	return http.DefaultClient
+	hc.CheckRedirect = sameHostRedirect
+	return &hc
+}
+
+// redirectError refuses a redirect to another scheme or host.
+type redirectError struct{ from, to *url.URL }
+
+func (e *redirectError) Error() string {
+	return fmt.Sprintf("refusing redirect to other host %s (from %s): the API key is sent only to TUNEFORGE_URL's host",
+		oneLine(e.to.Scheme+"://"+e.to.Host), e.from.Scheme+"://"+e.from.Host)
+}
+
+func sameHostRedirect(req *http.Request, via []*http.Request) error {
+	from := via[0].URL
+	if req.URL.Scheme != from.Scheme || req.URL.Host != from.Host {
+		return &redirectError{from, req.URL}
+	}
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	return nil
 }
 
 // send makes a request and returns the response when it is a 2xx; any
@@ -114,6 +139,10 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 	}
 	req.Header.Set("X-API-Key", c.Key)
 	resp, err := c.httpClient().Do(req)
+	var redirErr *redirectError
+	if errors.As(err, &redirErr) {
+		return nil, redirErr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("tuneforge API at %s does not answer (is TUNEFORGE_URL right, and `make dev` or `tuneforge api` running?): %w", c.BaseURL, err)
 	}
@@ -189,7 +218,11 @@ type Job struct {
 	Hardware        string            `json:"hardware"`
 	Suffix          string            `json:"suffix"`
 	ResultModel     *string           `json:"resultModel"`
-	Error           *string           `json:"error"`
+	Error           *jobError         `json:"error"`
+	Cancelled       bool              `json:"cancelled"`
+	Actions         []string          `json:"actions"`
+	CostSoFar       *float64          `json:"costSoFar"`
+	MaxCost         *float64          `json:"maxCost"`
 	Metadata        map[string]string `json:"metadata"`
 	Hyperparameters struct {
 		Epochs       int     `json:"epochs"`
@@ -202,6 +235,42 @@ type Job struct {
 		ValidationLoss *float64 `json:"validationLoss"`
 		Epoch          *int     `json:"epoch"`
 	} `json:"metrics"`
+}
+
+// jobError is why a job failed: an object with a class, or from servers
+// before failures had classes, a string.
+type jobError struct {
+	Code    string `json:"code"`
+	Class   string `json:"class"`
+	Message string `json:"message"`
+}
+
+func (e *jobError) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return json.Unmarshal(b, &e.Message)
+	}
+	type object jobError // without this method
+	return json.Unmarshal(b, (*object)(e))
+}
+
+// String is "class: message", or "-" for none.
+func (e *jobError) String() string {
+	switch {
+	case e == nil || e.Class == "" && e.Message == "":
+		return "-"
+	case e.Class == "":
+		return e.Message
+	}
+	return e.Class + ": " + e.Message
+}
+
+// statusLabel is the job's status, telling a cancelled stop (which cannot
+// resume) from a plain one.
+func (j Job) statusLabel() string {
+	if j.Cancelled && j.Status == "stopped" {
+		return "stopped (cancelled)"
+	}
+	return j.Status
 }
 
 // finished says whether a job's run has ended, and how.

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -126,7 +129,7 @@ func showDataset(w io.Writer, d Dataset) error {
 func (a *app) upload(ctx context.Context, status io.Writer, path, filename string) (Dataset, []byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return Dataset{}, nil, &exitError{ExitUsage, err}
+		return Dataset{}, nil, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -157,6 +160,47 @@ func (a *app) upload(ctx context.Context, status io.Writer, path, filename strin
 		return Dataset{}, nil, fmt.Errorf("read the answer to the upload: %w", err)
 	}
 	return d, raw, nil
+}
+
+// fileSHA256 hashes a local file as the server does its datasets.
+func fileSHA256(path string) (sum string, size int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return "", 0, fmt.Errorf("%s is not a regular file", path)
+	}
+	h := sha256.New()
+	if size, err = io.Copy(h, f); err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), size, nil
+}
+
+// datasetWithContent finds the organization's newest dataset of size
+// bytes whose SHA-256 is sum; its ID is "" when there is none.
+func (a *app) datasetWithContent(ctx context.Context, sum string, size int64) (Dataset, error) {
+	const limit = 100
+	for offset := 0; ; offset += limit {
+		var page struct {
+			Count    int64     `json:"count"`
+			Datasets []Dataset `json:"datasets"`
+		}
+		q := url.Values{"limit": {strconv.Itoa(limit)}, "offset": {strconv.Itoa(offset)}}
+		if _, err := a.client.get(ctx, fineTuning+"/datasets?"+q.Encode(), &page); err != nil {
+			return Dataset{}, fmt.Errorf("look for a dataset with the same content: %w", err)
+		}
+		for _, d := range page.Datasets {
+			if d.Bytes == size && strings.EqualFold(d.SHA256, sum) {
+				return d, nil
+			}
+		}
+		if len(page.Datasets) < limit || int64(offset+limit) >= page.Count {
+			return Dataset{}, nil
+		}
+	}
 }
 
 // countingReader reports how much of a body has been read.

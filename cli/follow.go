@@ -48,6 +48,9 @@ func (a *app) followLogs(ctx context.Context, cmd *cobra.Command, jobID string, 
 			continue
 		}
 		end, err := readStream(resp.Body, func(l logLine) error {
+			if seen && l.ID <= lastID {
+				return nil // printed before the stream was taken up again
+			}
 			lastID, seen = l.ID, true
 			p.clear()
 			var err error
@@ -63,11 +66,12 @@ func (a *app) followLogs(ctx context.Context, cmd *cobra.Command, jobID string, 
 		resp.Body.Close()
 		if end != "" {
 			p.clear()
-			fmt.Fprintf(status, "job %s is %s\n", jobID, end)
 			if end == "completed" || end == "deployed" {
+				fmt.Fprintf(status, "job %s is %s\n", jobID, end)
 				return nil
 			}
-			return &exitError{ExitJobUnsuccessful, fmt.Errorf("job %s ended %s", jobID, end)}
+			// Said once, by the error the command returns.
+			return a.unsuccessful(ctx, jobID, end)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -77,6 +81,20 @@ func (a *app) followLogs(ctx context.Context, cmd *cobra.Command, jobID string, 
 		}
 		time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)
 	}
+}
+
+// unsuccessful is the error of a followed job that ended end (failed,
+// stopped or deleted), with why when the API still has the job.
+func (a *app) unsuccessful(ctx context.Context, jobID, end string) error {
+	msg := fmt.Sprintf("job %s ended %s", jobID, oneLine(end))
+	var j Job
+	if _, err := a.client.get(ctx, jobPath(jobID), &j); err == nil && j.Status == end {
+		msg = fmt.Sprintf("job %s ended %s", jobID, oneLine(j.statusLabel()))
+		if j.Error != nil {
+			msg += ": " + text(cliCommands(j.Error.String()))
+		}
+	}
+	return &exitError{ExitJobUnsuccessful, errors.New(msg)}
 }
 
 // readStream reads server-sent events: each log event goes to onLine,
@@ -146,6 +164,6 @@ func (a *app) drawProgress(ctx context.Context, p *progress, jobID string) {
 	if j.Metrics.Epoch != nil {
 		done = *j.Metrics.Epoch
 	}
-	a.progressLine = fmt.Sprintf("%s %s epoch %d/%d · step %d · loss %s", j.Status, bar(float64(done)/float64(total), 20), min(done+1, total), total, step, loss)
+	a.progressLine = fmt.Sprintf("%s %s epoch %d/%d · step %d · loss %s", oneLine(j.statusLabel()), bar(float64(done)/float64(total), 20), min(done+1, total), total, step, loss)
 	p.show(a.progressLine, true)
 }

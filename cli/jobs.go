@@ -3,12 +3,12 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,7 +25,7 @@ func jobsCommand(a *app) *cobra.Command {
 	cmd.AddCommand(jobsCreate(a), jobsList(a), jobsGet(a),
 		jobTransition(a, "stop", "Stop a queued or running job (it keeps its checkpoint; restart resumes it)"),
 		jobsRestart(a),
-		jobTransition(a, "deploy", "Deploy a completed job's model, so chat completions answer for it"),
+		jobTransition(a, "deploy", "Deploy a completed job's model, so `tuneforge chat` and chat completions answer with it"),
 		jobsDelete(a), jobsLogs(a), jobsMetrics(a), jobsEvents(a), jobsCheckpoints(a))
 	return cmd
 }
@@ -69,9 +69,14 @@ or a path inside the server's data directory.`,
 			if len(hp) > 0 {
 				req.Hyperparameters = hp
 			}
+			var notLocal []error
 			for _, ref := range []*string{&req.TrainingDataset, &req.ValidationFile} {
-				if err := a.uploadIfLocal(ctx, cmd.ErrOrStderr(), ref); err != nil {
+				miss, err := a.uploadIfLocal(ctx, cmd.ErrOrStderr(), ref)
+				if err != nil {
 					return err
+				}
+				if miss != nil {
+					notLocal = append(notLocal, miss)
 				}
 			}
 			header := http.Header{"Content-Type": {"application/json"}}
@@ -80,6 +85,11 @@ or a path inside the server's data directory.`,
 			}
 			b, _ := json.Marshal(req)
 			resp, err := a.client.send(ctx, http.MethodPost, fineTuning+"/jobs", strings.NewReader(string(b)), header)
+			var apiErr *APIError
+			if errors.As(err, &apiErr) && apiErr.Status == http.StatusUnprocessableEntity && len(notLocal) > 0 {
+				// The server looked in its data directory; say where else.
+				return fmt.Errorf("%w\n  nor a local file: %w", err, errors.Join(notLocal...))
+			}
 			if err != nil {
 				return err
 			}
@@ -98,7 +108,7 @@ or a path inside the server's data directory.`,
 					return err
 				}
 			} else {
-				fmt.Fprintf(out, "job %s created (%s)\n", job.ID, job.Status)
+				fmt.Fprintf(out, "job %s created (%s)\n", oneLine(job.ID), oneLine(job.Status))
 			}
 			if !follow {
 				return nil
@@ -108,12 +118,12 @@ or a path inside the server's data directory.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Name, "name", "", "the job's name (required)")
-	f.StringVar(&req.BaseModel, "base-model", "", "the base model's ID; GET /api/v1/fine-tuning/base-models lists them (required)")
+	f.StringVar(&req.BaseModel, "base-model", "", "the base model's ID, from tuneforge base-models (required)")
 	f.StringVar(&req.TrainingDataset, "training-dataset", "", "dataset ID, local file or data-directory path (required)")
 	f.StringVar(&req.ValidationFile, "validation-file", "", "dataset ID, local file or data-directory path")
 	f.StringVar(&req.Description, "description", "", "what the job is for")
 	f.StringVar(&req.Suffix, "suffix", "", "the result model's suffix: <base-model>-<suffix>")
-	f.StringVar(&req.Hardware, "hardware", "", "the hardware pool (default: the base model's)")
+	f.StringVar(&req.Hardware, "hardware", "", "the hardware pool, from tuneforge hardware (default: the base model's)")
 	f.StringToStringVar(&req.Metadata, "metadata", nil, "key=value pairs to attach (repeat or comma-separate)")
 	f.IntVar(&epochs, "epochs", 3, "epochs to train")
 	f.Float64Var(&learningRate, "learning-rate", 0.0002, "the learning rate")
@@ -136,22 +146,33 @@ func camel(flag string) string {
 	return strings.Join(parts, "")
 }
 
-// uploadIfLocal uploads *ref when it names a local file, and makes it the
-// dataset's ID.
-func (a *app) uploadIfLocal(ctx context.Context, status io.Writer, ref *string) error {
+// uploadIfLocal makes *ref, when it names a local file, a dataset's ID: of
+// the organization's dataset with the same content, else of the file
+// uploaded. Any other ref is left to the server, as a path inside its data
+// directory; notLocal then says why no local file was read.
+func (a *app) uploadIfLocal(ctx context.Context, status io.Writer, ref *string) (notLocal, err error) {
 	if *ref == "" || strings.HasPrefix(*ref, "ds_") {
-		return nil
+		return nil, nil
 	}
-	if st, err := os.Stat(*ref); err != nil || !st.Mode().IsRegular() {
-		return nil // a path inside the server's data directory
-	}
-	d, _, err := a.upload(ctx, status, *ref, "")
+	sum, size, err := fileSHA256(*ref)
 	if err != nil {
-		return err
+		return err, nil
 	}
-	fmt.Fprintf(status, "uploaded %s as %s\n", *ref, d.ID)
+	d, err := a.datasetWithContent(ctx, sum, size)
+	if err != nil {
+		return nil, err
+	}
+	if d.ID != "" {
+		fmt.Fprintf(status, "reusing dataset %s for %s (same content)\n", oneLine(d.ID), *ref)
+		*ref = d.ID
+		return nil, nil
+	}
+	if d, _, err = a.upload(ctx, status, *ref, ""); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(status, "uploaded %s as %s\n", *ref, oneLine(d.ID))
 	*ref = d.ID
-	return nil
+	return nil, nil
 }
 
 func jobsList(a *app) *cobra.Command {
@@ -186,7 +207,7 @@ func jobsList(a *app) *cobra.Command {
 			}
 			rows := make([][]string, len(page.Jobs))
 			for i, j := range page.Jobs {
-				rows[i] = []string{j.ID, j.Name, j.BaseModel, j.Status, when(&j.CreatedAt)}
+				rows[i] = []string{j.ID, j.Name, j.BaseModel, j.statusLabel(), when(&j.CreatedAt)}
 			}
 			if err := table(cmd.OutOrStdout(), []string{"ID", "NAME", "BASE MODEL", "STATUS", "CREATED"}, rows); err != nil {
 				return err
@@ -224,26 +245,48 @@ func jobsGet(a *app) *cobra.Command {
 			if a.json {
 				return writeJSON(cmd.OutOrStdout(), raw)
 			}
-			hp := j.Hyperparameters
-			epoch := "-"
-			if j.Metrics.Epoch != nil {
-				epoch = fmt.Sprintf("%d of %d", *j.Metrics.Epoch, hp.Epochs)
-			}
-			var md []string
-			for _, k := range slices.Sorted(maps.Keys(j.Metadata)) {
-				md = append(md, k+"="+j.Metadata[k])
-			}
-			return fields(cmd.OutOrStdout(), [][2]string{
-				{"ID", j.ID}, {"Name", j.Name}, {"Status", j.Status}, {"Base model", j.BaseModel}, {"Hardware", j.Hardware},
-				{"Training file", j.TrainingFile + " (" + j.TrainingDataset + ")"}, {"Validation file", orDash(j.ValidationFile)},
-				{"Hyperparameters", fmt.Sprintf("epochs %d, learning rate %g, batch size %d, warmup steps %d", hp.Epochs, hp.LearningRate, hp.BatchSize, hp.WarmupSteps)},
-				{"Epoch", epoch}, {"Training loss", loss(j.Metrics.TrainingLoss)}, {"Validation loss", loss(j.Metrics.ValidationLoss)},
-				{"Trained tokens", strconv.FormatInt(j.TrainedTokens, 10)}, {"Result model", orDash(j.ResultModel)}, {"Error", orDash(j.Error)},
-				{"Metadata", strings.Join(md, ", ")}, {"Owner", j.Owner},
-				{"Created", when(&j.CreatedAt)}, {"Started", when(j.StartedAt)}, {"Finished", when(j.FinishedAt)},
-			})
+			return showJob(cmd.OutOrStdout(), j)
 		},
 	}
+}
+
+// showJob writes a job's fields for people.
+func showJob(w io.Writer, j Job) error {
+	hp := j.Hyperparameters
+	epoch := "-"
+	if j.Metrics.Epoch != nil {
+		epoch = fmt.Sprintf("%d of %d", *j.Metrics.Epoch, hp.Epochs)
+	}
+	var md []string
+	for _, k := range slices.Sorted(maps.Keys(j.Metadata)) {
+		md = append(md, k+"="+j.Metadata[k])
+	}
+	rows := [][2]string{
+		{"ID", j.ID}, {"Name", j.Name}, {"Status", j.statusLabel()}, {"Base model", j.BaseModel}, {"Hardware", j.Hardware},
+		{"Training file", j.TrainingFile + " (" + j.TrainingDataset + ")"}, {"Validation file", orDash(j.ValidationFile)},
+		{"Hyperparameters", fmt.Sprintf("epochs %d, learning rate %g, batch size %d, warmup steps %d", hp.Epochs, hp.LearningRate, hp.BatchSize, hp.WarmupSteps)},
+		{"Epoch", epoch}, {"Training loss", loss(j.Metrics.TrainingLoss)}, {"Validation loss", loss(j.Metrics.ValidationLoss)},
+		{"Trained tokens", strconv.FormatInt(j.TrainedTokens, 10)}, {"Result model", orDash(j.ResultModel)}, {"Error", cliCommands(j.Error.String())},
+	}
+	// Servers before these fields send neither.
+	if j.CostSoFar != nil {
+		cost := usd(*j.CostSoFar)
+		if j.MaxCost != nil {
+			cost += " (budget " + usd(*j.MaxCost) + ")"
+		}
+		rows = append(rows, [2]string{"Cost so far", cost})
+	}
+	if j.Actions != nil {
+		actions := strings.Join(j.Actions, ", ")
+		if actions == "" {
+			actions = "none"
+		}
+		rows = append(rows, [2]string{"Actions", actions})
+	}
+	return fields(w, append(rows, [][2]string{
+		{"Metadata", strings.Join(md, ", ")}, {"Owner", j.Owner},
+		{"Created", when(&j.CreatedAt)}, {"Started", when(j.StartedAt)}, {"Finished", when(j.FinishedAt)},
+	}...))
 }
 
 // transitioned prints a stop, restart or deploy's answer.
@@ -260,11 +303,11 @@ func (a *app) transitioned(cmd *cobra.Command, raw []byte) error {
 	if err := json.Unmarshal(raw, &res); err != nil {
 		return err
 	}
-	msg := fmt.Sprintf("%s: %s (%s)", res.ID, res.Message, res.Status)
+	msg := fmt.Sprintf("%s: %s (%s)", res.ID, cliCommands(res.Message), res.Status)
 	if res.ResultModel != "" {
 		msg += "; model " + res.ResultModel
 	}
-	fmt.Fprintln(cmd.OutOrStdout(), msg)
+	fmt.Fprintln(cmd.OutOrStdout(), oneLine(msg))
 	return nil
 }
 
@@ -301,7 +344,7 @@ func jobsRestart(a *app) *cobra.Command {
 			return a.transitioned(cmd, raw)
 		},
 	}
-	cmd.Flags().StringVar(&from, "from-checkpoint", "", "a checkpoint ID from `tuneforge jobs checkpoints ID`")
+	cmd.Flags().StringVar(&from, "from-checkpoint", "", "a checkpoint ID, from tuneforge jobs checkpoints ID")
 	return cmd
 }
 
@@ -330,7 +373,7 @@ type logLine struct {
 }
 
 func (l logLine) String() string {
-	return fmt.Sprintf("%s  %-5s  %s", l.Timestamp.Local().Format("15:04:05.000"), l.Level, l.Message)
+	return fmt.Sprintf("%s  %-5s  %s", l.Timestamp.Local().Format("15:04:05.000"), oneLine(l.Level), text(l.Message))
 }
 
 func jobsLogs(a *app) *cobra.Command {

@@ -13,7 +13,7 @@ func modelsCommand(a *app) *cobra.Command {
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
-		Short: "List deployed models, which POST /v1/chat/completions answers for",
+		Short: "List deployed models, which `tuneforge chat` talks to",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var list struct {

@@ -7,25 +7,61 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 )
 
-// table writes rows under a header, columns aligned.
+// table writes rows under a header, columns aligned. Cells come from the
+// server, so their control characters are escaped.
 func table(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		cells := make([]string, len(r))
+		for i, c := range r {
+			cells[i] = oneLine(c)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	return tw.Flush()
 }
 
-// fields writes name: value lines, values aligned.
+// fields writes name: value lines, values aligned and escaped.
 func fields(w io.Writer, pairs [][2]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, p := range pairs {
-		fmt.Fprintf(tw, "%s:\t%s\n", p[0], p[1])
+		fmt.Fprintf(tw, "%s:\t%s\n", p[0], oneLine(p[1]))
 	}
 	return tw.Flush()
+}
+
+// oneLine escapes s's control characters, tabs and newlines too, so that
+// text from the server prints on its line and cannot drive the terminal
+// (move the cursor, recolor, retitle the window).
+func oneLine(s string) string { return escape(s, false) }
+
+// text escapes s's control characters but tabs and newlines, for output
+// that spans lines: log lines, replies, error messages.
+func text(s string) string { return escape(s, true) }
+
+// escape writes C0 controls, DEL, C1 controls and bytes that are not
+// UTF-8 as \xNN.
+func escape(s string, multiline bool) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case multiline && (r == '\n' || r == '\t'):
+			b.WriteRune(r)
+		case r < 0x20 || r >= 0x7f && r <= 0x9f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // writeJSON prints the API's answer as it came, ending in a newline.
@@ -61,6 +97,15 @@ func orDash(s *string) string {
 	return *s
 }
 
+// usd writes an amount of dollars with cents, or with a tenth of a cent
+// when it is under a dollar.
+func usd(v float64) string {
+	if v < 1 {
+		return fmt.Sprintf("$%.3f", v)
+	}
+	return fmt.Sprintf("$%.2f", v)
+}
+
 func humanBytes(n int64) string {
 	switch {
 	case n >= 1<<30:
@@ -73,10 +118,10 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// isTerminal says whether w is a terminal, where progress bars are drawn;
-// elsewhere (a pipe, a file, a test) they are left out.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
+// isTerminal says whether stream is a terminal, where progress bars are
+// drawn; elsewhere (a pipe, a file, a test) they are left out.
+func isTerminal(stream any) bool {
+	f, ok := stream.(*os.File)
 	if !ok {
 		return false
 	}

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tuneforge/tuneforge/trainer/hang"
 )
 
 // DefaultDatabaseURL is the local PostgreSQL that `make dev` expects.
@@ -40,6 +43,11 @@ type Config struct {
 	DatasetMaxBytes   int64    // TUNEFORGE_DATASET_MAX_BYTES: the size of one dataset, uploaded or imported
 	DatasetQuotaBytes int64    // TUNEFORGE_DATASET_QUOTA_BYTES: an organization's datasets' total size; 0 is unlimited
 	DatasetQuotaCount int64    // TUNEFORGE_DATASET_QUOTA_COUNT: an organization's number of datasets; 0 is unlimited
+	StreamsPerKey     int      // TUNEFORGE_STREAMS_PER_KEY: followed logs open at once per API key; 0 is no cap
+	StreamsPerOrg     int      // TUNEFORGE_STREAMS_PER_ORG: followed logs open at once per organization; 0 is no cap
+	// TUNEFORGE_IMPORT_DIR: the only directory jobs import dataset paths
+	// from, default <data dir>/import
+	ImportDir string
 
 	// Training workers.
 	Trainer      string        // TUNEFORGE_TRAINER: builtin (default) or command
@@ -50,6 +58,13 @@ type Config struct {
 	TrainerLogRate float64
 	ModelDir       string // TUNEFORGE_MODEL_DIR: base model weights, one directory per base model ID
 	WorkDir        string // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
+
+	// A trainer showing no sign of life (a step, an evaluation's progress,
+	// a checkpoint) for TUNEFORGE_HANG_FACTOR times its slowest recent
+	// step, within TUNEFORGE_HANG_FLOOR and TUNEFORGE_HANG_CEILING (and for
+	// the ceiling before its first step), is killed as hung and its epoch
+	// retried; default 2m, 30m and 10.
+	Hang hang.Limits
 
 	// Serving of adapters trained by the command trainer.
 	// TUNEFORGE_INFERENCE_BACKENDS: MODEL=URL[;ADAPTER_DIR],... the vLLM
@@ -136,6 +151,18 @@ func FromEnv() (Config, error) {
 		}
 		*b.dst = v
 	}
+	for _, b := range []struct {
+		dst  *int
+		name string
+		def  int
+	}{
+		{&c.StreamsPerKey, "TUNEFORGE_STREAMS_PER_KEY", 8},
+		{&c.StreamsPerOrg, "TUNEFORGE_STREAMS_PER_ORG", 32},
+	} {
+		if *b.dst, err = strconv.Atoi(env(b.name, strconv.Itoa(b.def))); err != nil || *b.dst < 0 {
+			return c, fmt.Errorf("%s %q: must be a number of streams, 0 for no cap", b.name, os.Getenv(b.name))
+		}
+	}
 	c.Trainer = env("TUNEFORGE_TRAINER", TrainerBuiltin)
 	c.TrainerCmd = env("TUNEFORGE_TRAINER_CMD", "")
 	if err := c.CheckTrainer(); err != nil {
@@ -149,6 +176,9 @@ func FromEnv() (Config, error) {
 	if c.TrainerLogRate, err = strconv.ParseFloat(env("TUNEFORGE_TRAINER_LOG_RATE", "20"), 64); err != nil || c.TrainerLogRate <= 0 {
 		return c, fmt.Errorf("TUNEFORGE_TRAINER_LOG_RATE %q: must be a positive number of log lines per second", os.Getenv("TUNEFORGE_TRAINER_LOG_RATE"))
 	}
+	if c.Hang, err = hangLimits(); err != nil {
+		return c, err
+	}
 	for _, d := range []struct {
 		dst       *string
 		name, def string
@@ -160,6 +190,12 @@ func FromEnv() (Config, error) {
 		if *d.dst, err = filepath.Abs(env(d.name, filepath.Join(dir, d.def))); err != nil {
 			return c, fmt.Errorf("%s: %w", d.name, err)
 		}
+	}
+	if c.ImportDir, err = filepath.Abs(env("TUNEFORGE_IMPORT_DIR", filepath.Join(dir, "import"))); err != nil {
+		return c, fmt.Errorf("TUNEFORGE_IMPORT_DIR: %w", err)
+	}
+	if err := c.checkImportDir(); err != nil {
+		return c, err
 	}
 	c.InferenceURL = strings.TrimRight(env("TUNEFORGE_INFERENCE_URL", ""), "/")
 	c.InferenceBackends = env("TUNEFORGE_INFERENCE_BACKENDS", "")
@@ -189,6 +225,52 @@ func (c Config) CheckTrainer() error {
 		return nil
 	}
 	return fmt.Errorf("TUNEFORGE_TRAINER %q: must be builtin or command", c.Trainer)
+}
+
+// hangLimits reads the TUNEFORGE_HANG_* settings.
+func hangLimits() (hang.Limits, error) {
+	var l hang.Limits
+	for _, d := range []struct {
+		dst  *time.Duration
+		name string
+		def  time.Duration
+	}{
+		{&l.Floor, "TUNEFORGE_HANG_FLOOR", hang.Default.Floor},
+		{&l.Ceiling, "TUNEFORGE_HANG_CEILING", hang.Default.Ceiling},
+	} {
+		v, err := time.ParseDuration(env(d.name, d.def.String()))
+		if err != nil {
+			return l, fmt.Errorf("%s %q: must be a duration such as %s", d.name, os.Getenv(d.name), d.def)
+		}
+		*d.dst = v
+	}
+	f, err := strconv.ParseFloat(env("TUNEFORGE_HANG_FACTOR", strconv.FormatFloat(hang.Default.Factor, 'g', -1, 64)), 64)
+	if err != nil {
+		return l, fmt.Errorf("TUNEFORGE_HANG_FACTOR %q: must be a number", os.Getenv("TUNEFORGE_HANG_FACTOR"))
+	}
+	l.Factor = f
+	if err := l.Validate(); err != nil {
+		return l, fmt.Errorf("TUNEFORGE_HANG_FLOOR, _CEILING, _FACTOR: %w", err)
+	}
+	return l, nil
+}
+
+// checkImportDir refuses an import directory that holds the platform's
+// own files: jobs could then import other organizations' data.
+func (c Config) checkImportDir() error {
+	own := []struct{ name, dir string }{
+		{"TUNEFORGE_DATA_DIR", c.DataDir}, {"TUNEFORGE_WORK_DIR", c.WorkDir},
+		{"TUNEFORGE_ADAPTER_DIR", c.AdapterDir}, {"TUNEFORGE_MODEL_DIR", c.ModelDir},
+	}
+	if u, err := url.Parse(c.Artifacts); err == nil && u.Scheme == "file" {
+		own = append(own, struct{ name, dir string }{"TUNEFORGE_ARTIFACTS", filepath.FromSlash(u.Path)})
+	}
+	for _, d := range own {
+		if rel, err := filepath.Rel(c.ImportDir, d.dir); err == nil && filepath.IsLocal(rel) {
+			return fmt.Errorf("TUNEFORGE_IMPORT_DIR %s holds %s (%s), whose files jobs could then import; give imports a directory of their own", c.ImportDir, d.name, d.dir)
+		}
+	}
+	return nil
 }
 
 // SplitList splits a comma-separated list, dropping blanks.

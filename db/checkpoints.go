@@ -84,3 +84,23 @@ func (c Conn) PruneCheckpoints(ctx context.Context, jobID string, afterStep int3
 	}
 	return keys, nil
 }
+
+// BestCheckpoint reads the job's checkpoint with the lowest validation
+// loss; ErrNotFound when none has one (a job without validation file).
+func (c Conn) BestCheckpoint(ctx context.Context, jobID string) (Checkpoint, error) {
+	r, err := c.q.BestJobCheckpoint(ctx, c.db, jobID)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("read best checkpoint of %s: %w", jobID, NotFound(err))
+	}
+	return checkpointFromRow(r), nil
+}
+
+// CheckpointAtStep reads the job's kept checkpoint at step; ErrNotFound
+// when it keeps none there.
+func (c Conn) CheckpointAtStep(ctx context.Context, jobID string, step int32) (Checkpoint, error) {
+	r, err := c.q.GetJobCheckpointAtStep(ctx, c.db, dbsqlc.GetJobCheckpointAtStepParams{JobID: jobID, Step: step})
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("read checkpoint at step %d of %s: %w", step, jobID, NotFound(err))
+	}
+	return checkpointFromRow(r), nil
+}

@@ -63,6 +63,19 @@ func (c Conn) DatasetStatsOf(ctx context.Context, blobKey string) (*DatasetStats
 	return datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem), nil
 }
 
+// DatasetBlobKeys says which of keys are datasets' objects.
+func (c Conn) DatasetBlobKeys(ctx context.Context, keys []string) (map[string]bool, error) {
+	rows, err := c.q.DatasetBlobKeysIn(ctx, c.db, keys)
+	if err != nil {
+		return nil, fmt.Errorf("look up dataset objects: %w", err)
+	}
+	out := make(map[string]bool, len(rows))
+	for _, k := range rows {
+		out[k] = true
+	}
+	return out, nil
+}
+
 // Dataset reads one of the organization's datasets; ErrNotFound when it has
 // none of that ID.
 func (c Conn) Dataset(ctx context.Context, org, id string) (Dataset, error) {

@@ -22,6 +22,7 @@ const (
 	EventCheckpoint    EventType = "checkpoint_saved"
 	EventWorkerLost    EventType = "worker_lost"
 	EventWorkerStopped EventType = "worker_stopped"
+	EventHang          EventType = "hang"
 	EventStopped       EventType = "stopped"
 	EventCancelled     EventType = "cancelled"
 	EventRestarted     EventType = "restarted"

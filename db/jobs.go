@@ -54,6 +54,24 @@ type Job struct {
 	AutoDeploy bool
 	// ValidatedAt is when the current run's files passed validation.
 	ValidatedAt *time.Time
+	// ErrorCode and ErrorClass go with Error: why the job failed.
+	ErrorCode  *string
+	ErrorClass *string
+	// GPUSeconds and Cost (USD) are the GPU time of the job's released
+	// leases and its price; HeldSpend adds a slot held now.
+	GPUSeconds float64
+	Cost       float64
+	// MaxCost is the job's budget in USD; nil for none.
+	MaxCost *float64
+	// EarlyStopping is nil when the job does not stop early.
+	EarlyStopping *EarlyStopping
+}
+
+// EarlyStopping ends training once validation loss has not improved by
+// more than MinDelta for Patience evaluations in a row.
+type EarlyStopping struct {
+	Patience int32
+	MinDelta float64
 }
 
 func jobFromRow(r dbsqlc.Job) Job {
@@ -67,7 +85,16 @@ func jobFromRow(r dbsqlc.Job) Job {
 		TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, Epoch: r.Epoch,
 		StartedAt: utc(r.StartedAt), FinishedAt: utc(r.FinishedAt), CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(),
 		Metadata: r.Metadata, Seed: r.Seed, Cancelled: r.Cancelled, AutoDeploy: r.AutoDeploy, ValidatedAt: utc(r.ValidatedAt),
+		ErrorCode: r.ErrorCode, ErrorClass: r.ErrorClass, GPUSeconds: r.GpuSeconds, Cost: r.Cost, MaxCost: r.MaxCost,
+		EarlyStopping: earlyStopping(r.EarlyStoppingPatience, r.EarlyStoppingMinDelta),
 	}
+}
+
+func earlyStopping(patience *int32, minDelta float64) *EarlyStopping {
+	if patience == nil {
+		return nil
+	}
+	return &EarlyStopping{Patience: *patience, MinDelta: minDelta}
 }
 
 func utc(t *time.Time) *time.Time {
@@ -116,6 +143,7 @@ type JobFilter struct {
 	OrganizationID string
 	Status         *jobstatus.Status
 	BaseModel      *string
+	ErrorClass     *string
 	Search         *string
 	// Metadata keeps jobs whose metadata holds all these pairs.
 	Metadata map[string]string
@@ -153,7 +181,7 @@ func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 		}
 	}
 	rows, err := c.q.ListJobs(ctx, c.db, dbsqlc.ListJobsParams{
-		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
+		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, ErrorClass: f.ErrorClass, Search: f.Search,
 		Metadata: metadataFilter(f.Metadata), After: f.After, Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
 	})
 	if err != nil {
@@ -162,7 +190,7 @@ func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 	var count int64
 	if f.CountUpTo > 0 {
 		count, err = c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{
-			OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, Search: f.Search,
+			OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, ErrorClass: f.ErrorClass, Search: f.Search,
 			Metadata: metadataFilter(f.Metadata), Most: int32(f.CountUpTo),
 		})
 		if err != nil {
@@ -199,6 +227,8 @@ type NewJob struct {
 	Seed                int32
 	AutoDeploy          bool
 	CreatedAt           time.Time
+	MaxCost             *float64
+	EarlyStopping       *EarlyStopping
 }
 
 // CreateJob writes a queued job. A reference to a missing dataset fails
@@ -208,12 +238,18 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
 	if j.Metadata == nil {
 		j.Metadata = map[string]string{}
 	}
+	var patience *int32
+	var minDelta float64
+	if es := j.EarlyStopping; es != nil {
+		patience, minDelta = &es.Patience, es.MinDelta
+	}
 	_, err := c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
 		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 		Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
 		Suffix: j.Suffix, Metadata: j.Metadata, Seed: j.Seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
+		MaxCost: j.MaxCost, EarlyStoppingPatience: patience, EarlyStoppingMinDelta: minDelta,
 	})
 	if err != nil {
 		return fmt.Errorf("insert job %s: %w", j.ID, err)

@@ -12,17 +12,27 @@ import (
 // What a job's workflow records on the job as it runs: its transitions,
 // training progress and metrics, and its log.
 
-// SetStatus records a transition to s at at, with the run's error (empty
+// Failure is why a job failed, as the job records it.
+type Failure struct {
+	Code, Class, Message string
+}
+
+// fields gives the columns of f; all nil for none.
+func (f *Failure) fields() (msg, code, class *string) {
+	if f == nil {
+		return nil, nil, nil
+	}
+	return &f.Message, &f.Code, &f.Class
+}
+
+// SetStatus records a transition to s at at, with the run's failure (nil
 // for none); cancel marks a stop as a cancel. The job's start is set when
 // it first runs, its finish when a run finishes, and cleared when it is
 // active again. ErrNotFound when the job is gone.
-func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, errText string, cancel bool, at time.Time) error {
-	var errPtr *string
-	if errText != "" {
-		errPtr = &errText
-	}
+func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, fail *Failure, cancel bool, at time.Time) error {
+	msg, code, class := fail.fields()
 	n, err := c.q.SetJobStatus(ctx, c.db, dbsqlc.SetJobStatusParams{
-		Status: s, Error: errPtr, At: at, ID: jobID,
+		Status: s, Error: msg, ErrorCode: code, ErrorClass: class, At: at, ID: jobID,
 		Starts: s == jobstatus.Running, Finishes: s.Finished(), Reactivates: s.IsActive(),
 		Requeues: s == jobstatus.Queued, Cancels: cancel && s == jobstatus.Stopped,
 	})
@@ -31,6 +41,15 @@ func (c Conn) SetStatus(ctx context.Context, jobID string, s jobstatus.Status, e
 	}
 	if err != nil {
 		return fmt.Errorf("record status %s of %s: %w", s, jobID, err)
+	}
+	return nil
+}
+
+// AmendJob changes what a restart changes; nil keeps the job's.
+func (c Conn) AmendJob(ctx context.Context, jobID string, batchSize *int32, hardwareID *string, maxCost *float64) error {
+	err := c.q.AmendJob(ctx, c.db, dbsqlc.AmendJobParams{ID: jobID, BatchSize: batchSize, HardwareID: hardwareID, MaxCost: maxCost})
+	if err != nil {
+		return fmt.Errorf("amend job %s: %w", jobID, err)
 	}
 	return nil
 }
@@ -118,8 +137,8 @@ func (c Conn) DeleteMetricsAfter(ctx context.Context, jobID string, step int32) 
 
 // SetError records a failure that leaves the job's status as it was.
 // ErrNotFound when the job is gone.
-func (c Conn) SetError(ctx context.Context, jobID, errText string) error {
-	n, err := c.q.SetJobError(ctx, c.db, dbsqlc.SetJobErrorParams{ID: jobID, Error: &errText})
+func (c Conn) SetError(ctx context.Context, jobID string, f Failure) error {
+	n, err := c.q.SetJobError(ctx, c.db, dbsqlc.SetJobErrorParams{ID: jobID, Error: &f.Message, ErrorCode: &f.Code, ErrorClass: &f.Class})
 	if err == nil && n == 0 {
 		err = ErrNotFound
 	}

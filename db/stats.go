@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
@@ -19,4 +20,50 @@ func (c Conn) JobStats(ctx context.Context, org string) (map[jobstatus.Status]in
 		out[r.Status] = r.N
 	}
 	return out, nil
+}
+
+// Spend is what the organization's jobs have cost in USD, the slots they
+// hold now included.
+func (c Conn) Spend(ctx context.Context, org string) (float64, error) {
+	v, err := c.q.OrganizationSpend(ctx, c.db, org)
+	if err != nil {
+		return 0, fmt.Errorf("sum spend: %w", err)
+	}
+	return v, nil
+}
+
+// HeldSpend is the GPU time and its price so far of a slot a job holds.
+type HeldSpend struct {
+	Seconds, Cost float64
+}
+
+// HeldSpend gives the spend of the slots these jobs hold now; a job that
+// holds none is absent.
+func (c Conn) HeldSpend(ctx context.Context, jobIDs []string) (map[string]HeldSpend, error) {
+	rows, err := c.q.HeldGPUSpend(ctx, c.db, jobIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read held slots' spend: %w", err)
+	}
+	out := make(map[string]HeldSpend, len(rows))
+	for _, r := range rows {
+		out[r.JobID] = HeldSpend{Seconds: r.Seconds, Cost: r.Cost}
+	}
+	return out, nil
+}
+
+// Throughput is what the organization's finished jobs of a model on a pool
+// trained: Tokens in Seconds of GPU time, over Jobs jobs.
+type Throughput struct {
+	Jobs            int64
+	Tokens, Seconds float64
+}
+
+// MeasuredThroughput sums the organization's finished jobs of baseModel on
+// hardwareID; Jobs is 0 when it has none.
+func (c Conn) MeasuredThroughput(ctx context.Context, org, baseModel, hardwareID string) (Throughput, error) {
+	r, err := c.q.MeasuredThroughput(ctx, c.db, dbsqlc.MeasuredThroughputParams{OrganizationID: org, BaseModel: baseModel, HardwareID: hardwareID})
+	if err != nil {
+		return Throughput{}, fmt.Errorf("measure throughput: %w", err)
+	}
+	return Throughput{Jobs: r.Jobs, Tokens: r.Tokens, Seconds: r.Seconds}, nil
 }

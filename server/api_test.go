@@ -148,6 +148,32 @@ func TestEstimateCost(t *testing.T) {
 	expect(t, org.Do(t, "POST", "/api/v1/fine-tuning/estimate-cost", map[string]any{"baseModel": "gpt-9"}), 400, "datasetSize")
 	expect(t, org.Do(t, "POST", "/api/v1/fine-tuning/estimate-cost", map[string]any{"baseModel": "gpt-9", "datasetSize": 5}), 422, "unknown base model")
 	expect(t, org.Do(t, "POST", "/api/v1/fine-tuning/estimate-cost", map[string]any{"baseModel": "llama-3.1-8b", "datasetSize": -1}), 400, "datasetSize")
+
+	// A range around the estimate, and what it assumed: the dataset's own
+	// tokens per example when one is named (tickets are far shorter than
+	// the default 512), the cost model's throughput until the organization
+	// has finished a job of that model on that pool.
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(100, 3))
+	r := org.Do(t, "POST", "/api/v1/fine-tuning/estimate-cost", map[string]any{"baseModel": "llama-3.1-8b", "trainingDataset": ds})
+	expect(t, r, 200)
+	as := r.Body["assumptions"].(map[string]any)
+	if as["tokensPerExampleFrom"] != "dataset" || as["tokensPerExample"].(float64) >= 512 || r.Body["datasetSize"] != 100.0 {
+		t.Errorf("assumptions %v, datasetSize %v", as, r.Body["datasetSize"])
+	}
+	if as["throughputFrom"] != "model" || as["costPerHour"] != 3.5 {
+		t.Errorf("assumptions %v", as)
+	}
+	costs := r.Body["estimatedCostRange"].(map[string]any)
+	if !(costs["low"].(float64) <= r.Body["estimatedCost"].(float64) && r.Body["estimatedCost"].(float64) <= costs["high"].(float64)) {
+		t.Errorf("the range %v does not hold the estimate %v", costs, r.Body["estimatedCost"])
+	}
+	expect(t, org.Do(t, "POST", "/api/v1/fine-tuning/estimate-cost", map[string]any{"baseModel": "llama-3.1-8b", "trainingDataset": "ds_nope"}), 422, "unknown dataset")
+	completedJob(t, org, "measured")
+	r = org.Do(t, "POST", "/api/v1/fine-tuning/estimate-cost", map[string]any{"baseModel": "llama-3.1-8b", "datasetSize": 1000})
+	expect(t, r, 200)
+	if as := r.Body["assumptions"].(map[string]any); as["throughputFrom"] != "measured" || as["measuredJobs"] != 1.0 {
+		t.Errorf("after a finished job: assumptions %v", as)
+	}
 }
 
 func TestCreateJobValidation(t *testing.T) {
@@ -193,7 +219,7 @@ func TestCreateJobValidation(t *testing.T) {
 			b["hardware"] = "gpu-a100-40gb"
 			return b
 		}(), 422, "hardware"},
-		{"path outside the data directory", with("trainingDataset", "../../etc/passwd"), 422, "trainingDataset"},
+		{"path outside the import directory", with("trainingDataset", "../../etc/passwd"), 422, "trainingDataset"},
 		{"absolute path outside", with("trainingDataset", "/etc/passwd"), 422, "trainingDataset"},
 		{"missing file", with("trainingDataset", "nope.jsonl"), 422, "trainingDataset"},
 		{"malformed JSON", `{"name": "x",`, 400, ""},
@@ -240,8 +266,9 @@ func TestDatasets(t *testing.T) {
 	r = env.Do(t, org.Key, "POST", "/api/v1/fine-tuning/datasets", body.String(), http.Header{"Content-Type": {"multipart/form-data; boundary=XYZ"}})
 	expect(t, r, 201, `"filename":"form.jsonl"`)
 
-	// A path inside the data directory is imported; one escaping it is not.
-	if err := os.WriteFile(filepath.Join(env.DataDir, "local.jsonl"), data, 0o644); err != nil {
+	// A path inside the import directory is imported.
+	importDir := filepath.Join(env.DataDir, "import")
+	if err := os.WriteFile(filepath.Join(importDir, "local.jsonl"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "from path", "baseModel": "llama-3.1-8b", "trainingDataset": "local.jsonl", "hyperparameters": map[string]any{"epochs": 1}})
@@ -251,21 +278,40 @@ func TestDatasets(t *testing.T) {
 	// A request that imports and then fails (here its validation file does
 	// not exist) keeps nothing it imported.
 	fresh := env.NewOrg(t)
-	r = fresh.Do(t, "POST", jobsPath, map[string]any{"name": "half", "baseModel": "llama-3.1-8b", "trainingDataset": "local.jsonl", "validationFile": "missing.jsonl"})
-	expect(t, r, 422, "validationFile")
+	r = fresh.Do(t, "POST", jobsPath, map[string]any{"name": "half", "baseModel": "llama-3.1-8b", "trainingDataset": filepath.Join(importDir, "local.jsonl"), "validationFile": "missing.jsonl"})
+	expect(t, r, 422, "validationFile", "no dataset ID or file", importDir)
 	expectNothingStored(t, fresh, "a job request that imported, then failed")
-	// The platform's own files in the data directory are not importable:
-	// another organization's dataset in the artifact store, the dev key.
+	// Nothing else of the data directory is importable: another
+	// organization's dataset in the artifact store or training file in
+	// work/, the dev key; by absolute path, by "..", or by a symlink.
+	work := filepath.Join(env.DataDir, "work", "import-test-"+org.ID)
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.WriteFile(filepath.Join(work, "train.jsonl"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	other2 := env.NewOrg(t)
-	for _, path := range []string{"artifacts/datasets/" + org.ID + "/" + id + ".jsonl", "artifacts/datasets/" + org.ID, "dev-api-key"} {
+	for _, path := range []string{
+		filepath.Join(env.DataDir, "artifacts", "datasets", org.ID, id+".jsonl"),
+		filepath.Join(work, "train.jsonl"),
+		"../work/import-test-" + org.ID + "/train.jsonl",
+		filepath.Join(env.DataDir, "dev-api-key"),
+	} {
 		r = other2.Do(t, "POST", jobsPath, map[string]any{"name": "steal", "baseModel": "llama-3.1-8b", "trainingDataset": path})
-		expect(t, r, 422, "no dataset ID or file")
+		expect(t, r, 422, "outside the import directory "+importDir)
+	}
+	for _, target := range []string{filepath.Join(work, "train.jsonl"), work, "/etc/passwd"} {
+		link := filepath.Join(importDir, "escape-"+other2.ID+".jsonl")
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+		r = other2.Do(t, "POST", jobsPath, map[string]any{"name": "escape", "baseModel": "llama-3.1-8b", "trainingDataset": filepath.Base(link)})
+		expect(t, r, 422, "trainingDataset", importDir)
+		os.Remove(link)
 	}
 	expect(t, other2.Do(t, "GET", "/api/v1/fine-tuning/datasets", nil), 200, `"count":0`)
-	if err := os.Symlink("/etc/passwd", filepath.Join(env.DataDir, "escape.jsonl")); err == nil {
-		r = org.Do(t, "POST", jobsPath, map[string]any{"name": "escape", "baseModel": "llama-3.1-8b", "trainingDataset": "escape.jsonl"})
-		expect(t, r, 422, "trainingDataset")
-	}
 }
 
 func TestJobLifecycle(t *testing.T) {

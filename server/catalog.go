@@ -3,6 +3,7 @@ package server
 import (
 	"math"
 	"net/http"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 
@@ -86,7 +87,17 @@ type estimateRequest struct {
 	DatasetSize *int64 `json:"datasetSize"`
 	Hardware    string `json:"hardware"`
 	Epochs      *int   `json:"epochs"`
+	// TrainingDataset, a dataset ID, gives the tokens per example (and,
+	// without datasetSize, the number of examples).
+	TrainingDataset string `json:"trainingDataset"`
 }
+
+// The spread of an estimate: the model's guess of throughput is looser
+// than what the organization's own jobs measured.
+const (
+	modelLow, modelHigh       = 0.7, 1.5
+	measuredLow, measuredHigh = 0.85, 1.25
+)
 
 func (s *Server) estimateCost(c *gin.Context) {
 	ctx := c.Request.Context()
@@ -99,9 +110,9 @@ func (s *Server) estimateCost(c *gin.Context) {
 	if req.BaseModel == "" {
 		errs.add("baseModel", "is required")
 	}
-	if req.DatasetSize == nil {
-		errs.add("datasetSize", "is required: the number of training examples")
-	} else if *req.DatasetSize < 1 || *req.DatasetSize > 1_000_000_000 {
+	if req.DatasetSize == nil && req.TrainingDataset == "" {
+		errs.add("datasetSize", "is required: the number of training examples (or give trainingDataset)")
+	} else if req.DatasetSize != nil && (*req.DatasetSize < 1 || *req.DatasetSize > 1_000_000_000) {
 		errs.add("datasetSize", "must be between 1 and 1000000000")
 	}
 	epochs := defaultEstimateEpochs
@@ -136,13 +147,53 @@ func (s *Server) estimateCost(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	tokens := float64(*req.DatasetSize) * tokensPerExample * float64(epochs)
-	throughput := referenceThroughput / model.ParametersBillions * hw.SpeedFactor
-	seconds := tokens / throughput
+	as := estimateAssumptions{TokensPerExample: tokensPerExample, TokensPerExampleFrom: "default", CostPerHour: hw.CostPerHour,
+		ThroughputTokensPerSecond: referenceThroughput / model.ParametersBillions * hw.SpeedFactor, ThroughputFrom: "model"}
+	size := int64(0)
+	if req.DatasetSize != nil {
+		size = *req.DatasetSize
+	}
+	if ref := strings.TrimSpace(req.TrainingDataset); ref != "" {
+		d, err := s.Store.Dataset(ctx, caller(c).OrganizationID, ref)
+		if db.IsNotFound(err) {
+			s.respondError(c, fieldError(http.StatusUnprocessableEntity, "trainingDataset", "unknown dataset %q; GET /api/v1/fine-tuning/datasets lists yours", ref))
+			return
+		} else if err != nil {
+			s.respondError(c, err)
+			return
+		}
+		if st := d.Stats; st != nil && st.Examples > 0 {
+			as.TokensPerExample, as.TokensPerExampleFrom = float64(st.Tokens)/float64(st.Examples), "dataset"
+			if size == 0 {
+				size = int64(st.Examples)
+			}
+		}
+	}
+	if size == 0 {
+		s.respondError(c, fieldError(http.StatusUnprocessableEntity, "datasetSize", "is required: the dataset was uploaded before its examples were counted"))
+		return
+	}
+	m, err := s.Store.MeasuredThroughput(ctx, caller(c).OrganizationID, model.ID, hw.ID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	low, high := modelLow, modelHigh
+	if m.Jobs > 0 {
+		as.ThroughputTokensPerSecond, as.ThroughputFrom, as.MeasuredJobs = m.Tokens/m.Seconds, "measured", m.Jobs
+		low, high = measuredLow, measuredHigh
+	}
+	tokens := float64(size) * as.TokensPerExample * float64(epochs)
+	seconds := tokens / as.ThroughputTokensPerSecond
 	cost := seconds / 3600 * hw.CostPerHour
 	c.JSON(http.StatusOK, costEstimate{
-		BaseModel: model.ID, DatasetSize: *req.DatasetSize, Hardware: hw.ID, Epochs: epochs,
-		EstimatedTokens: int64(tokens), EstimatedCost: math.Ceil(cost*100) / 100,
-		EstimatedTimeMinutes: int64(math.Ceil(seconds / 60)), Currency: "USD",
+		BaseModel: model.ID, DatasetSize: size, Hardware: hw.ID, Epochs: epochs,
+		EstimatedTokens: int64(tokens), EstimatedCost: roundCents(cost),
+		EstimatedTimeMinutes: minutes(seconds), Currency: "USD",
+		EstimatedCostRange:        costRange{Low: roundCents(cost * low), High: roundCents(cost * high)},
+		EstimatedTimeMinutesRange: minutesRange{Low: minutes(seconds * low), High: minutes(seconds * high)},
+		Assumptions:               as,
 	})
 }
+
+func minutes(seconds float64) int64 { return int64(math.Ceil(seconds / 60)) }

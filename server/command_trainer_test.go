@@ -115,7 +115,7 @@ func TestCommandTrainerFailures(t *testing.T) {
 			defer stop()
 			id := commandJob(t, org, ds, 2)
 			job := org.WaitStatus(t, id, time.Minute, "failed", "completed")
-			if msg, _ := job["error"].(string); job["status"] != "failed" || !strings.Contains(msg, tc.error) {
+			if msg := jobErrorMessage(job); job["status"] != "failed" || !strings.Contains(msg, tc.error) {
 				t.Fatalf("job %v with error %q; want failed with %q", job["status"], msg, tc.error)
 			}
 		})

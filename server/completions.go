@@ -13,6 +13,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
@@ -45,12 +46,12 @@ func (s *Server) chatCompletions(c *gin.Context) {
 	ctx := c.Request.Context()
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody))
 	if err != nil {
-		s.respondError(c, jsonError(err))
+		s.respondError(c, jsonError(err, nil, nil))
 		return
 	}
 	var req chatRequest
 	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&req); err != nil {
-		s.respondError(c, jsonError(err))
+		s.respondError(c, jsonError(err, body, &req))
 		return
 	}
 	// The fields as sent, checked; the allow-listed ones are for the
@@ -84,7 +85,7 @@ func (s *Server) chatCompletions(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	rec, err := s.Store.Model(ctx, caller(c).OrganizationID, req.Model)
+	rec, err := s.chatModel(ctx, caller(c).OrganizationID, req.Model)
 	if db.IsNotFound(err) {
 		s.respondError(c, notFound("deployed model", req.Model))
 		return
@@ -308,6 +309,31 @@ func (s *Server) backendError(ctx context.Context, rec db.Model, err error) erro
 // deleted or redeployed model is never served from a stale cache (on this
 // replica or another); the model is cached by its artifact key, which is
 // unique to the deploying job.
+// chatModel finds the model a chat names: a deployed model, or a kept
+// checkpoint of a job by its checkpoint model name (as OpenAI serves its
+// fine_tuned_model_checkpoint). A builtin checkpoint is served as it is; an
+// adapter's must be deployed first, which loads it into its backend.
+func (s *Server) chatModel(ctx context.Context, org, name string) (db.Model, error) {
+	jobID, step, ok := parseCheckpointModel(name)
+	if !ok {
+		return s.Store.Model(ctx, org, name)
+	}
+	job, err := s.Store.Job(ctx, org, jobID)
+	if err != nil {
+		return db.Model{}, err
+	}
+	k, err := s.Store.CheckpointAtStep(ctx, job.ID, step)
+	if err != nil {
+		return db.Model{}, err
+	}
+	if _, dir, _ := artifacts.ParseCheckpointKey(job.ID, artifacts.RollingKey(job.ID, k.BlobKey)); dir {
+		return db.Model{}, newError(http.StatusConflict, "conflict",
+			"checkpoint %s of job %s is a LoRA adapter, served once deployed: POST /api/v1/fine-tuning/jobs/%s/deploy with {\"checkpoint\": %q}",
+			k.ID, job.ID, job.ID, k.ID)
+	}
+	return db.Model{Name: name, OrganizationID: org, JobID: job.ID, BaseModel: job.BaseModel, BlobKey: k.BlobKey}, nil
+}
+
 func (s *Server) model(ctx context.Context, rec db.Model) (*trainer.Model, error) {
 	return s.models.Get(ctx, rec.BlobKey)
 }

@@ -89,6 +89,9 @@ type upload struct {
 	// fields holds the form's other fields read so far: those before the
 	// file, and after restOfForm, those after it.
 	fields map[string]string
+	// formFields and formBytes count the fields read, and their names' and
+	// values' bytes, against maxFormFields and maxFormBytes.
+	formFields, formBytes int
 }
 
 // readUpload opens the request's file, reading a multipart form's fields
@@ -125,8 +128,14 @@ func (s *Server) readUpload(c *gin.Context) (*upload, error) {
 	return up, nil
 }
 
-// maxFormField bounds a form field other than the file.
-const maxFormField = 4096
+// Bounds on a form's fields other than the file, which are held in
+// memory: one field's value, their number, and their names' and values'
+// bytes together. The forms clients send carry a purpose at most.
+const (
+	maxFormField  = 4096
+	maxFormFields = 32
+	maxFormBytes  = 32 << 10
+)
 
 // readFields reads the form's fields into u.fields: up to the "file" part,
 // which it returns, when toFile; else to the form's end.
@@ -148,6 +157,9 @@ func (u *upload) readFields(toFile bool) (*multipart.Part, error) {
 			}
 			return nil, badRequest(`the multipart form has more than one "file" part`)
 		}
+		if u.formFields++; u.formFields > maxFormFields {
+			return nil, formTooLarge(fmt.Sprintf("more than %d fields besides the file", maxFormFields))
+		}
 		b, err := io.ReadAll(io.LimitReader(p, maxFormField+1))
 		if err != nil {
 			return nil, uploadError(fmt.Errorf("malformed multipart body: %w", err))
@@ -155,8 +167,17 @@ func (u *upload) readFields(toFile bool) (*multipart.Part, error) {
 		if len(b) > maxFormField {
 			return nil, badRequest("form field %q is longer than %d bytes", p.FormName(), maxFormField)
 		}
+		if u.formBytes += len(p.FormName()) + len(b); u.formBytes > maxFormBytes {
+			return nil, formTooLarge(fmt.Sprintf("fields besides the file of more than %d bytes in all", maxFormBytes))
+		}
 		u.fields[p.FormName()] = string(b)
 	}
+}
+
+// formTooLarge refuses a form whose fields besides the file exceed a bound.
+func formTooLarge(what string) error {
+	return newError(http.StatusRequestEntityTooLarge, "payload_too_large",
+		`the multipart form has %s; send the "file" part and, for POST /v1/files, purpose=%s`, what, filePurpose)
 }
 
 // restOfForm reads the fields after the file, once it has been read.
@@ -377,7 +398,9 @@ func uploadError(err error) error {
 
 // resolveDataset turns a trainingDataset or validationFile value into a
 // dataset of the caller's organization: a ds_ ID, or a path inside the
-// data directory, which is imported (a path that escapes it is refused).
+// import directory, which is imported. Paths elsewhere (the data
+// directory's work/, adapters/ and models/ hold other organizations' files)
+// are refused, symlinks leading out included.
 func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field string) (db.Dataset, error) {
 	ref = strings.TrimSpace(ref)
 	if isDatasetID(ref) {
@@ -387,28 +410,28 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 		}
 		return d, err
 	}
+	dir := s.importDir()
+	outside := fieldError(http.StatusUnprocessableEntity, field,
+		"%q is outside the import directory %s: give a path inside it, or upload the file with POST /api/v1/fine-tuning/datasets", ref, dir)
 	rel := ref
 	if filepath.IsAbs(ref) {
-		r, err := filepath.Rel(s.DataDir, ref)
+		r, err := filepath.Rel(dir, ref)
 		if err != nil {
-			return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
+			return db.Dataset{}, outside
 		}
 		rel = r
 	}
 	if !filepath.IsLocal(rel) {
-		return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "%q is outside the data directory", ref)
+		return db.Dataset{}, outside
 	}
-	notFound := fieldError(http.StatusUnprocessableEntity, field, "no dataset ID or file %q in the data directory", ref)
-	if reservedPath(rel) {
-		// The platform's own state (other organizations' artifacts, the
-		// Temporal database, the dev key) is never importable, and looks
-		// the same as a missing file.
+	notFound := fieldError(http.StatusUnprocessableEntity, field, "no dataset ID or file %q in the import directory %s", ref, dir)
+	// os.Root refuses "..", absolute paths and symlinks leading outside.
+	root, err := os.OpenRoot(dir)
+	if errors.Is(err, fs.ErrNotExist) {
 		return db.Dataset{}, notFound
 	}
-	// os.Root refuses "..", absolute paths and symlinks leading outside.
-	root, err := os.OpenRoot(s.DataDir)
 	if err != nil {
-		return db.Dataset{}, err
+		return db.Dataset{}, fmt.Errorf("open the import directory: %w", err)
 	}
 	defer root.Close()
 	f, err := root.Open(rel)
@@ -416,7 +439,7 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 		if errors.Is(err, fs.ErrNotExist) {
 			return db.Dataset{}, notFound
 		}
-		return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "cannot read %q inside the data directory: %v", ref, errors.Unwrap(err))
+		return db.Dataset{}, fieldError(http.StatusUnprocessableEntity, field, "cannot read %q in the import directory %s: %v", ref, dir, errors.Unwrap(err))
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -431,6 +454,14 @@ func (s *Server) resolveDataset(ctx context.Context, key apikey.Key, ref, field 
 		apiErr.Message = field + ": " + apiErr.Message
 	}
 	return d, err
+}
+
+// importDir is where trainingDataset and validationFile paths are read.
+func (s *Server) importDir() string {
+	if s.ImportDir != "" {
+		return s.ImportDir
+	}
+	return filepath.Join(s.DataDir, "import")
 }
 
 // isDatasetID tells a dataset ID from a path to import.
@@ -544,11 +575,4 @@ func datasetInUse(id string, users []db.JobRef, total int64) error {
 	return conflict("dataset %s is used by %d job(s) that may still read it: %s. Queued and running jobs read it while they train, "+
 		"and stopped or failed jobs read it again when restarted; delete those jobs (DELETE /api/v1/fine-tuning/jobs/{id}) "+
 		"or let them complete, then delete the dataset", id, total, list)
-}
-
-// reservedPath reports paths of the data directory that hold tuneforge's
-// own state rather than users' files.
-func reservedPath(rel string) bool {
-	first, _, _ := strings.Cut(filepath.ToSlash(filepath.Clean(rel)), "/")
-	return first == "artifacts" || strings.HasPrefix(first, "temporal.db") || first == "temporal-server.log" || first == "dev-api-key"
 }

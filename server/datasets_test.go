@@ -74,7 +74,7 @@ func TestDatasetQuotaBytes(t *testing.T) {
 	}
 	// A job importing a file by path counts too.
 	name := "quota-" + org.ID + ".jsonl"
-	if err := os.WriteFile(filepath.Join(env.DataDir, name), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(env.DataDir, "import", name), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r := c.Do(t, "POST", jobsPath, map[string]any{"name": "n", "baseModel": "llama-3.1-8b", "trainingDataset": name})
@@ -205,7 +205,7 @@ func TestFailedImportsAndUploadsLeaveNothing(t *testing.T) {
 	}
 	// A file imported by path is capped like an upload.
 	name := "big-" + org.ID + ".jsonl"
-	if err := os.WriteFile(filepath.Join(env.DataDir, name), big, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(env.DataDir, "import", name), big, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r := c.Do(t, "POST", jobsPath, map[string]any{"name": "n", "baseModel": "llama-3.1-8b", "trainingDataset": name})

@@ -116,3 +116,17 @@ func jobLeases(t *testing.T, id string) int {
 	}
 	return n
 }
+
+// jobErrorMessage is a job's error message ("" for none).
+func jobErrorMessage(job map[string]any) string {
+	e, _ := job["error"].(map[string]any)
+	msg, _ := e["message"].(string)
+	return msg
+}
+
+// errorClass is a job's error class ("" for none).
+func errorClass(job map[string]any) string {
+	e, _ := job["error"].(map[string]any)
+	class, _ := e["class"].(string)
+	return class
+}

@@ -35,6 +35,10 @@ type checkpointView struct {
 	ValidationLoss *float64  `json:"validationLoss"`
 	Bytes          int64     `json:"bytes"`
 	CreatedAt      time.Time `json:"createdAt"`
+	// Best marks the checkpoint with the lowest validation loss; Model is
+	// its name for /v1/chat/completions and deploy.
+	Best  bool   `json:"best"`
+	Model string `json:"model"`
 }
 
 type jobCheckpointsView struct {
@@ -134,12 +138,17 @@ func (s *Server) jobCheckpoints(c *gin.Context) {
 	if !ok {
 		return
 	}
+	best, err := s.Store.BestCheckpoint(c.Request.Context(), job.ID)
+	if err != nil && !db.IsNotFound(err) {
+		s.respondError(c, err)
+		return
+	}
 	out := jobCheckpointsView{JobID: job.ID, Checkpoints: make([]checkpointView, 0, len(ckpts))}
 	ckpts, out.HasMore = trimPage(ckpts, limit)
 	for _, k := range ckpts {
 		out.Checkpoints = append(out.Checkpoints, checkpointView{
 			ID: k.ID, Step: k.Step, Epoch: k.Epoch, TrainingLoss: k.TrainingLoss, ValidationLoss: k.ValidationLoss,
-			Bytes: k.Bytes, CreatedAt: k.CreatedAt,
+			Bytes: k.Bytes, CreatedAt: k.CreatedAt, Best: k.ID == best.ID, Model: checkpointModel(job.BaseModel, job.ID, k.Step),
 		})
 	}
 	c.JSON(http.StatusOK, out)

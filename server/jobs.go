@@ -25,6 +25,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -46,6 +47,14 @@ type hyperparameters struct {
 	// Seed fixes the data order and initialisation: a job run again with
 	// the same seed and data reports the same losses. Random when left out.
 	Seed *int64 `json:"seed"`
+	// EarlyStopping ends training once validation loss stops improving;
+	// off when left out.
+	EarlyStopping *earlyStoppingRequest `json:"earlyStopping"`
+}
+
+type earlyStoppingRequest struct {
+	Patience *int     `json:"patience"`
+	MinDelta *float64 `json:"minDelta"`
 }
 
 type createJobRequest struct {
@@ -58,6 +67,17 @@ type createJobRequest struct {
 	Suffix          string            `json:"suffix"`
 	Hardware        string            `json:"hardware"`
 	Metadata        map[string]string `json:"metadata,omitempty"`
+	// MaxCost is a budget in USD: the job stops there after a checkpoint.
+	MaxCost *float64 `json:"maxCost,omitempty"`
+}
+
+// maxBudget bounds maxCost, so a typo of many digits is caught.
+const maxBudget = 1_000_000
+
+func checkMaxCost(v *float64, field string, errs *fieldErrors) {
+	if v != nil && !(*v > 0 && *v <= maxBudget) {
+		errs.add(field, "must be more than 0 and at most %d (USD)", maxBudget)
+	}
 }
 
 var suffixPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,39}$`)
@@ -94,8 +114,9 @@ func checkMetadata(m map[string]string, field string, errs *fieldErrors) {
 }
 
 // validate checks the request's shape (400) and fills in defaults.
-func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
+func (r *createJobRequest) validate() (trainer.Hyperparameters, *db.EarlyStopping, error) {
 	var errs fieldErrors
+	var es *db.EarlyStopping
 	r.Name = strings.TrimSpace(r.Name)
 	switch {
 	case r.Name == "":
@@ -107,7 +128,7 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
 		errs.add("baseModel", "is required; GET /api/v1/fine-tuning/base-models lists the choices")
 	}
 	if strings.TrimSpace(r.TrainingDataset) == "" {
-		errs.add("trainingDataset", "is required: a dataset ID (ds_…) from POST /api/v1/fine-tuning/datasets, or a path inside the data directory")
+		errs.add("trainingDataset", "is required: a dataset ID (ds_…) from POST /api/v1/fine-tuning/datasets, or a path inside the import directory")
 	}
 	if len(r.Description) > 2000 {
 		errs.add("description", "must be at most 2000 characters")
@@ -152,8 +173,35 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, error) {
 			seed := *h.Seed
 			hp.Seed = &seed
 		}
+		es = h.EarlyStopping.check("hyperparameters.earlyStopping", r.ValidationFile != "", &errs)
 	}
-	return hp, errs.err(http.StatusBadRequest)
+	checkMaxCost(r.MaxCost, "maxCost", &errs)
+	return hp, es, errs.err(http.StatusBadRequest)
+}
+
+// check gives the early stopping asked for, nil for none; it needs a
+// validation file, whose loss it watches.
+func (r *earlyStoppingRequest) check(field string, validated bool, errs *fieldErrors) *db.EarlyStopping {
+	if r == nil {
+		return nil
+	}
+	es := db.EarlyStopping{Patience: 1}
+	if r.Patience != nil {
+		if *r.Patience < 1 || *r.Patience > 100 {
+			errs.add(field+".patience", "must be between 1 and 100 evaluations")
+		}
+		es.Patience = int32(*r.Patience)
+	}
+	if r.MinDelta != nil {
+		if !(*r.MinDelta >= 0 && *r.MinDelta < 1e6) {
+			errs.add(field+".minDelta", "must be 0 or more")
+		}
+		es.MinDelta = *r.MinDelta
+	}
+	if !validated {
+		errs.add(field, "needs a validation file: early stopping watches the validation loss")
+	}
+	return &es
 }
 
 func (s *Server) createJob(c *gin.Context) {
@@ -162,7 +210,7 @@ func (s *Server) createJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	hp, err := req.validate()
+	hp, es, err := req.validate()
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -170,7 +218,7 @@ func (s *Server) createJob(c *gin.Context) {
 	job, err := s.submitJob(c, jobSpec{
 		Name: req.Name, Description: req.Description, BaseModel: req.BaseModel, Hardware: req.Hardware,
 		TrainingDataset: req.TrainingDataset, ValidationFile: req.ValidationFile, Suffix: req.Suffix,
-		Hyperparameters: hp, Metadata: req.Metadata, fields: seedFields,
+		Hyperparameters: hp, EarlyStopping: es, MaxCost: req.MaxCost, Metadata: req.Metadata, fields: seedFields,
 	}, req)
 	if err != nil {
 		s.respondError(c, err)
@@ -183,9 +231,11 @@ func (s *Server) createJob(c *gin.Context) {
 type jobSpec struct {
 	Name, Description, BaseModel, Hardware, Suffix string
 	// TrainingDataset and ValidationFile are dataset IDs or, where the API
-	// allows, paths inside the data directory ("" for no validation file).
+	// allows, paths inside the import directory ("" for no validation file).
 	TrainingDataset, ValidationFile string
 	Hyperparameters                 trainer.Hyperparameters
+	EarlyStopping                   *db.EarlyStopping
+	MaxCost                         *float64
 	Metadata                        map[string]string
 	AutoDeploy                      bool
 	fields                          specFields
@@ -212,27 +262,42 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		return db.Job{}, badRequest("Idempotency-Key must be at most 255 characters")
 	}
 	canonical, _ := json.Marshal(request)
-	if openAIPath(c) {
+	openAI := openAIPath(c)
+	if openAI {
 		// A key sent to both APIs names two different requests.
 		canonical = append([]byte("/v1\n"), canonical...)
 	}
 	reqHash := sha256.Sum256(canonical)
 
-	// Resolve references (422 when they name nothing usable).
+	// Resolve references: 422 when they name nothing usable, but 400 in
+	// OpenAI's API, as OpenAI answers.
+	refStatus := http.StatusUnprocessableEntity
+	if openAI {
+		refStatus = http.StatusBadRequest
+	}
 	var errs fieldErrors
 	f := spec.fields
 	model, err := s.Store.BaseModel(ctx, spec.BaseModel)
-	if db.IsNotFound(err) {
+	switch {
+	case db.IsNotFound(err) && openAI:
+		// /v1 has no route that lists them: the message does.
+		ids, err := s.baseModelIDs(ctx)
+		if err != nil {
+			return db.Job{}, err
+		}
+		errs.add(f.BaseModel, "unknown base model %q; tuneforge fine-tunes %s", spec.BaseModel, strings.Join(ids, ", "))
+	case db.IsNotFound(err):
 		errs.add(f.BaseModel, "unknown base model %q; GET /api/v1/fine-tuning/base-models lists the choices", spec.BaseModel)
-	} else if err != nil {
+	case err != nil:
 		return db.Job{}, err
 	}
 	hardwareID := spec.Hardware
 	if hardwareID == "" {
 		hardwareID = model.DefaultHardwareID
 	}
+	var hw db.Hardware
 	if hardwareID != "" {
-		hw, err := s.Store.Hardware(ctx, hardwareID)
+		hw, err = s.Store.Hardware(ctx, hardwareID)
 		if db.IsNotFound(err) {
 			errs.add(f.Hardware, "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
 		} else if err != nil {
@@ -242,12 +307,18 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 				hw.ID, hw.GPUMemoryGB*hw.GPUCount, model.ID, model.MinGPUMemoryGB, model.DefaultHardwareID)
 		}
 	}
-	if err := errs.err(http.StatusUnprocessableEntity); err != nil {
+	if err := errs.err(refStatus); err != nil {
 		return db.Job{}, err
 	}
 	// Replays are answered before datasets are resolved, so a replay never
-	// imports a file twice.
+	// imports a file twice; one sent while the first request is still
+	// creating its job waits for it.
 	if idemKey != "" {
+		unlock, err := s.creating.lock(ctx, key.OrganizationID+"\x00"+idemKey)
+		if err != nil {
+			return db.Job{}, err
+		}
+		defer unlock()
 		if job, found, err := s.idempotentReplay(ctx, key.OrganizationID, idemKey, reqHash[:]); err != nil || found {
 			return job, err
 		}
@@ -275,6 +346,13 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	resolve := func(ref, field string) (db.Dataset, error) {
 		if f.datasetsByID && !isDatasetID(ref) {
 			return db.Dataset{}, fieldError(http.StatusBadRequest, field, "must be a file ID from POST /v1/files, got %q", ref)
+		}
+		if f.datasetsByID {
+			d, err := s.Store.Dataset(ctx, key.OrganizationID, strings.TrimSpace(ref))
+			if db.IsNotFound(err) {
+				return d, fieldError(refStatus, field, "unknown file %q; upload one with POST /v1/files, and GET /v1/files lists yours", ref)
+			}
+			return d, err
 		}
 		d, err := s.resolveDataset(ctx, key, ref, field)
 		if err == nil && !isDatasetID(ref) {
@@ -312,18 +390,24 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		BaseModel: model.ID, HardwareID: hardwareID, TrainingDataset: spec.TrainingDataset, TrainingDatasetID: train.ID,
 		TrainingFile: train.Filename, Hyperparameters: hp, Suffix: suffix, Metadata: spec.Metadata, AutoDeploy: spec.AutoDeploy,
 		CreatedAt: now, IdempotencyKey: idemKey, RequestHash: reqHash[:], MaxActiveJobs: s.MaxActiveJobs,
+		MaxCost: spec.MaxCost, EarlyStopping: spec.EarlyStopping,
 	}
 	input := workflows.JobInput{
 		JobID: jobID, Name: spec.Name, OrganizationID: key.OrganizationID, BaseModel: model.ID, HardwareID: hardwareID,
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
 		ResultModel: model.ID + "-" + suffix, AutoDeploy: spec.AutoDeploy, CreatedAt: now, QueuedAt: now, Create: row,
+		MaxCost: spec.MaxCost, CostPerHour: hw.CostPerHour, EarlyStopping: spec.EarlyStopping,
 	}
 	if valid != nil {
 		row.ValidationFile, row.ValidationDatasetID = &valid.Filename, &valid.ID
 		input.ValidationKey = valid.BlobKey
 	}
 
-	pending, err := s.startJob(ctx, input)
+	listRoute := "GET /api/v1/fine-tuning/jobs"
+	if openAI {
+		listRoute = "GET /v1/fine_tuning/jobs"
+	}
+	pending, err := s.startJob(ctx, input, listRoute)
 	// A job that is (or may yet be) created reads the imported datasets.
 	keepImports = err == nil || pending
 	var appErr *temporal.ApplicationError
@@ -383,8 +467,8 @@ const createTimeout = 15 * time.Second
 // write the job's row: the workflow owns the row, so a request cut short
 // after the start still leaves a whole job, and one cut short before it
 // leaves nothing. pending says that the workflow started but did not
-// confirm in time, so the job may yet appear.
-func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending bool, err error) {
+// confirm in time, so the job may yet appear (in listRoute, for the message).
+func (s *Server) startJob(ctx context.Context, in workflows.JobInput, listRoute string) (pending bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, createTimeout)
 	defer cancel()
 	started, err := s.startAndAwait(ctx, client.StartWorkflowOptions{
@@ -411,7 +495,7 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput) (pending b
 	s.log.ErrorContext(ctx, "start job workflow", "job", in.JobID, "err", err)
 	if started {
 		return true, newError(http.StatusServiceUnavailable, "unavailable",
-			"job %s was accepted but not confirmed in time; it appears in GET /api/v1/fine-tuning/jobs once created (retry with the same Idempotency-Key to get it)", in.JobID)
+			"job %s was accepted but not confirmed in time; it appears in %s once created (retry with the same Idempotency-Key to get it)", in.JobID, listRoute)
 	}
 	return false, newError(http.StatusServiceUnavailable, "unavailable", "the workflow service did not accept the job; nothing was created, try again")
 }
@@ -456,6 +540,23 @@ func (s *Server) getJob(c *gin.Context) {
 		return
 	}
 	v := fullJob(job)
+	held, err := s.Store.HeldSpend(c.Request.Context(), []string{job.ID})
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	if h, ok := held[job.ID]; ok {
+		v.CostSoFar, v.GPUSeconds = roundCents(job.Cost+h.Cost), job.GPUSeconds+h.Seconds
+	}
+	best, err := s.Store.BestCheckpoint(c.Request.Context(), job.ID)
+	switch {
+	case err == nil:
+		v.BestCheckpoint = &bestCheckpointView{ID: best.ID, Step: best.Step, Epoch: best.Epoch,
+			ValidationLoss: *best.ValidationLoss, Model: checkpointModel(job.BaseModel, job.ID, best.Step)}
+	case !db.IsNotFound(err):
+		s.respondError(c, err)
+		return
+	}
 	if v.Phase != nil && *v.Phase == string(workflows.PhaseWaitingForGPU) {
 		place, err := s.Store.QueuePlace(c.Request.Context(), job.OrganizationID, job.ID)
 		switch {
@@ -497,6 +598,10 @@ func (s *Server) listJobs(c *gin.Context) {
 	if status != nil && !jobstatus.Status(*status).Valid() {
 		errs.add("status", "must be one of %s", jobstatus.Names())
 	}
+	errorClass := optional("errorClass")
+	if errorClass != nil && !failure.Class(*errorClass).Valid() {
+		errs.add("errorClass", "must be one of %s", failure.Names())
+	}
 	if search != nil && len(*search) > 200 {
 		errs.add("search", "must be at most 200 characters")
 	}
@@ -515,7 +620,7 @@ func (s *Server) listJobs(c *gin.Context) {
 		return
 	}
 	filter := db.JobFilter{
-		OrganizationID: caller(c).OrganizationID, BaseModel: baseModel, Search: search, Metadata: metadata,
+		OrganizationID: caller(c).OrganizationID, BaseModel: baseModel, ErrorClass: errorClass, Search: search, Metadata: metadata,
 		Sort: field + ":" + dir, After: after, Limit: limit + 1, Offset: offset, CountUpTo: offset + countBeyondOffset + 1,
 	}
 	if status != nil {
@@ -624,7 +729,18 @@ func (s *Server) stats(c *gin.Context) {
 		total += n
 	}
 	out["total"] = total
-	c.JSON(http.StatusOK, out)
+	spend, err := s.Store.Spend(c.Request.Context(), caller(c).OrganizationID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	// The spec's counts, and what the organization's jobs have cost.
+	body := make(map[string]any, len(out)+2)
+	for k, v := range out {
+		body[k] = v
+	}
+	body["spend"], body["currency"] = roundCents(spend), "USD"
+	c.JSON(http.StatusOK, body)
 }
 
 func newID(prefix string) string {

@@ -47,9 +47,9 @@ func scrapeMetrics(t *testing.T) string {
 	return string(b)
 }
 
-// A job that trains shows in the platform's metrics: its transitions, its
-// wait for a slot, the trainer's steps and tokens, the pools' gauges and
-// the Temporal SDK's own metrics.
+// A job that trains and deploys shows in the platform's metrics: its
+// transitions (the deploy's too), its wait for a slot, the trainer's steps
+// and tokens, the pools' gauges and the Temporal SDK's own metrics.
 func TestPlatformMetrics(t *testing.T) {
 	t.Parallel()
 	org := env.NewOrg(t)
@@ -57,12 +57,14 @@ func TestPlatformMetrics(t *testing.T) {
 	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "measured", "baseModel": "llama-3.1-8b", "trainingDataset": ds, "hyperparameters": map[string]any{"epochs": 1}})
 	expect(t, r, 201)
 	org.WaitStatus(t, r.Body["id"].(string), time.Minute, "completed")
+	expect(t, org.Do(t, "POST", jobsPath+"/"+r.Body["id"].(string)+"/deploy", nil), 200, `"status":"deployed"`)
 	metrics.RegisterPools(env.Store, workers.GPULiveness, env.Log)
 	got := scrapeMetrics(t)
 	for _, want := range []string{
 		`tuneforge_job_transitions_total{status="queued"}`,
 		`tuneforge_job_transitions_total{status="completed"}`,
 		`tuneforge_job_transitions_total{status="running"}`,
+		`tuneforge_job_transitions_total{status="deployed"}`,
 		`tuneforge_gpu_queue_wait_seconds_count{pool="gpu-a100-40gb"}`,
 		`tuneforge_trainer_steps_total{pool="gpu-a100-40gb",trainer="builtin"}`,
 		`tuneforge_trainer_tokens_total{pool="gpu-a100-40gb",trainer="builtin"}`,

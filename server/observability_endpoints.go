@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -121,11 +122,19 @@ type logEnd struct {
 // written, until the job's run has ended. Each line is a "log" event whose
 // ID is the line's, so a reconnecting client misses none; the stream ends
 // with an "end" event that carries the job's status ("deleted" when it was).
+// New lines come from the job's shared poll loop (logHub), and each API
+// key and organization may hold only so many streams (429 past that).
 func (s *Server) followLogs(c *gin.Context, job db.Job, since *time.Time, after *int64, lines int) {
 	ctx := c.Request.Context()
+	release, err := s.streams.acquire(caller(c))
+	if err != nil {
+		c.Header("Retry-After", retryAfter(streamRetryAfter))
+		s.respondError(c, err)
+		return
+	}
+	defer release()
 	var first []db.LogLine
 	var cursor int64
-	var err error
 	if after != nil {
 		cursor = *after
 	} else if first, err = s.Store.JobLogs(ctx, job.ID, since, lines); err != nil {
@@ -143,60 +152,63 @@ func (s *Server) followLogs(c *gin.Context, job db.Job, since *time.Time, after 
 		send(l)
 	}
 	c.Writer.Flush()
-	poll := time.NewTicker(followPoll)
-	defer poll.Stop()
-	quiet := time.Now()
-	finishing := false
+	// readTo reads the lines up to head (or to the log's end) itself.
+	readTo := func(head int64) bool {
+		for cursor < head {
+			batch, err := s.Store.JobLogsAfter(ctx, job.ID, cursor, followBatch)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.ErrorContext(ctx, "follow a job's log", "job", job.ID, "err", err)
+				}
+				return false // the client sees the stream end without an end event, and reconnects
+			}
+			for _, l := range batch {
+				send(l)
+			}
+			c.Writer.Flush()
+			if len(batch) < followBatch {
+				break
+			}
+		}
+		return true
+	}
+	// A client far behind catches up before it joins the loop, which then
+	// need not read the log from the start for it.
+	if !readTo(math.MaxInt64) {
+		return
+	}
+	sub, head := s.logs.follow(job, cursor)
+	defer s.logs.leave(sub)
+	if !readTo(head) {
+		return
+	}
+	keepalive := time.NewTicker(followKeepalive)
+	defer keepalive.Stop()
 	for {
-		batch, err := s.Store.JobLogsAfter(ctx, job.ID, cursor, followBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.ErrorContext(ctx, "follow a job's log", "job", job.ID, "err", err)
-			}
-			return // the client sees the stream end without an end event, and reconnects
-		}
-		for _, l := range batch {
-			send(l)
-		}
-		if len(batch) > 0 {
-			c.Writer.Flush()
-			quiet = time.Now()
-		}
-		if len(batch) == followBatch {
-			continue
-		}
-		if finishing {
-			// The lines written with the final status are read: done.
-			b, _ := json.Marshal(logEnd{Status: job.Status})
-			fmt.Fprintf(w, "event: end\ndata: %s\n\n", b)
-			c.Writer.Flush()
-			return
-		}
-		current, err := s.Store.Job(ctx, job.OrganizationID, job.ID)
-		switch {
-		case db.IsNotFound(err):
-			fmt.Fprint(w, "event: end\ndata: {\"status\":\"deleted\"}\n\n")
-			c.Writer.Flush()
-			return
-		case err != nil:
-			if ctx.Err() == nil {
-				s.log.ErrorContext(ctx, "follow a job's log", "job", job.ID, "err", err)
-			}
-			return
-		case logFinished(current):
-			// Read once more: a transition writes its line with its status.
-			job, finishing = current, true
-			continue
-		}
-		if time.Since(quiet) >= followKeepalive {
-			fmt.Fprint(w, ": keepalive\n\n")
-			c.Writer.Flush()
-			quiet = time.Now()
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-poll.C:
+		case news, ok := <-sub.news:
+			if !ok {
+				return // the loop failed, or this client fell behind: it reconnects
+			}
+			for _, l := range news.lines {
+				// Lines this stream read before it joined the loop are skipped.
+				if l.ID > cursor {
+					send(l)
+				}
+			}
+			c.Writer.Flush()
+			if news.end != "" {
+				b, _ := json.Marshal(logEnd{Status: news.end})
+				fmt.Fprintf(w, "event: end\ndata: %s\n\n", b)
+				c.Writer.Flush()
+				return
+			}
+			keepalive.Reset(followKeepalive)
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+			c.Writer.Flush()
 		}
 	}
 }

@@ -1,14 +1,9 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -78,54 +73,4 @@ func (s *Server) observe(c *gin.Context) {
 	s.metrics.latency.WithLabelValues(c.Request.Method, route).Observe(elapsed.Seconds())
 	s.log.DebugContext(c.Request.Context(), "request", "method", c.Request.Method, "route", route,
 		"status", c.Writer.Status(), "duration", elapsed)
-}
-
-// jsonError explains a JSON decoding failure to the client.
-func jsonError(err error) error {
-	var (
-		maxErr    *http.MaxBytesError
-		syntaxErr *json.SyntaxError
-		typeErr   *json.UnmarshalTypeError
-	)
-	switch {
-	case errors.As(err, &maxErr):
-		return newError(http.StatusRequestEntityTooLarge, "payload_too_large", "the request body exceeds %d bytes", maxErr.Limit)
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return errStalled
-	case errors.Is(err, io.EOF):
-		return badRequest("the request body is empty; send a JSON object")
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return badRequest("the request body is not complete JSON")
-	case errors.As(err, &syntaxErr):
-		return badRequest("malformed JSON at byte %d: %v", syntaxErr.Offset, syntaxErr)
-	case errors.As(err, &typeErr):
-		field := typeErr.Field
-		if field == "" {
-			return badRequest("the request body must be a JSON object")
-		}
-		return &apiError{Status: http.StatusBadRequest, Code: "invalid_request",
-			Message: fmt.Sprintf("%s: must be a %s", field, jsonType(typeErr.Type.Kind().String())),
-			Details: []fieldDetail{{Field: field, Message: "must be a " + jsonType(typeErr.Type.Kind().String())}}}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return &apiError{Status: http.StatusBadRequest, Code: "invalid_request",
-			Message: fmt.Sprintf("unknown field %q", name), Details: []fieldDetail{{Field: name, Message: "unknown field"}}}
-	}
-	return badRequest("invalid JSON: %v", err)
-}
-
-func jsonType(kind string) string {
-	switch kind {
-	case "string":
-		return "string"
-	case "int", "int32", "int64":
-		return "integer"
-	case "float64", "float32":
-		return "number"
-	case "bool":
-		return "boolean"
-	case "slice":
-		return "array"
-	}
-	return "object"
 }

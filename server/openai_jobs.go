@@ -2,7 +2,10 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -74,6 +77,9 @@ type openAIJobRequest struct {
 	Hyperparameters *openAIHyperparametersRequest `json:"hyperparameters"`
 	Method          *openAIMethodRequest          `json:"method"`
 	Integrations    []json.RawMessage             `json:"integrations"`
+	// MaxCost is tuneforge's extension: a budget in USD, as the seed API's
+	// maxCost.
+	MaxCost *float64 `json:"max_cost"`
 }
 
 var openAIFields = specFields{BaseModel: "model", Hardware: "model", TrainingDataset: "training_file", ValidationFile: "validation_file", datasetsByID: true}
@@ -82,7 +88,7 @@ var openAIFields = specFields{BaseModel: "model", Hardware: "model", TrainingDat
 func (r *openAIJobRequest) spec() (jobSpec, error) {
 	var errs fieldErrors
 	if strings.TrimSpace(r.Model) == "" {
-		errs.add("model", "is required; GET /api/v1/fine-tuning/base-models lists the base models")
+		errs.add("model", "is required: the ID of the base model to fine-tune")
 	}
 	if strings.TrimSpace(r.TrainingFile) == "" {
 		errs.add("training_file", "is required: a file ID from POST /v1/files")
@@ -96,6 +102,7 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 	suffix := deref(r.Suffix)
 	checkSuffix(suffix, "suffix", &errs)
 	checkMetadata(r.Metadata, "metadata", &errs)
+	checkMaxCost(r.MaxCost, "max_cost", &errs)
 
 	hpReq, field := r.Hyperparameters, "hyperparameters"
 	if m := r.Method; m != nil {
@@ -138,8 +145,21 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 	}
 	return jobSpec{
 		Name: name, BaseModel: r.Model, TrainingDataset: r.TrainingFile, ValidationFile: deref(r.ValidationFile),
-		Suffix: suffix, Hyperparameters: hp, Metadata: r.Metadata, AutoDeploy: true, fields: openAIFields,
+		Suffix: suffix, Hyperparameters: hp, Metadata: r.Metadata, MaxCost: r.MaxCost, AutoDeploy: true, fields: openAIFields,
 	}, errs.err(http.StatusBadRequest)
+}
+
+// baseModelIDs lists the base models' IDs.
+func (s *Server) baseModelIDs(ctx context.Context) ([]string, error) {
+	models, err := s.Store.BaseModels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(models))
+	for i, m := range models {
+		ids[i] = m.ID
+	}
+	return ids, nil
 }
 
 type openAIJobHyperparameters struct {
@@ -237,12 +257,16 @@ func toOpenAIJob(j db.Job) openAIJob {
 		out.TrainedTokens = &j.TrainedTokens
 	}
 	if out.Status == "failed" && j.Error != nil {
+		// OpenAI's code for files it cannot train, else the failure's own
+		// (out_of_memory, trainer_hung, budget_exceeded, …).
 		code := "training_failed"
 		switch {
 		case j.Status == jobstatus.Completed:
 			code = "deploy_failed"
 		case j.ValidatedAt == nil:
 			code = "invalid_training_file"
+		case j.ErrorCode != nil:
+			code = *j.ErrorCode
 		}
 		out.Error = &openAIJobError{Code: code, Message: *j.Error}
 	}
@@ -307,34 +331,70 @@ func (s *Server) openAIListJobs(c *gin.Context) {
 // The seed API's stop is OpenAI's pause (a paused job resumes from its
 // checkpoint) or cancel (it does not); its restart is resume.
 func (s *Server) openAICancelJob(c *gin.Context) {
-	s.openAITransition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID, Cancel: true})
+	s.openAITransition(c, openAICancel, workflows.TransitionRequest{By: caller(c).UserID, Cancel: true})
 }
 
 func (s *Server) openAIPauseJob(c *gin.Context) {
-	s.openAITransition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID})
+	s.openAITransition(c, openAIPause, workflows.TransitionRequest{By: caller(c).UserID})
 }
 
 func (s *Server) openAIResumeJob(c *gin.Context) {
-	s.openAITransition(c, workflows.UpdateRestart, workflows.TransitionRequest{By: caller(c).UserID})
+	s.openAITransition(c, openAIResume, workflows.TransitionRequest{By: caller(c).UserID})
 }
 
-// openAITransition sends the job's workflow an update and answers with the
-// job as it is afterwards.
-func (s *Server) openAITransition(c *gin.Context, update string, req workflows.TransitionRequest) {
+// openAIAction is a transition of OpenAI's API: the seed API's update that
+// carries it out and the jobs it applies to, which refusals name in
+// OpenAI's words.
+type openAIAction struct {
+	verb, done, update, appliesTo string
+	allows                        func(db.Job) bool
+}
+
+var (
+	openAICancel = openAIAction{"cancel", "cancelled", workflows.UpdateStop, "validating_files, queued, running or paused",
+		func(j db.Job) bool { return j.Status.IsActive() || j.Status == jobstatus.Stopped && !j.Cancelled }}
+	openAIPause = openAIAction{"pause", "paused", workflows.UpdateStop, "validating_files, queued or running",
+		func(j db.Job) bool { return j.Status.IsActive() }}
+	openAIResume = openAIAction{"resume", "resumed", workflows.UpdateRestart, "paused",
+		func(j db.Job) bool { return j.Status == jobstatus.Stopped && !j.Cancelled }}
+)
+
+// refusal says why act does not apply to j, in OpenAI's words.
+func (act openAIAction) refusal(j db.Job) error {
+	state := "the job is " + openAIStatus(j)
+	if j.Status == jobstatus.Completed && j.AutoDeploy && j.Error == nil {
+		state = "the job has finished training and its model is being deployed"
+	}
+	return conflict("cannot %s: %s; only %s jobs can be %s", act.verb, state, act.appliesTo, act.done)
+}
+
+// openAITransition carries act out on the job and answers with the job as
+// it is afterwards. A refusal is told in OpenAI's words, not the seed
+// API's, whose updates carry act out.
+func (s *Server) openAITransition(c *gin.Context, act openAIAction, req workflows.TransitionRequest) {
 	ctx := c.Request.Context()
 	job, ok := s.loadJob(c)
 	if !ok {
 		return
 	}
-	if update == workflows.UpdateRestart && job.Status != jobstatus.Stopped {
-		s.respondError(c, conflict("cannot resume: the job is %s; only paused jobs can be resumed", openAIStatus(job)))
+	if !act.allows(job) {
+		s.respondError(c, act.refusal(job))
 		return
 	}
-	if _, err := s.sendTransition(ctx, job, update, req, "checkpoint"); err != nil {
+	_, err := s.sendTransition(ctx, job, act.update, req, "checkpoint")
+	var apiErr *apiError
+	if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {
+		// The job changed meanwhile, or another request is changing it.
+		err = conflict("cannot %s: another change to the job is under way; try again shortly", act.verb)
+		if now, rerr := s.Store.Job(ctx, job.OrganizationID, job.ID); rerr == nil && !act.allows(now) {
+			err = act.refusal(now)
+		}
+	}
+	if err != nil {
 		s.respondError(c, err)
 		return
 	}
-	job, err := s.Store.Job(ctx, job.OrganizationID, job.ID)
+	job, err = s.Store.Job(ctx, job.OrganizationID, job.ID)
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -355,7 +415,8 @@ type openAIEvent struct {
 
 // toOpenAIEvent shows an event as OpenAI does: an epoch's losses are a
 // metrics event with OpenAI's names for them; the others are messages,
-// their data with the event's kind.
+// their data with the event's kind. A stop that did not cancel is OpenAI's
+// pause, and a restart its resume, as the job's status says.
 func toOpenAIEvent(e db.Event) openAIEvent {
 	out := openAIEvent{Object: "fine_tuning.job.event", ID: e.ID, CreatedAt: e.CreatedAt.Unix(), Level: e.Level, Message: e.Message, Type: "message"}
 	if e.Type == db.EventEpoch {
@@ -369,6 +430,21 @@ func toOpenAIEvent(e db.Event) openAIEvent {
 	out.Data = map[string]any{"event": string(e.Type)}
 	for k, v := range e.Data {
 		out.Data[k] = v
+	}
+	who := "another service"
+	if by, ok := e.Data["by"].(string); ok {
+		who = by + " through the API"
+	}
+	switch e.Type {
+	case db.EventStopped:
+		out.Data["event"] = "paused"
+		out.Message = "Fine-tuning job paused by " + who + "; resuming it goes on from its latest checkpoint"
+	case db.EventRestarted:
+		out.Data["event"] = "resumed"
+		out.Message = "Fine-tuning job resumed by " + who + "; it goes on from its latest checkpoint"
+		if from, ok := e.Data["fromCheckpoint"].(string); ok {
+			out.Message = fmt.Sprintf("Fine-tuning job resumed by %s; it goes on from checkpoint %s at step %v", who, from, e.Data["step"])
+		}
 	}
 	return out
 }
@@ -391,10 +467,8 @@ type openAICheckpointMetrics struct {
 	ValidLoss *float64 `json:"valid_loss"`
 }
 
-// openAICheckpoint is OpenAI's fine-tuning job checkpoint.
-// FineTunedModelCheckpoint is null: a checkpoint restarts a job
-// (POST /api/v1/fine-tuning/jobs/{id}/restart with fromCheckpoint), but
-// only a job's final model is served.
+// openAICheckpoint is OpenAI's fine-tuning job checkpoint; its
+// FineTunedModelCheckpoint is a model /v1/chat/completions serves.
 type openAICheckpoint struct {
 	Object                   string                  `json:"object"`
 	ID                       string                  `json:"id"`
@@ -412,9 +486,11 @@ func (s *Server) openAIJobCheckpoints(c *gin.Context) {
 	}
 	out := make([]openAICheckpoint, len(ckpts))
 	for i, k := range ckpts {
+		model := checkpointModel(job.BaseModel, job.ID, k.Step)
 		out[i] = openAICheckpoint{
 			Object: "fine_tuning.job.checkpoint", ID: k.ID, CreatedAt: k.CreatedAt.Unix(), FineTuningJobID: job.ID, StepNumber: k.Step,
-			Metrics: openAICheckpointMetrics{Step: float64(k.Step), TrainLoss: k.TrainingLoss, ValidLoss: k.ValidationLoss},
+			FineTunedModelCheckpoint: &model,
+			Metrics:                  openAICheckpointMetrics{Step: float64(k.Step), TrainLoss: k.TrainingLoss, ValidLoss: k.ValidationLoss},
 		}
 	}
 	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(k openAICheckpoint) string { return k.ID }))

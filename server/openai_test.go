@@ -265,8 +265,8 @@ func TestOpenAIHyperparameterForms(t *testing.T) {
 		}, 400, "hyperparameters"},
 		{"epochs out of range", openai.FineTuningJobNewParams{Hyperparameters: openai.FineTuningJobNewParamsHyperparameters{
 			NEpochs: openai.FineTuningJobNewParamsHyperparametersNEpochsUnion{OfInt: openai.Int(0)}}}, 400, "hyperparameters.n_epochs"},
-		{"unknown model", openai.FineTuningJobNewParams{Model: "gpt-4o-mini-2024-07-18"}, 422, "model"},
-		{"unknown file", openai.FineTuningJobNewParams{TrainingFile: "ds_nosuchfile"}, 422, "training_file"},
+		{"unknown model", openai.FineTuningJobNewParams{Model: "gpt-4o-mini-2024-07-18"}, 400, "model"},
+		{"unknown file", openai.FineTuningJobNewParams{TrainingFile: "ds_nosuchfile"}, 400, "training_file"},
 		{"a path, not a file", openai.FineTuningJobNewParams{TrainingFile: "train.jsonl"}, 400, "training_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -281,6 +281,10 @@ func TestOpenAIHyperparameterForms(t *testing.T) {
 			e := apiError(t, err, tc.status)
 			if e.Param != tc.param || e.Type != "invalid_request_error" || e.Message == "" {
 				t.Errorf("error %s; want param %s", e.RawJSON(), tc.param)
+			}
+			// A /v1 client is pointed to /v1 routes, or told the choices.
+			if strings.Contains(e.Message, "/api/v1") {
+				t.Errorf("error %s names a seed API route", e.RawJSON())
 			}
 		})
 	}
@@ -331,7 +335,8 @@ func TestOpenAIPauseResumeCancel(t *testing.T) {
 	expect(t, org.Do(t, "GET", jobsPath+"/"+job.ID, nil), 200, `"status":"stopped"`)
 	steps := org.MetricSteps(t, job.ID)
 	_, err = client.FineTuning.Jobs.Pause(ctx, job.ID)
-	if e := apiError(t, err, http.StatusConflict); !strings.Contains(e.Message, "only queued or running jobs can be stopped") {
+	// Refusals are told in OpenAI's words, not the seed API's.
+	if e := apiError(t, err, http.StatusConflict); e.Message != "cannot pause: the job is paused; only validating_files, queued or running jobs can be paused" {
 		t.Errorf("pausing a paused job: %s", e.Message)
 	}
 
@@ -368,9 +373,13 @@ func TestOpenAIPauseResumeCancel(t *testing.T) {
 		t.Errorf("cancelled job %s", cancelled.RawJSON())
 	}
 	_, err = client.FineTuning.Jobs.Resume(ctx, job.ID)
-	apiError(t, err, http.StatusConflict)
+	if e := apiError(t, err, http.StatusConflict); e.Message != "cannot resume: the job is cancelled; only paused jobs can be resumed" {
+		t.Errorf("resuming a cancelled job: %s", e.Message)
+	}
 	_, err = client.FineTuning.Jobs.Cancel(ctx, job.ID)
-	apiError(t, err, http.StatusConflict)
+	if e := apiError(t, err, http.StatusConflict); !strings.Contains(e.Message, "cannot cancel: the job is cancelled") {
+		t.Errorf("cancelling a cancelled job: %s", e.Message)
+	}
 	expect(t, org.Do(t, "POST", jobsPath+"/"+job.ID+"/restart", nil), 409, "a cancelled job does not resume")
 
 	var kinds []string
@@ -379,14 +388,17 @@ func TestOpenAIPauseResumeCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range slices.Backward(events.Data) {
-		if k := e.Data.(map[string]any)["event"]; k == "stopped" || k == "restarted" || k == "cancelled" {
+		if k := e.Data.(map[string]any)["event"]; k == "paused" || k == "resumed" || k == "cancelled" {
 			kinds = append(kinds, k.(string))
 			if by := e.Data.(map[string]any)["by"]; by == nil || !strings.Contains(e.Message, "through the API") {
 				t.Errorf("event %s does not name its cause", e.RawJSON())
 			}
+			if strings.Contains(e.Message, "restart") || strings.Contains(e.Message, "stopped") {
+				t.Errorf("event %s is in the seed API's words", e.RawJSON())
+			}
 		}
 	}
-	if want := []string{"stopped", "restarted", "cancelled"}; !slices.Equal(kinds, want) {
+	if want := []string{"paused", "resumed", "cancelled"}; !slices.Equal(kinds, want) {
 		t.Errorf("transition events %v; want %v", kinds, want)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -40,9 +41,13 @@ type Deps struct {
 	Store     *db.Store
 	Temporal  client.Client
 	Artifacts *artifacts.Store
-	// DataDir is the directory trainingDataset paths are resolved in.
+	// DataDir is the platform's data directory; ImportDir defaults to its
+	// import/.
 	DataDir string
-	Logger  *slog.Logger
+	// ImportDir is the only directory trainingDataset and validationFile
+	// paths are imported from, created by New; "" means DataDir/import.
+	ImportDir string
+	Logger    *slog.Logger
 	// GPULiveness is how recently a training worker must have been seen.
 	GPULiveness time.Duration
 	// RateLimit is the requests per second each API key may make (with a
@@ -67,6 +72,10 @@ type Deps struct {
 	// MaxActiveJobs caps each organization's queued plus running jobs; 0
 	// means no cap.
 	MaxActiveJobs int
+	// StreamsPerKey and StreamsPerOrg cap the followed logs (follow=true)
+	// each API key and each organization may hold open at once; 0 means
+	// no cap.
+	StreamsPerKey, StreamsPerOrg int
 	// ModelCacheBytes is the memory builtin models may take while served;
 	// 0 means serving.DefaultCacheBytes.
 	ModelCacheBytes int64
@@ -87,8 +96,13 @@ type Server struct {
 	keys    *apikey.Cache
 	// authFailures counts failed authentications per client address.
 	authFailures *rateLimiter
+	// streams counts open followed logs; logs polls them, once per job.
+	streams *streamLimits
+	logs    *logHub
 	// readyDB and readyTemporal answer /readyz.
 	readyDB, readyTemporal healthCheck
+	// creating serializes the creates of each Idempotency-Key.
+	creating keyLocks
 }
 
 // New builds the API's router.
@@ -99,6 +113,13 @@ func New(d Deps) *Server {
 		limiter:      newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit))),
 		keys:         apikey.NewCache(d.Store),
 		authFailures: newRateLimiter(d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
+		streams:      newStreamLimits(d.StreamsPerKey, d.StreamsPerOrg),
+		logs:         newLogHub(d.Store, d.Logger),
+	}
+	if err := os.MkdirAll(s.importDir(), 0o755); err != nil {
+		// Imports by path then find no file; uploads work all the same.
+		s.log.Warn("cannot create the import directory: jobs can use uploaded datasets only (set TUNEFORGE_IMPORT_DIR to one this process may create)",
+			"dir", s.importDir(), "err", err)
 	}
 	if err := s.engine.SetTrustedProxies(d.TrustedProxies); err != nil {
 		// config.FromEnv checks them; trusting no proxy is the safe fallback.
@@ -195,7 +216,9 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 }
 
 // ListenAndServe serves on addr until ctx ends, then shuts down gracefully.
+// Meanwhile it sweeps the objects of uploads that crashed halfway.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	go s.sweepOrphans(ctx)
 	return serve(ctx, s.HTTPServer(addr))
 }
 
@@ -350,13 +373,17 @@ func (s *Server) recover(c *gin.Context) {
 func bindJSON(c *gin.Context, dst any) error { return decodeJSON(c, dst, true) }
 
 func decodeJSON(c *gin.Context, dst any, strict bool) error {
-	body := http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody)
-	dec := json.NewDecoder(body)
+	// Read whole, so an error can quote what the client sent.
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody))
+	if err != nil {
+		return jsonError(err, nil, dst)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	if strict {
 		dec.DisallowUnknownFields()
 	}
 	if err := dec.Decode(dst); err != nil {
-		return jsonError(err)
+		return jsonError(err, body, dst)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return badRequest("the request body must hold a single JSON object")
@@ -369,7 +396,7 @@ func decodeJSON(c *gin.Context, dst any, strict bool) error {
 func bindOptionalJSON(c *gin.Context, dst any) error {
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBody))
 	if err != nil {
-		return jsonError(err)
+		return jsonError(err, nil, dst)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil

@@ -187,10 +187,25 @@ func TestBadDatasetFailsWithLineNumbers(t *testing.T) {
 	expect(t, r, 201)
 	id := r.Body["id"].(string)
 	job := org.WaitStatus(t, id, 30*time.Second, "failed")
-	msg, _ := job["error"].(string)
+	msg := jobErrorMessage(job)
 	if !strings.Contains(msg, "line 13") || !strings.Contains(msg, "8192") {
 		t.Errorf("error %q does not name the line and the limit", msg)
 	}
+	if c := errorClass(job); c != "data" {
+		t.Errorf("error class %q, want data", c)
+	}
+	// The failed jobs are found by their class.
+	r = org.Do(t, "GET", jobsPath+"?status=failed&errorClass=data", nil)
+	expect(t, r, 200)
+	if n := len(r.Body["jobs"].([]any)); n != 1 {
+		t.Errorf("errorClass=data lists %d jobs, want 1", n)
+	}
+	r = org.Do(t, "GET", jobsPath+"?errorClass=oom", nil)
+	expect(t, r, 200)
+	if n := len(r.Body["jobs"].([]any)); n != 0 {
+		t.Errorf("errorClass=oom lists %d jobs, want none", n)
+	}
+	expect(t, org.Do(t, "GET", jobsPath+"?errorClass=nope", nil), 400)
 	if !strings.Contains(org.Logs(t, id), "line 13") {
 		t.Error("the log does not carry the error")
 	}
@@ -203,7 +218,7 @@ func TestBadDatasetFailsWithLineNumbers(t *testing.T) {
 	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "few", "baseModel": "llama-3.1-8b", "trainingDataset": few})
 	expect(t, r, 201)
 	job = org.WaitStatus(t, r.Body["id"].(string), 30*time.Second, "failed")
-	if msg, _ := job["error"].(string); !strings.Contains(msg, "at least 10") {
+	if msg := jobErrorMessage(job); !strings.Contains(msg, "at least 10") {
 		t.Errorf("error %q", msg)
 	}
 	var free strings.Builder
@@ -213,7 +228,7 @@ func TestBadDatasetFailsWithLineNumbers(t *testing.T) {
 	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "free", "baseModel": "llama-3.1-8b", "trainingDataset": org.Upload(t, "free.jsonl", []byte(free.String()))})
 	expect(t, r, 201)
 	job = org.WaitStatus(t, r.Body["id"].(string), 30*time.Second, "failed")
-	if msg, _ := job["error"].(string); !strings.Contains(msg, "builtin trainer") {
+	if msg := jobErrorMessage(job); !strings.Contains(msg, "builtin trainer") {
 		t.Errorf("error %q does not explain what the builtin trainer learns", msg)
 	}
 }

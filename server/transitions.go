@@ -33,16 +33,54 @@ func (s *Server) stopJob(c *gin.Context) {
 	s.transition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID})
 }
 
+// deployRequest is deploy's optional body: which checkpoint to serve, by
+// ID or "best" (the lowest validation loss); the final model by default.
+type deployRequest struct {
+	Checkpoint string `json:"checkpoint"`
+}
+
 func (s *Server) deployJob(c *gin.Context) {
 	job, ok := s.loadJob(c)
 	if !ok {
 		return
 	}
-	if err := s.checkServable(c.Request.Context(), job); err != nil {
+	var body deployRequest
+	if err := bindOptionalJSON(c, &body); err != nil {
 		s.respondError(c, err)
 		return
 	}
-	s.transitionOf(c, job, workflows.UpdateDeploy, workflows.TransitionRequest{By: caller(c).UserID})
+	ctx := c.Request.Context()
+	if err := s.checkServable(ctx, job); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	req := workflows.TransitionRequest{By: caller(c).UserID}
+	switch ref := strings.TrimSpace(body.Checkpoint); ref {
+	case "":
+	case "best":
+		best, err := s.Store.BestCheckpoint(ctx, job.ID)
+		if db.IsNotFound(err) {
+			s.respondError(c, fieldError(http.StatusUnprocessableEntity, "checkpoint",
+				"job %s has no checkpoint with a validation loss (it has no validation file), so none is best; name a checkpoint ID from GET /api/v1/fine-tuning/jobs/%s/checkpoints", job.ID, job.ID))
+			return
+		}
+		if err != nil {
+			s.respondError(c, err)
+			return
+		}
+		req.Checkpoint = best.ID
+	default:
+		if _, err := s.Store.Checkpoint(ctx, job.ID, ref); db.IsNotFound(err) {
+			s.respondError(c, fieldError(http.StatusUnprocessableEntity, "checkpoint",
+				"names no checkpoint of job %s: %q; GET /api/v1/fine-tuning/jobs/%s/checkpoints lists those it keeps, or say \"best\"", job.ID, ref, job.ID))
+			return
+		} else if err != nil {
+			s.respondError(c, err)
+			return
+		}
+		req.Checkpoint = ref
+	}
+	s.transitionOf(c, job, workflows.UpdateDeploy, req)
 }
 
 // checkServable refuses the deploy of a LoRA adapter (a command-trained
@@ -64,18 +102,67 @@ func (s *Server) checkServable(ctx context.Context, job db.Job) error {
 		job.ID, job.BaseModel, job.BaseModel, job.BaseModel)
 }
 
-// restartRequest is restart's optional body.
+// restartRequest is restart's optional body: where to resume from, and
+// what to change first (after an out-of-memory failure, a smaller batch
+// or a larger pool; after a budget failure, a higher budget).
 type restartRequest struct {
-	FromCheckpoint string `json:"fromCheckpoint"`
+	FromCheckpoint string   `json:"fromCheckpoint"`
+	BatchSize      *int     `json:"batchSize"`
+	Hardware       string   `json:"hardware"`
+	MaxCost        *float64 `json:"maxCost"`
 }
 
 func (s *Server) restartJob(c *gin.Context) {
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
+	}
 	var body restartRequest
 	if err := bindOptionalJSON(c, &body); err != nil {
 		s.respondError(c, err)
 		return
 	}
-	s.transition(c, workflows.UpdateRestart, workflows.TransitionRequest{By: caller(c).UserID, FromCheckpoint: strings.TrimSpace(body.FromCheckpoint)})
+	req := workflows.TransitionRequest{By: caller(c).UserID, FromCheckpoint: strings.TrimSpace(body.FromCheckpoint)}
+	if err := s.amendment(c.Request.Context(), job, body, &req); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	s.transitionOf(c, job, workflows.UpdateRestart, req)
+}
+
+// amendment checks what a restart changes and puts it in req.
+func (s *Server) amendment(ctx context.Context, job db.Job, body restartRequest, req *workflows.TransitionRequest) error {
+	var errs fieldErrors
+	if body.BatchSize != nil {
+		if *body.BatchSize < 1 || *body.BatchSize > 4096 {
+			errs.add("batchSize", "must be between 1 and 4096")
+		}
+		req.BatchSize = *body.BatchSize
+	}
+	checkMaxCost(body.MaxCost, "maxCost", &errs)
+	req.MaxCost = body.MaxCost
+	if err := errs.err(http.StatusBadRequest); err != nil {
+		return err
+	}
+	if hw := strings.TrimSpace(body.Hardware); hw != "" && hw != job.HardwareID {
+		h, err := s.Store.Hardware(ctx, hw)
+		if db.IsNotFound(err) {
+			return fieldError(http.StatusUnprocessableEntity, "hardware", "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hw)
+		}
+		if err != nil {
+			return err
+		}
+		model, err := s.Store.BaseModel(ctx, job.BaseModel)
+		if err != nil {
+			return err
+		}
+		if h.GPUMemoryGB*h.GPUCount < model.MinGPUMemoryGB {
+			return fieldError(http.StatusUnprocessableEntity, "hardware", "%s has %d GB of GPU memory; %s needs at least %d GB",
+				h.ID, h.GPUMemoryGB*h.GPUCount, model.ID, model.MinGPUMemoryGB)
+		}
+		req.HardwareID, req.CostPerHour = h.ID, h.CostPerHour
+	}
+	return nil
 }
 
 // transition sends a job's workflow the named update and answers with its

@@ -1,9 +1,14 @@
 package server
 
 import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -11,10 +16,35 @@ import (
 // The API's JSON shapes, field names exactly as the spec's.
 
 type jobHyperparameters struct {
-	Epochs       int32   `json:"epochs"`
-	LearningRate float64 `json:"learningRate"`
-	BatchSize    int32   `json:"batchSize"`
-	WarmupSteps  int32   `json:"warmupSteps"`
+	Epochs        int32              `json:"epochs"`
+	LearningRate  float64            `json:"learningRate"`
+	BatchSize     int32              `json:"batchSize"`
+	WarmupSteps   int32              `json:"warmupSteps"`
+	EarlyStopping *earlyStoppingView `json:"earlyStopping"`
+}
+
+type earlyStoppingView struct {
+	Patience int32   `json:"patience"`
+	MinDelta float64 `json:"minDelta"`
+}
+
+// jobErrorView is why a job failed: a stable code, the failure's class
+// and a message that says what to do next.
+type jobErrorView struct {
+	Code    string `json:"code"`
+	Class   string `json:"class"`
+	Message string `json:"message"`
+}
+
+func jobError(j db.Job) *jobErrorView {
+	if j.Error == nil {
+		return nil
+	}
+	v := jobErrorView{Code: "unclassified", Class: string(failure.Internal), Message: *j.Error}
+	if j.ErrorCode != nil && j.ErrorClass != nil {
+		v.Code, v.Class = *j.ErrorCode, *j.ErrorClass
+	}
+	return &v
 }
 
 type jobMetricsSummary struct {
@@ -51,9 +81,21 @@ type jobView struct {
 	Hardware            string             `json:"hardware"`
 	Suffix              string             `json:"suffix"`
 	ResultModel         *string            `json:"resultModel"`
-	Error               *string            `json:"error"`
-	Metrics             jobMetricsSummary  `json:"metrics"`
-	Metadata            map[string]string  `json:"metadata"`
+	Error               *jobErrorView      `json:"error"`
+	// Cancelled tells a cancelled job (it does not resume) from a stopped
+	// one; Actions lists what can succeed on the job now.
+	Cancelled bool     `json:"cancelled"`
+	Actions   []string `json:"actions"`
+	// CostSoFar is the job's GPU time so far at its pools' prices, in USD,
+	// every attempt counted; MaxCost its budget (null for none).
+	CostSoFar  float64  `json:"costSoFar"`
+	GPUSeconds float64  `json:"gpuSeconds"`
+	MaxCost    *float64 `json:"maxCost"`
+	// BestCheckpoint is the kept checkpoint with the lowest validation
+	// loss (null without a validation file); only GET of one job fills it.
+	BestCheckpoint *bestCheckpointView `json:"bestCheckpoint"`
+	Metrics        jobMetricsSummary   `json:"metrics"`
+	Metadata       map[string]string   `json:"metadata"`
 	// Phase says what an active job is doing (null once it has ended), and
 	// QueuePosition how many of the organization's jobs wait ahead of it
 	// for a GPU (only while it waits for one, and only on GET of the job).
@@ -86,12 +128,79 @@ func fullJob(j db.Job) jobView {
 		jobSummary:      summarize(j),
 		TrainingDataset: j.TrainingDataset, TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
 		TrainingDatasetID: j.TrainingDatasetID, ValidationDatasetID: j.ValidationDatasetID,
-		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps},
-		Hardware:        j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: j.Error,
+		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
+			EarlyStopping: earlyStoppingOf(j)},
+		Hardware: j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: jobError(j),
+		Cancelled: j.Cancelled, Actions: actions(j), CostSoFar: roundCents(j.Cost), GPUSeconds: j.GPUSeconds, MaxCost: j.MaxCost,
 		Metrics:  jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
 		Metadata: orEmpty(j.Metadata),
 		Phase:    phase(j),
 	}
+}
+
+func earlyStoppingOf(j db.Job) *earlyStoppingView {
+	if j.EarlyStopping == nil {
+		return nil
+	}
+	return &earlyStoppingView{Patience: j.EarlyStopping.Patience, MinDelta: j.EarlyStopping.MinDelta}
+}
+
+type bestCheckpointView struct {
+	ID             string  `json:"id"`
+	Step           int32   `json:"step"`
+	Epoch          int32   `json:"epoch"`
+	ValidationLoss float64 `json:"validationLoss"`
+	// Model is the name under which /v1/chat/completions serves it.
+	Model string `json:"model"`
+}
+
+// checkpointModel names a job's checkpoint as a model, as OpenAI names
+// a fine_tuned_model_checkpoint: chat completions serve it by that name.
+func checkpointModel(baseModel, jobID string, step int32) string {
+	return fmt.Sprintf("ft:%s:%s:ckpt-step-%d", baseModel, jobID, step)
+}
+
+// parseCheckpointModel reads a checkpointModel name; ok is false for any
+// other model name.
+func parseCheckpointModel(name string) (jobID string, step int32, ok bool) {
+	rest, found := strings.CutPrefix(name, "ft:")
+	if !found {
+		return "", 0, false
+	}
+	parts := strings.Split(rest, ":")
+	if len(parts) != 3 || !strings.HasPrefix(parts[2], "ckpt-step-") {
+		return "", 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimPrefix(parts[2], "ckpt-step-"), 10, 32)
+	if err != nil || n < 0 {
+		return "", 0, false
+	}
+	return parts[1], int32(n), true
+}
+
+// actions lists what can succeed on the job now, so clients offer only
+// that: a cancelled job cannot be restarted, an active one cannot be
+// deleted.
+func actions(j db.Job) []string {
+	switch {
+	case j.Status.IsActive():
+		return []string{"stop", "cancel"}
+	case j.Status == jobstatus.Stopped && j.Cancelled:
+		return []string{"delete"}
+	case j.Status == jobstatus.Stopped:
+		return []string{"restart", "cancel", "delete"}
+	case j.Status == jobstatus.Failed:
+		return []string{"restart", "delete"}
+	case j.Status == jobstatus.Completed:
+		return []string{"deploy", "delete"}
+	}
+	return []string{"delete"}
+}
+
+// roundCents rounds a cost in USD to the cent, up: a job that has used a
+// GPU has cost something.
+func roundCents(usd float64) float64 {
+	return math.Ceil(usd*100) / 100
 }
 
 // phase reads an active job's phase from what its workflow has recorded:
@@ -160,6 +269,33 @@ type costEstimate struct {
 	EstimatedCost        float64 `json:"estimatedCost"`
 	EstimatedTimeMinutes int64   `json:"estimatedTimeMinutes"`
 	Currency             string  `json:"currency"`
+	// The likely spread, and what the estimate assumed.
+	EstimatedCostRange        costRange           `json:"estimatedCostRange"`
+	EstimatedTimeMinutesRange minutesRange        `json:"estimatedTimeMinutesRange"`
+	Assumptions               estimateAssumptions `json:"assumptions"`
+}
+
+type costRange struct {
+	Low  float64 `json:"low"`
+	High float64 `json:"high"`
+}
+
+type minutesRange struct {
+	Low  int64 `json:"low"`
+	High int64 `json:"high"`
+}
+
+// estimateAssumptions says where an estimate's figures came from:
+// tokens per example from the dataset or a default, throughput measured
+// on the organization's finished jobs of that model and pool, or the cost
+// model's.
+type estimateAssumptions struct {
+	TokensPerExample          float64 `json:"tokensPerExample"`
+	TokensPerExampleFrom      string  `json:"tokensPerExampleFrom"`
+	CostPerHour               float64 `json:"costPerHour"`
+	ThroughputTokensPerSecond float64 `json:"throughputTokensPerSecond"`
+	ThroughputFrom            string  `json:"throughputFrom"`
+	MeasuredJobs              int64   `json:"measuredJobs"`
 }
 
 // pageInfo heads a list response: the total count and the page asked for.

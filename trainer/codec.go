@@ -14,9 +14,11 @@ import (
 
 // checkpointMagic opens every encoded State; the byte after it is the
 // format version, so a future layout can be told apart from this one.
+// Version 2 added the loss sum (State.LossSum, LossSteps); a version 1
+// checkpoint decodes with none.
 const (
 	checkpointMagic   = "TFBT"
-	checkpointVersion = 1
+	checkpointVersion = 2
 )
 
 // maxCheckpointBody bounds decompression so a crafted blob cannot expand
@@ -52,6 +54,8 @@ func (s *State) MarshalBinary() ([]byte, error) {
 	i64(int64(s.Epoch))
 	i64(int64(s.EpochStep))
 	i64(s.Tokens)
+	i64(int64(math.Float64bits(s.LossSum)))
+	i64(int64(s.LossSteps))
 	f32s(s.Bias)
 	f32s(s.BiasM)
 	f32s(s.BiasV)
@@ -106,6 +110,7 @@ func (s *State) UnmarshalBinary(b []byte) error {
 	}
 	ns := newZeroState(h.labels, h.dims, h.seed)
 	ns.Step, ns.Epoch, ns.EpochStep, ns.Tokens = h.step, h.epoch, h.epochStep, h.tokens
+	ns.LossSum, ns.LossSteps = h.lossSum, h.lossSteps
 	d.f32s(ns.Bias)
 	d.f32s(ns.BiasM)
 	d.f32s(ns.BiasV)
@@ -132,6 +137,8 @@ type header struct {
 	seed                   int64
 	step, epoch, epochStep int
 	tokens                 int64
+	lossSum                float64
+	lossSteps              int
 }
 
 // openCheckpoint checks the magic and version, starts decompressing and
@@ -144,8 +151,9 @@ func openCheckpoint(r io.Reader) (*decoder, header, error) {
 	if _, err := io.ReadFull(br, lead); err != nil || string(lead[:len(checkpointMagic)]) != checkpointMagic {
 		return nil, h, fmt.Errorf("%w: missing header", errCorrupt)
 	}
-	if v := lead[len(checkpointMagic)]; v != checkpointVersion {
-		return nil, h, fmt.Errorf("%w: unsupported version %d", errCorrupt, v)
+	version := lead[len(checkpointMagic)]
+	if version < 1 || version > checkpointVersion {
+		return nil, h, fmt.Errorf("%w: unsupported version %d", errCorrupt, version)
 	}
 	zr, err := gzip.NewReader(br)
 	if err != nil {
@@ -164,6 +172,9 @@ func openCheckpoint(r io.Reader) (*decoder, header, error) {
 	h.seed = d.i64()
 	h.step, h.epoch, h.epochStep = int(d.i64()), int(d.i64()), int(d.i64())
 	h.tokens = d.i64()
+	if version >= 2 {
+		h.lossSum, h.lossSteps = math.Float64frombits(uint64(d.i64())), int(d.i64())
+	}
 	if d.err != nil {
 		return nil, h, d.err
 	}

@@ -39,6 +39,11 @@ type State struct {
 	Epoch     int   // epochs completed
 	EpochStep int   // batches done in epoch Epoch+1; 0 between epochs
 	Tokens    int64 // sum of Example.Tokens over every trained batch
+	// LossSum sums the batch losses of the LossSteps steps since the
+	// caller last took their mean (TakeLoss), so that a run resumed
+	// between two reports averages the same batches as one that was not.
+	LossSum   float64
+	LossSteps int
 
 	W, M, V            []float32 // weights and Adam moments, Dims*len(Labels)
 	Bias, BiasM, BiasV []float32 // per-label bias and its Adam moments
@@ -144,10 +149,21 @@ func (s *State) validate() error {
 		return errors.New("trainer: state weight matrices do not match dims x labels")
 	case len(s.Bias) != L || len(s.BiasM) != L || len(s.BiasV) != L:
 		return errors.New("trainer: state bias vectors do not match labels")
-	case s.Step < 0 || s.Epoch < 0 || s.EpochStep < 0 || s.Tokens < 0:
+	case s.Step < 0 || s.Epoch < 0 || s.EpochStep < 0 || s.Tokens < 0 || s.LossSteps < 0:
 		return errors.New("trainer: state progress counters are negative")
 	}
 	return nil
+}
+
+// TakeLoss returns the mean batch loss of the steps since the last call
+// (0 when none) and starts the sum again.
+func (s *State) TakeLoss() float64 {
+	mean := 0.0
+	if s.LossSteps > 0 {
+		mean = s.LossSum / float64(s.LossSteps)
+	}
+	s.LossSum, s.LossSteps = 0, 0
+	return mean
 }
 
 // logits writes bias + W·x for the sparse vector (idx, val) into z.

@@ -121,7 +121,16 @@ type Run struct {
 	gradB   []float64
 	zeros   []float64
 	z       []float64
+
+	// OnEvaluate, when set, is called as an evaluation pass goes: at its
+	// start and every EvalReportEvery examples, with the examples done and
+	// the pass's total. A long pass over a large set reports it is alive.
+	OnEvaluate func(done, total int)
 }
+
+// EvalReportEvery is how many examples an evaluation pass takes between
+// calls of Run.OnEvaluate.
+const EvalReportEvery = 4096
 
 // NewRun featurizes train and validation once. Every training label must be
 // in the state's label set (the state is built from the training set).
@@ -204,6 +213,8 @@ func (r *Run) TrainEpoch(ctx context.Context, epoch int, onStep func(StepInfo) e
 			}
 			lo := s.EpochStep * r.hp.BatchSize
 			loss, lr := r.step(order[lo:min(lo+r.hp.BatchSize, len(order))])
+			s.LossSum += loss
+			s.LossSteps++
 			info := StepInfo{
 				Step:          s.Step,
 				Epoch:         epoch,
@@ -313,6 +324,9 @@ func (r *Run) evaluate(d *dataset) (loss, accuracy float64, ok bool) {
 	z := r.z
 	var scored, correct int
 	for i := range d.len() {
+		if r.OnEvaluate != nil && i%EvalReportEvery == 0 {
+			r.OnEvaluate(i, d.len())
+		}
 		y := d.label[i]
 		if y < 0 {
 			continue

@@ -1,9 +1,13 @@
 package trainer
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -152,7 +156,8 @@ func TestUnknownValidationLabels(t *testing.T) {
 func sameState(t *testing.T, got, want *State) {
 	t.Helper()
 	if !slices.Equal(got.Labels, want.Labels) || got.Dims != want.Dims || got.Seed != want.Seed ||
-		got.Step != want.Step || got.Epoch != want.Epoch || got.EpochStep != want.EpochStep || got.Tokens != want.Tokens {
+		got.Step != want.Step || got.Epoch != want.Epoch || got.EpochStep != want.EpochStep || got.Tokens != want.Tokens ||
+		math.Float64bits(got.LossSum) != math.Float64bits(want.LossSum) || got.LossSteps != want.LossSteps {
 		t.Fatalf("state header differs:\n got %v %d %d %d %d %d %d\nwant %v %d %d %d %d %d %d",
 			got.Labels, got.Dims, got.Seed, got.Step, got.Epoch, got.EpochStep, got.Tokens,
 			want.Labels, want.Dims, want.Seed, want.Step, want.Epoch, want.EpochStep, want.Tokens)
@@ -417,5 +422,97 @@ func TestNewRunRefusesABadState(t *testing.T) {
 	hp := Hyperparameters{Epochs: 1, LearningRate: 0.1, BatchSize: 8}
 	if _, err := NewRun(&State{}, hp, []Example{{Text: "a ticket", Label: "billing"}}, nil); err == nil {
 		t.Fatal("NewRun accepted a state with no labels and no dims")
+	}
+}
+
+// TakeLoss averages the batch losses since the last take, and the sum
+// survives a checkpoint, so a report spanning a resume is the same.
+func TestTakeLoss(t *testing.T) {
+	s, r := newRun(t, intentData(200, 10), nil, defaultHP)
+	var losses []float64
+	if _, err := r.TrainEpoch(context.Background(), 1, func(si StepInfo) error {
+		losses = append(losses, si.BatchLoss)
+		if si.EpochStep == 7 {
+			s.TakeLoss()
+			losses = nil
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, l := range losses {
+		sum += l
+	}
+	if s.LossSteps != len(losses) || s.LossSum != sum {
+		t.Fatalf("the state sums %d losses to %v; want %d to %v", s.LossSteps, s.LossSum, len(losses), sum)
+	}
+	blob, err := s.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var restored State
+	if err := restored.UnmarshalBinary(blob); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := restored.TakeLoss(), sum/float64(len(losses)); got != want {
+		t.Errorf("restored mean loss %v; want %v", got, want)
+	}
+	if restored.LossSteps != 0 || restored.TakeLoss() != 0 {
+		t.Error("TakeLoss did not start the sum again")
+	}
+}
+
+// A version 1 checkpoint, from before the loss sum, still decodes.
+func TestDecodesVersion1(t *testing.T) {
+	s, r := newRun(t, intentData(100, 11), nil, defaultHP)
+	if _, err := r.TrainEpoch(context.Background(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := s.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Version 1's body is version 2's without the two loss fields, which
+	// follow the header's seed and four counters.
+	zr, err := gzip.NewReader(bytes.NewReader(blob[len(checkpointMagic)+1:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := 8
+	for _, l := range s.Labels {
+		at += len(binary.AppendUvarint(nil, uint64(len(l)))) + len(l)
+	}
+	at += 5 * 8
+	var v1 bytes.Buffer
+	v1.WriteString(checkpointMagic)
+	v1.WriteByte(1)
+	zw := gzip.NewWriter(&v1)
+	zw.Write(slices.Concat(body[:at], body[at+16:]))
+	zw.Close()
+	var got State
+	if err := got.UnmarshalBinary(v1.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	s.LossSum, s.LossSteps = 0, 0
+	sameState(t, &got, s)
+}
+
+// An evaluation pass reports its progress as it goes.
+func TestOnEvaluate(t *testing.T) {
+	valid := intentData(2*EvalReportEvery+1, 12)
+	_, r := newRun(t, intentData(100, 13), valid, defaultHP)
+	var calls [][2]int
+	r.OnEvaluate = func(done, total int) { calls = append(calls, [2]int{done, total}) }
+	if _, ok := r.ValidationLoss(); !ok {
+		t.Fatal("no validation loss")
+	}
+	want := [][2]int{{0, len(valid)}, {EvalReportEvery, len(valid)}, {2 * EvalReportEvery, len(valid)}}
+	if !slices.Equal(calls, want) {
+		t.Errorf("OnEvaluate called with %v; want %v", calls, want)
 	}
 }

@@ -9,7 +9,8 @@ import (
 // quietSDK passes the Temporal SDK's log to h, except what a healthy
 // platform says all the time: every stop cancels an epoch, and the SDK
 // then warns that a heartbeat found the context canceled and logs the
-// canceled activity as an error. Those go to the debug level.
+// canceled activity as an error; every shutdown cancels the workers'
+// polls, which it warns of too. Those go to the debug level.
 type quietSDK struct{ h slog.Handler }
 
 func (q quietSDK) Enabled(ctx context.Context, l slog.Level) bool { return q.h.Enabled(ctx, l) }
@@ -27,9 +28,12 @@ func (q quietSDK) Handle(ctx context.Context, r slog.Record) error {
 func (q quietSDK) WithAttrs(as []slog.Attr) slog.Handler { return quietSDK{q.h.WithAttrs(as)} }
 func (q quietSDK) WithGroup(name string) slog.Handler    { return quietSDK{q.h.WithGroup(name)} }
 
-// canceledNoise says whether r reports only that an activity was canceled.
+// canceledNoise says whether r reports only that an activity or a poll was
+// canceled.
 func canceledNoise(r slog.Record) bool {
-	if r.Message != "RecordActivityHeartbeat with error" && r.Message != "Activity error." {
+	switch r.Message {
+	case "RecordActivityHeartbeat with error", "Activity error.", "Failed to poll for task.":
+	default:
 		return false
 	}
 	canceled := false

@@ -15,11 +15,13 @@ func TestQuietSDK(t *testing.T) {
 	log.Error("Activity error.", "ActivityType", "TrainEpoch", "Error", "canceled")
 	log.Error("Activity error.", "ActivityType", "Deploy", "Error", "inference backend unreachable")
 	log.Warn("RecordActivityHeartbeat with error", "Error", "connection refused")
+	log.Warn("Failed to poll for task.", "WorkerType", "WorkflowWorker", "Error", "context canceled")
+	log.Warn("Failed to poll for task.", "WorkerType", "ActivityWorker", "Error", "frontend unavailable")
 	got := buf.String()
 	if strings.Contains(got, "canceled") {
 		t.Errorf("cancellations were logged:\n%s", got)
 	}
-	if !strings.Contains(got, "inference backend unreachable") || !strings.Contains(got, "connection refused") {
+	if !strings.Contains(got, "inference backend unreachable") || !strings.Contains(got, "connection refused") || !strings.Contains(got, "frontend unavailable") {
 		t.Errorf("real failures were dropped:\n%s", got)
 	}
 }

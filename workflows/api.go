@@ -8,6 +8,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 )
@@ -52,6 +54,21 @@ type TransitionRequest struct {
 	// FromCheckpoint resumes from one of the job's kept checkpoints (its
 	// ID) instead of its latest. Restart only.
 	FromCheckpoint string `json:"fromCheckpoint,omitempty"`
+	// Checkpoint deploys one of the job's kept checkpoints (its ID)
+	// instead of its final model. Deploy only.
+	Checkpoint string `json:"checkpoint,omitempty"`
+	// What a restart changes first: the batch size, the hardware pool
+	// (with its price per hour) and the budget; zero values keep the
+	// job's. Restart only.
+	BatchSize   int      `json:"batchSize,omitempty"`
+	HardwareID  string   `json:"hardwareId,omitempty"`
+	CostPerHour float64  `json:"costPerHour,omitempty"`
+	MaxCost     *float64 `json:"maxCost,omitempty"`
+}
+
+// amends says whether a restart request changes the job.
+func (r TransitionRequest) amends() bool {
+	return r.BatchSize != 0 || r.HardwareID != "" || r.MaxCost != nil
 }
 
 // Change IDs for workflow.GetVersion, so runs recorded before a change replay.
@@ -108,6 +125,13 @@ type JobInput struct {
 	MaxSequenceLength int
 	Hyperparameters   trainer.Hyperparameters
 	ResultModel       string
+	// MaxCost is the job's budget in USD (nil for none), CostPerHour the
+	// price of its pool: the job stops when its GPU time reaches the budget.
+	MaxCost     *float64 `json:",omitempty"`
+	CostPerHour float64  `json:",omitempty"`
+	// EarlyStopping, when set, ends training once validation loss stops
+	// improving.
+	EarlyStopping *db.EarlyStopping `json:",omitempty"`
 	// AutoDeploy deploys the job as soon as training completes (jobs
 	// created through the OpenAI-shaped API, whose clients expect a usable
 	// model when a job succeeds).
@@ -163,9 +187,24 @@ type JobState struct {
 	ValidationLoss *float64         `json:"validationLoss,omitempty"`
 	TrainedTokens  int64            `json:"trainedTokens"`
 	ResultModel    string           `json:"resultModel,omitempty"`
-	Error          string           `json:"error,omitempty"`
+	// Error is Failure's message, kept for runs recorded before failures
+	// had classes.
+	Error   string           `json:"error,omitempty"`
+	Failure *failure.Failure `json:"failure,omitempty"`
 	// Cancelled marks a stopped job that was cancelled: it does not resume.
 	Cancelled bool `json:"cancelled,omitempty"`
+	// Spent is the cost in USD of the GPU time of the job's runs so far,
+	// the slot it holds now excepted, as the workflow's clock measures it:
+	// what its budget is checked against.
+	Spent float64 `json:"spent,omitempty"`
+	// BestValidationLoss is the lowest validation loss an epoch ended
+	// with, and SinceBest counts the epochs since it: early stopping's
+	// watch.
+	BestValidationLoss *float64 `json:"bestValidationLoss,omitempty"`
+	SinceBest          int      `json:"sinceBest,omitempty"`
+	// StoppedEarly says training ended before its last epoch because
+	// validation loss stopped improving.
+	StoppedEarly bool `json:"stoppedEarly,omitempty"`
 }
 
 // TransitionResult is what the stop, restart and deploy updates return.

@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -42,11 +44,15 @@ func TestEpochAttemptsAreBounded(t *testing.T) {
 	assert.Equal(t, jobstatus.Failed, st.Status)
 	assert.Equal(t, 1, st.Epoch, "epoch 1 stays trained")
 	want := fmt.Sprintf("epoch 2 failed %d times, the last time with: %s", workflows.EpochAttempts, why)
-	assert.Equal(t, want, st.Error)
+	assert.True(t, strings.HasPrefix(st.Error, want), st.Error)
 	rec := h.lastRecord()
 	assert.Equal(t, jobstatus.Failed, rec.Status)
-	assert.Equal(t, want, rec.Error)
-	assert.Equal(t, "Training failed: "+want, rec.Log)
+	require.NotNil(t, rec.Failure)
+	assert.Equal(t, failure.Internal, rec.Failure.Class, "a failure of no known type is internal")
+	assert.Equal(t, "internal_error", rec.Failure.Code)
+	assert.Equal(t, st.Error, rec.Failure.Message)
+	assert.Contains(t, rec.Failure.Message, "report the job ID", "the message says what to do next")
+	assert.Equal(t, "Training failed: "+rec.Failure.Message, rec.Log)
 	assert.Equal(t, db.EventFailed, rec.Event)
 	assert.Equal(t, []string{"running", "failed"}, h.statuses())
 	events, epochs, releases, _ := h.snapshot()
@@ -76,4 +82,48 @@ func TestEpochRetryThatSucceeds(t *testing.T) {
 	assert.Equal(t, int32(workflows.EpochAttempts), attempts.Load())
 	assert.Equal(t, jobstatus.Completed, st.Status, st.Error)
 	assert.Equal(t, 2, st.Epoch)
+}
+
+// TestFailureClasses: each failure ends the job with its class and code,
+// and the classes that are never retried end the epoch at its first
+// attempt even when the error was raised as retryable: the retry policy
+// is the class's, in one place.
+func TestFailureClasses(t *testing.T) {
+	cases := []struct {
+		name     string
+		err      error
+		class    failure.Class
+		code     string
+		attempts int32
+	}{
+		{"out of memory", temporal.NewApplicationError("the trainer ran out of GPU memory", activities.ErrTypeOutOfMemory), failure.OOM, "out_of_memory", 1},
+		{"bad data", temporal.NewApplicationError("line 3: no assistant reply", activities.ErrTypeInvalidData), failure.Data, "invalid_data", 1},
+		{"bad config", temporal.NewApplicationError("the trainer cannot load the model", activities.ErrTypeInvalidConfig), failure.Config, "invalid_config", 1},
+		{"worker lost", temporal.NewApplicationError("worker went away", failure.TypeWorkerLost), failure.WorkerLost, "worker_lost", workflows.EpochAttempts},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var attempts atomic.Int32
+			h.env.OnActivity("TrainEpoch", mock.Anything, mock.Anything).
+				Return(func(context.Context, activities.EpochInput) (activities.EpochResult, error) {
+					attempts.Add(1)
+					return activities.EpochResult{}, tc.err
+				})
+			var st workflows.JobState
+			h.at(time.Hour, func() { st = h.state(); h.env.CancelWorkflow() })
+			h.run(jobInput(1))
+
+			requireCanceled(t, h.env)
+			assert.Equal(t, tc.attempts, attempts.Load(), "attempts")
+			assert.Equal(t, jobstatus.Failed, st.Status)
+			require.NotNil(t, st.Failure)
+			assert.Equal(t, tc.class, st.Failure.Class)
+			assert.Equal(t, tc.code, st.Failure.Code)
+			rec := h.lastRecord()
+			require.NotNil(t, rec.Failure)
+			assert.Equal(t, *st.Failure, *rec.Failure)
+			assert.Equal(t, tc.class, rec.EventData["class"])
+		})
+	}
 }

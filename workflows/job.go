@@ -10,12 +10,12 @@ import (
 	"strings"
 	"time"
 
-	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
@@ -50,6 +50,10 @@ type job struct {
 	failure     error
 	finished    int
 	cancelTrain workflow.CancelFunc
+	// grantedAt is when the job's current slot was granted (zero while it
+	// holds none); overBudget is set when its budget ran out meanwhile.
+	grantedAt  time.Time
+	overBudget bool
 	// created is set once the job's row exists (or failed to be written,
 	// with createErr), which the created update waits for.
 	created   bool
@@ -156,8 +160,9 @@ func (j *job) check(act action, req TransitionRequest) error {
 	if j.requested == actionRestart && req.FromCheckpoint != j.req.FromCheckpoint {
 		return reject("the job is busy with a restart from another checkpoint")
 	}
-	if req.Cancel && act != actionStop || req.FromCheckpoint != "" && act != actionRestart {
-		return reject("cancel goes with stop, fromCheckpoint with restart")
+	if req.Cancel && act != actionStop || (req.FromCheckpoint != "" || req.amends()) && act != actionRestart ||
+		req.Checkpoint != "" && act != actionDeploy {
+		return reject("cancel goes with stop; fromCheckpoint, batchSize, hardware and maxCost with restart; checkpoint with deploy")
 	}
 	switch act {
 	case actionStop:
@@ -309,7 +314,13 @@ func (j *job) train(ctx workflow.Context) error {
 	if activities.IsJobGone(err) {
 		return err
 	}
-	stopped := j.requested == actionStop && temporal.IsCanceledError(err)
+	// Once training was cancelled for a stop or the budget, whatever error
+	// the cancelled activity ended with (a log line its context no longer
+	// let it write) is the cancellation's.
+	if j.overBudget {
+		err = j.budgetFailure(ctx)
+	}
+	stopped := j.requested == actionStop && err != nil && (temporal.IsCanceledError(err) || tctx.Err() != nil)
 	validating := j.state.Phase == PhaseValidating
 	release := func() error {
 		if !leased {
@@ -317,7 +328,9 @@ func (j *job) train(ctx workflow.Context) error {
 		}
 		// Disconnected: the slot must come back even when stopping.
 		rctx, _ := workflow.NewDisconnectedContext(ctx)
-		return workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.ReleaseGPU, j.in.JobID).Get(rctx, nil)
+		err := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.ReleaseGPU, j.in.JobID).Get(rctx, nil)
+		j.spend(ctx)
+		return err
 	}
 	// The outcome is recorded before the slot is released, so the next job
 	// of the pool never starts before this one has finished.
@@ -333,12 +346,13 @@ func (j *job) train(ctx workflow.Context) error {
 	case stopped:
 		terr = j.stopped(ctx)
 	case err != nil:
-		msg := userMessage(err)
+		f := classify(err)
 		what := "Training failed: "
 		if validating {
 			what = "Dataset validation failed: "
 		}
-		terr = j.transition(ctx, jobstatus.Failed, change{Error: msg, Event: db.EventFailed, Log: what + msg, Data: map[string]any{"reason": msg}})
+		terr = j.transition(ctx, jobstatus.Failed, change{Failure: &f, Event: db.EventFailed, Log: what + f.Message,
+			Data: map[string]any{"reason": f.Message, "code": f.Code, "class": f.Class}})
 	default:
 		data := map[string]any{"epochs": j.state.Epoch, "trainedTokens": j.state.TrainedTokens}
 		if j.state.TrainingLoss != nil {
@@ -347,8 +361,15 @@ func (j *job) train(ctx workflow.Context) error {
 		if j.state.ValidationLoss != nil {
 			data["validationLoss"] = *j.state.ValidationLoss
 		}
-		terr = j.transition(ctx, jobstatus.Completed, change{Event: db.EventCompleted, Data: data,
-			Log: fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens)})
+		msg := fmt.Sprintf("Training completed: %d epochs, %d tokens", j.state.Epoch, j.state.TrainedTokens)
+		if es := j.in.EarlyStopping; j.state.StoppedEarly {
+			data["stoppedEarly"], data["bestValidationLoss"] = true, *j.state.BestValidationLoss
+			data["patience"], data["minDelta"] = es.Patience, es.MinDelta
+			msg = fmt.Sprintf("Training stopped early after epoch %d of %d, %d tokens: validation loss has not improved on its best, %.4g, "+
+				"by more than %g for %d epochs", j.state.Epoch, j.in.Hyperparameters.Epochs, j.state.TrainedTokens,
+				*j.state.BestValidationLoss, es.MinDelta, es.Patience)
+		}
+		terr = j.transition(ctx, jobstatus.Completed, change{Event: db.EventCompleted, Data: data, Log: msg})
 	}
 	if outcomeFirst {
 		if err := release(); err != nil {
@@ -376,6 +397,13 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	if err := j.awaitGPU(ctx); err != nil {
 		return true, err
 	}
+	j.grantedAt = workflow.Now(ctx)
+	if stop := j.watchBudget(ctx); stop != nil {
+		defer stop()
+	}
+	if j.overBudget {
+		return true, nil
+	}
 	err = j.transition(ctx, jobstatus.Running, change{Event: db.EventStarted,
 		Log:  fmt.Sprintf("Training started with %d epochs on %s", in.Hyperparameters.Epochs, in.HardwareID),
 		Data: map[string]any{"hardware": in.HardwareID, "epochs": in.Hyperparameters.Epochs, "fromEpoch": j.state.Epoch + 1}})
@@ -399,31 +427,78 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		j.state.Epoch, j.state.Step, j.state.TrainedTokens = res.Epoch, res.Step, res.TrainedTokens
 		j.state.TrainingLoss, j.state.ValidationLoss = &res.TrainingLoss, res.ValidationLoss
 		j.describe(ctx)
+		if epoch < in.Hyperparameters.Epochs && j.stopsEarly(res.ValidationLoss) {
+			j.state.StoppedEarly = true
+			return true, nil
+		}
 	}
 	return true, nil
 }
 
-// epochFailure says so when an epoch failed because it used up its
-// attempts: the job's error then names the epoch and the count, and ends
-// with the last attempt's failure.
-func epochFailure(epoch int, err error) error {
-	var actErr *temporal.ActivityError
-	if !errors.As(err, &actErr) {
-		return err
+// stopsEarly says whether training stops after an epoch that ended with
+// validation loss v: it has not improved on the best by more than the
+// job's minDelta for patience epochs in a row.
+func (j *job) stopsEarly(v *float64) bool {
+	es := j.in.EarlyStopping
+	if es == nil || v == nil {
+		return false
 	}
-	exhausted := actErr.RetryState() == enumspb.RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED
-	if !exhausted && actErr.RetryState() != enumspb.RETRY_STATE_NON_RETRYABLE_FAILURE {
-		// A retryable failure that still ended the activity, which has no
-		// schedule-to-close timeout, used its attempts up (the SDK's test
-		// environment leaves the retry state unspecified).
-		var appErr *temporal.ApplicationError
-		exhausted = errors.As(err, &appErr) && !appErr.NonRetryable()
+	st := &j.state
+	if st.BestValidationLoss == nil || *v < *st.BestValidationLoss-es.MinDelta {
+		best := *v
+		st.BestValidationLoss, st.SinceBest = &best, 0
+		return false
 	}
-	if !exhausted {
-		return err
+	st.SinceBest++
+	return st.SinceBest >= int(es.Patience)
+}
+
+// watchBudget stops training when the job's GPU time reaches its budget,
+// at the price of its pool; it returns what ends the watch, nil when the
+// job has no budget. A job already over budget is marked so at once.
+func (j *job) watchBudget(ctx workflow.Context) (stop func()) {
+	if j.in.MaxCost == nil || j.in.CostPerHour <= 0 {
+		return nil
+	}
+	left := *j.in.MaxCost - j.state.Spent
+	if left <= 0 {
+		j.overBudget = true
+		return nil
+	}
+	wctx, cancel := workflow.WithCancel(ctx)
+	after := time.Duration(left / j.in.CostPerHour * float64(time.Hour))
+	workflow.Go(wctx, func(ctx workflow.Context) {
+		if workflow.Sleep(ctx, after) != nil {
+			return
+		}
+		j.overBudget = true
+		if j.cancelTrain != nil {
+			j.cancelTrain() // the trainer saves a checkpoint as it stops
+		}
+	})
+	return cancel
+}
+
+// spend adds the GPU time of the slot the job held to what it has spent.
+func (j *job) spend(ctx workflow.Context) {
+	if j.grantedAt.IsZero() {
+		return
+	}
+	held := workflow.Now(ctx).Sub(j.grantedAt)
+	j.state.Spent += held.Hours() * j.in.CostPerHour
+	j.grantedAt = time.Time{}
+}
+
+// budgetFailure is the failure of a job stopped at its budget.
+func (j *job) budgetFailure(ctx workflow.Context) error {
+	spent := j.state.Spent
+	if !j.grantedAt.IsZero() {
+		spent += workflow.Now(ctx).Sub(j.grantedAt).Hours() * j.in.CostPerHour
 	}
 	return temporal.NewNonRetryableApplicationError(
-		fmt.Sprintf("epoch %d failed %d times, the last time with: %s", epoch, EpochAttempts, userMessage(err)), ErrTypeEpochAttempts, err)
+		fmt.Sprintf("the job reached its budget of %.2f USD (maxCost) at step %d, having spent %.2f USD; its latest checkpoint is kept",
+			*j.in.MaxCost, j.state.Step, spent),
+		failure.TypeBudget, nil)
 }
 
 // awaitGPU joins the pool's queue and waits for the grant signal: the wait
@@ -484,7 +559,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 	j.setPhase(ctx, PhaseDeploying)
 	err := workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, deployOptions), a.Deploy, activities.DeployInput{
 		JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, BaseModel: j.in.BaseModel,
-		ResultModel: j.in.ResultModel,
+		ResultModel: j.in.ResultModel, CheckpointID: j.req.Checkpoint,
 	}).Get(ctx, nil)
 	j.setPhase(ctx, PhaseIdle)
 	j.requested = actionNone
@@ -509,13 +584,22 @@ func (j *job) deploy(ctx workflow.Context) error {
 		}
 		lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 		return workflow.ExecuteLocalActivity(lctx, a.RecordDeployFailure, activities.DeployFailure{
-			JobID: j.in.JobID, Model: j.in.ResultModel, Reason: userMessage(err),
+			JobID: j.in.JobID, Model: j.in.ResultModel, Reason: userMessage(err), Class: deployClass(errType),
 		}).Get(ctx, nil)
 	}
 	j.state.ResultModel = j.in.ResultModel
 	j.state.Status = jobstatus.Deployed
 	j.finished++
 	return j.upsertStatus(ctx)
+}
+
+// deployClass is the class of a deploy that failed with errType: one
+// refused as asked is the caller's to change, any other may pass.
+func deployClass(errType string) failure.Class {
+	if errType == activities.ErrTypeUnavailable {
+		return failure.Internal
+	}
+	return failure.Config
 }
 
 // restart re-queues the job and continues as new, so history stays bounded;
@@ -554,7 +638,8 @@ func (j *job) restart(ctx workflow.Context) error {
 		data["fromCheckpoint"], data["step"] = from, at.Step
 		msg = fmt.Sprintf("Job restarted by %s (restart %d); it resumes from checkpoint %s at step %d (epoch %d)", who, next.Attempt, from, at.Step, at.Epoch)
 	}
-	if err := j.transition(ctx, jobstatus.Queued, change{Event: db.EventRestarted, Log: msg, Data: data}); err != nil {
+	amend := j.amend(&next, data)
+	if err := j.transition(ctx, jobstatus.Queued, change{Event: db.EventRestarted, Log: msg, Data: data, Amend: amend}); err != nil {
 		return err
 	}
 	j.requested = actionNone
@@ -566,14 +651,38 @@ func (j *job) restart(ctx workflow.Context) error {
 	return workflow.NewContinueAsNewError(ctx, FineTuningJob, next)
 }
 
+// amend applies what the restart request changes to the next run's input,
+// noting each change in data; nil when it changes nothing.
+func (j *job) amend(next *JobInput, data map[string]any) *activities.Amendment {
+	r := j.req
+	if !r.amends() {
+		return nil
+	}
+	var am activities.Amendment
+	if r.BatchSize != 0 {
+		next.Hyperparameters.BatchSize = r.BatchSize
+		am.BatchSize, data["batchSize"] = &r.BatchSize, r.BatchSize
+	}
+	if r.HardwareID != "" {
+		next.HardwareID, next.CostPerHour = r.HardwareID, r.CostPerHour
+		am.HardwareID, data["hardware"] = &r.HardwareID, r.HardwareID
+	}
+	if r.MaxCost != nil {
+		next.MaxCost = r.MaxCost
+		am.MaxCost, data["maxCost"] = r.MaxCost, *r.MaxCost
+	}
+	return &am
+}
+
 // change is what a transition records besides the new status: the run's
 // error, the event (with its figures) and the log line that tell it.
 type change struct {
-	Error  string
-	Cancel bool
-	Event  db.EventType
-	Log    string
-	Data   map[string]any
+	Failure *failure.Failure
+	Amend   *activities.Amendment
+	Cancel  bool
+	Event   db.EventType
+	Log     string
+	Data    map[string]any
 }
 
 // transition records a new status in PostgreSQL and the search attributes,
@@ -585,13 +694,17 @@ func (j *job) transition(ctx workflow.Context, s jobstatus.Status, c change) err
 	}
 	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 	err := workflow.ExecuteLocalActivity(lctx, a.RecordStatus, activities.StatusRecord{
-		JobID: j.in.JobID, Status: s, Error: c.Error, At: workflow.Now(ctx), Cancel: c.Cancel,
+		JobID: j.in.JobID, Status: s, Failure: c.Failure, Amend: c.Amend, At: workflow.Now(ctx), Cancel: c.Cancel,
 		Log: c.Log, LogLevel: level, Event: c.Event, EventData: c.Data,
 	}).Get(ctx, nil)
 	if err != nil {
 		return err
 	}
-	j.state.Status, j.state.Error = s, c.Error
+	j.state.Status, j.state.Failure = s, c.Failure
+	j.state.Error = ""
+	if c.Failure != nil {
+		j.state.Error = c.Failure.Message
+	}
 	j.state.Cancelled = s == jobstatus.Stopped && (c.Cancel || j.state.Cancelled)
 	return j.upsertStatus(ctx)
 }
@@ -696,7 +809,8 @@ var (
 		HeartbeatTimeout:    HeartbeatTimeout,
 		// The stop update answers once training has really halted.
 		WaitForCancellation: true,
-		RetryPolicy:         &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: EpochAttempts},
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second, MaximumAttempts: EpochAttempts,
+			NonRetryableErrorTypes: nonRetryableTypes()},
 	}
 	recordOptions = workflow.LocalActivityOptions{
 		StartToCloseTimeout: 30 * time.Second,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -356,7 +357,7 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	for _, r := range h.records {
 		assert.Equal(t, in.JobID, r.JobID)
 		assert.Equal(t, activities.LevelInfo, r.LogLevel)
-		assert.Empty(t, r.Error)
+		assert.Nil(t, r.Failure)
 	}
 	assert.Equal(t, startTime.Add(20*time.Minute), h.records[0].At, "running is recorded when the slot is granted")
 	assert.Equal(t, startTime.Add(50*time.Minute), h.records[1].At)
@@ -388,16 +389,20 @@ func TestBadDatasetFails(t *testing.T) {
 
 	requireCanceled(t, h.env)
 	assert.Equal(t, jobstatus.Failed, st.Status)
-	assert.Equal(t, msg, st.Error)
+	want := failure.Failure{Code: "invalid_data", Class: failure.Data,
+		Message: msg + ". Fix the dataset where the message says and create the job again with the corrected file"}
+	require.NotNil(t, st.Failure)
+	assert.Equal(t, want, *st.Failure)
+	assert.Equal(t, want.Message, st.Error)
 	assert.Equal(t, workflows.PhaseIdle, st.Phase)
 	h.mu.Lock()
 	require.Len(t, h.records, 1)
 	assert.Equal(t, jobstatus.Failed, h.records[0].Status)
-	assert.Equal(t, msg, h.records[0].Error)
+	assert.Equal(t, &want, h.records[0].Failure)
 	assert.Equal(t, activities.LevelError, h.records[0].LogLevel)
-	assert.Equal(t, "Dataset validation failed: "+msg, h.records[0].Log)
+	assert.Equal(t, "Dataset validation failed: "+want.Message, h.records[0].Log)
 	assert.Equal(t, db.EventFailed, h.records[0].Event)
-	assert.Equal(t, map[string]any{"reason": msg}, h.records[0].EventData)
+	assert.Equal(t, map[string]any{"reason": want.Message, "code": want.Code, "class": want.Class}, h.records[0].EventData)
 	h.mu.Unlock()
 	// Validation failed before a slot was asked for: nothing to release.
 	h.env.AssertActivityNumberOfCalls(t, "ValidateDataset", 1) // non-retryable: not retried

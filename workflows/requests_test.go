@@ -11,6 +11,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/workflows"
 )
@@ -207,7 +208,7 @@ func TestAutoDeployFailureIsRecorded(t *testing.T) {
 	requireCompleted(t, deploy, jobstatus.Deployed, "Fine-tuned model deployed successfully")
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	assert.Equal(t, []activities.DeployFailure{{JobID: in.JobID, Model: in.ResultModel, Reason: "model name taken"}}, h.failures)
+	assert.Equal(t, []activities.DeployFailure{{JobID: in.JobID, Model: in.ResultModel, Reason: "model name taken", Class: failure.Config}}, h.failures)
 }
 
 func TestTransitionsRecordEvents(t *testing.T) {

@@ -83,8 +83,8 @@ func rootCommand() *cobra.Command {
 
 The platform's processes (dev, api, worker, migrate, apikey) read their
 settings from the environment (see README.md). The client commands (jobs,
-datasets, models) call an API: TUNEFORGE_URL (default ` + cli.DefaultURL + `) with the
-key in TUNEFORGE_API_KEY.`,
+datasets, models, chat, base-models, hardware) call an API: TUNEFORGE_URL
+(default ` + cli.DefaultURL + `) with the key in TUNEFORGE_API_KEY.`,
 		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,

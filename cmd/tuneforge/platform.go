@@ -93,6 +93,7 @@ func (p *platform) activities() *activities.Activities {
 // its own work directory, and the trainer backend cfg names.
 func (p *platform) trainingActivities(cfg config.Config, workerID string) (*activities.Activities, error) {
 	acts := p.activities()
+	acts.Hang = cfg.Hang
 	if cfg.Trainer != config.TrainerCommand {
 		return acts, nil
 	}
@@ -101,19 +102,21 @@ func (p *platform) trainingActivities(cfg config.Config, workerID string) (*acti
 		return nil, err
 	}
 	runner.LogRate = cfg.TrainerLogRate
+	runner.Hang = cfg.Hang
 	acts.Command, acts.ModelDir, acts.WorkDir = runner, cfg.ModelDir, activities.WorkRoot(cfg.WorkDir, workerID)
 	return acts, nil
 }
 
 func (p *platform) api(cfg config.Config) *server.Server {
 	return server.New(server.Deps{
-		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir,
+		Store: p.store, Temporal: p.temporal, Artifacts: p.artifacts, DataDir: cfg.DataDir, ImportDir: cfg.ImportDir,
 		Logger: p.log, GPULiveness: workers.GPULiveness, RateLimit: cfg.RateLimit,
 		AuthFailureRate: cfg.AuthFailureRate, TrustedProxies: cfg.TrustedProxies,
 		Datasets: server.DatasetLimits{
 			MaxBytes: cfg.DatasetMaxBytes, QuotaBytes: cfg.DatasetQuotaBytes, QuotaCount: cfg.DatasetQuotaCount,
 		},
 		Inference: p.inference, MaxActiveJobs: cfg.MaxActiveJobs,
+		StreamsPerKey: cfg.StreamsPerKey, StreamsPerOrg: cfg.StreamsPerOrg,
 		ModelCacheBytes: cfg.ModelCacheBytes, MaxCompletionTokens: cfg.InferenceMaxTokens,
 	})
 }

@@ -39,7 +39,21 @@ function fmtBytes(n) {
   for (const [u, s] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) if (n >= s) return (n / s).toFixed(1) + " " + u;
   return n + " B";
 }
-const statusBadge = (s) => h("span", { class: "status " + s, "data-status": s }, s);
+// statusBadge shows a job's status; a cancelled job is stopped for good,
+// which its badge says.
+const statusBadge = (s, cancelled) => h("span", { class: "status " + s + (cancelled ? " cancelled" : ""), "data-status": s, "data-cancelled": cancelled },
+  cancelled ? s + " (cancelled)" : s);
+// fmtUSD shows a cost; cents hide what a short job costs.
+const fmtUSD = (v) => "$" + (v >= 1 || v === 0 ? v.toFixed(2) : Number(v.toPrecision(2)));
+
+// jobErrorParts shows a job's error as its class and message: the API
+// sends {code, class, message}; older servers sent the message alone.
+function jobErrorParts(err) {
+  if (err == null || err === "") return [];
+  const e = typeof err === "string" ? { message: err } : err;
+  const cls = e.class ? [h("span", { class: "error-class", "data-error-class": e.class, title: e.code }, e.class)] : [];
+  return ["Error: ", ...cls, e.message || e.code || ""];
+}
 
 class APIError extends Error {
   constructor(status, body) {
@@ -137,7 +151,7 @@ async function jobsPage(params) {
     if (search) q.set("search", search);
     const page = await api("GET", API + "/jobs?" + q);
     body.replaceChildren(...page.jobs.map((j) => h("tr", { class: "click", "data-job": j.id, onclick: () => { location.hash = "#/jobs/" + j.id; } },
-      h("td", {}, j.name, h("div", { class: "muted" }, j.id)), h("td", {}, statusBadge(j.status)), h("td", {}, j.baseModel),
+      h("td", {}, j.name, h("div", { class: "muted" }, j.id)), h("td", {}, statusBadge(j.status, j.cancelled === true)), h("td", {}, j.baseModel),
       h("td", {}, fmtTime(j.createdAt)), h("td", {}, fmtTime(j.finishedAt)))));
     if (page.jobs.length === 0) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No jobs yet.")));
     const total = page.countExact ? `${page.count}` : `${page.count}+`;
@@ -184,39 +198,100 @@ async function newJobPage() {
       h("button", { type: "submit", id: "create-job" }, "Create job")));
 }
 
-// lossChart draws training and validation loss against step as SVG.
-function lossChart(svg, steps) {
-  const W = 760, H = 260, L = 52, R = 16, T = 14, B = 30;
+// niceTicks are about n round values (1, 2 or 5 times a power of ten
+// apart) from at or below lo to at or above hi.
+function niceTicks(lo, hi, n) {
+  const raw = (hi - lo) / n || 1, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((v) => v >= raw);
+  const out = [];
+  for (let i = Math.floor(lo / step); i <= Math.ceil(hi / step); i++) out.push(Number((i * step).toPrecision(12)));
+  return out;
+}
+
+// logScale is a log axis for [lo, hi]: its ends, the values 1, 2 or 5 times
+// a power of ten that enclose the range, and its ticks, those values when
+// there are few, else the powers of ten (every other one, or fewer, over
+// many decades).
+function logScale(lo, hi) {
+  const all = [];
+  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)) + 1; e++) for (const m of [1, 2, 5]) all.push(Number((m * 10 ** e).toPrecision(12)));
+  const from = all.findLastIndex((v) => v <= lo), to = Math.max(all.findIndex((v) => v >= hi), from + 1);
+  const within = all.slice(from, to + 1);
+  const decades = within.filter((v) => Number.isInteger(Math.log10(v)));
+  const every = Math.ceil(decades.length / 6);
+  return { lo: within[0], hi: within[within.length - 1], ticks: within.length <= 9 ? within : decades.filter((_, i) => i % every === 0) };
+}
+
+const fmtTick = (v) => (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5) ? v.toExponential(0) : String(Number(v.toPrecision(3))));
+
+// wantsLog says whether losses spanning orders of magnitude need a log scale.
+function wantsLog(steps) {
+  const ys = steps.flatMap((s) => [s.trainingLoss, s.validationLoss]).filter((v) => v != null);
+  const lo = Math.min(...ys), hi = Math.max(...ys);
+  return ys.length > 0 && lo > 0 && hi / lo > 20;
+}
+
+// lossChart draws training and validation loss against step as SVG, on a
+// log scale when log is set, with the checkpoints as markers on the curve
+// (the best one filled and labelled).
+function lossChart(svg, steps, { checkpoints = [], log = false } = {}) {
+  const W = 760, H = 260, L = 52, R = 16, T = 14, B = 34;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const ns = "http://www.w3.org/2000/svg";
   const el = (tag, attrs, text) => {
     const e = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    for (const [k, v] of Object.entries(attrs)) if (v != null) e.setAttribute(k, v);
     if (text != null) e.textContent = text;
     svg.append(e);
     return e;
   };
   if (steps.length === 0) { el("text", { x: W / 2 - 60, y: H / 2 }, "No metric points yet"); return; }
+  // A log scale has no place for a loss of 0: such points are left out,
+  // and losses all 0 stay linear.
+  log = log && steps.some((s) => s.trainingLoss > 0 || s.validationLoss > 0);
+  const shown = (v) => v != null && (!log || v > 0);
   const xs = steps.map((s) => s.step);
-  const ys = steps.flatMap((s) => [s.trainingLoss, s.validationLoss]).filter((v) => v != null);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1), y0 = 0, y1 = Math.max(...ys) * 1.05 || 1;
-  const px = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R), py = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-  for (let i = 0; i <= 4; i++) {
-    const y = y0 + ((y1 - y0) * i) / 4;
+  const ys = steps.flatMap((s) => [s.trainingLoss, s.validationLoss]).filter(shown);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+  let yTicks, f;
+  if (log) {
+    const scale = logScale(Math.min(...ys), Math.max(...ys));
+    const a = Math.log10(scale.lo), b = Math.log10(scale.hi);
+    yTicks = scale.ticks;
+    f = (y) => (Math.log10(y) - a) / (b - a);
+  } else {
+    yTicks = niceTicks(0, Math.max(...ys, 0) || 1, 4);
+    const top = yTicks[yTicks.length - 1];
+    f = (y) => y / top;
+  }
+  svg.dataset.scale = log ? "log" : "linear";
+  const px = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R), py = (y) => H - B - f(y) * (H - T - B);
+  for (const y of yTicks) {
     el("line", { class: "grid", x1: L, x2: W - R, y1: py(y), y2: py(y) });
-    el("text", { x: 4, y: py(y) + 4 }, y.toPrecision(3));
+    el("text", { class: "tick", x: L - 6, y: py(y) + 4, "text-anchor": "end", "data-value": y }, fmtTick(y));
   }
   el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B });
   el("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B });
-  el("text", { x: L, y: H - 8 }, "step " + x0);
-  el("text", { x: W - R - 70, y: H - 8 }, "step " + x1);
+  for (const x of niceTicks(x0, x1, 6).filter((x) => Number.isInteger(x) && x >= x0 && x <= x1)) el("text", { x: px(x), y: H - B + 15, "text-anchor": "middle" }, x);
+  el("text", { x: W - R, y: H - 3, "text-anchor": "end" }, "step");
   const path = (key, cls) => {
-    const pts = steps.filter((s) => s[key] != null).map((s) => `${px(s.step).toFixed(1)},${py(s[key]).toFixed(1)}`);
+    const pts = steps.filter((s) => shown(s[key])).map((s) => `${px(s.step).toFixed(1)},${py(s[key]).toFixed(1)}`);
     if (pts.length) el("polyline", { class: cls, points: pts.join(" "), "data-series": key, "data-points": pts.length });
   };
   path("trainingLoss", "train");
   path("validationLoss", "valid");
+  // A checkpoint sits on the training curve at its step (else at its own
+  // loss); the best one is drawn last, over the others.
+  const at = (k) => [steps.findLast((s) => s.step <= k.step && shown(s.trainingLoss))?.trainingLoss, k.trainingLoss, k.validationLoss].find(shown);
+  for (const k of [...checkpoints].sort((a, b) => a.best - b.best)) {
+    const y = at(k);
+    if (y == null || k.step < x0 || k.step > x1) continue;
+    const c = el("circle", { class: k.best ? "ckpt best" : "ckpt", cx: px(k.step), cy: py(y), r: k.best ? 6 : 4, "data-checkpoint": k.id, "data-step": k.step, "data-best": k.best || null });
+    c.append(document.createElementNS(ns, "title"));
+    c.firstChild.textContent = `${k.best ? "best checkpoint" : "checkpoint"} ${k.id}: step ${k.step}, loss ${fmtLoss(y)}`;
+    if (k.best) el("text", { class: "best", x: px(k.step), y: py(y) - 10, "text-anchor": "middle" }, "best");
+  }
 }
 
 // followLogs streams the job's log (server-sent events over fetch, which,
@@ -268,74 +343,110 @@ function followLogs(jobID, pre) {
 
 const logEnded = (pre) => pre.dataset.ended !== undefined;
 
+// today's actions are what the job's status allows, for a server whose job
+// has no actions field.
+const legacyActions = (s) => [(s === "queued" || s === "running") && "stop", (s === "stopped" || s === "failed") && "restart",
+  s === "completed" && "deploy", s !== "running" && "delete"].filter(Boolean);
+
 async function jobPage(id) {
   const title = h("h1", {}, id);
   const grid = h("div", { class: "grid", id: "job-details" });
-  const errBox = h("p", { class: "error", id: "job-error" });
+  const jobErr = h("p", { class: "error", id: "job-error" });
+  // An action's error stays until dismissed or the next action: the
+  // refresh every two seconds must not wipe it before it is read.
+  const actionMsg = h("span", { class: "error" });
+  const actionErr = h("div", { class: "alert", id: "action-error", role: "alert", hidden: true }, actionMsg,
+    h("button", { class: "close", id: "action-error-close", title: "Dismiss", "aria-label": "Dismiss", onclick: () => { actionErr.hidden = true; } }, "×"));
+  const act = async (fn) => {
+    actionErr.hidden = true;
+    try { await fn(); } catch (e) { actionMsg.textContent = e.full || e.message; actionErr.hidden = false; }
+  };
+  const run = {
+    delete: async () => { await api("DELETE", `${API}/jobs/${id}`); toast("Job deleted"); location.hash = "#/jobs"; },
+    // The seed API stops a job; OpenAI's cancel is the same stop, made final.
+    cancel: async () => { await api("POST", `/v1/fine_tuning/jobs/${id}/cancel`); toast("Job cancelled"); refresh(); },
+  };
   const action = (name, label, cls, confirmText) => h("button", {
     id: "job-" + name, class: cls || "", disabled: true,
-    onclick: async () => {
+    onclick: () => act(async () => {
       if (confirmText && !confirm(confirmText)) return;
-      try {
-        if (name === "delete") {
-          await api("DELETE", `${API}/jobs/${id}`);
-          toast("Job deleted");
-          location.hash = "#/jobs";
-          return;
-        }
-        const res = await api("POST", `${API}/jobs/${id}/${name}`);
-        toast(res.message + (res.resultModel ? ": " + res.resultModel : ""));
-        refresh();
-      } catch (e) { errBox.textContent = e.message; }
-    },
+      if (run[name]) return run[name]();
+      const res = await api("POST", `${API}/jobs/${id}/${name}`);
+      toast(res.message + (res.resultModel ? ": " + res.resultModel : ""));
+      refresh();
+    }),
   }, label);
-  const buttons = { stop: action("stop", "Stop", "secondary"), restart: action("restart", "Restart", "secondary"),
-    deploy: action("deploy", "Deploy"), delete: action("delete", "Delete", "danger", "Delete this job, its logs, checkpoints and model?") };
+  const buttons = { stop: action("stop", "Stop", "secondary"), cancel: action("cancel", "Cancel", "secondary", "Cancel this job? A cancelled job cannot be restarted."),
+    restart: action("restart", "Restart", "secondary"), deploy: action("deploy", "Deploy"),
+    delete: action("delete", "Delete", "danger", "Delete this job, its logs, checkpoints and model?") };
   const chart = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   chart.setAttribute("class", "chart");
   chart.id = "loss-chart";
+  // The scale follows the losses (log when they span orders of magnitude)
+  // until the user picks one.
+  let scalePicked = false;
+  const logBox = h("input", { type: "checkbox", id: "log-scale", onchange: () => { scalePicked = true; draw(); } });
   const logs = h("pre", { class: "logs", id: "logs" });
   const ckpts = h("tbody", { id: "checkpoints" });
   render(
     h("p", {}, h("a", { href: "#/jobs" }, "← Jobs")), title,
-    h("div", { class: "card" }, grid, h("div", { class: "row mt" }, Object.values(buttons)), errBox),
-    h("h2", {}, "Loss"), h("div", { class: "legend muted" }, h("span", { class: "t" }, "— training loss"), h("span", { class: "v" }, "- - validation loss")),
+    h("div", { class: "card" }, grid, h("div", { class: "row mt" }, Object.values(buttons)), jobErr, actionErr),
+    h("h2", {}, "Loss"),
+    h("div", { class: "legend muted row" }, h("span", { class: "t" }, "— training loss"), h("span", { class: "v" }, "- - validation loss"),
+      h("span", {}, "○ checkpoint"), h("span", { class: "b" }, "● best checkpoint"), h("span", { class: "spacer" }),
+      h("label", {}, logBox, " log scale")),
     h("div", { class: "card" }, chart),
     h("h2", {}, "Logs"), logs,
     h("h2", {}, "Checkpoints"),
     h("table", {}, h("thead", {}, h("tr", {}, ["Checkpoint", "Step", "Epoch", "Training loss", "Validation loss", "Size", ""].map((c) => h("th", {}, c)))), ckpts));
   followLogs(id, logs);
-  let job;
+  let steps = [], marks = [];
+  const draw = () => {
+    if (!scalePicked) logBox.checked = wantsLog(steps);
+    lossChart(chart, steps, { checkpoints: marks, log: logBox.checked });
+  };
   const refresh = async () => {
-    job = await api("GET", `${API}/jobs/${id}`);
+    const job = await api("GET", `${API}/jobs/${id}`);
     const [m, cp] = await Promise.all([api("GET", `${API}/jobs/${id}/metrics`), api("GET", `${API}/jobs/${id}/checkpoints`)]);
     title.textContent = job.name;
     const hp = job.hyperparameters;
     const queue = job.status === "queued" && job.queuePosition != null ? ` · ${job.queuePosition} of your jobs ahead` : "";
+    const best = job.bestCheckpoint;
+    // Fields a server may not send yet are shown only when sent.
+    const cost = typeof job.costSoFar === "number" ? fmtUSD(job.costSoFar) + (typeof job.maxCost === "number" ? ` of at most ${fmtUSD(job.maxCost)}` : "") : null;
     grid.replaceChildren(...[
-      ["Status", statusBadge(job.status), queue],
+      ["Status", statusBadge(job.status, job.cancelled === true), queue],
       ["Phase", job.phase || "–"],
       ["Epoch", `${m.metrics.currentEpoch} of ${m.metrics.totalEpochs}`],
       ["Training loss", fmtLoss(m.metrics.trainingLoss)], ["Validation loss", fmtLoss(m.metrics.validationLoss)],
-      ["Trained tokens", job.trainedTokens.toLocaleString()], ["Base model", job.baseModel], ["Hardware", job.hardware],
+      ["Trained tokens", job.trainedTokens.toLocaleString()], cost && ["Cost so far", cost], ["Base model", job.baseModel], ["Hardware", job.hardware],
       ["Hyperparameters", `${hp.epochs} epochs, lr ${hp.learningRate}, batch ${hp.batchSize}`],
+      "bestCheckpoint" in job && ["Best checkpoint", best ? `step ${best.step} (epoch ${best.epoch}), validation loss ${fmtLoss(best.validationLoss)}` : "–"],
       ["Training file", job.trainingFile], ["Result model", job.resultModel || "–"], ["Job ID", job.id],
       ["Created", fmtTime(job.createdAt)], ["Finished", fmtTime(job.finishedAt)],
-    ].map(([k, ...v]) => h("div", {}, h("span", {}, k), h("span", { "data-field": k }, ...v))));
-    errBox.textContent = job.error ? "Error: " + job.error : "";
+    ].filter(Boolean).map(([k, ...v]) => h("div", {}, h("span", {}, k), h("span", { "data-field": k }, ...v))));
+    jobErr.replaceChildren(...jobErrorParts(job.error));
     const s = job.status;
     if ((s === "queued" || s === "running") && logEnded(logs)) followLogs(id, logs);
-    buttons.stop.disabled = !(s === "queued" || s === "running");
-    buttons.restart.disabled = !(s === "stopped" || s === "failed");
-    buttons.deploy.disabled = s !== "completed";
-    buttons.delete.disabled = s === "running";
-    lossChart(chart, m.metrics.steps);
-    ckpts.replaceChildren(...cp.checkpoints.map((k) => h("tr", {},
-      h("td", {}, k.id), h("td", {}, k.step), h("td", {}, k.epoch), h("td", {}, fmtLoss(k.trainingLoss)), h("td", {}, fmtLoss(k.validationLoss)),
-      h("td", {}, fmtBytes(k.bytes)),
-      h("td", {}, h("button", { class: "secondary", disabled: !(s === "stopped" || s === "failed"), onclick: async () => {
-        try { const r = await api("POST", `${API}/jobs/${id}/restart`, { fromCheckpoint: k.id }); toast(r.message); refresh(); } catch (e) { errBox.textContent = e.message; }
-      } }, "Restart from here")))));
+    // The server says which actions can succeed now; an older one does not,
+    // and the status decides, with no cancel.
+    const allowed = new Set(Array.isArray(job.actions) ? job.actions : legacyActions(s));
+    for (const [name, b] of Object.entries(buttons)) {
+      b.disabled = !allowed.has(name);
+      b.hidden = Array.isArray(job.actions) ? b.disabled : name === "cancel";
+    }
+    const isBest = (k) => k.best === true || (best != null && best.id === k.id);
+    steps = m.metrics.steps;
+    marks = cp.checkpoints.map((k) => ({ ...k, best: isBest(k) }));
+    draw();
+    ckpts.replaceChildren(...marks.map((k) => h("tr", { class: k.best ? "best" : null, "data-checkpoint": k.id },
+      h("td", {}, k.id, k.best ? h("span", { class: "tag best" }, "best") : null), h("td", {}, k.step), h("td", {}, k.epoch),
+      h("td", {}, fmtLoss(k.trainingLoss)), h("td", {}, fmtLoss(k.validationLoss)), h("td", {}, fmtBytes(k.bytes)),
+      h("td", {}, h("button", { class: "secondary", disabled: !allowed.has("restart"), onclick: () => act(async () => {
+        const r = await api("POST", `${API}/jobs/${id}/restart`, { fromCheckpoint: k.id });
+        toast(r.message);
+        refresh();
+      }) }, "Restart from here")))));
     if (cp.checkpoints.length === 0) ckpts.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No checkpoint kept yet: one is kept at the end of each epoch.")));
   };
   every(2000, refresh);

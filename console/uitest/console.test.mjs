@@ -59,6 +59,90 @@ function tickets(n, seed) {
   return lines.join("\n") + "\n";
 }
 
+// jobFields checks the job page against the job as an older server sends
+// it and as a newer one does (cancelled, actions, error objects, cost, the
+// best checkpoint), whatever this server sends: the job, its metrics and
+// checkpoints are rewritten on their way to the page. It also checks that
+// an action's error stays until dismissed, and the log scale of the chart.
+async function jobFields(page, base, id) {
+  const jobURL = `${base}/api/v1/fine-tuning/jobs/${id}`;
+  let edit = {};
+  const rewrite = (url, key) => page.route(url, async (route) => {
+    if (route.request().method() !== "GET" || !edit[key]) return route.fallback();
+    const res = await route.fetch();
+    const body = await res.json();
+    edit[key](body);
+    await route.fulfill({ response: res, json: body });
+  });
+  await rewrite(jobURL, "job");
+  await rewrite(jobURL + "/metrics", "metrics");
+  await rewrite(jobURL + "/checkpoints", "checkpoints");
+  const visible = async () => (await page.$$eval("#main .row.mt button", (bs) => bs.filter((b) => !b.hidden).map((b) => b.id))).join(" ");
+
+  // An older server: no actions (the status decides), the error a string.
+  const long = "training-file-" + "x".repeat(150);
+  edit = {
+    job: (j) => {
+      for (const k of ["actions", "cancelled", "costSoFar", "maxCost", "bestCheckpoint"]) delete j[k];
+      Object.assign(j, { error: "boom, as a string", trainingFile: long });
+    },
+    checkpoints: (c) => c.checkpoints.forEach((k) => delete k.best),
+  };
+  await page.waitForSelector("#job-error:has-text('Error: boom, as a string')");
+  check(await visible() === "job-stop job-restart job-deploy job-delete" && await page.locator("#job-deploy").isEnabled() &&
+    await page.locator("#job-stop").isDisabled(), "without actions, the status enables the buttons, and there is no cancel");
+  check(await page.locator("[data-field='Cost so far'], [data-field='Best checkpoint']").count() === 0, "no cost nor best checkpoint from an older server");
+  const spill = await page.$$eval("#job-details > div", (divs) => divs.filter((d) => {
+    const [k, v] = [...d.children].map((c) => c.getBoundingClientRect());
+    return v.left < k.right || v.right > d.getBoundingClientRect().right + 1;
+  }).map((d) => d.firstChild.textContent));
+  check(spill.length === 0, `every detail's value stays in its column, a long one too (spilled: ${spill})`);
+
+  // A failed action's error outlives the refreshes until it is dismissed.
+  await page.route(jobURL + "/deploy", (route) => route.fulfill({ status: 409, json: { error: { code: "conflict", message: "cannot deploy: injected by the test" } } }));
+  await page.click("#job-deploy");
+  await page.waitForSelector("#action-error:has-text('injected by the test')");
+  await sleep(4500);
+  check(await page.locator("#action-error").isVisible(), "an action's error is still shown after two refreshes");
+  await page.click("#action-error-close");
+  check(await page.locator("#action-error").isHidden(), "the close button dismisses it");
+  await page.unroute(jobURL + "/deploy");
+
+  // A newer server: a cancelled job with only delete left, a classified
+  // error, its cost, and the best of its checkpoints; losses spanning
+  // orders of magnitude.
+  const [best] = (await (await page.request.get(jobURL + "/checkpoints", { headers: { "X-API-Key": await page.evaluate(() => sessionStorage.getItem("tuneforge.apiKey")) } })).json()).checkpoints;
+  edit = {
+    job: (j) => Object.assign(j, {
+      status: "stopped", cancelled: true, actions: ["delete"], costSoFar: 0.0123, maxCost: 5,
+      error: { code: "training_failed", class: "user_error", message: "the loss went NaN" },
+      bestCheckpoint: { id: best.id, step: best.step, epoch: best.epoch, validationLoss: best.validationLoss },
+    }),
+    metrics: (m) => { m.metrics.steps = m.metrics.steps.map((p, i) => ({ ...p, trainingLoss: 5 * 0.8 ** i, validationLoss: p.validationLoss == null ? null : 6 * 0.8 ** i })); },
+    checkpoints: (c) => c.checkpoints.forEach((k) => { k.best = k.id === best.id; }),
+  };
+  await page.waitForSelector("[data-field=Status] [data-cancelled]");
+  check(await page.locator("[data-field=Status]").innerText() === "stopped (cancelled)", "a cancelled job shows as stopped (cancelled)");
+  check(await visible() === "job-delete", "only the actions the job lists are shown");
+  check(await page.locator("#job-error .error-class").innerText() === "user_error" && (await page.locator("#job-error").innerText()).includes("the loss went NaN"),
+    "the error shows its class and message");
+  check(await page.locator("[data-field='Cost so far']").innerText() === "$0.012 of at most $5.00", "the cost so far is shown");
+  check((await page.locator("[data-field='Best checkpoint']").innerText()).includes(`step ${best.step}`), "the best checkpoint is named");
+  await page.waitForSelector("#loss-chart[data-scale=log] circle[data-best]");
+  const marks = await page.$$eval("#loss-chart circle[data-checkpoint]", (cs) => cs.map((c) => [c.dataset.checkpoint, c.dataset.best !== undefined]));
+  check(marks.length === await page.locator("#checkpoints tr[data-checkpoint]").count() && marks.filter(([, b]) => b).length === 1 &&
+    marks.find(([, b]) => b)[0] === best.id, `checkpoints are marked on the curve, the best one apart (${marks.length} marks)`);
+  check(await page.locator("#checkpoints tr.best .tag.best").count() === 1, "the checkpoints table marks the best one");
+  const ticks = await page.$$eval("#loss-chart text.tick", (ts) => ts.map((t) => Number(t.dataset.value)));
+  check(await page.locator("#log-scale").isChecked() && ticks.length >= 3 && ticks.every((t, i) => i === 0 || t > ticks[i - 1]) &&
+    ticks.some((t) => Number.isInteger(Math.log10(t))), `losses over orders of magnitude get a log scale, with round ticks (${ticks})`);
+  await shot(page, "job-fields");
+  await page.uncheck("#log-scale");
+  await sleep(2500);
+  check(await page.locator("#loss-chart").getAttribute("data-scale") === "linear", "the scale toggle turns it linear, across refreshes");
+  await page.unrouteAll();
+}
+
 const dir = mkdtempSync(join(tmpdir(), "tuneforge-ui-"));
 const dbName = "tuneforge_uitest_" + process.pid;
 const [http, metrics, ui, temporal] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
@@ -139,6 +223,7 @@ try {
   await page.waitForSelector("[data-field=Status] [data-status=completed]", { timeout: 120000 });
   await page.waitForSelector("#checkpoints td:has-text('ftckpt_')");
   await shot(page, "job");
+  await jobFields(page, base, page.url().split("#/jobs/")[1]);
   await page.click("#job-deploy");
   await page.waitForSelector("[data-field=Status] [data-status=deployed]", { timeout: 60000 });
   check(await page.locator("[data-field='Result model']").innerText() === "llama-3.1-8b-support-ui", "the deployed model is named");

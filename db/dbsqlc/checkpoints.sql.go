@@ -9,11 +9,41 @@ import (
 	"context"
 )
 
+const bestJobCheckpoint = `-- name: BestJobCheckpoint :one
+SELECT id, job_id, step, epoch, training_loss, validation_loss, trained_tokens, bytes, blob_key, created_at FROM job_checkpoints
+WHERE job_id = $1 AND validation_loss IS NOT NULL
+ORDER BY validation_loss, step
+LIMIT 1
+`
+
+// The job's checkpoint with the lowest validation loss, the earliest of equals.
+func (q *Queries) BestJobCheckpoint(ctx context.Context, db DBTX, jobID string) (JobCheckpoint, error) {
+	row := db.QueryRow(ctx, bestJobCheckpoint, jobID)
+	var i JobCheckpoint
+	err := row.Scan(
+		&i.ID,
+		&i.JobID,
+		&i.Step,
+		&i.Epoch,
+		&i.TrainingLoss,
+		&i.ValidationLoss,
+		&i.TrainedTokens,
+		&i.Bytes,
+		&i.BlobKey,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const deleteJobCheckpointsFrom = `-- name: DeleteJobCheckpointsFrom :many
 DELETE FROM job_checkpoints c
 WHERE c.job_id = $1
   AND (c.step > $2
-       OR c.step NOT IN (SELECT k.step FROM job_checkpoints k WHERE k.job_id = $1 ORDER BY k.step DESC LIMIT $3))
+       OR (c.step NOT IN (SELECT k.step FROM job_checkpoints k WHERE k.job_id = $1 ORDER BY k.step DESC LIMIT $3)
+           AND c.step IS DISTINCT FROM (
+               SELECT b.step FROM job_checkpoints b
+               WHERE b.job_id = $1 AND b.validation_loss IS NOT NULL AND b.step <= $2
+               ORDER BY b.validation_loss, b.step LIMIT 1)))
 RETURNING c.blob_key
 `
 
@@ -24,7 +54,8 @@ type DeleteJobCheckpointsFromParams struct {
 }
 
 // The checkpoints a restart abandons (after the one it resumes from), or
-// the ones past the newest few the job keeps; their blobs go with them.
+// the ones past the newest few the job keeps, except its best (the lowest
+// validation loss up to @after_step); their blobs go with them.
 func (q *Queries) DeleteJobCheckpointsFrom(ctx context.Context, db DBTX, arg DeleteJobCheckpointsFromParams) ([]string, error) {
 	rows, err := db.Query(ctx, deleteJobCheckpointsFrom, arg.JobID, arg.AfterStep, arg.Keep)
 	if err != nil {
@@ -56,6 +87,33 @@ type GetJobCheckpointParams struct {
 
 func (q *Queries) GetJobCheckpoint(ctx context.Context, db DBTX, arg GetJobCheckpointParams) (JobCheckpoint, error) {
 	row := db.QueryRow(ctx, getJobCheckpoint, arg.JobID, arg.ID)
+	var i JobCheckpoint
+	err := row.Scan(
+		&i.ID,
+		&i.JobID,
+		&i.Step,
+		&i.Epoch,
+		&i.TrainingLoss,
+		&i.ValidationLoss,
+		&i.TrainedTokens,
+		&i.Bytes,
+		&i.BlobKey,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
+const getJobCheckpointAtStep = `-- name: GetJobCheckpointAtStep :one
+SELECT id, job_id, step, epoch, training_loss, validation_loss, trained_tokens, bytes, blob_key, created_at FROM job_checkpoints WHERE job_id = $1 AND step = $2
+`
+
+type GetJobCheckpointAtStepParams struct {
+	JobID string
+	Step  int32
+}
+
+func (q *Queries) GetJobCheckpointAtStep(ctx context.Context, db DBTX, arg GetJobCheckpointAtStepParams) (JobCheckpoint, error) {
+	row := db.QueryRow(ctx, getJobCheckpointAtStep, arg.JobID, arg.Step)
 	var i JobCheckpoint
 	err := row.Scan(
 		&i.ID,

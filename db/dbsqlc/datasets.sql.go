@@ -74,6 +74,31 @@ func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetP
 	return i, err
 }
 
+const datasetBlobKeysIn = `-- name: DatasetBlobKeysIn :many
+SELECT blob_key FROM datasets WHERE blob_key = ANY($1::text[])
+`
+
+// Which of @keys are datasets' objects: the rest are orphans to sweep.
+func (q *Queries) DatasetBlobKeysIn(ctx context.Context, db DBTX, keys []string) ([]string, error) {
+	rows, err := db.Query(ctx, datasetBlobKeysIn, keys)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var blob_key string
+		if err := rows.Scan(&blob_key); err != nil {
+			return nil, err
+		}
+		items = append(items, blob_key)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const datasetStatsByBlobKey = `-- name: DatasetStatsByBlobKey :one
 SELECT examples, tokens, max_tokens, label_problem FROM datasets WHERE blob_key = $1
 `

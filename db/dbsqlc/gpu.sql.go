@@ -134,6 +134,41 @@ func (q *Queries) HeartbeatGPUWorker(ctx context.Context, db DBTX, arg Heartbeat
 	return err
 }
 
+const heldGPUSpend = `-- name: HeldGPUSpend :many
+SELECT l.job_id,
+    extract(epoch FROM clock_timestamp() - l.granted_at)::float8 AS seconds,
+    (extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600)::float8 AS cost
+FROM gpu_leases l JOIN hardware h ON h.id = l.hardware_id
+WHERE l.job_id = ANY($1::text[]) AND l.granted_at IS NOT NULL
+`
+
+type HeldGPUSpendRow struct {
+	JobID   string
+	Seconds float64
+	Cost    float64
+}
+
+// The GPU time and its price so far of the slots the jobs hold now.
+func (q *Queries) HeldGPUSpend(ctx context.Context, db DBTX, jobIds []string) ([]HeldGPUSpendRow, error) {
+	rows, err := db.Query(ctx, heldGPUSpend, jobIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []HeldGPUSpendRow{}
+	for rows.Next() {
+		var i HeldGPUSpendRow
+		if err := rows.Scan(&i.JobID, &i.Seconds, &i.Cost); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listGPUPoolUsage = `-- name: ListGPUPoolUsage :many
 SELECT h.id,
     (SELECT coalesce(sum(slots), 0)::bigint FROM gpu_workers w
@@ -286,11 +321,22 @@ func (q *Queries) RecordGPUTurn(ctx context.Context, db DBTX, arg RecordGPUTurnP
 }
 
 const releaseGPULease = `-- name: ReleaseGPULease :many
-DELETE FROM gpu_leases WHERE job_id = $1
-RETURNING hardware_id
+WITH freed AS (
+    DELETE FROM gpu_leases WHERE job_id = $1
+    RETURNING job_id, hardware_id, granted_at
+), spent AS (
+    UPDATE jobs j SET
+        gpu_seconds = j.gpu_seconds + extract(epoch FROM clock_timestamp() - f.granted_at),
+        cost = j.cost + extract(epoch FROM clock_timestamp() - f.granted_at) * h.cost_per_hour / 3600
+    FROM freed f JOIN hardware h ON h.id = f.hardware_id
+    WHERE j.id = f.job_id AND f.granted_at IS NOT NULL
+)
+SELECT hardware_id FROM freed
 `
 
-// Returns the freed lease's pool (no row when there was none).
+// Returns the freed lease's pool (no row when there was none), and adds a
+// granted lease's GPU time to its job's, so every path that frees a slot
+// (stop, failure, budget, hang, deletion) also accounts for it.
 func (q *Queries) ReleaseGPULease(ctx context.Context, db DBTX, jobID string) ([]string, error) {
 	rows, err := db.Query(ctx, releaseGPULease, jobID)
 	if err != nil {

@@ -12,6 +12,32 @@ import (
 	"github.com/tuneforge/tuneforge/jobstatus"
 )
 
+const amendJob = `-- name: AmendJob :exec
+UPDATE jobs SET
+    batch_size  = coalesce($1, batch_size),
+    hardware_id = coalesce($2, hardware_id),
+    max_cost    = coalesce($3, max_cost)
+WHERE id = $4
+`
+
+type AmendJobParams struct {
+	BatchSize  *int32
+	HardwareID *string
+	MaxCost    *float64
+	ID         string
+}
+
+// What a restart changes: NULL keeps the job's.
+func (q *Queries) AmendJob(ctx context.Context, db DBTX, arg AmendJobParams) error {
+	_, err := db.Exec(ctx, amendJob,
+		arg.BatchSize,
+		arg.HardwareID,
+		arg.MaxCost,
+		arg.ID,
+	)
+	return err
+}
+
 const countActiveJobs = `-- name: CountActiveJobs :one
 SELECT count(*) FROM jobs WHERE organization_id = $1 AND status::text = ANY($2::text[])
 `
@@ -34,11 +60,12 @@ SELECT count(*) FROM (
     WHERE organization_id = $1
       AND ($2::text IS NULL OR status = $2)
       AND ($3::text IS NULL OR base_model = $3)
-      AND ($4::text IS NULL
-           OR name ILIKE '%' || $4 || '%'
-           OR description ILIKE '%' || $4 || '%')
-      AND ($5::jsonb IS NULL OR metadata @> $5)
-    LIMIT $6
+      AND ($4::text IS NULL OR error_class = $4)
+      AND ($5::text IS NULL
+           OR name ILIKE '%' || $5 || '%'
+           OR description ILIKE '%' || $5 || '%')
+      AND ($6::jsonb IS NULL OR metadata @> $6)
+    LIMIT $7
 ) AS matching
 `
 
@@ -46,6 +73,7 @@ type CountJobsParams struct {
 	OrganizationID string
 	Status         *string
 	BaseModel      *string
+	ErrorClass     *string
 	Search         *string
 	Metadata       []byte
 	Most           int32
@@ -58,6 +86,7 @@ func (q *Queries) CountJobs(ctx context.Context, db DBTX, arg CountJobsParams) (
 		arg.OrganizationID,
 		arg.Status,
 		arg.BaseModel,
+		arg.ErrorClass,
 		arg.Search,
 		arg.Metadata,
 		arg.Most,
@@ -93,38 +122,43 @@ const createJob = `-- name: CreateJob :one
 INSERT INTO jobs (
     id, organization_id, owner, name, description, base_model, hardware_id, status,
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
-    epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at
+    epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at,
+    max_cost, early_stopping_patience, early_stopping_min_delta
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13,
-    $14, $15, $16, $17, $18, $19, $20, $21, $22, $22
+    $14, $15, $16, $17, $18, $19, $20, $21, $22, $22,
+    $23, $24, $25
 )
-RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at
+RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta
 `
 
 type CreateJobParams struct {
-	ID                  string
-	OrganizationID      string
-	Owner               string
-	Name                string
-	Description         string
-	BaseModel           string
-	HardwareID          string
-	Status              jobstatus.Status
-	TrainingDataset     string
-	TrainingDatasetID   string
-	TrainingFile        string
-	ValidationFile      *string
-	ValidationDatasetID *string
-	Epochs              int32
-	LearningRate        float64
-	BatchSize           int32
-	WarmupSteps         int32
-	Suffix              string
-	Metadata            map[string]string
-	Seed                int32
-	AutoDeploy          bool
-	CreatedAt           time.Time
+	ID                    string
+	OrganizationID        string
+	Owner                 string
+	Name                  string
+	Description           string
+	BaseModel             string
+	HardwareID            string
+	Status                jobstatus.Status
+	TrainingDataset       string
+	TrainingDatasetID     string
+	TrainingFile          string
+	ValidationFile        *string
+	ValidationDatasetID   *string
+	Epochs                int32
+	LearningRate          float64
+	BatchSize             int32
+	WarmupSteps           int32
+	Suffix                string
+	Metadata              map[string]string
+	Seed                  int32
+	AutoDeploy            bool
+	CreatedAt             time.Time
+	MaxCost               *float64
+	EarlyStoppingPatience *int32
+	EarlyStoppingMinDelta float64
 }
 
 func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (Job, error) {
@@ -151,6 +185,9 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		arg.Seed,
 		arg.AutoDeploy,
 		arg.CreatedAt,
+		arg.MaxCost,
+		arg.EarlyStoppingPatience,
+		arg.EarlyStoppingMinDelta,
 	)
 	var i Job
 	err := row.Scan(
@@ -187,6 +224,13 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		&i.Cancelled,
 		&i.AutoDeploy,
 		&i.ValidatedAt,
+		&i.ErrorCode,
+		&i.ErrorClass,
+		&i.GpuSeconds,
+		&i.Cost,
+		&i.MaxCost,
+		&i.EarlyStoppingPatience,
+		&i.EarlyStoppingMinDelta,
 	)
 	return i, err
 }
@@ -262,7 +306,7 @@ func (q *Queries) GetIdempotencyKey(ctx context.Context, db DBTX, arg GetIdempot
 }
 
 const getJob = `-- name: GetJob :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at FROM jobs WHERE organization_id = $1 AND id = $2
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta FROM jobs WHERE organization_id = $1 AND id = $2
 `
 
 type GetJobParams struct {
@@ -307,12 +351,19 @@ func (q *Queries) GetJob(ctx context.Context, db DBTX, arg GetJobParams) (Job, e
 		&i.Cancelled,
 		&i.AutoDeploy,
 		&i.ValidatedAt,
+		&i.ErrorCode,
+		&i.ErrorClass,
+		&i.GpuSeconds,
+		&i.Cost,
+		&i.MaxCost,
+		&i.EarlyStoppingPatience,
+		&i.EarlyStoppingMinDelta,
 	)
 	return i, err
 }
 
 const getJobByID = `-- name: GetJobByID :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at FROM jobs WHERE id = $1
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta FROM jobs WHERE id = $1
 `
 
 // For workers, which act on a job their workflow already owns.
@@ -353,6 +404,13 @@ func (q *Queries) GetJobByID(ctx context.Context, db DBTX, id string) (Job, erro
 		&i.Cancelled,
 		&i.AutoDeploy,
 		&i.ValidatedAt,
+		&i.ErrorCode,
+		&i.ErrorClass,
+		&i.GpuSeconds,
+		&i.Cost,
+		&i.MaxCost,
+		&i.EarlyStoppingPatience,
+		&i.EarlyStoppingMinDelta,
 	)
 	return i, err
 }
@@ -387,42 +445,44 @@ func (q *Queries) JobStats(ctx context.Context, db DBTX, organizationID string) 
 }
 
 const listJobs = `-- name: ListJobs :many
-SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at FROM jobs j
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta FROM jobs j
 WHERE j.organization_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR base_model = $3)
-  AND ($4::text IS NULL
-       OR name ILIKE '%' || $4 || '%'
-       OR description ILIKE '%' || $4 || '%')
-  AND ($5::jsonb IS NULL OR metadata @> $5)
-  AND ($6::text IS NULL
-       OR ($7::text = 'createdAt:desc' AND (j.created_at, j.id) <
-           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $6))
-       OR ($7::text = 'createdAt:asc' AND (j.created_at, j.id) >
-           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $6)))
+  AND ($4::text IS NULL OR error_class = $4)
+  AND ($5::text IS NULL
+       OR name ILIKE '%' || $5 || '%'
+       OR description ILIKE '%' || $5 || '%')
+  AND ($6::jsonb IS NULL OR metadata @> $6)
+  AND ($7::text IS NULL
+       OR ($8::text = 'createdAt:desc' AND (j.created_at, j.id) <
+           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $7))
+       OR ($8::text = 'createdAt:asc' AND (j.created_at, j.id) >
+           (SELECT a.created_at, a.id FROM jobs a WHERE a.organization_id = $1 AND a.id = $7)))
 ORDER BY
-    CASE WHEN $7::text = 'createdAt:asc' THEN created_at END ASC,
-    CASE WHEN $7::text = 'createdAt:asc' THEN id END ASC,
-    CASE WHEN $7::text = 'createdAt:desc' THEN created_at END DESC,
-    CASE WHEN $7::text = 'updatedAt:asc' THEN updated_at END ASC,
-    CASE WHEN $7::text = 'updatedAt:desc' THEN updated_at END DESC,
-    CASE WHEN $7::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
-    CASE WHEN $7::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
-    CASE WHEN $7::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
-    CASE WHEN $7::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
-    CASE WHEN $7::text = 'name:asc' THEN name END ASC,
-    CASE WHEN $7::text = 'name:desc' THEN name END DESC,
-    CASE WHEN $7::text = 'status:asc' THEN status END ASC,
-    CASE WHEN $7::text = 'status:desc' THEN status END DESC,
+    CASE WHEN $8::text = 'createdAt:asc' THEN created_at END ASC,
+    CASE WHEN $8::text = 'createdAt:asc' THEN id END ASC,
+    CASE WHEN $8::text = 'createdAt:desc' THEN created_at END DESC,
+    CASE WHEN $8::text = 'updatedAt:asc' THEN updated_at END ASC,
+    CASE WHEN $8::text = 'updatedAt:desc' THEN updated_at END DESC,
+    CASE WHEN $8::text = 'startedAt:asc' THEN started_at END ASC NULLS LAST,
+    CASE WHEN $8::text = 'startedAt:desc' THEN started_at END DESC NULLS LAST,
+    CASE WHEN $8::text = 'finishedAt:asc' THEN finished_at END ASC NULLS LAST,
+    CASE WHEN $8::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
+    CASE WHEN $8::text = 'name:asc' THEN name END ASC,
+    CASE WHEN $8::text = 'name:desc' THEN name END DESC,
+    CASE WHEN $8::text = 'status:asc' THEN job_status_rank(status) END ASC,
+    CASE WHEN $8::text = 'status:desc' THEN job_status_rank(status) END DESC,
     created_at DESC,
     id DESC
-LIMIT $9 OFFSET $8
+LIMIT $10 OFFSET $9
 `
 
 type ListJobsParams struct {
 	OrganizationID string
 	Status         *string
 	BaseModel      *string
+	ErrorClass     *string
 	Search         *string
 	Metadata       []byte
 	After          *string
@@ -441,6 +501,7 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 		arg.OrganizationID,
 		arg.Status,
 		arg.BaseModel,
+		arg.ErrorClass,
 		arg.Search,
 		arg.Metadata,
 		arg.After,
@@ -489,6 +550,13 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 			&i.Cancelled,
 			&i.AutoDeploy,
 			&i.ValidatedAt,
+			&i.ErrorCode,
+			&i.ErrorClass,
+			&i.GpuSeconds,
+			&i.Cost,
+			&i.MaxCost,
+			&i.EarlyStoppingPatience,
+			&i.EarlyStoppingMinDelta,
 		); err != nil {
 			return nil, err
 		}
@@ -520,8 +588,55 @@ func (q *Queries) MarkJobValidated(ctx context.Context, db DBTX, id string) erro
 	return err
 }
 
+const measuredThroughput = `-- name: MeasuredThroughput :one
+SELECT count(*) AS jobs,
+    coalesce(sum(trained_tokens), 0)::float8 AS tokens,
+    coalesce(sum(gpu_seconds), 0)::float8 AS seconds
+FROM jobs
+WHERE organization_id = $1 AND base_model = $2 AND hardware_id = $3
+  AND status IN ('completed', 'deployed') AND gpu_seconds > 0 AND trained_tokens > 0
+`
+
+type MeasuredThroughputParams struct {
+	OrganizationID string
+	BaseModel      string
+	HardwareID     string
+}
+
+type MeasuredThroughputRow struct {
+	Jobs    int64
+	Tokens  float64
+	Seconds float64
+}
+
+// Tokens per GPU-second of the organization's finished jobs of a model on
+// a pool: what estimates go by once the organization has trained there.
+func (q *Queries) MeasuredThroughput(ctx context.Context, db DBTX, arg MeasuredThroughputParams) (MeasuredThroughputRow, error) {
+	row := db.QueryRow(ctx, measuredThroughput, arg.OrganizationID, arg.BaseModel, arg.HardwareID)
+	var i MeasuredThroughputRow
+	err := row.Scan(&i.Jobs, &i.Tokens, &i.Seconds)
+	return i, err
+}
+
+const organizationSpend = `-- name: OrganizationSpend :one
+SELECT (
+    coalesce((SELECT sum(j.cost) FROM jobs j WHERE j.organization_id = $1), 0) +
+    coalesce((SELECT sum(extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600)
+              FROM gpu_leases l JOIN hardware h ON h.id = l.hardware_id
+              WHERE l.organization_id = $1 AND l.granted_at IS NOT NULL), 0)
+)::float8 AS spend
+`
+
+// What the organization's jobs have cost in USD, held slots included.
+func (q *Queries) OrganizationSpend(ctx context.Context, db DBTX, organizationID string) (float64, error) {
+	row := db.QueryRow(ctx, organizationSpend, organizationID)
+	var spend float64
+	err := row.Scan(&spend)
+	return spend, err
+}
+
 const setJobDeployed = `-- name: SetJobDeployed :execrows
-UPDATE jobs SET status = $1, result_model = $2, error = NULL, updated_at = now()
+UPDATE jobs SET status = $1, result_model = $2, error = NULL, error_code = NULL, error_class = NULL, updated_at = now()
 WHERE id = $3
 `
 
@@ -541,17 +656,24 @@ func (q *Queries) SetJobDeployed(ctx context.Context, db DBTX, arg SetJobDeploye
 }
 
 const setJobError = `-- name: SetJobError :execrows
-UPDATE jobs SET error = $1, updated_at = now() WHERE id = $2
+UPDATE jobs SET error = $1, error_code = $2, error_class = $3, updated_at = now() WHERE id = $4
 `
 
 type SetJobErrorParams struct {
-	Error *string
-	ID    string
+	Error      *string
+	ErrorCode  *string
+	ErrorClass *string
+	ID         string
 }
 
 // A failure that leaves the job's status as it was (a failed deploy).
 func (q *Queries) SetJobError(ctx context.Context, db DBTX, arg SetJobErrorParams) (int64, error) {
-	result, err := db.Exec(ctx, setJobError, arg.Error, arg.ID)
+	result, err := db.Exec(ctx, setJobError,
+		arg.Error,
+		arg.ErrorCode,
+		arg.ErrorClass,
+		arg.ID,
+	)
 	if err != nil {
 		return 0, err
 	}
@@ -596,12 +718,14 @@ UPDATE jobs SET
     cancelled   = CASE WHEN $2::bool THEN false WHEN $3::bool THEN true ELSE cancelled END,
     validated_at = CASE WHEN $2::bool THEN NULL ELSE validated_at END,
     error       = $4,
-    started_at  = CASE WHEN $5::bool THEN coalesce(started_at, $6) ELSE started_at END,
-    finished_at = CASE WHEN $7::bool THEN $6
-                       WHEN $8::bool THEN NULL
+    error_code  = $5,
+    error_class = $6,
+    started_at  = CASE WHEN $7::bool THEN coalesce(started_at, $8) ELSE started_at END,
+    finished_at = CASE WHEN $9::bool THEN $8
+                       WHEN $10::bool THEN NULL
                        ELSE finished_at END,
-    updated_at  = $6
-WHERE id = $9
+    updated_at  = $8
+WHERE id = $11
 `
 
 type SetJobStatusParams struct {
@@ -609,6 +733,8 @@ type SetJobStatusParams struct {
 	Requeues    bool
 	Cancels     bool
 	Error       *string
+	ErrorCode   *string
+	ErrorClass  *string
 	Starts      bool
 	At          time.Time
 	Finishes    bool
@@ -627,6 +753,8 @@ func (q *Queries) SetJobStatus(ctx context.Context, db DBTX, arg SetJobStatusPar
 		arg.Requeues,
 		arg.Cancels,
 		arg.Error,
+		arg.ErrorCode,
+		arg.ErrorClass,
 		arg.Starts,
 		arg.At,
 		arg.Finishes,

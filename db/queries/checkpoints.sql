@@ -24,9 +24,24 @@ SELECT * FROM job_checkpoints WHERE job_id = @job_id AND id = @id;
 
 -- name: DeleteJobCheckpointsFrom :many
 -- The checkpoints a restart abandons (after the one it resumes from), or
--- the ones past the newest few the job keeps; their blobs go with them.
+-- the ones past the newest few the job keeps, except its best (the lowest
+-- validation loss up to @after_step); their blobs go with them.
 DELETE FROM job_checkpoints c
 WHERE c.job_id = @job_id
   AND (c.step > @after_step
-       OR c.step NOT IN (SELECT k.step FROM job_checkpoints k WHERE k.job_id = @job_id ORDER BY k.step DESC LIMIT @keep))
+       OR (c.step NOT IN (SELECT k.step FROM job_checkpoints k WHERE k.job_id = @job_id ORDER BY k.step DESC LIMIT @keep)
+           AND c.step IS DISTINCT FROM (
+               SELECT b.step FROM job_checkpoints b
+               WHERE b.job_id = @job_id AND b.validation_loss IS NOT NULL AND b.step <= @after_step
+               ORDER BY b.validation_loss, b.step LIMIT 1)))
 RETURNING c.blob_key;
+
+-- name: BestJobCheckpoint :one
+-- The job's checkpoint with the lowest validation loss, the earliest of equals.
+SELECT * FROM job_checkpoints
+WHERE job_id = @job_id AND validation_loss IS NOT NULL
+ORDER BY validation_loss, step
+LIMIT 1;
+
+-- name: GetJobCheckpointAtStep :one
+SELECT * FROM job_checkpoints WHERE job_id = @job_id AND step = @step;

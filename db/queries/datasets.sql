@@ -7,6 +7,10 @@ RETURNING *;
 -- A job's validation asks by the file it was given: the object's key.
 SELECT examples, tokens, max_tokens, label_problem FROM datasets WHERE blob_key = $1;
 
+-- name: DatasetBlobKeysIn :many
+-- Which of @keys are datasets' objects: the rest are orphans to sweep.
+SELECT blob_key FROM datasets WHERE blob_key = ANY(@keys::text[]);
+
 -- name: GetDataset :one
 SELECT * FROM datasets WHERE organization_id = $1 AND id = $2;
 

@@ -80,9 +80,28 @@ ORDER BY granted_at, job_id;
 UPDATE gpu_leases SET notified_at = now() WHERE job_id = $1 AND requested_at = $2;
 
 -- name: ReleaseGPULease :many
--- Returns the freed lease's pool (no row when there was none).
-DELETE FROM gpu_leases WHERE job_id = $1
-RETURNING hardware_id;
+-- Returns the freed lease's pool (no row when there was none), and adds a
+-- granted lease's GPU time to its job's, so every path that frees a slot
+-- (stop, failure, budget, hang, deletion) also accounts for it.
+WITH freed AS (
+    DELETE FROM gpu_leases WHERE job_id = $1
+    RETURNING job_id, hardware_id, granted_at
+), spent AS (
+    UPDATE jobs j SET
+        gpu_seconds = j.gpu_seconds + extract(epoch FROM clock_timestamp() - f.granted_at),
+        cost = j.cost + extract(epoch FROM clock_timestamp() - f.granted_at) * h.cost_per_hour / 3600
+    FROM freed f JOIN hardware h ON h.id = f.hardware_id
+    WHERE j.id = f.job_id AND f.granted_at IS NOT NULL
+)
+SELECT hardware_id FROM freed;
+
+-- name: HeldGPUSpend :many
+-- The GPU time and its price so far of the slots the jobs hold now.
+SELECT l.job_id,
+    extract(epoch FROM clock_timestamp() - l.granted_at)::float8 AS seconds,
+    (extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600)::float8 AS cost
+FROM gpu_leases l JOIN hardware h ON h.id = l.hardware_id
+WHERE l.job_id = ANY(@job_ids::text[]) AND l.granted_at IS NOT NULL;
 
 -- name: ListGPUPoolUsage :many
 SELECT h.id,

@@ -2,11 +2,13 @@
 INSERT INTO jobs (
     id, organization_id, owner, name, description, base_model, hardware_id, status,
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
-    epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at
+    epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at,
+    max_cost, early_stopping_patience, early_stopping_min_delta
 ) VALUES (
     @id, @organization_id, @owner, @name, @description, @base_model, @hardware_id, @status,
     @training_dataset, @training_dataset_id, @training_file, @validation_file, @validation_dataset_id,
-    @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @metadata, @seed, @auto_deploy, @created_at, @created_at
+    @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @metadata, @seed, @auto_deploy, @created_at, @created_at,
+    sqlc.narg(max_cost), sqlc.narg(early_stopping_patience), @early_stopping_min_delta
 )
 RETURNING *;
 
@@ -30,6 +32,7 @@ SELECT j.* FROM jobs j
 WHERE j.organization_id = @organization_id
   AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
   AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
+  AND (sqlc.narg(error_class)::text IS NULL OR error_class = sqlc.narg(error_class))
   AND (sqlc.narg(search)::text IS NULL
        OR name ILIKE '%' || sqlc.narg(search) || '%'
        OR description ILIKE '%' || sqlc.narg(search) || '%')
@@ -51,8 +54,8 @@ ORDER BY
     CASE WHEN @sort::text = 'finishedAt:desc' THEN finished_at END DESC NULLS LAST,
     CASE WHEN @sort::text = 'name:asc' THEN name END ASC,
     CASE WHEN @sort::text = 'name:desc' THEN name END DESC,
-    CASE WHEN @sort::text = 'status:asc' THEN status END ASC,
-    CASE WHEN @sort::text = 'status:desc' THEN status END DESC,
+    CASE WHEN @sort::text = 'status:asc' THEN job_status_rank(status) END ASC,
+    CASE WHEN @sort::text = 'status:desc' THEN job_status_rank(status) END DESC,
     created_at DESC,
     id DESC
 LIMIT @lim OFFSET @off;
@@ -65,6 +68,7 @@ SELECT count(*) FROM (
     WHERE organization_id = @organization_id
       AND (sqlc.narg(status)::text IS NULL OR status = sqlc.narg(status))
       AND (sqlc.narg(base_model)::text IS NULL OR base_model = sqlc.narg(base_model))
+      AND (sqlc.narg(error_class)::text IS NULL OR error_class = sqlc.narg(error_class))
       AND (sqlc.narg(search)::text IS NULL
            OR name ILIKE '%' || sqlc.narg(search) || '%'
            OR description ILIKE '%' || sqlc.narg(search) || '%')
@@ -74,6 +78,25 @@ SELECT count(*) FROM (
 
 -- name: JobStats :many
 SELECT status, count(*) AS n FROM jobs WHERE organization_id = $1 GROUP BY status;
+
+-- name: MeasuredThroughput :one
+-- Tokens per GPU-second of the organization's finished jobs of a model on
+-- a pool: what estimates go by once the organization has trained there.
+SELECT count(*) AS jobs,
+    coalesce(sum(trained_tokens), 0)::float8 AS tokens,
+    coalesce(sum(gpu_seconds), 0)::float8 AS seconds
+FROM jobs
+WHERE organization_id = @organization_id AND base_model = @base_model AND hardware_id = @hardware_id
+  AND status IN ('completed', 'deployed') AND gpu_seconds > 0 AND trained_tokens > 0;
+
+-- name: OrganizationSpend :one
+-- What the organization's jobs have cost in USD, held slots included.
+SELECT (
+    coalesce((SELECT sum(j.cost) FROM jobs j WHERE j.organization_id = @organization_id), 0) +
+    coalesce((SELECT sum(extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600)
+              FROM gpu_leases l JOIN hardware h ON h.id = l.hardware_id
+              WHERE l.organization_id = @organization_id AND l.granted_at IS NOT NULL), 0)
+)::float8 AS spend;
 
 -- name: GetIdempotencyKey :one
 SELECT * FROM idempotency_keys
@@ -98,6 +121,8 @@ UPDATE jobs SET
     cancelled   = CASE WHEN @requeues::bool THEN false WHEN @cancels::bool THEN true ELSE cancelled END,
     validated_at = CASE WHEN @requeues::bool THEN NULL ELSE validated_at END,
     error       = sqlc.narg(error),
+    error_code  = sqlc.narg(error_code),
+    error_class = sqlc.narg(error_class),
     started_at  = CASE WHEN @starts::bool THEN coalesce(started_at, @at) ELSE started_at END,
     finished_at = CASE WHEN @finishes::bool THEN @at
                        WHEN @reactivates::bool THEN NULL
@@ -116,12 +141,20 @@ WHERE id = @id;
 
 -- name: SetJobDeployed :execrows
 -- A deploy that succeeds clears the failure of an earlier attempt.
-UPDATE jobs SET status = @status, result_model = @result_model, error = NULL, updated_at = now()
+UPDATE jobs SET status = @status, result_model = @result_model, error = NULL, error_code = NULL, error_class = NULL, updated_at = now()
+WHERE id = @id;
+
+-- name: AmendJob :exec
+-- What a restart changes: NULL keeps the job's.
+UPDATE jobs SET
+    batch_size  = coalesce(sqlc.narg(batch_size), batch_size),
+    hardware_id = coalesce(sqlc.narg(hardware_id), hardware_id),
+    max_cost    = coalesce(sqlc.narg(max_cost), max_cost)
 WHERE id = @id;
 
 -- name: SetJobError :execrows
 -- A failure that leaves the job's status as it was (a failed deploy).
-UPDATE jobs SET error = @error, updated_at = now() WHERE id = @id;
+UPDATE jobs SET error = @error, error_code = @error_code, error_class = @error_class, updated_at = now() WHERE id = @id;
 
 -- name: LockOrganizationJobs :exec
 -- Serializes job creation within one organization until the transaction

@@ -123,6 +123,16 @@ func (p *Process) Kill() {
 	}
 }
 
+// Stop sends sig and waits for the process to exit; it returns the exit
+// code, -1 when a signal ended the process.
+func (p *Process) Stop(sig os.Signal) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_ = p.cmd.Process.Signal(sig)
+	_ = p.cmd.Wait()
+	return p.cmd.ProcessState.ExitCode()
+}
+
 // Logs is what the process has written to stdout and stderr, in all its runs.
 func (p *Process) Logs() string { return p.logs.String() }
 

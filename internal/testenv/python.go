@@ -47,3 +47,20 @@ func Python(t testing.TB) string {
 	}
 	return python
 }
+
+// PythonModules skips the test unless python imports each of modules, as
+// the project's environment does (make venv), except in CI (CI=true),
+// where a missing module fails it.
+func PythonModules(t testing.TB, python string, modules ...string) {
+	t.Helper()
+	out, err := exec.Command(python, "-c", "import "+strings.Join(modules, ", ")).CombinedOutput()
+	if err == nil {
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	msg := fmt.Sprintf("%s cannot import %s (make venv builds .venv with them): %s", python, strings.Join(modules, ", "), lines[len(lines)-1])
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}

@@ -64,6 +64,14 @@ type Eval struct {
 	Metrics        map[string]float64 `json:"metrics,omitempty"`
 }
 
+// EvalProgress reports how far a long evaluation has got, so that it is
+// not taken for a hang. Every field is optional.
+type EvalProgress struct {
+	Step  int `json:"step"`  // the step being evaluated
+	Done  int `json:"done"`  // examples (or batches) evaluated so far
+	Total int `json:"total"` // of how many
+}
+
 // Checkpoint announces a checkpoint directory. Path is absolute once the
 // runner has checked it lies under the attempt's checkpoint directory.
 type Checkpoint struct {
@@ -104,6 +112,8 @@ type message struct {
 	Message        *string            `json:"message"`
 	TrainingLoss   *float64           `json:"trainingLoss"`
 	OutputPath     *string            `json:"outputPath"`
+	Done           *int               `json:"done"`
+	Total          *int               `json:"total"`
 }
 
 // parsed is one stdout line, decoded: exactly one field is set, or none
@@ -111,6 +121,7 @@ type message struct {
 type parsed struct {
 	progress   *Progress
 	eval       *Eval
+	evaluating *EvalProgress
 	checkpoint *Checkpoint
 	log        *logLine
 	result     *Result
@@ -136,7 +147,7 @@ func parseLine(line string) parsed {
 		return parsed{}
 	}
 	switch head.Type {
-	case "progress", "eval", "checkpoint", "log", "result":
+	case "progress", "eval", "evaluating", "checkpoint", "log", "result":
 	default:
 		return parsed{}
 	}
@@ -158,6 +169,8 @@ func parseLine(line string) parsed {
 			return missing("step or validationLoss")
 		}
 		return parsed{eval: &Eval{Step: *m.Step, ValidationLoss: *m.ValidationLoss, Metrics: m.Metrics}}
+	case "evaluating":
+		return parsed{evaluating: &EvalProgress{Step: deref(m.Step), Done: deref(m.Done), Total: deref(m.Total)}}
 	case "checkpoint":
 		if m.Step == nil || m.Path == nil {
 			return missing("step or path")

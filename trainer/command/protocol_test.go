@@ -43,6 +43,13 @@ func TestParseLine(t *testing.T) {
 	if p.result == nil || p.result.ValidationLoss != nil || p.result.OutputPath != "output/adapter" {
 		t.Errorf("result: %+v", p)
 	}
+	p = parseLine(`{"type":"evaluating","step":40,"done":128,"total":1000}`)
+	if p.evaluating == nil || *p.evaluating != (EvalProgress{Step: 40, Done: 128, Total: 1000}) {
+		t.Errorf("evaluating: %+v", p)
+	}
+	if p = parseLine(`{"type":"evaluating"}`); p.evaluating == nil || *p.evaluating != (EvalProgress{}) {
+		t.Errorf("evaluating without its optional fields: %+v", p)
+	}
 	p = parseLine(`{"type":"log","level":"loud","message":"hi"}`)
 	if p.log == nil || p.log.level != LevelInfo {
 		t.Errorf("log with an unknown level: %+v", p)

@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tuneforge/tuneforge/trainer/hang"
 )
 
 // Limits on what a trainer's output may cost. Beyond them lines are cut
@@ -24,7 +27,8 @@ const (
 	// DefaultLogRate is the log lines a second an attempt may write when
 	// Runner.LogRate is unset; the token bucket holds ten seconds' worth.
 	DefaultLogRate = 20
-	// stderrTail lines are kept to explain a failure.
+	// stderrTail lines of stderr, and as many of all the output that goes
+	// to the job's log, are kept to explain a failure.
 	stderrTail = 20
 	// groupGoneWait bounds the wait for a killed process group to vanish.
 	groupGoneWait = 10 * time.Second
@@ -45,10 +49,14 @@ const (
 	// KindProtocol: the trainer broke the protocol (exit 0 without a
 	// result, a path outside its directories, a result with no checkpoint).
 	KindProtocol
+	// KindHang: the trainer showed no sign of life for longer than its
+	// limit (see package hang) and was killed; retry from the latest
+	// checkpoint.
+	KindHang
 )
 
 // Retryable says whether another attempt may succeed.
-func (k Kind) Retryable() bool { return k == KindCrash }
+func (k Kind) Retryable() bool { return k == KindCrash || k == KindHang }
 
 // Error is a failed attempt.
 type Error struct {
@@ -57,6 +65,10 @@ type Error struct {
 	ExitCode int
 	// Message is meant for users: what failed and, where known, why.
 	Message string
+	// Stall says how a KindHang trainer hung; Output is what it wrote
+	// last, the lines meant for the job's log (oldest first, cleaned).
+	Stall  *hang.Stall
+	Output []string
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -69,6 +81,7 @@ func (e *Error) Error() string { return e.Message }
 type Handler interface {
 	Progress(Progress) error
 	Eval(Eval) error
+	Evaluating(EvalProgress) error
 	Checkpoint(Checkpoint) error
 	Log(level, message string) error
 }
@@ -85,6 +98,9 @@ type Runner struct {
 	// DefaultLogRate), with bursts of ten seconds' worth; more are dropped
 	// and counted in the log.
 	LogRate float64
+	// Hang bounds how long a trainer may show no sign of life before it
+	// is killed as hung (zero: hang.Default).
+	Hang hang.Limits
 }
 
 // NewRunner splits cmdline and resolves its relative file paths against
@@ -125,7 +141,9 @@ type event struct {
 // the trainer in its own process group, with an allow-listed environment
 // (trainerEnv), and feeds its messages to h until it exits. When ctx ends
 // it sends SIGTERM, then SIGKILL after the grace period, and returns ctx's
-// error once no process of the group is left. Otherwise it returns the
+// error once no process of the group is left. A trainer that hangs (see
+// Hang) is killed with its group at once: a hung process would not act on
+// SIGTERM, nor should it write a checkpoint. Otherwise it returns the
 // trainer's result, or an *Error that classifies the failure, or the error
 // of a Handler method. The trainer's text reaches h and the error's
 // message only through Clean.
@@ -193,7 +211,9 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	if rate <= 0 {
 		rate = DefaultLogRate
 	}
-	a := attempt{cfg: cfg, h: h, logs: newBucket(rate, 10*rate), rate: rate, lastCkpt: -1}
+	a := attempt{cfg: cfg, h: h, logs: newBucket(rate, 10*rate), rate: rate, lastCkpt: -1, watch: hang.Start(r.Hang)}
+	watching := time.NewTicker(a.watch.CheckEvery())
+	defer watching.Stop()
 	var (
 		done        = ctx.Done()
 		graceTimer  <-chan time.Time
@@ -201,6 +221,9 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 		waitErr     error
 		streamsOpen = true
 		drainTimer  <-chan time.Time
+		// Set once a hung trainer is killed: a process stuck in the
+		// kernel may outlive SIGKILL, and must not hold the attempt.
+		abandonTimer <-chan time.Time
 	)
 	for !exited || streamsOpen {
 		select {
@@ -211,11 +234,31 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 				continue
 			}
 			if a.failed == nil {
+				// The trainer waits on its output while the handler works.
+				resume := a.watch.Pause()
 				a.handle(ev)
+				resume()
 				if a.failed != nil && !a.cancelled {
 					// Stop at once: the attempt's outcome is already decided.
 					_ = syscall.Kill(-pgid, syscall.SIGKILL)
 				}
+			}
+		case <-watching.C:
+			if a.failed != nil || a.cancelled || exited {
+				continue
+			}
+			if s, hung := a.watch.Check(); hung {
+				a.failed = &Error{Kind: KindHang, ExitCode: -1, Message: s.String() + "; it was killed with its process group",
+					Stall: &s, Output: slices.Clone(a.output)}
+				_ = syscall.Kill(-pgid, syscall.SIGKILL)
+				abandonTimer = time.After(groupGoneWait)
+			}
+		case <-abandonTimer:
+			abandonTimer = nil
+			if !exited {
+				exited, waited = true, nil
+				outR.Close()
+				errR.Close()
 			}
 		case <-done:
 			done = nil
@@ -288,6 +331,8 @@ type attempt struct {
 	lastCkpt  int      // step of the last announced checkpoint, -1 for none
 	lastError string   // the last error log line
 	stderr    []string // the last stderrTail stderr lines
+	output    []string // the last stderrTail lines meant for the job's log, cleaned
+	watch     *hang.Watch
 	cancelled bool
 	failed    error
 }
@@ -313,10 +358,16 @@ func (a *attempt) handle(ev event) {
 	var err error
 	switch {
 	case p.progress != nil:
+		a.watch.Step(p.progress.Step)
 		err = a.h.Progress(*p.progress)
 	case p.eval != nil:
+		a.watch.Alive()
 		err = a.h.Eval(*p.eval)
+	case p.evaluating != nil:
+		a.watch.Alive()
+		err = a.h.Evaluating(*p.evaluating)
 	case p.checkpoint != nil:
+		a.watch.Alive()
 		err = a.checkpoint(*p.checkpoint)
 	case p.log != nil:
 		if p.log.level == LevelError {
@@ -383,8 +434,14 @@ func (a *attempt) protocolError(format string, args ...any) error {
 	return &Error{Kind: KindProtocol, ExitCode: -1, Message: "trainer protocol violation: " + fmt.Sprintf(format, args...)}
 }
 
-// log appends a job log line within the rate limit.
+// log appends a job log line within the rate limit; the output's tail
+// keeps it either way.
 func (a *attempt) log(level, msg string) {
+	a.watch.Loading()
+	a.output = append(a.output, Clean(truncate(msg, 1024)))
+	if len(a.output) > stderrTail {
+		a.output = a.output[1:]
+	}
 	if !a.logs.take() {
 		a.dropped++
 		return

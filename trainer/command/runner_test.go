@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tuneforge/tuneforge/trainer/hang"
 )
 
 // testTrainer is the protocol test trainer (testdata/testtrainer), built
@@ -48,6 +50,7 @@ type recorder struct {
 	mu          sync.Mutex
 	progress    []Progress
 	evals       []Eval
+	evaluating  []EvalProgress
 	checkpoints []Checkpoint
 	logs        []string
 	// onProgress, if set, runs after each progress.
@@ -71,6 +74,13 @@ func (r *recorder) Eval(e Eval) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.evals = append(r.evals, e)
+	return nil
+}
+
+func (r *recorder) Evaluating(e EvalProgress) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evaluating = append(r.evaluating, e)
 	return nil
 }
 
@@ -319,6 +329,50 @@ func TestRunCrashThenResume(t *testing.T) {
 	}
 }
 
+// A trainer that stops reporting, mid-epoch or in an evaluation, is killed
+// with its process group once its limit has passed, derived from its fast
+// steps rather than the ceiling. The error says where it hung and what it
+// wrote last.
+func TestRunKillsAHungTrainer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"mid-epoch", nil},
+		{"in an evaluation", []string{"--eval-every", "5", "--hang-in-eval"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := newJob(t, 1, 1)
+			rec := &recorder{}
+			r := runner(append([]string{"--hang-at-step", "5", "--spawn-child", "--checkpoint-every", "2"}, tc.args...)...)
+			r.Hang = hang.Limits{Floor: 300 * time.Millisecond, Ceiling: 20 * time.Second, Factor: 10}
+			start := time.Now()
+			_, err := r.Run(context.Background(), j.dir, j.cfg, rec)
+			took := time.Since(start)
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Kind != KindHang || !ce.Kind.Retryable() || ce.Stall == nil {
+				t.Fatalf("Run = %#v; want a retryable hang", err)
+			}
+			if s := ce.Stall; s.Step != 5 || s.Limit >= r.Hang.Ceiling || s.Silent <= s.Limit || !strings.Contains(ce.Message, "hung after step 5") {
+				t.Errorf("stall %+v, message %q; want a hang after step 5, with a limit from its steps", s, ce.Message)
+			}
+			if len(ce.Output) == 0 || !strings.Contains(ce.Output[len(ce.Output)-1], "hanging at step 5 on request") {
+				t.Errorf("output %q; want it to end with the trainer's last line", ce.Output)
+			}
+			if took > 10*time.Second {
+				t.Errorf("the hang took %s to end", took)
+			}
+			if len(rec.progress) != 5 || len(rec.checkpoints) != 2 {
+				t.Errorf("%d steps and %d checkpoints before the hang; want 5 and 2", len(rec.progress), len(rec.checkpoints))
+			}
+			if tc.args != nil && (len(rec.evaluating) == 0 || rec.evaluating[len(rec.evaluating)-1].Step != 5) {
+				t.Errorf("evaluation progress %+v; want the evaluation at step 5's", rec.evaluating)
+			}
+			assertChildDead(t, rec)
+		})
+	}
+}
+
 func TestRunBoundsGarbage(t *testing.T) {
 	j := newJob(t, 1, 1)
 	rec := &recorder{}
@@ -389,10 +443,11 @@ func fakeWorker() {
 // printer passes the trainer's logs to the fake worker's stdout.
 type printer struct{}
 
-func (printer) Progress(Progress) error     { return nil }
-func (printer) Eval(Eval) error             { return nil }
-func (printer) Checkpoint(Checkpoint) error { return nil }
-func (printer) Log(_, msg string) error     { fmt.Println(msg); return nil }
+func (printer) Progress(Progress) error       { return nil }
+func (printer) Eval(Eval) error               { return nil }
+func (printer) Evaluating(EvalProgress) error { return nil }
+func (printer) Checkpoint(Checkpoint) error   { return nil }
+func (printer) Log(_, msg string) error       { fmt.Println(msg); return nil }
 
 func TestKilledWorkerLeavesNoTrainer(t *testing.T) {
 	j := newJob(t, 1, 1)

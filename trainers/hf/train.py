@@ -40,6 +40,7 @@ PROTOCOL = 1
 EXIT_UNTRAINABLE = 2
 EXIT_OOM = 3
 EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process it ended
+EVAL_PROGRESS_EVERY = 5.0  # seconds between the evaluating messages of a long evaluation
 IGNORE_INDEX = -100  # label of a token the loss skips (torch's cross_entropy default)
 CHECKPOINT_FORMAT = 1
 
@@ -981,7 +982,7 @@ class Trainer:
             return
         self.model.eval()
         total = torch.zeros((), dtype=torch.float32, device=self.device)
-        targets = 0
+        targets, done, reported = 0, 0, time.monotonic()
         with torch.no_grad():
             for micro in self.micro_batches(self.validation_set):
                 if self.stop.requested:
@@ -989,6 +990,11 @@ class Trainer:
                     return
                 total += self.loss_sum(micro)
                 targets += sum(e.targets for e in micro)
+                done += len(micro)
+                # A long evaluation says it is alive, or the worker takes it for a hang.
+                if time.monotonic() - reported >= EVAL_PROGRESS_EVERY:
+                    emit("evaluating", step=self.state.step, done=done, total=len(self.validation_set))
+                    reported = time.monotonic()
         self.model.train()
         self.validation_loss = total.item() / targets
         self.evaluated_step = self.state.step

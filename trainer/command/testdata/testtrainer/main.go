@@ -1,7 +1,8 @@
 // Command testtrainer is a trainer for the tests of tuneforge's trainer
 // protocol (docs/trainer-protocol.md). It trains for real, with tuneforge's
-// builtin trainer, and misbehaves on request: it crashes, ignores SIGTERM,
-// leaves a child process, prints garbage, or exits with a chosen code.
+// builtin trainer, and misbehaves on request: it crashes, hangs, ignores
+// SIGTERM, leaves a child process, prints garbage, or exits with a chosen
+// code. It reports each evaluation's progress ("evaluating" messages).
 //
 // It spells the protocol out itself (config.json and the stdout messages)
 // rather than sharing the worker's Go types, so a change to one side that
@@ -14,6 +15,9 @@
 //	--step-delay DURATION   sleep after each step, so a stop lands mid-epoch
 //	--crash-at-step N       exit 1 on reaching step N (see --crash-marker)
 //	--crash-marker FILE     crash only if FILE is missing, creating it first
+//	--hang-at-step N        on reaching step N, stop reporting and sleep for ever
+//	--hang-in-eval          hang in the evaluation at that step instead (see --eval-every)
+//	--hang-marker FILE      hang only if FILE is missing, creating it first
 //	--ignore-sigterm        ignore SIGTERM, so the worker must SIGKILL
 //	--spawn-child           start `sleep 300` in the process group and log its pid
 //	--garbage               print non-messages, a 1 MiB line and a flood first
@@ -50,6 +54,9 @@ var (
 	stepDelay         = flag.Duration("step-delay", 0, "sleep after each step, so a stop lands mid-epoch")
 	crashAtStep       = flag.Int("crash-at-step", 0, "exit 1 on reaching this step")
 	crashMarker       = flag.String("crash-marker", "", "crash only if this file is missing, and create it")
+	hangAtStep        = flag.Int("hang-at-step", 0, "stop reporting and sleep for ever on reaching this step")
+	hangInEval        = flag.Bool("hang-in-eval", false, "hang in the evaluation at --hang-at-step instead")
+	hangMarker        = flag.String("hang-marker", "", "hang only if this file is missing, and create it")
 	ignoreSigterm     = flag.Bool("ignore-sigterm", false, "ignore SIGTERM")
 	spawnChild        = flag.Bool("spawn-child", false, "start a grandchild `sleep 300` in the process group")
 	garbage           = flag.Bool("garbage", false, "print garbage, a huge line and a flood of lines first")
@@ -192,6 +199,12 @@ func main() {
 	if err != nil {
 		fail("%v", err)
 	}
+	run.OnEvaluate = func(done, total int) {
+		emit("evaluating", "step", state.Step, "done", done, "total", total)
+		if *hangInEval && state.Step == *hangAtStep && firstTime(*hangMarker) {
+			hang(state.Step)
+		}
+	}
 	if cfg.Epochs.From < 1 || cfg.Epochs.To < cfg.Epochs.From || cfg.Epochs.To > hp.Epochs {
 		fail("epochs %d..%d are not within 1..%d", cfg.Epochs.From, cfg.Epochs.To, hp.Epochs)
 	}
@@ -213,9 +226,12 @@ func main() {
 			logf("error", "failing on request with exit %d", *exitCode)
 			os.Exit(*exitCode)
 		}
-		if s.Step == *crashAtStep && shouldCrash() {
+		if s.Step == *crashAtStep && firstTime(*crashMarker) {
 			fmt.Fprintf(os.Stderr, "crashing at step %d on request\n", s.Step)
 			os.Exit(1)
+		}
+		if !*hangInEval && s.Step == *hangAtStep && firstTime(*hangMarker) {
+			hang(s.Step)
 		}
 		if *evalEvery > 0 && s.Step%*evalEvery == 0 {
 			if loss, ok := run.ValidationLoss(); ok {
@@ -353,20 +369,29 @@ func writeOutput(cfg config, s *trainer.State) string {
 	return out
 }
 
-// shouldCrash says whether --crash-at-step crashes now: always without a
-// marker, else only while the marker is missing, creating it so the retry
-// succeeds.
-func shouldCrash() bool {
-	if *crashMarker == "" {
+// firstTime says whether a misbehaviour with this marker happens now:
+// always without a marker, else only while the marker is missing, creating
+// it so the retry succeeds.
+func firstTime(marker string) bool {
+	if marker == "" {
 		return true
 	}
-	if _, err := os.Stat(*crashMarker); err == nil {
+	if _, err := os.Stat(marker); err == nil {
 		return false
 	}
-	if err := os.WriteFile(*crashMarker, nil, 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, "create crash marker:", err)
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "create marker:", err)
 	}
 	return true
+}
+
+// hang stops reporting for ever, as a trainer stuck in a collective or a
+// driver call does: it takes no further step and heeds no SIGTERM.
+func hang(step int) {
+	fmt.Fprintf(os.Stderr, "hanging at step %d on request\n", step)
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // printGarbage prints what a careless trainer might: lines that are not
