@@ -72,8 +72,10 @@ func TestListJobsSorts(t *testing.T) {
 		{"finishedAt:desc", []string{"j3", "j4", "j5", "j2", "j1"}},
 		{"name:asc", []string{"j5", "j2", "j3", "j1", "j4"}},
 		{"name:desc", []string{"j4", "j3", "j1", "j5", "j2"}},
-		{"status:asc", []string{"j3", "j4", "j5", "j1", "j2"}},
-		{"status:desc", []string{"j2", "j5", "j1", "j4", "j3"}},
+		// Status sorts by a job's life (queued, running, stopped, failed,
+		// completed, deployed), ties newest first.
+		{"status:asc", []string{"j5", "j1", "j2", "j4", "j3"}},
+		{"status:desc", []string{"j3", "j4", "j2", "j5", "j1"}},
 	}
 	for _, c := range cases {
 		jobs, err := f.q.ListJobs(f.ctx, f.tx, dbsqlc.ListJobsParams{OrganizationID: f.id("a"), Sort: c.sort, Lim: 100})

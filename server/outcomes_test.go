@@ -115,3 +115,17 @@ func TestEarlyStoppingAndBestCheckpoint(t *testing.T) {
 	chat["model"] = org.Do(t, "GET", jobsPath+"/"+id, nil).Body["resultModel"]
 	expect(t, org.Do(t, "POST", "/v1/chat/completions", chat), 200)
 }
+
+// TestCancelThroughTheSeedAPI: stop with cancel makes a job final; the job
+// says so, and offers only deletion.
+func TestCancelThroughTheSeedAPI(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "big.jsonl", testenv.Tickets(60000, 12))
+	id := longJob(t, org, ds, "gpu-a100-80gb", 100)
+	org.WaitStatus(t, id, time.Minute, "running")
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", map[string]any{"cancel": true}), 200, `"status":"stopped"`, "cancelled")
+	job := org.Do(t, "GET", jobsPath+"/"+id, nil)
+	expect(t, job, 200, `"cancelled":true`, `"actions":["delete"]`)
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/restart", nil), 409, "cancelled")
+	expect(t, org.Do(t, "DELETE", jobsPath+"/"+id, nil), 204)
+}

@@ -29,8 +29,23 @@ const updateTimeout = 30 * time.Second
 // server's write timeout.
 const deployTimeout = 4 * time.Minute
 
+// stopRequest is stop's optional body: cancel makes the stop final, as
+// /v1's cancel does (a cancelled job is never restarted).
+type stopRequest struct {
+	Cancel bool `json:"cancel"`
+}
+
 func (s *Server) stopJob(c *gin.Context) {
-	s.transition(c, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID})
+	job, ok := s.loadJob(c)
+	if !ok {
+		return
+	}
+	var body stopRequest
+	if err := bindOptionalJSON(c, &body); err != nil {
+		s.respondError(c, err)
+		return
+	}
+	s.transitionOf(c, job, workflows.UpdateStop, workflows.TransitionRequest{By: caller(c).UserID, Cancel: body.Cancel})
 }
 
 // deployRequest is deploy's optional body: which checkpoint to serve, by
