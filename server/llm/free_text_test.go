@@ -28,7 +28,8 @@ func TestCommandTrainerLearnsFreeText(t *testing.T) {
 	// The builtin workers of the default pool refuse it at validation.
 	builtinJob := createJob(t, org, map[string]any{"name": "builtin", "baseModel": "llama-3.1-8b", "trainingDataset": ds})
 	job := org.WaitStatus(t, builtinJob, 30*time.Second, "failed", "completed")
-	if msg, _ := job["error"].(string); job["status"] != "failed" || !strings.Contains(msg, notLearnable) {
+	jobErr, _ := job["error"].(map[string]any)
+	if msg, _ := jobErr["message"].(string); job["status"] != "failed" || !strings.Contains(msg, notLearnable) || jobErr["class"] != "data" {
 		t.Errorf("the builtin pool's job %v with error %q; want failed with %q", job["status"], msg, notLearnable)
 	}
 	if logs := org.Logs(t, builtinJob); !strings.Contains(logs, "Dataset validation failed: "+notLearnable) {
