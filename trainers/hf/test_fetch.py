@@ -121,7 +121,9 @@ def test_two_jobs_download_the_pinned_weights_once_and_train(tmp_path: Path, hub
     logs = [m["message"] for run in runs for m in run.of("log")]
     assert sum(m.startswith("downloading meta-llama/Llama-3.1-8B-Instruct at 0e9e39f249a1") for m in logs) == 1
     assert any("every file checked against the Hub's checksum" in m for m in logs)
-    assert any("another job downloaded it" in m for m in logs)
+    # The other job waited for that download, or (started after it ended)
+    # found the weights in place and fetched nothing: either way, no second
+    # download, which the counts above check.
     assert sorted(p.name for p in (models / "llama-3.1-8b").iterdir()) == sorted(hub.files)
     assert not (models / "llama-3.1-8b" / "original").exists()
 
