@@ -105,13 +105,20 @@ func (a *Activities) deploy(ctx context.Context, in DeployInput) error {
 	return err
 }
 
+// deployedCheckpoint reads the row of the kept checkpoint a deploy names;
+// one the job does not keep is refused.
+func (a *Activities) deployedCheckpoint(ctx context.Context, in DeployInput) (db.Checkpoint, error) {
+	k, err := a.Store.Checkpoint(ctx, in.JobID, in.CheckpointID)
+	if db.IsNotFound(err) {
+		return k, refused(fmt.Sprintf("checkpoint %s is not one the job keeps; GET its checkpoints to see which it does", in.CheckpointID), nil)
+	}
+	return k, err
+}
+
 // keptCheckpoint reads the builtin model of the kept checkpoint a deploy
 // names.
 func (a *Activities) keptCheckpoint(ctx context.Context, in DeployInput) ([]byte, error) {
-	k, err := a.Store.Checkpoint(ctx, in.JobID, in.CheckpointID)
-	if db.IsNotFound(err) {
-		return nil, refused(fmt.Sprintf("checkpoint %s is not one the job keeps; GET its checkpoints to see which it does", in.CheckpointID), nil)
-	}
+	k, err := a.deployedCheckpoint(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -251,10 +258,7 @@ func (a *Activities) materialize(ctx context.Context, in DeployInput, dir string
 	// adapter directory, beside the optimizer's state.
 	key, sub := artifacts.OutputKey(jobID), ""
 	if in.CheckpointID != "" {
-		k, err := a.Store.Checkpoint(ctx, jobID, in.CheckpointID)
-		if db.IsNotFound(err) {
-			return "", refused(fmt.Sprintf("checkpoint %s is not one the job keeps; GET its checkpoints to see which it does", in.CheckpointID), nil)
-		}
+		k, err := a.deployedCheckpoint(ctx, in)
 		if err != nil {
 			return "", err
 		}
