@@ -218,7 +218,17 @@ func TestTransitionsAndFailuresThroughCLI(t *testing.T) {
 	if r := run("jobs", "stop", job.ID); r.code != cli.ExitError || !strings.Contains(r.err.Error(), "only queued or running jobs can be stopped") || !strings.Contains(r.err.Error(), "HTTP 409") {
 		t.Errorf("stopping a stopped job: exit %d, %v", r.code, r.err)
 	}
-	run("jobs", "restart", job.ID).must(t, "restarted successfully (queued)")
+	run("jobs", "restart", "--batch-size", "4", "--max-cost", "50", job.ID).must(t, "restarted successfully (queued)")
+	var changed struct {
+		Hyperparameters struct {
+			BatchSize int `json:"batchSize"`
+		} `json:"hyperparameters"`
+		MaxCost float64 `json:"maxCost"`
+	}
+	run("jobs", "get", "--json", job.ID).must(t).decode(t, &changed)
+	if changed.Hyperparameters.BatchSize != 4 || changed.MaxCost != 50 {
+		t.Errorf("restarted with --batch-size 4 --max-cost 50: batchSize %d, maxCost %v", changed.Hyperparameters.BatchSize, changed.MaxCost)
+	}
 	org.WaitStatus(t, job.ID, time.Minute, "running")
 	run("jobs", "stop", "--json", job.ID).must(t, `"status":"stopped"`)
 	if r := run("jobs", "restart", "--from-checkpoint", "ftckpt_nosuch", job.ID); r.code != cli.ExitError || !strings.Contains(r.err.Error(), "names no checkpoint") ||
@@ -235,9 +245,9 @@ func TestTransitionsAndFailuresThroughCLI(t *testing.T) {
 		t.Errorf("following a failing job: exit %d, %v\n%s\n%s", r.code, r.err, r.stdout, r.stderr)
 	}
 
-	// A cancelled job (OpenAI's cancel) shows as such once the API says so.
+	// A cancelled job shows as such once the API says so.
 	run("jobs", "create", "--json", "--name", "cancelled", "--base-model", "llama-3.1-8b", "--training-dataset", big).must(t).decode(t, &job)
-	env.Do(t, org.Key, http.MethodPost, "/v1/fine_tuning/jobs/"+job.ID+"/cancel", nil, nil).Expect(t, http.StatusOK)
+	run("jobs", "stop", "--cancel", job.ID).must(t, "(stopped)")
 	var cancelled struct {
 		Cancelled *bool `json:"cancelled"`
 	}

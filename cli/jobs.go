@@ -23,9 +23,7 @@ func jobsCommand(a *app) *cobra.Command {
 		Short: "Create, list, follow and manage fine-tuning jobs",
 	}
 	cmd.AddCommand(jobsCreate(a), jobsList(a), jobsGet(a),
-		jobTransition(a, "stop", "Stop a queued or running job (it keeps its checkpoint; restart resumes it)"),
-		jobsRestart(a),
-		jobTransition(a, "deploy", "Deploy a completed job's model, so `tuneforge chat` and chat completions answer with it"),
+		jobsStop(a), jobsRestart(a), jobsDeploy(a),
 		jobsDelete(a), jobsLogs(a), jobsMetrics(a), jobsEvents(a), jobsCheckpoints(a))
 	return cmd
 }
@@ -41,12 +39,14 @@ type createRequest struct {
 	Hardware        string            `json:"hardware,omitempty"`
 	Metadata        map[string]string `json:"metadata,omitempty"`
 	Hyperparameters map[string]any    `json:"hyperparameters,omitempty"`
+	MaxCost         *float64          `json:"maxCost,omitempty"`
 }
 
 func jobsCreate(a *app) *cobra.Command {
 	var req createRequest
 	var epochs, batchSize, warmupSteps int
-	var learningRate float64
+	var learningRate, maxCost, minDelta float64
+	var patience int
 	var idemKey string
 	var follow bool
 	cmd := &cobra.Command{
@@ -66,8 +66,14 @@ or a path inside the server's data directory.`,
 					hp[camel(flag)] = v
 				}
 			}
+			if cmd.Flags().Changed("early-stopping-patience") || cmd.Flags().Changed("early-stopping-min-delta") {
+				hp["earlyStopping"] = map[string]any{"patience": patience, "minDelta": minDelta}
+			}
 			if len(hp) > 0 {
 				req.Hyperparameters = hp
+			}
+			if cmd.Flags().Changed("max-cost") {
+				req.MaxCost = &maxCost
 			}
 			var notLocal []error
 			for _, ref := range []*string{&req.TrainingDataset, &req.ValidationFile} {
@@ -129,6 +135,9 @@ or a path inside the server's data directory.`,
 	f.Float64Var(&learningRate, "learning-rate", 0.0002, "the learning rate")
 	f.IntVar(&batchSize, "batch-size", 8, "examples per step")
 	f.IntVar(&warmupSteps, "warmup-steps", 0, "steps over which the learning rate ramps up")
+	f.IntVar(&patience, "early-stopping-patience", 3, "stop early after this many evaluations without a better validation loss (needs --validation-file)")
+	f.Float64Var(&minDelta, "early-stopping-min-delta", 0, "how much lower a validation loss must be to count as better")
+	f.Float64Var(&maxCost, "max-cost", 0, "a budget: training stops after a checkpoint when its cost reaches this (restart with a higher one to go on)")
 	f.StringVar(&idemKey, "idempotency-key", "", "send Idempotency-Key, so a retried create makes one job")
 	f.BoolVarP(&follow, "follow", "f", false, "follow the job's log until it ends (exit 3 unless it completes)")
 	for _, name := range []string{"name", "base-model", "training-dataset"} {
@@ -311,40 +320,86 @@ func (a *app) transitioned(cmd *cobra.Command, raw []byte) error {
 	return nil
 }
 
-func jobTransition(a *app, name, short string) *cobra.Command {
-	return &cobra.Command{
-		Use:   name + " ID",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := a.client.call(cmd.Context(), http.MethodPost, jobPath(args[0], "/"+name), nil)
-			if err != nil {
-				return err
-			}
-			return a.transitioned(cmd, raw)
-		},
+// jobAction posts body to the job's action route and prints the outcome.
+func (a *app) jobAction(cmd *cobra.Command, id, action string, body any) error {
+	raw, err := a.client.call(cmd.Context(), http.MethodPost, jobPath(id, "/"+action), body)
+	if err != nil {
+		return err
 	}
+	return a.transitioned(cmd, raw)
 }
 
-func jobsRestart(a *app) *cobra.Command {
-	var from string
+func jobsStop(a *app) *cobra.Command {
+	var cancel bool
 	cmd := &cobra.Command{
-		Use:   "restart ID",
-		Short: "Restart a stopped or failed job from its latest checkpoint, or from a kept one",
+		Use:   "stop ID",
+		Short: "Stop a queued or running job (it keeps its checkpoint; restart resumes it)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var body any
-			if from != "" {
-				body = map[string]string{"fromCheckpoint": from}
+			if cancel {
+				body = map[string]bool{"cancel": true}
 			}
-			raw, err := a.client.call(cmd.Context(), http.MethodPost, jobPath(args[0], "/restart"), body)
-			if err != nil {
-				return err
-			}
-			return a.transitioned(cmd, raw)
+			return a.jobAction(cmd, args[0], "stop", body)
 		},
 	}
-	cmd.Flags().StringVar(&from, "from-checkpoint", "", "a checkpoint ID, from tuneforge jobs checkpoints ID")
+	cmd.Flags().BoolVar(&cancel, "cancel", false, "cancel for good: the job cannot be restarted")
+	return cmd
+}
+
+func jobsRestart(a *app) *cobra.Command {
+	var from, hardware string
+	var batchSize int
+	var maxCost float64
+	cmd := &cobra.Command{
+		Use:   "restart ID",
+		Short: "Restart a stopped or failed job from its latest checkpoint, or from a kept one",
+		Example: `  tuneforge jobs restart ftjob_… --batch-size 4          # after an out-of-memory failure
+  tuneforge jobs restart ftjob_… --max-cost 20           # after its budget ran out`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body := map[string]any{}
+			if from != "" {
+				body["fromCheckpoint"] = from
+			}
+			if hardware != "" {
+				body["hardware"] = hardware
+			}
+			if cmd.Flags().Changed("batch-size") {
+				body["batchSize"] = batchSize
+			}
+			if cmd.Flags().Changed("max-cost") {
+				body["maxCost"] = maxCost
+			}
+			if len(body) == 0 {
+				return a.jobAction(cmd, args[0], "restart", nil)
+			}
+			return a.jobAction(cmd, args[0], "restart", body)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&from, "from-checkpoint", "", "a checkpoint ID, from tuneforge jobs checkpoints ID")
+	f.IntVar(&batchSize, "batch-size", 0, "a new batch size (examples per step)")
+	f.StringVar(&hardware, "hardware", "", "a new hardware pool, from tuneforge hardware")
+	f.Float64Var(&maxCost, "max-cost", 0, "a new budget for the whole job, all runs counted")
+	return cmd
+}
+
+func jobsDeploy(a *app) *cobra.Command {
+	var checkpoint string
+	cmd := &cobra.Command{
+		Use:   "deploy ID",
+		Short: "Deploy a completed job's model, so `tuneforge chat` and chat completions answer with it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var body any
+			if checkpoint != "" {
+				body = map[string]string{"checkpoint": checkpoint}
+			}
+			return a.jobAction(cmd, args[0], "deploy", body)
+		},
+	}
+	cmd.Flags().StringVar(&checkpoint, "checkpoint", "", `deploy this checkpoint (an ID, or "best") instead of the final model`)
 	return cmd
 }
 

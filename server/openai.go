@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"regexp"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -32,7 +33,7 @@ type openAIErrorView struct {
 // toOpenAIError renders e as OpenAI does: a type by status class, the
 // first bad field as param, and a code where OpenAI has one.
 func toOpenAIError(e *apiError) openAIErrorView {
-	out := openAIError{Message: e.Message, Type: "invalid_request_error"}
+	out := openAIError{Message: openAIRoutes(e.Message), Type: "invalid_request_error"}
 	code := func(s string) *string { return &s }
 	switch {
 	case e.Status == http.StatusUnauthorized:
@@ -50,6 +51,29 @@ func toOpenAIError(e *apiError) openAIErrorView {
 		out.Param = &e.Details[0].Field
 	}
 	return openAIErrorView{Error: out}
+}
+
+// seedRouteRE finds the seed API's routes in a message, as "POST
+// /api/v1/fine-tuning/datasets" or "GET /api/v1/fine-tuning/jobs/ftjob_x/checkpoints".
+var seedRouteRE = regexp.MustCompile(`\b(GET|POST|DELETE) /api/v1/fine-tuning/(datasets|jobs)(/[A-Za-z0-9_{}-]+)?(/[a-z]+)?`)
+
+// openAIRoutes rewrites the seed API's routes in a message shared by both
+// APIs as the /v1 routes that do the same, so a /v1 client is pointed at
+// routes of its own API; a route /v1 has no counterpart of stays.
+func openAIRoutes(msg string) string {
+	return seedRouteRE.ReplaceAllStringFunc(msg, func(route string) string {
+		m := seedRouteRE.FindStringSubmatch(route)
+		method, kind, id, action := m[1], m[2], m[3], m[4]
+		switch {
+		case kind == "datasets" && action == "" && (method != "DELETE" || id != ""):
+			return method + " /v1/files" + id
+		case kind == "jobs" && id != "" && method == "GET" && (action == "" || action == "/checkpoints" || action == "/events"):
+			return method + " /v1/fine_tuning/jobs" + id + action
+		case kind == "jobs" && id != "" && method == "POST" && action == "/stop":
+			return "POST /v1/fine_tuning/jobs" + id + "/pause"
+		}
+		return route
+	})
 }
 
 // openAIList is OpenAI's list envelope.

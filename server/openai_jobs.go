@@ -249,7 +249,8 @@ func toOpenAIJob(j db.Job) openAIJob {
 	if j.Status == jobstatus.Deployed {
 		out.FineTunedModel = j.ResultModel
 	}
-	if j.FinishedAt != nil {
+	// A paused job has not finished: it resumes from its checkpoint.
+	if j.FinishedAt != nil && out.Status != "paused" {
 		at := j.FinishedAt.Unix()
 		out.FinishedAt = &at
 	}

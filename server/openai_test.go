@@ -329,8 +329,8 @@ func TestOpenAIPauseResumeCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if paused.Status != "paused" {
-		t.Errorf("paused job is %s", paused.Status)
+	if paused.Status != "paused" || paused.FinishedAt != 0 {
+		t.Errorf("paused job is %s, finished at %d", paused.Status, paused.FinishedAt)
 	}
 	expect(t, org.Do(t, "GET", jobsPath+"/"+job.ID, nil), 200, `"status":"stopped"`)
 	steps := org.MetricSteps(t, job.ID)

@@ -85,11 +85,7 @@ func (s *Server) deployJob(c *gin.Context) {
 		}
 		req.Checkpoint = best.ID
 	default:
-		if _, err := s.Store.Checkpoint(ctx, job.ID, ref); db.IsNotFound(err) {
-			s.respondError(c, fieldError(http.StatusUnprocessableEntity, "checkpoint",
-				"names no checkpoint of job %s: %q; GET /api/v1/fine-tuning/jobs/%s/checkpoints lists those it keeps, or say \"best\"", job.ID, ref, job.ID))
-			return
-		} else if err != nil {
+		if err := s.keptCheckpoint(ctx, job, "checkpoint", ref, `, or say "best"`); err != nil {
 			s.respondError(c, err)
 			return
 		}
@@ -203,18 +199,24 @@ func (s *Server) transitionOf(c *gin.Context, job db.Job, update string, req wor
 	c.JSON(http.StatusOK, body)
 }
 
+// keptCheckpoint checks that ref names a checkpoint the job keeps; the
+// error names field and ends with hint.
+func (s *Server) keptCheckpoint(ctx context.Context, job db.Job, field, ref, hint string) error {
+	_, err := s.Store.Checkpoint(ctx, job.ID, ref)
+	if db.IsNotFound(err) {
+		return fieldError(http.StatusUnprocessableEntity, field,
+			"names no checkpoint of job %s: %q; GET /api/v1/fine-tuning/jobs/%s/checkpoints lists those it keeps%s", job.ID, ref, job.ID, hint)
+	}
+	return err
+}
+
 // sendTransition sends a job's workflow the named update and waits for its
 // result. A checkpoint to restart from must be one the job keeps;
 // checkpointField names it in the request, for the error when it is not.
 func (s *Server) sendTransition(ctx context.Context, job db.Job, update string, req workflows.TransitionRequest, checkpointField string) (workflows.TransitionResult, error) {
 	var res workflows.TransitionResult
 	if req.FromCheckpoint != "" {
-		_, err := s.Store.Checkpoint(ctx, job.ID, req.FromCheckpoint)
-		if db.IsNotFound(err) {
-			return res, fieldError(http.StatusUnprocessableEntity, checkpointField,
-				"names no checkpoint of job %s: %q; GET /api/v1/fine-tuning/jobs/%s/checkpoints lists those it keeps", job.ID, req.FromCheckpoint, job.ID)
-		}
-		if err != nil {
+		if err := s.keptCheckpoint(ctx, job, checkpointField, req.FromCheckpoint, ""); err != nil {
 			return res, err
 		}
 	}

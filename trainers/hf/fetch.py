@@ -16,13 +16,18 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 HUB = Path(__file__).resolve().parent / "hub.json"
 # What a model directory needs; Meta's original/ checkpoints and .bin
 # copies of safetensors weights are left on the Hub.
 KEEP = (".json", ".safetensors", ".model", ".jinja", ".txt", ".tiktoken")
+# How often a job waiting for another's download checks the lock, and says
+# it still waits (well inside the worker's hang limit before a first step).
+WAIT_POLL = 1.0
+WAIT_REPORT = 60.0
 
 
 class Refused(Exception):
@@ -75,11 +80,7 @@ def fetch(base_model: str, dest: Path, log: Callable[[str, str], None]) -> None:
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent / f".{dest.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("info", f"waiting for another job's download of {base_model} into {dest}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        _wait_for(lock, f"another job's download of {base_model} into {dest}", log)
         if (dest / "config.json").is_file():
             log("info", f"{base_model} is in {dest}: another job downloaded it")
             return
@@ -88,6 +89,28 @@ def fetch(base_model: str, dest: Path, log: Callable[[str, str], None]) -> None:
                 raise Refused(f"{dest} holds files but no config.json: remove it, or complete it with {base_model}'s weights")
             dest.rmdir()
         _download(repo, revision, where, dest, log)
+
+
+def _wait_for(lock: IO[str], what: str, log: Callable[[str, str], None]) -> None:
+    """Takes lock, saying every WAIT_REPORT seconds that it is still
+    waiting: the worker takes a trainer that is silent before its first
+    step for hung, and another job's download may outlast that limit."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        log("info", f"waiting for {what}")
+    started = last = time.monotonic()
+    while True:
+        time.sleep(WAIT_POLL)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            now = time.monotonic()
+            if now - last >= WAIT_REPORT:
+                log("info", f"still waiting for {what} ({(now - started) / 60:.0f} min so far)")
+                last = now
 
 
 def _download(repo: str, revision: str, where: str, dest: Path, log: Callable[[str, str], None]) -> None:

@@ -3,6 +3,7 @@ Hub's API and file URLs, serving a tiny model written by --write-tiny."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.server
 import json
@@ -144,3 +145,19 @@ def test_offline_mode_refuses_with_what_to_do(tmp_path: Path):
     assert run.code == 2
     message = run.messages[-1]["message"]
     assert "HF_HUB_OFFLINE=1" in message and "meta-llama/Llama-3.1-8B-Instruct" in message and "--init-tiny" in message
+
+
+def test_a_job_waiting_for_another_download_keeps_saying_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The worker kills a trainer silent for too long before its first step:
+    # one waiting behind a long download must keep speaking.
+    monkeypatch.setattr(fetch, "WAIT_POLL", 0.02)
+    monkeypatch.setattr(fetch, "WAIT_REPORT", 0.1)
+    path = tmp_path / ".model.lock"
+    holder = open(path, "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(0.5, holder.close).start()
+    lines: list[str] = []
+    with open(path, "w") as lock:
+        fetch._wait_for(lock, "the download", lambda level, message: lines.append(message))
+    assert lines[0] == "waiting for the download"
+    assert len(lines) >= 3 and all(line.startswith("still waiting for the download (") for line in lines[1:]), lines
