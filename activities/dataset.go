@@ -52,9 +52,13 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 	if err != nil {
 		return DatasetSummary{}, err
 	}
-	checkLabels := builtinLabelRule(trainers)
+	// Preference pairs have no labels; the builtin trainer refuses DPO.
+	checkLabels := builtinLabelRule(trainers) && !job.Method.DPO()
 	train, err := a.validateFile(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, true, checkLabels)
 	if err != nil {
+		return DatasetSummary{}, err
+	}
+	if err := methodFits(job.Method, train.Format, "training file"); err != nil {
 		return DatasetSummary{}, err
 	}
 	sum := DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
@@ -62,6 +66,9 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 		// A small validation set is fine, whatever its labels: it only measures.
 		v, err := a.validateFile(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, false, false)
 		if err != nil {
+			return DatasetSummary{}, err
+		}
+		if err := methodFits(job.Method, v.Format, "validation file"); err != nil {
 			return DatasetSummary{}, err
 		}
 		sum.ValidationExamples = v.Examples
@@ -84,6 +91,33 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 	})
 }
 
+// methodFits refuses a file whose format the job's method cannot train.
+// The API refuses such a job at create when the upload recorded the format.
+func methodFits(m db.Method, f dataset.Format, what string) error {
+	if p := MethodFormatProblem(m, f); p != "" {
+		return invalidData("%s: %s", what, p)
+	}
+	return nil
+}
+
+// MethodFormatProblem says why method m cannot train a file in format f
+// ("" for a file uploaded before formats were recorded), or "" when it can:
+// DPO learns preference pairs, supervised training demonstrations.
+func MethodFormatProblem(m db.Method, f dataset.Format) string {
+	if m.DPO() == f.Preference() {
+		return ""
+	}
+	if m.DPO() {
+		format := f.Describe()
+		if f == "" {
+			format = "chat messages or prompt/completion format" // uploads did not take preference data then
+		}
+		return "it is in " + format + `, and the dpo method trains preference data: lines of ` +
+			`{"input":{"messages":[...]},"preferred_output":[...],"non_preferred_output":[...]} (OpenAI's DPO format)`
+	}
+	return "it is in " + f.Describe() + ", which only the dpo method trains; use method dpo, or a file of chat messages or prompt/completion lines"
+}
+
 // builtinLabelRule reports whether a job's training file is held to the
 // builtin trainer's label rule (trainer.LabelCheck: few distinct assistant
 // replies, repeating as labels) at validation, given the trainers that the
@@ -101,6 +135,14 @@ func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (Dat
 // starts a job (trainBuiltin's loadState), failing it without retries with
 // the same message as validation would have.
 func builtinLabelRule(trainers []string) bool {
+	return OnlyBuiltin(trainers)
+}
+
+// OnlyBuiltin says whether a pool's live training workers, as trainers
+// lists their trainers (db.Conn.LiveTrainers), are some and all run the
+// builtin trainer: whichever of them takes a job then trains it with that
+// trainer, and refuses what only a command trainer trains (BuiltinRefuses).
+func OnlyBuiltin(trainers []string) bool {
 	return allAre(trainers, config.TrainerBuiltin)
 }
 
@@ -136,9 +178,11 @@ func (a *Activities) validateFile(ctx context.Context, key, what string, maxSeq 
 	if err != nil {
 		return dataset.Summary{}, err
 	}
+	// A format not recorded (an upload from before formats were) is not
+	// the preference format, which uploads did not accept then.
 	enough := st != nil && st.Examples > 0 && (!training || st.Examples >= dataset.MinTrainingExamples)
 	if enough && (maxSeq <= 0 || st.MaxTokens <= maxSeq) && (!labels || st.LabelProblem == "") {
-		return dataset.Summary{Examples: st.Examples, Tokens: st.Tokens, MaxTokens: st.MaxTokens}, nil
+		return dataset.Summary{Format: dataset.Format(st.Format), Examples: st.Examples, Tokens: st.Tokens, MaxTokens: st.MaxTokens}, nil
 	}
 	switch {
 	case !training:
@@ -165,7 +209,9 @@ func validateTraining(ctx context.Context, r io.Reader, maxSeq int) (dataset.Sum
 	if err != nil {
 		return sum, err
 	}
-	if err := labels.Err(); err != nil {
+	// Preference pairs are no labels: methodFits refuses them for a
+	// supervised job, with what to do.
+	if err := labels.Err(); err != nil && !sum.Format.Preference() {
 		return sum, invalidData("training file: %v", err)
 	}
 	return sum, nil

@@ -58,17 +58,7 @@ func newFixture(t *testing.T) *fixture {
 // offers that many.
 func (f *fixture) pool(slots int) string {
 	f.t.Helper()
-	id := "pool_" + dbtest.RandomHex(4)
-	_, err := env.Store.Pool.Exec(f.ctx, `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
-		VALUES ($1, $1, '80GB', 80, 1, 1, 1, 100)`, id)
-	f.check(err)
-	f.t.Cleanup(func() {
-		ctx := context.Background()
-		for _, table := range []string{"jobs", "gpu_leases", "gpu_workers", "gpu_pool_turns"} {
-			_, _ = env.Store.Pool.Exec(ctx, `DELETE FROM `+table+` WHERE hardware_id = $1`, id)
-		}
-		_, _ = env.Store.Pool.Exec(ctx, `DELETE FROM hardware WHERE id = $1`, id)
-	})
+	id := env.NewPool(f.t, 1)
 	if slots > 0 {
 		f.worker(id, slots)
 	}

@@ -57,6 +57,10 @@ type NewJob struct {
 	// EarlyStopping, when set, ends training once validation loss stops
 	// improving.
 	EarlyStopping *db.EarlyStopping `json:",omitempty"`
+	// Method is how the job trains; InitFrom the job whose adapter it
+	// starts from ("" for none). QLoRA is in Hyperparameters.
+	Method   db.Method `json:",omitzero"`
+	InitFrom string    `json:",omitempty"`
 	// IdempotencyKey, when set, is recorded with the row, with RequestHash.
 	IdempotencyKey string
 	RequestHash    []byte
@@ -109,7 +113,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
 			Suffix: j.Suffix, Metadata: j.Metadata, Seed: seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt,
-			MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping,
+			MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping, Method: j.Method, QLoRA: hp.QLoRA, InitFrom: nonEmpty(j.InitFrom),
 		})
 		switch {
 		case db.IsForeignKeyViolation(err):
@@ -119,9 +123,18 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 		case err != nil:
 			return err
 		}
-		err = recordEvent(ctx, tx, db.Event{JobID: j.ID, Type: db.EventCreated,
-			Message: fmt.Sprintf("Job created by %s: %s on %s, %d epochs", j.Owner, j.BaseModel, j.HardwareID, hp.Epochs),
-			Data:    map[string]any{"owner": j.Owner, "baseModel": j.BaseModel, "hardware": j.HardwareID, "epochs": hp.Epochs}})
+		msg := fmt.Sprintf("Job created by %s: %s on %s, %d epochs", j.Owner, j.BaseModel, j.HardwareID, hp.Epochs)
+		data := map[string]any{"owner": j.Owner, "baseModel": j.BaseModel, "hardware": j.HardwareID, "epochs": hp.Epochs, "method": j.Method.Name()}
+		if j.Method.DPO() {
+			msg += fmt.Sprintf(", DPO with beta %g", j.Method.Beta)
+		}
+		if hp.QLoRA {
+			msg, data["qlora"] = msg+", QLoRA", true
+		}
+		if j.InitFrom != "" {
+			msg, data["initFrom"] = msg+", starting from the adapter of job "+j.InitFrom, j.InitFrom
+		}
+		err = recordEvent(ctx, tx, db.Event{JobID: j.ID, Type: db.EventCreated, Message: msg, Data: data})
 		if err != nil {
 			return err
 		}
@@ -264,4 +277,12 @@ func (a *Activities) keepUpload(ctx context.Context, jobID string, keys ...strin
 		}
 	}
 	return jobGone(jobID)
+}
+
+// nonEmpty is s, or nil when it is "".
+func nonEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }

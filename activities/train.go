@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,32 @@ type EpochInput struct {
 	Epoch             int
 	// HardwareID is the pool it trains on, for the trainer metrics.
 	HardwareID string `json:",omitempty"`
+	// Method is how the job trains; InitFrom the job whose LoRA adapter
+	// (its trained output) training starts from, "" for none.
+	Method   db.Method `json:",omitzero"`
+	InitFrom string    `json:",omitempty"`
+}
+
+// BuiltinRefuses says why the builtin trainer cannot train a job of
+// method m, with qlora, from initFrom's adapter: "" when it can. It trains a classifier from the base model's
+// place, supervised, so DPO, QLoRA and starting from an adapter are for
+// a command trainer such as trainers/hf.
+func BuiltinRefuses(m db.Method, qlora bool, initFrom string) string {
+	var what []string
+	if m.DPO() {
+		what = append(what, "the dpo method")
+	}
+	if qlora {
+		what = append(what, "QLoRA")
+	}
+	if initFrom != "" {
+		what = append(what, "starting from another job's adapter")
+	}
+	if len(what) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the builtin trainer does not support %s; use the hf trainer (trainers/hf/train.py, run by a worker started with --trainer command)",
+		strings.Join(what, " or "))
 }
 
 // throughput counts an attempt's steps and tokens into the trainer
@@ -107,8 +134,13 @@ type heartbeat struct {
 }
 
 // startHeartbeat starts heartbeating; flush, when set, runs at each beat.
+// The beats outlive ctx's cancellation: a stopped attempt still saves its
+// last checkpoint, and the SDK sends a beat's RPC under the context it is
+// given, so beats under a cancelled one would never arrive and the
+// heartbeat timeout would end the attempt before its trainer had.
 func startHeartbeat(ctx context.Context, flush func()) *heartbeat {
 	h := &heartbeat{done: make(chan struct{}), exited: make(chan struct{})}
+	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(h.exited)
 		t := time.NewTicker(heartbeatEvery)
@@ -165,6 +197,9 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 // cancelled, after saving a checkpoint. A trainer that hangs (a.Hang) is
 // abandoned without one, and the epoch retried.
 func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
+	if why := BuiltinRefuses(in.Method, in.Hyperparameters.QLoRA, in.InitFrom); why != "" {
+		return EpochResult{}, invalidConfig("%s", why)
+	}
 	ctx, done := untilWorkerStops(ctx)
 	defer done()
 	beat := startHeartbeat(ctx, nil)
@@ -400,6 +435,9 @@ type metricPoint struct {
 	ValidationLoss *float64
 	LearningRate   float64
 	Tokens         int64
+	// Metrics and ValidationMetrics are a command trainer's own figures,
+	// of its progress and of its evaluation at the step.
+	Metrics, ValidationMetrics map[string]float64
 }
 
 // writePoint writes one metric point (idempotent per step) and the job's
@@ -412,6 +450,7 @@ func (a *Activities) writePoint(ctx context.Context, jobID string, p metricPoint
 	err := a.Store.RecordMetric(ctx, jobID, db.MetricPoint{
 		Step: int32(p.Step), Epoch: int32(p.Epoch), TrainingLoss: p.TrainingLoss,
 		ValidationLoss: p.ValidationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens,
+		Metrics: p.Metrics, ValidationMetrics: p.ValidationMetrics,
 	})
 	if err != nil {
 		return err

@@ -94,13 +94,15 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	defer h.beat.stop()
 
 	cfg := command.Config{
-		Protocol: command.Protocol, JobID: in.JobID, BaseModel: in.BaseModel,
+		Protocol: command.Protocol, ProtocolVersion: command.ProtocolVersion, JobID: in.JobID, BaseModel: in.BaseModel,
 		ModelPath:    filepath.Join(a.ModelDir, in.BaseModel),
 		TrainingFile: filepath.Join(dir, "data", "train.jsonl"),
 		Hyperparameters: command.Hyperparameters{
 			Epochs: in.Hyperparameters.Epochs, LearningRate: in.Hyperparameters.LearningRate,
 			BatchSize: in.Hyperparameters.BatchSize, WarmupSteps: in.Hyperparameters.WarmupSteps,
+			QLoRA: in.Hyperparameters.QLoRA,
 		},
+		Method:            trainerMethod(in.Method),
 		MaxSequenceLength: in.MaxSequenceLength,
 		Seed:              runSeed(in) % (1 << 31),
 		Epochs:            command.EpochRange{From: in.Epoch, To: in.Epoch},
@@ -117,6 +119,13 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 		}
 		cfg.ValidationFile = &path
 	}
+	if in.InitFrom != "" {
+		path, err := a.fetchInitAdapter(ctx, in, dir)
+		if err != nil {
+			return EpochResult{}, err
+		}
+		cfg.InitAdapter = &path
+	}
 	resumeStep, err := a.fetchCheckpoint(ctx, in, dir, &cfg)
 	if err != nil {
 		return EpochResult{}, err
@@ -125,7 +134,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 	h.beat.step.Store(int64(resumeStep))
 	h.counted = newThroughput(ctx, in, "command", resumeStep, 0)
 
-	msg := fmt.Sprintf("Epoch %d/%d started (command trainer: %s)", in.Epoch, in.Hyperparameters.Epochs, a.Command)
+	msg := fmt.Sprintf("Epoch %d/%d started (command trainer: %s%s)", in.Epoch, in.Hyperparameters.Epochs, a.Command, trainingNote(in))
 	if cfg.ResumeFrom != nil {
 		msg += fmt.Sprintf(", resuming from the checkpoint at step %d (%s, in epoch %d)", resumeStep, checkpointName(resumeStep), in.Epoch)
 		var last progress
@@ -195,6 +204,52 @@ func (a *Activities) fetchCheckpoint(ctx context.Context, in EpochInput, dir str
 	}
 	cfg.ResumeFrom = &path
 	return n, nil
+}
+
+// trainingNote says how the job trains when it is not plain supervised
+// LoRA, for the epoch's first log line.
+func trainingNote(in EpochInput) string {
+	var b strings.Builder
+	if in.Method.DPO() {
+		fmt.Fprintf(&b, "; DPO, beta %g", in.Method.Beta)
+	}
+	if in.Hyperparameters.QLoRA {
+		b.WriteString("; QLoRA")
+	}
+	if in.InitFrom != "" {
+		fmt.Fprintf(&b, "; starting from the adapter of job %s", in.InitFrom)
+	}
+	return b.String()
+}
+
+// trainerMethod is the job's method as config.json gives it.
+func trainerMethod(m db.Method) command.Method {
+	if m.DPO() {
+		return command.Method{Type: command.MethodDPO, DPO: &command.DPOConfig{Beta: m.Beta}}
+	}
+	return command.Method{Type: command.MethodSupervised}
+}
+
+// fetchInitAdapter extracts the trained output of the job in starts from,
+// a PEFT adapter directory, into the attempt directory. Every attempt
+// fetches it, resumed ones too: a trainer may need it beyond the first
+// step (DPO's reference model, say).
+func (a *Activities) fetchInitAdapter(ctx context.Context, in EpochInput, dir string) (string, error) {
+	path := filepath.Join(dir, "init-adapter")
+	err := a.Artifacts.GetDir(ctx, artifacts.OutputKey(in.InitFrom), path)
+	if errors.Is(err, artifacts.ErrNotExist) {
+		// The API refuses to delete a job that others may still start
+		// from; a job deleted some other way leaves nothing to start from.
+		return "", invalidConfig("job %s, whose adapter this job starts from, has no trained output any more (it was deleted); "+
+			"create the job again from another fine-tuned model or from the base model", in.InitFrom)
+	}
+	if err != nil {
+		return "", fmt.Errorf("fetch the adapter of job %s: %w", in.InitFrom, err)
+	}
+	if _, err := os.Stat(filepath.Join(path, "adapter_config.json")); err != nil {
+		return "", invalidConfig("the trained output of job %s, which this job starts from, is not a LoRA adapter (it has no adapter_config.json)", in.InitFrom)
+	}
+	return path, nil
 }
 
 // trainerFailure turns a failed attempt into the error the workflow sees,
@@ -288,7 +343,8 @@ func (h *commandHandler) Progress(p command.Progress) error {
 
 func (h *commandHandler) point(validationLoss *float64) metricPoint {
 	p := h.last
-	return metricPoint{Step: p.Step, Epoch: p.Epoch, TrainingLoss: p.Loss, ValidationLoss: validationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens}
+	return metricPoint{Step: p.Step, Epoch: p.Epoch, TrainingLoss: p.Loss, ValidationLoss: validationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens,
+		Metrics: p.Metrics}
 }
 
 // flush writes the newest progress if it is not written yet.
@@ -312,7 +368,7 @@ func (h *commandHandler) Eval(e command.Eval) error {
 		}
 	}
 	p := h.point(&e.ValidationLoss)
-	p.Step = e.Step
+	p.Step, p.ValidationMetrics = e.Step, e.Metrics
 	h.pending, h.lastWrite = false, time.Now()
 	return h.a.writePoint(h.ctx, h.in.JobID, p)
 }

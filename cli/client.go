@@ -229,8 +229,16 @@ type Job struct {
 		LearningRate float64 `json:"learningRate"`
 		BatchSize    int     `json:"batchSize"`
 		WarmupSteps  int     `json:"warmupSteps"`
+		QLoRA        bool    `json:"qlora"`
 	} `json:"hyperparameters"`
-	Metrics struct {
+	Method struct {
+		Type string `json:"type"`
+		DPO  *struct {
+			Beta float64 `json:"beta"`
+		} `json:"dpo"`
+	} `json:"method"`
+	InitFrom *string `json:"initFrom"`
+	Metrics  struct {
 		TrainingLoss   *float64 `json:"trainingLoss"`
 		ValidationLoss *float64 `json:"validationLoss"`
 		Epoch          *int     `json:"epoch"`

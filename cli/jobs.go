@@ -40,15 +40,16 @@ type createRequest struct {
 	Metadata        map[string]string `json:"metadata,omitempty"`
 	Hyperparameters map[string]any    `json:"hyperparameters,omitempty"`
 	MaxCost         *float64          `json:"maxCost,omitempty"`
+	Method          map[string]any    `json:"method,omitempty"`
 }
 
 func jobsCreate(a *app) *cobra.Command {
 	var req createRequest
 	var epochs, batchSize, warmupSteps int
-	var learningRate, maxCost, minDelta float64
+	var learningRate, maxCost, minDelta, beta float64
 	var patience int
-	var idemKey string
-	var follow bool
+	var idemKey, method string
+	var follow, qlora bool
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a fine-tuning job",
@@ -68,6 +69,18 @@ or a path inside the server's data directory.`,
 			}
 			if cmd.Flags().Changed("early-stopping-patience") || cmd.Flags().Changed("early-stopping-min-delta") {
 				hp["earlyStopping"] = map[string]any{"patience": patience, "minDelta": minDelta}
+			}
+			if cmd.Flags().Changed("qlora") {
+				hp["qlora"] = qlora
+			}
+			if cmd.Flags().Changed("dpo-beta") {
+				method = "dpo"
+			}
+			if cmd.Flags().Changed("method") || method == "dpo" {
+				req.Method = map[string]any{"type": method}
+				if cmd.Flags().Changed("dpo-beta") {
+					req.Method["dpo"] = map[string]any{"beta": beta}
+				}
 			}
 			if len(hp) > 0 {
 				req.Hyperparameters = hp
@@ -124,7 +137,7 @@ or a path inside the server's data directory.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Name, "name", "", "the job's name (required)")
-	f.StringVar(&req.BaseModel, "base-model", "", "the base model's ID, from tuneforge base-models (required)")
+	f.StringVar(&req.BaseModel, "base-model", "", "the base model's ID, from tuneforge base-models, or a fine-tuned model to start from, ft:<base-model>:<job-id> (required)")
 	f.StringVar(&req.TrainingDataset, "training-dataset", "", "dataset ID, local file or data-directory path (required)")
 	f.StringVar(&req.ValidationFile, "validation-file", "", "dataset ID, local file or data-directory path")
 	f.StringVar(&req.Description, "description", "", "what the job is for")
@@ -137,6 +150,9 @@ or a path inside the server's data directory.`,
 	f.IntVar(&warmupSteps, "warmup-steps", 0, "steps over which the learning rate ramps up")
 	f.IntVar(&patience, "early-stopping-patience", 3, "stop early after this many evaluations without a better validation loss (needs --validation-file)")
 	f.Float64Var(&minDelta, "early-stopping-min-delta", 0, "how much lower a validation loss must be to count as better")
+	f.StringVar(&method, "method", "supervised", "supervised (learns chat data) or dpo (learns preference data)")
+	f.Float64Var(&beta, "dpo-beta", 0.1, "DPO's beta, how strongly the trained model is held to its reference (implies --method dpo)")
+	f.BoolVar(&qlora, "qlora", false, "train LoRA adapters on 4-bit frozen base weights (needs the hf trainer)")
 	f.Float64Var(&maxCost, "max-cost", 0, "a budget: training stops after a checkpoint when its cost reaches this (restart with a higher one to go on)")
 	f.StringVar(&idemKey, "idempotency-key", "", "send Idempotency-Key, so a retried create makes one job")
 	f.BoolVarP(&follow, "follow", "f", false, "follow the job's log until it ends (exit 3 unless it completes)")
@@ -284,6 +300,20 @@ func showJob(w io.Writer, j Job) error {
 			cost += " (budget " + usd(*j.MaxCost) + ")"
 		}
 		rows = append(rows, [2]string{"Cost so far", cost})
+	}
+	// Servers before methods send none.
+	if m := j.Method; m.Type != "" {
+		method := m.Type
+		if m.DPO != nil {
+			method += fmt.Sprintf(", beta %g", m.DPO.Beta)
+		}
+		if hp.QLoRA {
+			method += ", QLoRA"
+		}
+		if j.InitFrom != nil {
+			method += ", from the adapter of " + *j.InitFrom
+		}
+		rows = append(rows, [2]string{"Method", method})
 	}
 	if j.Actions != nil {
 		actions := strings.Join(j.Actions, ", ")

@@ -56,8 +56,12 @@ type Config struct {
 	// TUNEFORGE_TRAINER_LOG_RATE: log lines a second each training attempt
 	// may write, default command.DefaultLogRate's 20
 	TrainerLogRate float64
-	ModelDir       string // TUNEFORGE_MODEL_DIR: base model weights, one directory per base model ID
-	WorkDir        string // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
+	// TUNEFORGE_TRAINER_WORLD_SIZE: processes a command-trainer attempt
+	// runs, one per GPU; unset (0), the pool's GPU count. 1 runs a
+	// version-1 trainer as one process that sees all of its slot's GPUs.
+	TrainerWorldSize int
+	ModelDir         string // TUNEFORGE_MODEL_DIR: base model weights, one directory per base model ID
+	WorkDir          string // TUNEFORGE_WORK_DIR: per-attempt work directories of the command trainer
 
 	// A trainer showing no sign of life (a step, an evaluation's progress,
 	// a checkpoint) for TUNEFORGE_HANG_FACTOR times its slowest recent
@@ -175,6 +179,11 @@ func FromEnv() (Config, error) {
 	c.TrainerGrace = grace
 	if c.TrainerLogRate, err = strconv.ParseFloat(env("TUNEFORGE_TRAINER_LOG_RATE", "20"), 64); err != nil || c.TrainerLogRate <= 0 {
 		return c, fmt.Errorf("TUNEFORGE_TRAINER_LOG_RATE %q: must be a positive number of log lines per second", os.Getenv("TUNEFORGE_TRAINER_LOG_RATE"))
+	}
+	if v := os.Getenv("TUNEFORGE_TRAINER_WORLD_SIZE"); v != "" {
+		if c.TrainerWorldSize, err = strconv.Atoi(v); err != nil || c.TrainerWorldSize < 1 {
+			return c, fmt.Errorf("TUNEFORGE_TRAINER_WORLD_SIZE %q: must be a number of processes, 1 or the pool's GPU count", v)
+		}
 	}
 	if c.Hang, err = hangLimits(); err != nil {
 		return c, err

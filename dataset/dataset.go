@@ -30,10 +30,15 @@ type Message struct {
 }
 
 // Example is one parsed line, normalized: prompt/completion lines become
-// [user: prompt, assistant: completion], so callers handle one shape.
+// [user: prompt, assistant: completion], so callers handle one shape. A
+// preference line's Messages are its input, the conversation both of its
+// outputs answer.
 type Example struct {
 	Line     int // 1-based line number in the file
 	Messages []Message
+	// Preferred and NonPreferred are a preference line's two assistant
+	// replies to Messages; "" in the other formats.
+	Preferred, NonPreferred string
 }
 
 // Input is the text a classifier sees: the system and user contents of all
@@ -53,8 +58,12 @@ func (e Example) Input() string {
 	return strings.Join(parts, "\n")
 }
 
-// Target is the content of the last assistant message, or "" if there is none.
+// Target is the content of the last assistant message, or "" if there is
+// none; a preference example's is its preferred output.
 func (e Example) Target() string {
+	if e.Preferred != "" {
+		return e.Preferred
+	}
 	if i := e.lastAssistant(); i >= 0 {
 		return e.Messages[i].Content
 	}
@@ -62,8 +71,20 @@ func (e Example) Target() string {
 }
 
 // Tokens is the example's approximate token count: CountTokens summed over
-// all message contents.
+// all message contents, a preference example's two outputs included.
 func (e Example) Tokens() int {
+	return e.promptTokens() + CountTokens(e.Preferred) + CountTokens(e.NonPreferred)
+}
+
+// SequenceTokens is the approximate length of the longest sequence a
+// trainer builds from the example: all of it, or for a preference example
+// its input with the longer of its outputs (each output is trained after
+// the input, one at a time).
+func (e Example) SequenceTokens() int {
+	return e.promptTokens() + max(CountTokens(e.Preferred), CountTokens(e.NonPreferred))
+}
+
+func (e Example) promptTokens() int {
 	n := 0
 	for _, m := range e.Messages {
 		n += CountTokens(m.Content)
@@ -89,12 +110,23 @@ const (
 	FormatChat Format = "chat"
 	// FormatPromptCompletion lines look like {"prompt":"...","completion":"..."}.
 	FormatPromptCompletion Format = "prompt_completion"
+	// FormatPreference is OpenAI's preference (DPO) format: lines look like
+	// {"input":{"messages":[...]},"preferred_output":[{"role":"assistant",...}],
+	// "non_preferred_output":[{"role":"assistant",...}]}.
+	FormatPreference Format = "preference"
 )
 
-// describe names the format the way error messages show it to users.
-func (f Format) describe() string {
-	if f == FormatChat {
+// Preference says whether the format holds preference pairs, which DPO
+// trains, rather than demonstrations, which supervised training learns.
+func (f Format) Preference() bool { return f == FormatPreference }
+
+// Describe names the format the way messages show it to users.
+func (f Format) Describe() string {
+	switch f {
+	case FormatChat:
 		return "chat messages format"
+	case FormatPreference:
+		return "preference (DPO) format"
 	}
 	return "prompt/completion format"
 }
@@ -125,7 +157,7 @@ type Summary struct {
 	Format    Format // format of the first valid line; "" if there is none
 	Examples  int    // valid examples
 	Tokens    int64  // approximate tokens in all valid examples
-	MaxTokens int    // approximate tokens in the longest valid example
+	MaxTokens int    // approximate tokens in the longest valid example (Example.SequenceTokens)
 	Lines     int    // lines read, including blank ones
 }
 
@@ -237,7 +269,7 @@ func Scan(ctx context.Context, r io.Reader, opts Options, fn func(Example) error
 			// Reported before any other problem of the line: converting
 			// the line is the fix, whatever else is wrong with it.
 			invalid(fmt.Sprintf("uses %s but earlier lines (from line %d) use %s; use one format in the whole file",
-				format.describe(), formatLine, sum.Format.describe()))
+				format.Describe(), formatLine, sum.Format.Describe()))
 			continue
 		}
 		if problem != "" {
@@ -245,10 +277,14 @@ func Scan(ctx context.Context, r io.Reader, opts Options, fn func(Example) error
 			continue
 		}
 		ex.Line = sum.Lines
-		tokens := ex.Tokens()
-		if opts.MaxSequenceLength > 0 && tokens > opts.MaxSequenceLength {
-			invalid(fmt.Sprintf("example has about %d tokens, more than the %d allowed (the base model's maxSequenceLength); shorten it or split it into several examples",
-				tokens, opts.MaxSequenceLength))
+		seq := ex.SequenceTokens()
+		if opts.MaxSequenceLength > 0 && seq > opts.MaxSequenceLength {
+			what, fix := "example", "shorten it or split it into several examples"
+			if format.Preference() {
+				what, fix = "input with its longer output", "shorten the input or the outputs"
+			}
+			invalid(fmt.Sprintf("%s has about %d tokens, more than the %d allowed (the base model's maxSequenceLength); %s",
+				what, seq, opts.MaxSequenceLength, fix))
 			continue
 		}
 
@@ -256,8 +292,8 @@ func Scan(ctx context.Context, r io.Reader, opts Options, fn func(Example) error
 			sum.Format, formatLine = format, sum.Lines
 		}
 		sum.Examples++
-		sum.Tokens += int64(tokens)
-		sum.MaxTokens = max(sum.MaxTokens, tokens)
+		sum.Tokens += int64(ex.Tokens())
+		sum.MaxTokens = max(sum.MaxTokens, seq)
 		if fn != nil {
 			if err := fn(ex); err != nil {
 				return sum, fmt.Errorf("dataset: line %d: %w", ex.Line, err)

@@ -38,9 +38,35 @@ func pcLine(prompt, completion string) string {
 	return string(b)
 }
 
+// prefLine is a preference (DPO) line: input messages and the two outputs.
+func prefLine(preferred, nonPreferred string, input ...Message) string {
+	type msg struct {
+		Role    string `json:"role"`
+		Content string `json:"content"`
+	}
+	var line struct {
+		Input struct {
+			Messages []msg `json:"messages"`
+		} `json:"input"`
+		Preferred    []msg `json:"preferred_output"`
+		NonPreferred []msg `json:"non_preferred_output"`
+	}
+	for _, m := range input {
+		line.Input.Messages = append(line.Input.Messages, msg(m))
+	}
+	line.Preferred = []msg{{"assistant", preferred}}
+	line.NonPreferred = []msg{{"assistant", nonPreferred}}
+	b, err := json.Marshal(line)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
 var (
 	okChat = chatLine(Message{"system", "Be brief."}, Message{"user", "Hi"}, Message{"assistant", "Hello."})
 	okPC   = pcLine("2+2=", "4")
+	okPref = prefLine("Paris.", "I think it is Lyon.", Message{"system", "Be brief."}, Message{"user", "Capital of France?"})
 )
 
 func repeat(line string, n int) []string {
@@ -272,7 +298,7 @@ func TestScan(t *testing.T) {
 			format:   FormatPromptCompletion,
 			examples: 10, lines: 12,
 			errs: []LineError{
-				{11, `expected {"messages":[...]} (chat format) or {"prompt":"...","completion":"..."}; found neither`},
+				{11, `expected {"messages":[...]} (chat format), {"prompt":"...","completion":"..."} or {"input":{"messages":[...]},"preferred_output":[...],"non_preferred_output":[...]} (preference format); found none of them`},
 				{12, `has both "messages" and "prompt"/"completion"; use one format per line`},
 			},
 			invalid: 2,
@@ -287,6 +313,71 @@ func TestScan(t *testing.T) {
 				{13, "uses prompt/completion format but earlier lines"},
 			},
 			invalid: 2,
+		},
+		{name: "valid preference", input: file(repeat(okPref, 10)...), format: FormatPreference, examples: 10, lines: 10},
+		{
+			name: "preference with tools and null keys of other formats",
+			input: file(repeat(`{"input":{"messages":[{"role":"user","content":"hi"}],"tools":[],"parallel_tool_calls":false},`+
+				`"preferred_output":[{"role":"assistant","content":"Hello!"}],"non_preferred_output":[{"role":"assistant","content":"What?"}],"messages":null}`, 10)...),
+			format:   FormatPreference,
+			examples: 10, lines: 10,
+		},
+		{
+			name: "preference problems",
+			input: file(append(repeat(okPref, 10),
+				`{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":"a"}]}`,
+				`{"preferred_output":[{"role":"assistant","content":"a"}],"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+				`{"input":[],"preferred_output":[{"role":"assistant","content":"a"}],"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+				`{"input":{"messages":[]},"preferred_output":[{"role":"assistant","content":"a"}],"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+				prefLine("a", "b", Message{"user", "q"}, Message{"assistant", "x"}),
+				prefLine("a", "b", Message{"system", "s"}),
+				prefLine("a", "b", Message{"user", "q"}, Message{"bot", "x"}),
+				prefLine("same", "same", Message{"user", "q"}),
+				`{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[{"role":"user","content":"a"}],"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+				`{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":"a"}],"non_preferred_output":[]}`,
+				`{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":{"role":"assistant","content":"a"},"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+				`{"input":{"messages":[{"role":"user","content":"q"}]},"preferred_output":[{"role":"assistant","content":""}],"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+				`{"input":{"messages":[{"role":"user","content":"q"}],"tools":{}},"preferred_output":[{"role":"assistant","content":"a"}],"non_preferred_output":[{"role":"assistant","content":"b"}]}`,
+			)...),
+			opts:     Options{MaxErrors: 20},
+			format:   FormatPreference,
+			examples: 10, lines: 23,
+			errs: []LineError{
+				{11, `"non_preferred_output" must be an array of one {"role":"assistant","content":"..."} message (it is missing)`},
+				{12, `"input" is missing`},
+				{13, `"input" must be an object with "messages"`},
+				{14, `"input.messages" is missing or empty`},
+				{15, "the last input message must be from the user, whom both outputs answer (it is from the assistant)"},
+				{16, "no user message in the input"},
+				{17, `input message 2 has role "bot"; expected system, user or assistant`},
+				{18, `"preferred_output" and "non_preferred_output" are the same`},
+				{19, `"preferred_output" must be an assistant message (its role is "user")`},
+				{20, `"non_preferred_output" must be an array of one {"role":"assistant","content":"..."} message (it has 0)`},
+				{21, `"preferred_output" must be an array of one`},
+				{22, `"preferred_output" content must be a non-empty string (it is empty)`},
+				{23, `"input.tools" must be an array`},
+			},
+			invalid: 13,
+		},
+		{
+			name:     "preference and chat mixed",
+			input:    file(append(repeat(okPref, 10), okChat, `{"messages":[{"role":"user","content":"q"}],"input":{}}`)...),
+			format:   FormatPreference,
+			examples: 10, lines: 12,
+			errs: []LineError{
+				{11, "uses chat messages format but earlier lines (from line 1) use preference (DPO) format; use one format in the whole file"},
+				{12, `has both "input"/"preferred_output"/"non_preferred_output" (preference format) and the keys of another format`},
+			},
+			invalid: 2,
+		},
+		{
+			name:     "preference longer than MaxSequenceLength",
+			input:    withBad(prefLine("a", "b", Message{"user", "q"}), 11, map[int]string{4: prefLine("one two three four", "no", Message{"user", "q"})}), // 1 + 5
+			opts:     Options{MaxSequenceLength: 5},
+			format:   FormatPreference,
+			examples: 10, lines: 11,
+			errs:    []LineError{{4, "input with its longer output has about 6 tokens, more than the 5 allowed"}},
+			invalid: 1,
 		},
 		{
 			name:     "example longer than MaxSequenceLength",
@@ -627,6 +718,29 @@ func TestExampleAccessors(t *testing.T) {
 				t.Errorf("Tokens() = %d; want %d", got, tt.tokens)
 			}
 		})
+	}
+}
+
+func TestPreferenceExample(t *testing.T) {
+	var got []Example
+	sum, err := Scan(context.Background(), strings.NewReader(file(repeat(okPref, 10)...)), Options{}, func(e Example) error {
+		got = append(got, e)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := got[0]
+	want := Example{Line: 1, Messages: []Message{{"system", "Be brief."}, {"user", "Capital of France?"}}, Preferred: "Paris.", NonPreferred: "I think it is Lyon."}
+	if !reflect.DeepEqual(ex, want) {
+		t.Fatalf("example = %+v; want %+v", ex, want)
+	}
+	// Be brie|f . = 4, capi|tal of fran|ce ? = 6; pari|s . = 3; I thin|k it is Lyon . = 7.
+	if ex.Target() != "Paris." || ex.Input() != "Be brief.\nCapital of France?" || ex.Tokens() != 20 || ex.SequenceTokens() != 17 {
+		t.Errorf("target %q, input %q, tokens %d, sequence tokens %d", ex.Target(), ex.Input(), ex.Tokens(), ex.SequenceTokens())
+	}
+	if sum.Tokens != 200 || sum.MaxTokens != 17 {
+		t.Errorf("summary %+v; want 200 tokens, at most 17 in a sequence", sum)
 	}
 }
 

@@ -15,6 +15,7 @@ func FuzzScan(f *testing.F) {
 	for _, seed := range []string{
 		`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"billing"}]}` + "\n",
 		`{"prompt":"hi","completion":"billing"}` + "\n" + `{"prompt":"x"}` + "\n",
+		`{"input":{"messages":[{"role":"user","content":"hi"}]},"preferred_output":[{"role":"assistant","content":"a"}],"non_preferred_output":[{"role":"assistant","content":"b"}]}` + "\n",
 		"\n\n{\n", `{"messages":[{"role":"assistant","content":""}]}`, `[1,2]`, "\xff\xfe", `{"messages":null}`,
 	} {
 		f.Add([]byte(seed))

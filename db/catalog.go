@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
+	"github.com/tuneforge/tuneforge/memory"
 )
 
 // BaseModel is a model of the catalog that jobs fine-tune.
@@ -16,15 +17,20 @@ type BaseModel struct {
 	ParametersBillions float64
 	SupportedTasks     []string
 	MaxSequenceLength  int32
-	MinGPUMemoryGB     int32
 	DefaultHardwareID  string
+	// Architecture is the model's shape, which a job's memory estimate
+	// starts from.
+	Architecture memory.Architecture
 }
 
 func baseModelFromRow(r dbsqlc.BaseModel) BaseModel {
 	return BaseModel{
 		ID: r.ID, Name: r.Name, Provider: r.Provider, ParameterCount: r.ParameterCount, ParametersBillions: r.ParametersBillions,
-		SupportedTasks: r.SupportedTasks, MaxSequenceLength: r.MaxSequenceLength, MinGPUMemoryGB: r.MinGpuMemoryGb,
-		DefaultHardwareID: r.DefaultHardwareID,
+		SupportedTasks: r.SupportedTasks, MaxSequenceLength: r.MaxSequenceLength, DefaultHardwareID: r.DefaultHardwareID,
+		Architecture: memory.Architecture{
+			Layers: int(r.Layers), Hidden: int(r.HiddenSize), Intermediate: int(r.IntermediateSize), Heads: int(r.AttentionHeads),
+			KVHeads: int(r.KvHeads), HeadDim: int(r.HeadDim), Vocab: int(r.VocabSize),
+		},
 	}
 }
 

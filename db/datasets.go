@@ -33,20 +33,23 @@ type DatasetStats struct {
 	// LabelProblem is why the builtin trainer could not learn the file's
 	// labels, "" when it can.
 	LabelProblem string
+	// Format is the file's line format (dataset.Format's values); "" for
+	// a dataset uploaded before it was recorded.
+	Format string
 }
 
-func datasetStats(examples *int32, tokens *int64, maxTokens *int32, labelProblem *string) *DatasetStats {
+func datasetStats(examples *int32, tokens *int64, maxTokens *int32, labelProblem, format *string) *DatasetStats {
 	if examples == nil || tokens == nil || maxTokens == nil || labelProblem == nil {
 		return nil
 	}
-	return &DatasetStats{Examples: int(*examples), Tokens: *tokens, MaxTokens: int(*maxTokens), LabelProblem: *labelProblem}
+	return &DatasetStats{Examples: int(*examples), Tokens: *tokens, MaxTokens: int(*maxTokens), LabelProblem: *labelProblem, Format: deref(format)}
 }
 
 func datasetFromRow(r dbsqlc.Dataset) Dataset {
 	return Dataset{
 		ID: r.ID, OrganizationID: r.OrganizationID, Filename: r.Filename, Bytes: r.Bytes, SHA256: r.Sha256,
 		BlobKey: r.BlobKey, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(),
-		Stats: datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem),
+		Stats: datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem, r.Format),
 	}
 }
 
@@ -60,7 +63,7 @@ func (c Conn) DatasetStatsOf(ctx context.Context, blobKey string) (*DatasetStats
 	if err != nil {
 		return nil, fmt.Errorf("read dataset stats: %w", err)
 	}
-	return datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem), nil
+	return datasetStats(r.Examples, r.Tokens, r.MaxTokens, r.LabelProblem, r.Format), nil
 }
 
 // DatasetBlobKeys says which of keys are datasets' objects.
@@ -140,6 +143,9 @@ func (c Conn) CreateDataset(ctx context.Context, d Dataset) (Dataset, error) {
 	if st := d.Stats; st != nil {
 		examples, maxTokens := int32(st.Examples), int32(st.MaxTokens)
 		p.Examples, p.Tokens, p.MaxTokens, p.LabelProblem = &examples, &st.Tokens, &maxTokens, &st.LabelProblem
+		if st.Format != "" {
+			p.Format = &st.Format
+		}
 	}
 	r, err := c.q.CreateDataset(ctx, c.db, p)
 	if err != nil {
@@ -176,16 +182,21 @@ func (c Conn) JobsReading(ctx context.Context, org, datasetID string, limit int)
 	if err != nil {
 		return nil, 0, fmt.Errorf("find the jobs using dataset %s: %w", datasetID, err)
 	}
-	out := make([]JobRef, len(rows))
-	for i, r := range rows {
-		out[i] = JobRef{ID: r.ID, Status: r.Status}
-	}
-	var total int64
-	if len(rows) > 0 {
-		// Every row carries the count of all.
-		total = rows[0].Total
-	}
+	out, total := jobRefs(rows, func(r dbsqlc.ListJobsReadingDatasetRow) (string, jobstatus.Status, int64) {
+		return r.ID, r.Status, r.Total
+	})
 	return out, total, nil
+}
+
+// jobRefs is rows as JobRefs, and the count of all the rows matched,
+// which every row carries.
+func jobRefs[T any](rows []T, fields func(T) (id string, status jobstatus.Status, total int64)) ([]JobRef, int64) {
+	out := make([]JobRef, len(rows))
+	var total int64
+	for i, r := range rows {
+		out[i].ID, out[i].Status, total = fields(r)
+	}
+	return out, total
 }
 
 // DeleteDataset deletes one of the organization's datasets' row;

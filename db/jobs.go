@@ -65,7 +65,43 @@ type Job struct {
 	MaxCost *float64
 	// EarlyStopping is nil when the job does not stop early.
 	EarlyStopping *EarlyStopping
+	Method        Method
+	// QLoRA trains LoRA adapters on 4-bit (NF4) frozen base weights.
+	QLoRA bool
+	// InitFrom is the job whose LoRA adapter training starts from; nil
+	// when it starts from the base model.
+	InitFrom *string
 }
+
+// The training methods.
+const (
+	// MethodSupervised learns demonstrations: chat or prompt/completion data.
+	MethodSupervised = "supervised"
+	// MethodDPO learns preferences (Direct Preference Optimization) from
+	// preference pairs.
+	MethodDPO = "dpo"
+)
+
+// Method is how a job trains.
+type Method struct {
+	// Type is MethodSupervised or MethodDPO; "" (in workflow inputs from
+	// before methods existed) is supervised.
+	Type string `json:",omitempty"`
+	// Beta is DPO's: how strongly the trained model is held to the
+	// reference; 0 for supervised.
+	Beta float64 `json:",omitempty"`
+}
+
+// Name is the method's type, "" read as supervised.
+func (m Method) Name() string {
+	if m.Type == "" {
+		return MethodSupervised
+	}
+	return m.Type
+}
+
+// DPO says whether the method is DPO.
+func (m Method) DPO() bool { return m.Type == MethodDPO }
 
 // EarlyStopping ends training once validation loss has not improved by
 // more than MinDelta for Patience evaluations in a row.
@@ -87,7 +123,16 @@ func jobFromRow(r dbsqlc.Job) Job {
 		Metadata: r.Metadata, Seed: r.Seed, Cancelled: r.Cancelled, AutoDeploy: r.AutoDeploy, ValidatedAt: utc(r.ValidatedAt),
 		ErrorCode: r.ErrorCode, ErrorClass: r.ErrorClass, GPUSeconds: r.GpuSeconds, Cost: r.Cost, MaxCost: r.MaxCost,
 		EarlyStopping: earlyStopping(r.EarlyStoppingPatience, r.EarlyStoppingMinDelta),
+		Method:        Method{Type: r.Method, Beta: deref(r.DpoBeta)}, QLoRA: r.Qlora, InitFrom: r.InitFrom,
 	}
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
 }
 
 func earlyStopping(patience *int32, minDelta float64) *EarlyStopping {
@@ -229,6 +274,9 @@ type NewJob struct {
 	CreatedAt           time.Time
 	MaxCost             *float64
 	EarlyStopping       *EarlyStopping
+	Method              Method
+	QLoRA               bool
+	InitFrom            *string
 }
 
 // CreateJob writes a queued job. A reference to a missing dataset fails
@@ -243,6 +291,10 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
 	if es := j.EarlyStopping; es != nil {
 		patience, minDelta = &es.Patience, es.MinDelta
 	}
+	var beta *float64
+	if j.Method.DPO() {
+		beta = &j.Method.Beta
+	}
 	_, err := c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
 		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
@@ -250,6 +302,7 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
 		Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
 		Suffix: j.Suffix, Metadata: j.Metadata, Seed: j.Seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
 		MaxCost: j.MaxCost, EarlyStoppingPatience: patience, EarlyStoppingMinDelta: minDelta,
+		Method: j.Method.Name(), DpoBeta: beta, Qlora: j.QLoRA, InitFrom: j.InitFrom,
 	})
 	if err != nil {
 		return fmt.Errorf("insert job %s: %w", j.ID, err)
@@ -295,4 +348,20 @@ func (c Conn) DeleteJob(ctx context.Context, org, id string) error {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	return nil
+}
+
+// JobsStartingFrom lists the organization's jobs that may still train (in
+// jobstatus.MayTrain) starting from the adapter of job id: at most limit
+// of them, oldest first, and how many there are in all.
+func (c Conn) JobsStartingFrom(ctx context.Context, org, id string, limit int) ([]JobRef, int64, error) {
+	rows, err := c.q.ListJobsStartingFrom(ctx, c.db, dbsqlc.ListJobsStartingFromParams{
+		OrganizationID: org, InitFrom: &id, Statuses: jobstatus.Strings(jobstatus.MayTrain), Lim: int32(limit),
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("find the jobs starting from job %s: %w", id, err)
+	}
+	out, total := jobRefs(rows, func(r dbsqlc.ListJobsStartingFromRow) (string, jobstatus.Status, int64) {
+		return r.ID, r.Status, r.Total
+	})
+	return out, total, nil
 }

@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -145,6 +146,30 @@ type MetricPoint struct {
 	ValidationLoss *float64
 	LearningRate   float64
 	Tokens         int64
+	// Metrics and ValidationMetrics are the trainer's own figures by name
+	// (DPO's reward margin and accuracy, say), of training and of the
+	// validation pass at the step; nil when it reported none.
+	Metrics, ValidationMetrics map[string]float64
+}
+
+// encodeMetrics stores named figures as jsonb; nil (NULL) when there are none.
+func encodeMetrics(m map[string]float64) ([]byte, error) {
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return json.Marshal(m)
+}
+
+// decodeMetrics reads figures encodeMetrics stored.
+func decodeMetrics(b []byte) (map[string]float64, error) {
+	if b == nil {
+		return nil, nil
+	}
+	var m map[string]float64
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("decode metrics: %w", err)
+	}
+	return m, nil
 }
 
 // JobMetrics reads the job's metric points in step order.
@@ -156,6 +181,12 @@ func (c Conn) JobMetrics(ctx context.Context, jobID string) ([]MetricPoint, erro
 	out := make([]MetricPoint, len(rows))
 	for i, r := range rows {
 		out[i] = MetricPoint{Step: r.Step, Epoch: r.Epoch, TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, LearningRate: r.LearningRate, Tokens: r.Tokens}
+		if out[i].Metrics, err = decodeMetrics(r.Metrics); err != nil {
+			return nil, fmt.Errorf("read metrics of %s at step %d: %w", jobID, r.Step, err)
+		}
+		if out[i].ValidationMetrics, err = decodeMetrics(r.ValidationMetrics); err != nil {
+			return nil, fmt.Errorf("read metrics of %s at step %d: %w", jobID, r.Step, err)
+		}
 	}
 	return out, nil
 }

@@ -78,9 +78,18 @@ func (c Conn) SetProgress(ctx context.Context, jobID string, p Progress) error {
 // RecordMetric records the job's metrics at p.Step, replacing those of an
 // earlier attempt at the same step.
 func (c Conn) RecordMetric(ctx context.Context, jobID string, p MetricPoint) error {
-	err := c.q.RecordMetric(ctx, c.db, dbsqlc.RecordMetricParams{
+	metrics, err := encodeMetrics(p.Metrics)
+	if err != nil {
+		return fmt.Errorf("record metric of %s: %w", jobID, err)
+	}
+	validation, err := encodeMetrics(p.ValidationMetrics)
+	if err != nil {
+		return fmt.Errorf("record metric of %s: %w", jobID, err)
+	}
+	err = c.q.RecordMetric(ctx, c.db, dbsqlc.RecordMetricParams{
 		JobID: jobID, Step: p.Step, Epoch: p.Epoch, TrainingLoss: p.TrainingLoss,
 		ValidationLoss: p.ValidationLoss, LearningRate: p.LearningRate, Tokens: p.Tokens,
+		Metrics: metrics, ValidationMetrics: validation,
 	})
 	if err != nil {
 		return fmt.Errorf("record metric of %s: %w", jobID, err)

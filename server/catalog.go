@@ -90,6 +90,9 @@ type estimateRequest struct {
 	// TrainingDataset, a dataset ID, gives the tokens per example (and,
 	// without datasetSize, the number of examples).
 	TrainingDataset string `json:"trainingDataset"`
+	// Method and QLoRA, as a job's, change the memory estimate.
+	Method *methodRequest `json:"method"`
+	QLoRA  bool           `json:"qlora"`
 }
 
 // The spread of an estimate: the model's guess of throughput is looser
@@ -121,6 +124,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 			errs.add("epochs", "must be between 1 and 100")
 		}
 	}
+	method := req.Method.check("method", &errs)
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return
@@ -149,6 +153,12 @@ func (s *Server) estimateCost(c *gin.Context) {
 	}
 	as := estimateAssumptions{TokensPerExample: tokensPerExample, TokensPerExampleFrom: "default", CostPerHour: hw.CostPerHour,
 		ThroughputTokensPerSecond: referenceThroughput / model.ParametersBillions * hw.SpeedFactor, ThroughputFrom: "model"}
+	pools, err := s.Store.HardwarePools(ctx)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	as.Memory = viewMemory(trainsOn{model: model, dpo: method.Name() == db.MethodDPO, qlora: req.QLoRA}, hw, pools)
 	size := int64(0)
 	if req.DatasetSize != nil {
 		size = *req.DatasetSize

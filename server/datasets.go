@@ -30,10 +30,24 @@ type datasetView struct {
 	Bytes     int64     `json:"bytes"`
 	SHA256    string    `json:"sha256"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Format is the file's line format: chat, prompt_completion or
+	// preference (which the dpo method trains). Examples are its examples
+	// (preference pairs), Tokens their approximate tokens, outputs
+	// included. Null for a dataset uploaded before they were recorded.
+	Format   *string `json:"format"`
+	Examples *int    `json:"examples"`
+	Tokens   *int64  `json:"tokens"`
 }
 
 func viewDataset(d db.Dataset) datasetView {
-	return datasetView{ID: d.ID, Filename: d.Filename, Bytes: d.Bytes, SHA256: d.SHA256, CreatedAt: d.CreatedAt}
+	v := datasetView{ID: d.ID, Filename: d.Filename, Bytes: d.Bytes, SHA256: d.SHA256, CreatedAt: d.CreatedAt}
+	if st := d.Stats; st != nil {
+		v.Examples, v.Tokens = &st.Examples, &st.Tokens
+		if st.Format != "" {
+			v.Format = &st.Format
+		}
+	}
+	return v
 }
 
 // DatasetLimits bound the datasets of each organization.
@@ -234,10 +248,13 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 	}()
 	tee := io.TeeReader(src, pw)
 	// The labels are checked as a job's validation would, so that a job
-	// on this file need not read it again (db.DatasetStats).
+	// on this file need not read it again (db.DatasetStats). Preference
+	// pairs have none: the builtin trainer does not train them.
 	var labels trainer.LabelCheck
 	sum, scanErr := dataset.Scan(ctx, tee, dataset.Options{MinExamples: 1}, func(e dataset.Example) error {
-		labels.Add(e.Target())
+		if e.Preferred == "" {
+			labels.Add(e.Target())
+		}
 		return nil
 	})
 	if scanErr == nil {
@@ -262,8 +279,8 @@ func (s *Server) storeDataset(ctx context.Context, key apikey.Key, filename stri
 		s.discardBlob(ctx, blobKey)
 		return db.Dataset{}, fmt.Errorf("store dataset: %w", put.err)
 	}
-	stats := &db.DatasetStats{Examples: sum.Examples, Tokens: sum.Tokens, MaxTokens: sum.MaxTokens}
-	if err := labels.Err(); err != nil {
+	stats := &db.DatasetStats{Examples: sum.Examples, Tokens: sum.Tokens, MaxTokens: sum.MaxTokens, Format: string(sum.Format)}
+	if err := labels.Err(); err != nil && !sum.Format.Preference() {
 		stats.LabelProblem = err.Error()
 	}
 	var d db.Dataset
@@ -563,7 +580,9 @@ func (s *Server) removeDataset(ctx context.Context, org, id string) error {
 	})
 }
 
-func datasetInUse(id string, users []db.JobRef, total int64) error {
+// jobList names some of total jobs, with their statuses, for a message:
+// "ftjob_a (queued), ftjob_b (stopped) and 3 more".
+func jobList(users []db.JobRef, total int64) string {
 	names := make([]string, len(users))
 	for i, u := range users {
 		names[i] = u.ID + " (" + string(u.Status) + ")"
@@ -572,7 +591,11 @@ func datasetInUse(id string, users []db.JobRef, total int64) error {
 	if more := total - int64(len(users)); more > 0 {
 		list += fmt.Sprintf(" and %d more", more)
 	}
+	return list
+}
+
+func datasetInUse(id string, users []db.JobRef, total int64) error {
 	return conflict("dataset %s is used by %d job(s) that may still read it: %s. Queued and running jobs read it while they train, "+
 		"and stopped or failed jobs read it again when restarted; delete those jobs (DELETE /api/v1/fine-tuning/jobs/{id}) "+
-		"or let them complete, then delete the dataset", id, total, list)
+		"or let them complete, then delete the dataset", id, total, jobList(users, total))
 }

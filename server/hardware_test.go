@@ -13,15 +13,7 @@ func TestHardwareShowsOnlyOwnJobs(t *testing.T) {
 	ctx := context.Background()
 	a, b, c := env.NewOrg(t), env.NewOrg(t), env.NewOrg(t)
 	// A pool of this test's own, so that its leases hold up no other test.
-	pool := "gpu-test-" + a.ID
-	if _, err := env.Store.Pool.Exec(ctx, `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
-		VALUES ($1, 'test pool', '80GB', 80, 1, 1, 1, 100)`, pool); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		env.Store.Pool.Exec(ctx, `DELETE FROM jobs WHERE hardware_id = $1`, pool)
-		env.Store.Pool.Exec(ctx, `DELETE FROM hardware WHERE id = $1`, pool)
-	})
+	pool := env.NewPool(t, 1)
 	lease := func(org *testenv.Org, ds string, n int, granted bool) {
 		for i := range n {
 			id := fmt.Sprintf("ftjob_hw%s%v%d", org.ID, granted, i)

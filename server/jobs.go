@@ -24,6 +24,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/tuneforge/tuneforge/activities"
+	"github.com/tuneforge/tuneforge/artifacts"
+	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/jobstatus"
@@ -50,6 +52,54 @@ type hyperparameters struct {
 	// EarlyStopping ends training once validation loss stops improving;
 	// off when left out.
 	EarlyStopping *earlyStoppingRequest `json:"earlyStopping"`
+	// QLoRA trains the LoRA adapters on 4-bit (NF4) frozen base weights,
+	// in about a quarter of the memory; off when left out. (Left out of
+	// the request's Idempotency-Key hash when absent, as before it existed.)
+	QLoRA *bool `json:"qlora,omitempty"`
+}
+
+// methodRequest is how a job trains: {"type":"supervised"} (the default)
+// or {"type":"dpo","dpo":{"beta":0.1}}.
+type methodRequest struct {
+	Type string      `json:"type"`
+	DPO  *dpoRequest `json:"dpo"`
+}
+
+type dpoRequest struct {
+	Beta *float64 `json:"beta"`
+}
+
+// defaultDPOBeta is DPO's usual beta, OpenAI's "auto" and the paper's.
+const defaultDPOBeta = 0.1
+
+// checkBeta refuses a beta out of DPO's useful range.
+func checkBeta(beta float64, field string, errs *fieldErrors) {
+	if !(beta > 0 && beta <= 10) {
+		errs.add(field, "must be greater than 0 and at most 10 (%g is usual)", defaultDPOBeta)
+	}
+}
+
+// check gives the method asked for, supervised when none is.
+func (r *methodRequest) check(field string, errs *fieldErrors) db.Method {
+	if r == nil {
+		return db.Method{Type: db.MethodSupervised}
+	}
+	switch r.Type {
+	case db.MethodSupervised:
+		if r.DPO != nil {
+			errs.add(field+".dpo", `goes with type "dpo" only`)
+		}
+		return db.Method{Type: db.MethodSupervised}
+	case db.MethodDPO:
+		m := db.Method{Type: db.MethodDPO, Beta: defaultDPOBeta}
+		if r.DPO != nil && r.DPO.Beta != nil {
+			m.Beta = *r.DPO.Beta
+			checkBeta(m.Beta, field+".dpo.beta", errs)
+		}
+		return m
+	}
+	errs.add(field+".type", `must be "supervised" (learn demonstrations: chat data) or "dpo" (learn preferences: preference data)`)
+	return db.Method{}
 }
 
 type earlyStoppingRequest struct {
@@ -69,6 +119,8 @@ type createJobRequest struct {
 	Metadata        map[string]string `json:"metadata,omitempty"`
 	// MaxCost is a budget in USD: the job stops there after a checkpoint.
 	MaxCost *float64 `json:"maxCost,omitempty"`
+	// Method is how the job trains; supervised when left out.
+	Method *methodRequest `json:"method,omitempty"`
 }
 
 // maxBudget bounds maxCost, so a typo of many digits is caught.
@@ -114,7 +166,7 @@ func checkMetadata(m map[string]string, field string, errs *fieldErrors) {
 }
 
 // validate checks the request's shape (400) and fills in defaults.
-func (r *createJobRequest) validate() (trainer.Hyperparameters, *db.EarlyStopping, error) {
+func (r *createJobRequest) validate() (trainer.Hyperparameters, *db.EarlyStopping, db.Method, error) {
 	var errs fieldErrors
 	var es *db.EarlyStopping
 	r.Name = strings.TrimSpace(r.Name)
@@ -174,9 +226,11 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, *db.EarlyStoppin
 			hp.Seed = &seed
 		}
 		es = h.EarlyStopping.check("hyperparameters.earlyStopping", r.ValidationFile != "", &errs)
+		hp.QLoRA = deref(h.QLoRA)
 	}
 	checkMaxCost(r.MaxCost, "maxCost", &errs)
-	return hp, es, errs.err(http.StatusBadRequest)
+	method := r.Method.check("method", &errs)
+	return hp, es, method, errs.err(http.StatusBadRequest)
 }
 
 // check gives the early stopping asked for, nil for none; it needs a
@@ -210,7 +264,7 @@ func (s *Server) createJob(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	hp, es, err := req.validate()
+	hp, es, method, err := req.validate()
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -218,7 +272,7 @@ func (s *Server) createJob(c *gin.Context) {
 	job, err := s.submitJob(c, jobSpec{
 		Name: req.Name, Description: req.Description, BaseModel: req.BaseModel, Hardware: req.Hardware,
 		TrainingDataset: req.TrainingDataset, ValidationFile: req.ValidationFile, Suffix: req.Suffix,
-		Hyperparameters: hp, EarlyStopping: es, MaxCost: req.MaxCost, Metadata: req.Metadata, fields: seedFields,
+		Hyperparameters: hp, EarlyStopping: es, MaxCost: req.MaxCost, Metadata: req.Metadata, Method: method, fields: seedFields,
 	}, req)
 	if err != nil {
 		s.respondError(c, err)
@@ -229,6 +283,8 @@ func (s *Server) createJob(c *gin.Context) {
 
 // jobSpec is a job to create, checked for shape by the API that asked.
 type jobSpec struct {
+	// BaseModel is a base model's ID, or a fine-tuned model's name: the
+	// job then trains its base model from its adapter.
 	Name, Description, BaseModel, Hardware, Suffix string
 	// TrainingDataset and ValidationFile are dataset IDs or, where the API
 	// allows, paths inside the import directory ("" for no validation file).
@@ -238,6 +294,7 @@ type jobSpec struct {
 	MaxCost                         *float64
 	Metadata                        map[string]string
 	AutoDeploy                      bool
+	Method                          db.Method
 	fields                          specFields
 }
 
@@ -278,6 +335,14 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	var errs fieldErrors
 	f := spec.fields
 	model, err := s.Store.BaseModel(ctx, spec.BaseModel)
+	// A job may start from a fine-tuned model: it trains that model's base
+	// model from its adapter.
+	var source *db.Job
+	if db.IsNotFound(err) {
+		if source, err = s.fineTunedSource(ctx, key.OrganizationID, spec.BaseModel, f.BaseModel, refStatus); source != nil {
+			model, err = s.Store.BaseModel(ctx, source.BaseModel)
+		}
+	}
 	switch {
 	case db.IsNotFound(err) && openAI:
 		// /v1 has no route that lists them: the message does.
@@ -302,12 +367,16 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 			errs.add(f.Hardware, "unknown hardware %q; GET /api/v1/fine-tuning/hardware lists the choices", hardwareID)
 		} else if err != nil {
 			return db.Job{}, err
-		} else if model.ID != "" && hw.GPUMemoryGB*hw.GPUCount < model.MinGPUMemoryGB {
-			errs.add(f.Hardware, "%s has %d GB of GPU memory; %s needs at least %d GB (its default is %s)",
-				hw.ID, hw.GPUMemoryGB*hw.GPUCount, model.ID, model.MinGPUMemoryGB, model.DefaultHardwareID)
 		}
 	}
 	if err := errs.err(refStatus); err != nil {
+		return db.Job{}, err
+	}
+	t := trainsOn{model: model, dpo: spec.Method.Name() == db.MethodDPO, qlora: spec.Hyperparameters.QLoRA}
+	if err := s.checkCapacity(ctx, t, hw, f.Hardware, refStatus); err != nil {
+		return db.Job{}, err
+	}
+	if err := s.checkTrainer(ctx, hw.ID, spec, source, f.Hardware, refStatus); err != nil {
 		return db.Job{}, err
 	}
 	// Replays are answered before datasets are resolved, so a replay never
@@ -364,10 +433,16 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	if err != nil {
 		return db.Job{}, err
 	}
+	if err := methodFits(spec.Method, train, f.TrainingDataset, refStatus); err != nil {
+		return db.Job{}, err
+	}
 	var valid *db.Dataset
 	if spec.ValidationFile != "" {
 		v, err := resolve(spec.ValidationFile, f.ValidationFile)
 		if err != nil {
+			return db.Job{}, err
+		}
+		if err := methodFits(spec.Method, v, f.ValidationFile, refStatus); err != nil {
 			return db.Job{}, err
 		}
 		valid = &v
@@ -390,13 +465,16 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		BaseModel: model.ID, HardwareID: hardwareID, TrainingDataset: spec.TrainingDataset, TrainingDatasetID: train.ID,
 		TrainingFile: train.Filename, Hyperparameters: hp, Suffix: suffix, Metadata: spec.Metadata, AutoDeploy: spec.AutoDeploy,
 		CreatedAt: now, IdempotencyKey: idemKey, RequestHash: reqHash[:], MaxActiveJobs: s.MaxActiveJobs,
-		MaxCost: spec.MaxCost, EarlyStopping: spec.EarlyStopping,
+		MaxCost: spec.MaxCost, EarlyStopping: spec.EarlyStopping, Method: spec.Method,
 	}
 	input := workflows.JobInput{
 		JobID: jobID, Name: spec.Name, OrganizationID: key.OrganizationID, BaseModel: model.ID, HardwareID: hardwareID,
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
 		ResultModel: model.ID + "-" + suffix, AutoDeploy: spec.AutoDeploy, CreatedAt: now, QueuedAt: now, Create: row,
-		MaxCost: spec.MaxCost, CostPerHour: hw.CostPerHour, EarlyStopping: spec.EarlyStopping,
+		MaxCost: spec.MaxCost, CostPerHour: hw.CostPerHour, EarlyStopping: spec.EarlyStopping, Method: spec.Method,
+	}
+	if source != nil {
+		row.InitFrom, input.InitFrom = source.ID, source.ID
 	}
 	if valid != nil {
 		row.ValidationFile, row.ValidationDatasetID = &valid.Filename, &valid.ID
@@ -421,6 +499,104 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	}
 	s.log.InfoContext(ctx, "job created", "job", jobID, "org", key.OrganizationID, "baseModel", model.ID)
 	return s.Store.Job(ctx, key.OrganizationID, jobID)
+}
+
+// fineTunedSource finds the job a fine-tuned model name names, for a job
+// that starts from its adapter: ft:<baseModel>:<jobId> (or ft:<jobId>), or
+// the name its deploy serves it as. The job must be the organization's,
+// completed, with a LoRA adapter as its trained output. A name that is
+// neither gives nil and db.ErrNotFound, for the caller's unknown-model
+// message.
+func (s *Server) fineTunedSource(ctx context.Context, org, name, field string, status int) (*db.Job, error) {
+	name = strings.TrimSpace(name)
+	base, id, err := s.fineTunedJobID(ctx, org, name)
+	if err != nil {
+		return nil, err
+	}
+	if id == "" {
+		return nil, fieldError(status, field, "%q is not a fine-tuned model a job can start from: name one as ft:<baseModel>:<jobId> "+
+			"(or ft:<jobId>), the job's final adapter; a checkpoint's model cannot be trained further", name)
+	}
+	job, err := s.Store.Job(ctx, org, id)
+	if db.IsNotFound(err) {
+		// Another organization's job is unknown too.
+		return nil, fieldError(status, field, "unknown fine-tuned model %q: you have no job %s", name, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if base != "" && base != job.BaseModel {
+		return nil, fieldError(status, field, "job %s fine-tuned %s, not %s; name it ft:%s:%s", job.ID, job.BaseModel, base, job.BaseModel, job.ID)
+	}
+	if job.Status != jobstatus.Completed && job.Status != jobstatus.Deployed {
+		return nil, fieldError(status, field, "job %s is %s; a job can start only from a completed job's adapter", job.ID, job.Status)
+	}
+	// Only a command trainer (trainers/hf) stores a trained output, a LoRA
+	// adapter; the builtin trainer's model is its own weights.
+	if _, err := s.Artifacts.Stat(ctx, artifacts.OutputKey(job.ID)); errors.Is(err, artifacts.ErrNotExist) {
+		return nil, fieldError(status, field, "job %s was trained by the builtin trainer, whose model holds its own full weights, not a LoRA adapter; "+
+			"a job can start only from the adapter of a job the hf trainer trained", job.ID)
+	} else if err != nil {
+		return nil, fmt.Errorf("look for the trained output of job %s: %w", job.ID, err)
+	}
+	return &job, nil
+}
+
+// fineTunedJobID reads the job ID, and the base model when the name
+// gives it, out of a fine-tuned model's name: db.ErrNotFound when name is
+// not one, and id "" for an ft: name of another shape.
+func (s *Server) fineTunedJobID(ctx context.Context, org, name string) (base, id string, err error) {
+	rest, ft := strings.CutPrefix(name, "ft:")
+	if !ft {
+		m, err := s.Store.Model(ctx, org, name)
+		return "", m.JobID, err
+	}
+	parts := strings.Split(rest, ":")
+	id = parts[len(parts)-1]
+	switch {
+	case !strings.HasPrefix(id, "ftjob_") || len(parts) > 2:
+		return "", "", nil
+	case len(parts) == 2:
+		base = parts[0]
+	}
+	return base, id, nil
+}
+
+// checkTrainer refuses, at once, a job that only a command trainer trains
+// (DPO, QLoRA, starting from an adapter) on a pool whose live training
+// workers all run the builtin trainer, which would refuse it; when the
+// pool has other workers or none live, the trainer that takes the job
+// decides.
+func (s *Server) checkTrainer(ctx context.Context, hardwareID string, spec jobSpec, source *db.Job, field string, status int) error {
+	if hardwareID == "" {
+		return nil
+	}
+	initFrom := ""
+	if source != nil {
+		initFrom = source.ID
+	}
+	why := activities.BuiltinRefuses(spec.Method, spec.Hyperparameters.QLoRA, initFrom)
+	if why == "" {
+		return nil
+	}
+	trainers, err := s.Store.LiveTrainers(ctx, hardwareID, s.GPULiveness)
+	if err != nil || !activities.OnlyBuiltin(trainers) {
+		return err
+	}
+	return fieldError(status, field, "the training workers of %s all run the builtin trainer, and %s, or choose hardware whose workers run it", hardwareID, why)
+}
+
+// methodFits refuses a dataset whose format the job's method cannot
+// train. A dataset uploaded before its stats were recorded is left to the
+// job's validation, which reads it.
+func methodFits(m db.Method, d db.Dataset, field string, status int) error {
+	if d.Stats == nil {
+		return nil
+	}
+	if p := activities.MethodFormatProblem(m, dataset.Format(d.Stats.Format)); p != "" {
+		return fieldError(status, field, "dataset %s (%s) does not fit the %s method: %s", d.ID, d.Filename, m.Name(), p)
+	}
+	return nil
 }
 
 // randomSeed picks a job's seed: non-negative and within an int32, as
@@ -676,6 +852,18 @@ func (s *Server) deleteJob(c *gin.Context) {
 	}
 	if job.Status == jobstatus.Running && s.workflowOpen(ctx, job.ID) {
 		s.respondError(c, conflict("job %s is running; stop it (POST /api/v1/fine-tuning/jobs/%s/stop) before deleting it", job.ID, job.ID))
+		return
+	}
+	// Deleting the job deletes its adapter, which jobs that start from it
+	// fetch whenever they train.
+	users, total, err := s.Store.JobsStartingFrom(ctx, job.OrganizationID, job.ID, 5)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	if total > 0 {
+		s.respondError(c, conflict("%d job(s) start from the adapter of job %s and may still train, fetching it: %s; "+
+			"delete those jobs or let them complete, then delete this one", total, job.ID, jobList(users, total)))
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, updateTimeout)

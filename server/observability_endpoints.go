@@ -220,6 +220,12 @@ type metricPoint struct {
 	ValidationLoss *float64 `json:"validationLoss"`
 	LearningRate   float64  `json:"learningRate"`
 	Tokens         int64    `json:"tokens"`
+	// Metrics and ValidationMetrics are the trainer's own figures at the
+	// step, of training and of the validation pass (a DPO job's
+	// rewardMargin, rewardAccuracy, chosenReward, rejectedReward); absent
+	// when it reported none.
+	Metrics           map[string]float64 `json:"metrics,omitempty"`
+	ValidationMetrics map[string]float64 `json:"validationMetrics,omitempty"`
 }
 
 func (s *Server) jobMetrics(c *gin.Context) {
@@ -234,7 +240,8 @@ func (s *Server) jobMetrics(c *gin.Context) {
 	}
 	steps := make([]metricPoint, len(rows))
 	for i, r := range rows {
-		steps[i] = metricPoint{Step: r.Step, Epoch: r.Epoch, TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, LearningRate: r.LearningRate, Tokens: r.Tokens}
+		steps[i] = metricPoint{Step: r.Step, Epoch: r.Epoch, TrainingLoss: r.TrainingLoss, ValidationLoss: r.ValidationLoss, LearningRate: r.LearningRate, Tokens: r.Tokens,
+			Metrics: r.Metrics, ValidationMetrics: r.ValidationMetrics}
 	}
 	var epoch int32
 	if job.Epoch != nil {

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/tuneforge/tuneforge/failure"
 )
 
 // The OpenAI-shaped view under /v1: the same jobs, datasets and models as
@@ -46,6 +48,10 @@ func toOpenAIError(e *apiError) openAIErrorView {
 		out.Type, out.Code = "rate_limit_error", code("rate_limit_exceeded")
 	case e.Status >= 500:
 		out.Type = "server_error"
+	}
+	if e.Code == string(failure.Capacity) {
+		// No pool can run the job as asked: the message names what would.
+		out.Code = code(e.Code)
 	}
 	if len(e.Details) > 0 && e.Details[0].Field != "" {
 		out.Param = &e.Details[0].Field

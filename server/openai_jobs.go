@@ -22,9 +22,6 @@ import (
 // training completes, so it succeeds with a fine_tuned_model that chat
 // completions answer for, as on OpenAI.
 
-// openAIMethodSupervised is the only fine-tuning method tuneforge runs.
-const openAIMethodSupervised = "supervised"
-
 // autoOr is a hyperparameter OpenAI takes as a number or "auto", kept as
 // sent: spec reads it, naming the field when it is neither, and the
 // request's hash for Idempotency-Key covers it.
@@ -56,15 +53,59 @@ type openAIHyperparametersRequest struct {
 	NEpochs                autoOr `json:"n_epochs"`
 	BatchSize              autoOr `json:"batch_size"`
 	LearningRateMultiplier autoOr `json:"learning_rate_multiplier"`
+	// Beta is the dpo method's.
+	Beta autoOr `json:"beta,omitempty"`
+	// QLoRA is tuneforge's extension, as the seed API's
+	// hyperparameters.qlora: 4-bit frozen base weights.
+	QLoRA *bool `json:"qlora,omitempty"`
+}
+
+// openAIMethodSettings holds one method's hyperparameters.
+type openAIMethodSettings struct {
+	Hyperparameters *openAIHyperparametersRequest `json:"hyperparameters"`
 }
 
 type openAIMethodRequest struct {
-	Type       string `json:"type"`
-	Supervised *struct {
-		Hyperparameters *openAIHyperparametersRequest `json:"hyperparameters"`
-	} `json:"supervised"`
-	DPO           json.RawMessage `json:"dpo"`
-	Reinforcement json.RawMessage `json:"reinforcement"`
+	Type          string                `json:"type"`
+	Supervised    *openAIMethodSettings `json:"supervised"`
+	DPO           *openAIMethodSettings `json:"dpo"`
+	Reinforcement json.RawMessage       `json:"reinforcement"`
+}
+
+// method reads the request's method, and which hyperparameters go with
+// it: the method's own, or else the top-level ones, with their field's
+// name for errors.
+func (r *openAIJobRequest) method(errs *fieldErrors) (db.Method, *openAIHyperparametersRequest, string) {
+	method := db.Method{Type: db.MethodSupervised}
+	m := r.Method
+	if m == nil {
+		return method, r.Hyperparameters, "hyperparameters"
+	}
+	var own *openAIMethodSettings
+	switch m.Type {
+	case db.MethodSupervised:
+		if m.DPO != nil || len(m.Reinforcement) > 0 {
+			errs.add("method", "a supervised method takes only its supervised settings")
+		}
+		own = m.Supervised
+	case db.MethodDPO:
+		method = db.Method{Type: db.MethodDPO, Beta: defaultDPOBeta}
+		if m.Supervised != nil || len(m.Reinforcement) > 0 {
+			errs.add("method", "a dpo method takes only its dpo settings")
+		}
+		own = m.DPO
+	default:
+		errs.add("method.type", "%q is not supported; tuneforge fine-tunes with the %q and %q methods", m.Type, db.MethodSupervised, db.MethodDPO)
+		return method, r.Hyperparameters, "hyperparameters"
+	}
+	field := "method." + m.Type + ".hyperparameters"
+	switch {
+	case own == nil || own.Hyperparameters == nil:
+		return method, r.Hyperparameters, "hyperparameters"
+	case r.Hyperparameters != nil:
+		errs.add("hyperparameters", "give hyperparameters either here or in %s, not both", field)
+	}
+	return method, own.Hyperparameters, field
 }
 
 type openAIJobRequest struct {
@@ -104,19 +145,7 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 	checkMetadata(r.Metadata, "metadata", &errs)
 	checkMaxCost(r.MaxCost, "max_cost", &errs)
 
-	hpReq, field := r.Hyperparameters, "hyperparameters"
-	if m := r.Method; m != nil {
-		switch {
-		case m.Type != openAIMethodSupervised:
-			errs.add("method.type", "%q is not supported; tuneforge fine-tunes with the %q method only", m.Type, openAIMethodSupervised)
-		case len(m.DPO) > 0 || len(m.Reinforcement) > 0:
-			errs.add("method", "a supervised method takes only its supervised settings")
-		case r.Hyperparameters != nil && m.Supervised != nil && m.Supervised.Hyperparameters != nil:
-			errs.add("hyperparameters", "give hyperparameters either here or in method.supervised.hyperparameters, not both")
-		case m.Supervised != nil && m.Supervised.Hyperparameters != nil:
-			hpReq, field = m.Supervised.Hyperparameters, "method.supervised.hyperparameters"
-		}
-	}
+	method, hpReq, field := r.method(&errs)
 	hp := trainer.Hyperparameters{Epochs: defaultEpochs, LearningRate: defaultLearningRate, BatchSize: defaultBatchSize, WarmupSteps: defaultWarmupSteps}
 	if h := hpReq; h != nil {
 		if v, ok, err := readAutoOr[int](h.NEpochs); err != nil || ok && (v < 1 || v > 100) {
@@ -134,6 +163,14 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 		} else if ok {
 			hp.LearningRate = defaultLearningRate * v
 		}
+		if v, ok, err := readAutoOr[float64](h.Beta); !method.DPO() && (ok || err != nil) {
+			errs.add(field+".beta", "goes with the dpo method: method.dpo.hyperparameters.beta")
+		} else if err != nil || ok && !(v > 0 && v <= 10) {
+			errs.add(field+".beta", `must be "auto" or a number greater than 0 and at most 10`)
+		} else if ok {
+			method.Beta = v
+		}
+		hp.QLoRA = deref(h.QLoRA)
 	}
 	if r.Seed != nil {
 		seed := *r.Seed
@@ -145,7 +182,7 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 	}
 	return jobSpec{
 		Name: name, BaseModel: r.Model, TrainingDataset: r.TrainingFile, ValidationFile: deref(r.ValidationFile),
-		Suffix: suffix, Hyperparameters: hp, Metadata: r.Metadata, MaxCost: r.MaxCost, AutoDeploy: true, fields: openAIFields,
+		Suffix: suffix, Hyperparameters: hp, Metadata: r.Metadata, MaxCost: r.MaxCost, AutoDeploy: true, Method: method, fields: openAIFields,
 	}, errs.err(http.StatusBadRequest)
 }
 
@@ -166,13 +203,20 @@ type openAIJobHyperparameters struct {
 	NEpochs                int32   `json:"n_epochs"`
 	BatchSize              int32   `json:"batch_size"`
 	LearningRateMultiplier float64 `json:"learning_rate_multiplier"`
+	// Beta is the dpo method's, in its hyperparameters only.
+	Beta *float64 `json:"beta,omitempty"`
+	// QLoRA is tuneforge's extension, shown when set.
+	QLoRA bool `json:"qlora,omitempty"`
+}
+
+type openAIJobMethodSettings struct {
+	Hyperparameters openAIJobHyperparameters `json:"hyperparameters"`
 }
 
 type openAIJobMethod struct {
-	Type       string `json:"type"`
-	Supervised struct {
-		Hyperparameters openAIJobHyperparameters `json:"hyperparameters"`
-	} `json:"supervised"`
+	Type       string                   `json:"type"`
+	Supervised *openAIJobMethodSettings `json:"supervised,omitempty"`
+	DPO        *openAIJobMethodSettings `json:"dpo,omitempty"`
 }
 
 type openAIJobError struct {
@@ -238,14 +282,26 @@ func openAIStatus(j db.Job) string {
 }
 
 func toOpenAIJob(j db.Job) openAIJob {
-	hp := openAIJobHyperparameters{NEpochs: j.Epochs, BatchSize: j.BatchSize, LearningRateMultiplier: j.LearningRate / defaultLearningRate}
+	hp := openAIJobHyperparameters{NEpochs: j.Epochs, BatchSize: j.BatchSize, LearningRateMultiplier: j.LearningRate / defaultLearningRate, QLoRA: j.QLoRA}
+	model := j.BaseModel
+	if j.InitFrom != nil {
+		// The model it was asked to fine-tune, as OpenAI shows it.
+		model = fineTunedModel(j.BaseModel, *j.InitFrom)
+	}
 	out := openAIJob{
-		Object: "fine_tuning.job", ID: j.ID, CreatedAt: j.CreatedAt.Unix(), Hyperparameters: hp, Model: j.BaseModel,
+		Object: "fine_tuning.job", ID: j.ID, CreatedAt: j.CreatedAt.Unix(), Hyperparameters: hp, Model: model,
 		OrganizationID: j.OrganizationID, ResultFiles: []string{}, Seed: j.Seed, Status: openAIStatus(j),
 		TrainingFile: j.TrainingDatasetID, ValidationFile: j.ValidationDatasetID, Integrations: []any{},
 		Metadata: orEmpty(j.Metadata), UserSuffix: j.Suffix,
 	}
-	out.Method.Type, out.Method.Supervised.Hyperparameters = openAIMethodSupervised, hp
+	out.Method.Type = j.Method.Name()
+	if j.Method.DPO() {
+		dpo := hp
+		dpo.Beta = &j.Method.Beta
+		out.Method.DPO = &openAIJobMethodSettings{Hyperparameters: dpo}
+	} else {
+		out.Method.Supervised = &openAIJobMethodSettings{Hyperparameters: hp}
+	}
 	if j.Status == jobstatus.Deployed {
 		out.FineTunedModel = j.ResultModel
 	}

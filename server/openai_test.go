@@ -188,8 +188,8 @@ func TestOpenAIFineTuningScript(t *testing.T) {
 	}
 }
 
-// Each form of hyperparameters OpenAI accepts, and the methods it does
-// not. The jobs are cancelled at once: the test is about what they record.
+// Each form of hyperparameters OpenAI accepts, and the method tuneforge
+// does not (TestOpenAIDPO has dpo). The jobs are cancelled at once: the test is about what they record.
 func TestOpenAIHyperparameterForms(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
@@ -256,7 +256,6 @@ func TestOpenAIHyperparameterForms(t *testing.T) {
 		status int
 		param  string
 	}{
-		{"dpo", openai.FineTuningJobNewParams{Method: openai.FineTuningJobNewParamsMethod{Type: "dpo"}}, 400, "method.type"},
 		{"reinforcement", openai.FineTuningJobNewParams{Method: openai.FineTuningJobNewParamsMethod{Type: "reinforcement"}}, 400, "method.type"},
 		{"both forms", openai.FineTuningJobNewParams{
 			Hyperparameters: openai.FineTuningJobNewParamsHyperparameters{NEpochs: openai.FineTuningJobNewParamsHyperparametersNEpochsUnion{OfInt: openai.Int(2)}},

@@ -167,9 +167,11 @@ func (s *Server) amendment(ctx context.Context, job db.Job, body restartRequest,
 		if err != nil {
 			return err
 		}
-		if h.GPUMemoryGB*h.GPUCount < model.MinGPUMemoryGB {
-			return fieldError(http.StatusUnprocessableEntity, "hardware", "%s has %d GB of GPU memory; %s needs at least %d GB",
-				h.ID, h.GPUMemoryGB*h.GPUCount, model.ID, model.MinGPUMemoryGB)
+		// A new batchSize alone needs no check: the estimate is of train.py
+		// at one example a micro-batch, whatever the batch.
+		t := trainsOn{model: model, dpo: job.Method.Name() == db.MethodDPO, qlora: job.QLoRA}
+		if err := s.checkCapacity(ctx, t, h, "hardware", http.StatusUnprocessableEntity); err != nil {
+			return err
 		}
 		req.HardwareID, req.CostPerHour = h.ID, h.CostPerHour
 	}

@@ -21,6 +21,25 @@ type jobHyperparameters struct {
 	BatchSize     int32              `json:"batchSize"`
 	WarmupSteps   int32              `json:"warmupSteps"`
 	EarlyStopping *earlyStoppingView `json:"earlyStopping"`
+	QLoRA         bool               `json:"qlora"`
+}
+
+// methodView is how a job trains: {"type":"supervised"} or
+// {"type":"dpo","dpo":{"beta":0.1}}.
+type methodView struct {
+	Type string   `json:"type"`
+	DPO  *dpoView `json:"dpo,omitempty"`
+}
+
+type dpoView struct {
+	Beta float64 `json:"beta"`
+}
+
+func viewMethod(m db.Method) methodView {
+	if m.DPO() {
+		return methodView{Type: db.MethodDPO, DPO: &dpoView{Beta: m.Beta}}
+	}
+	return methodView{Type: db.MethodSupervised}
 }
 
 type earlyStoppingView struct {
@@ -78,6 +97,8 @@ type jobView struct {
 	TrainingDatasetID   string             `json:"trainingDatasetId"`
 	ValidationDatasetID *string            `json:"validationDatasetId"`
 	Hyperparameters     jobHyperparameters `json:"hyperparameters"`
+	Method              methodView         `json:"method"`
+	InitFrom            *string            `json:"initFrom"` // the job whose adapter it started from; null: the base model
 	Hardware            string             `json:"hardware"`
 	Suffix              string             `json:"suffix"`
 	ResultModel         *string            `json:"resultModel"`
@@ -128,8 +149,9 @@ func fullJob(j db.Job) jobView {
 		jobSummary:      summarize(j),
 		TrainingDataset: j.TrainingDataset, TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile,
 		TrainingDatasetID: j.TrainingDatasetID, ValidationDatasetID: j.ValidationDatasetID,
+		Method: viewMethod(j.Method), InitFrom: j.InitFrom,
 		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
-			EarlyStopping: earlyStoppingOf(j)},
+			EarlyStopping: earlyStoppingOf(j), QLoRA: j.QLoRA},
 		Hardware: j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: jobError(j),
 		Cancelled: j.Cancelled, Actions: actions(j), CostSoFar: roundCents(j.Cost), GPUSeconds: j.GPUSeconds, MaxCost: j.MaxCost,
 		Metrics:  jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},
@@ -158,6 +180,13 @@ type bestCheckpointView struct {
 // a fine_tuned_model_checkpoint: chat completions serve it by that name.
 func checkpointModel(baseModel, jobID string, step int32) string {
 	return fmt.Sprintf("ft:%s:%s:ckpt-step-%d", baseModel, jobID, step)
+}
+
+// fineTunedModel names a job's final adapter as a model a new job can
+// start from (see fineTunedJobID), the way checkpointModel names its
+// checkpoints.
+func fineTunedModel(baseModel, jobID string) string {
+	return fmt.Sprintf("ft:%s:%s", baseModel, jobID)
 }
 
 // parseCheckpointModel reads a checkpointModel name; ok is false for any
@@ -296,6 +325,8 @@ type estimateAssumptions struct {
 	ThroughputTokensPerSecond float64 `json:"throughputTokensPerSecond"`
 	ThroughputFrom            string  `json:"throughputFrom"`
 	MeasuredJobs              int64   `json:"measuredJobs"`
+	// Memory is the job's estimated peak GPU memory.
+	Memory memoryView `json:"memory"`
 }
 
 // pageInfo heads a list response: the total count and the page asked for.

@@ -57,6 +57,9 @@ type Hyperparameters struct {
 	// Seed fixes the run's initialization and data order; nil for jobs
 	// created before seeds were chosen, whose seed derives from their ID.
 	Seed *int64 `json:",omitempty"`
+	// QLoRA trains LoRA adapters on 4-bit frozen base weights: a command
+	// trainer's setting, which this trainer refuses (activities).
+	QLoRA bool `json:",omitempty"`
 }
 
 func (hp Hyperparameters) validate() error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
 // GPU is one NVIDIA GPU as nvidia-smi reports it.
@@ -69,25 +70,63 @@ func DetectGPUs(ctx context.Context) ([]GPU, error) {
 	return gpus, nil
 }
 
-// checkGPUs logs the GPUs the worker's trainers will see and refuses a
-// pool they cannot serve (an error wrapping ErrPoolUnfit). A host without
-// nvidia-smi passes with a warning, so a CPU-only development machine can
-// still run a command trainer on a tiny model.
-func checkGPUs(ctx context.Context, t Training, hw db.Hardware, log *slog.Logger) error {
+// checkGPUs logs the GPUs the worker's trainers will see, refuses a pool
+// they cannot serve (an error wrapping ErrPoolUnfit) and returns them. A
+// host without nvidia-smi passes with a warning, so a CPU-only development
+// machine can still run a command trainer on a tiny model.
+func checkGPUs(ctx context.Context, t Training, hw db.Hardware, log *slog.Logger) ([]GPU, error) {
 	gpus, err := DetectGPUs(ctx)
 	if err != nil {
-		return fmt.Errorf("training worker %s: detect GPUs: %w", t.ID, err)
+		return nil, fmt.Errorf("training worker %s: detect GPUs: %w", t.ID, err)
 	}
 	if gpus == nil {
 		log.Warn("nvidia-smi not found: no NVIDIA GPU is visible, so GPU memory cannot be checked against the pool",
 			"worker", t.ID, "hardware", hw.ID, "poolGpuMemoryGB", hw.GPUMemoryGB, "poolGpuCount", hw.GPUCount)
-		return nil
+		return nil, nil
 	}
 	for i, g := range gpus {
 		log.Info("GPU", "worker", t.ID, "index", i, "name", g.Name, "memoryMiB", g.MemoryMiB, "memoryGB", fmt.Sprintf("%.1f", g.GB()))
 	}
 	if err := CheckPool(gpus, hw, t.Slots); err != nil {
-		return fmt.Errorf("training worker %s: %w", t.ID, err)
+		return nil, fmt.Errorf("training worker %s: %w", t.ID, err)
+	}
+	return gpus, nil
+}
+
+// fitRunner fits the command trainer's runner to the pool: an attempt runs
+// one process per GPU of the pool (r.WorldSize, unless
+// TUNEFORGE_TRAINER_WORLD_SIZE chose 1 for a trainer of one process), and
+// each of the slots gets GPUs of its own, so that jobs side by side never
+// share one. The GPUs are gpus (none: not pinned, as on a host without
+// nvidia-smi) by the IDs the worker's CUDA_VISIBLE_DEVICES (visible)
+// gives them, their indices without it.
+func fitRunner(r *command.Runner, hw db.Hardware, slots int, gpus []GPU, visible string) error {
+	n := max(1, int(hw.GPUCount))
+	switch r.WorldSize {
+	case 0:
+		r.WorldSize = n
+	case 1, n:
+	default:
+		return fmt.Errorf("TUNEFORGE_TRAINER_WORLD_SIZE is %d, but an attempt on pool %s has %d GPU(s): it must be 1 or %d",
+			r.WorldSize, hw.ID, n, n)
+	}
+	if len(gpus) == 0 {
+		return nil
+	}
+	ids := make([]string, len(gpus))
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	if visible != "" {
+		ids = strings.Split(visible, ",")
+	}
+	if len(ids) < slots*n {
+		return fmt.Errorf("%w: pool %s needs %d GPU(s) (%d slot(s) × %d), but CUDA_VISIBLE_DEVICES=%s shows %d",
+			ErrPoolUnfit, hw.ID, slots*n, slots, n, visible, len(ids))
+	}
+	r.SlotGPUs = make([][]string, slots)
+	for i := range slots {
+		r.SlotGPUs[i] = ids[i*n : (i+1)*n]
 	}
 	return nil
 }
@@ -120,9 +159,9 @@ func parseNvidiaSMI(out string) ([]GPU, error) {
 }
 
 // CheckPool refuses a pool the GPUs cannot serve: each of the worker's
-// slots runs a trainer on the pool's GPU count, and a trainer may use any
-// GPU it sees (slots are not pinned to GPUs), so every GPU needs the pool's
-// per-GPU memory and there must be slots × GPU count of them. The error
+// slots runs a trainer on the pool's GPU count (fitRunner pins them), so
+// every GPU needs the pool's per-GPU memory and there must be slots × GPU
+// count of them. The error
 // wraps ErrPoolUnfit and says what was found and what the pool needs.
 func CheckPool(gpus []GPU, hw db.Hardware, slots int) error {
 	need := slots * int(hw.GPUCount)

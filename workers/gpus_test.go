@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
 func TestParseNvidiaSMI(t *testing.T) {
@@ -166,10 +167,57 @@ func TestCheckGPUsWithoutNvidiaSMI(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	if err := checkGPUs(context.Background(), Training{ID: "test/cpu", Slots: 1}, pool40, log); err != nil {
-		t.Fatal(err)
+	if gpus, err := checkGPUs(context.Background(), Training{ID: "test/cpu", Slots: 1}, pool40, log); err != nil || gpus != nil {
+		t.Fatal(gpus, err)
 	}
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "GPU memory cannot be checked") {
 		t.Errorf("no warning:\n%s", logs.String())
+	}
+}
+
+// TestFitRunner: an attempt runs one process per GPU of the pool unless
+// the worker chose one; each slot's trainer gets GPUs of its own, by the
+// IDs the worker's CUDA_VISIBLE_DEVICES gives them.
+func TestFitRunner(t *testing.T) {
+	four := []GPU{a100_80, a100_80, a100_80, a100_80}
+	for _, tc := range []struct {
+		name      string
+		worldSize int // the runner's before
+		hw        db.Hardware
+		slots     int
+		gpus      []GPU
+		visible   string
+		want      int        // the runner's world size after
+		slotGPUs  [][]string // nil: not pinned
+		err       string
+	}{
+		{name: "one GPU, CPU host", hw: pool40, slots: 2, want: 1},
+		{name: "x4 pool, CPU host", hw: pool80x, slots: 1, want: 4},
+		{name: "x4 pool, version-1 trainer", worldSize: 1, hw: pool80x, slots: 1, gpus: four, want: 1,
+			slotGPUs: [][]string{{"0", "1", "2", "3"}}},
+		{name: "two slots of one GPU", hw: pool80, slots: 2, gpus: []GPU{h100, h100}, want: 1, slotGPUs: [][]string{{"0"}, {"1"}}},
+		{name: "x4 pool by CUDA_VISIBLE_DEVICES", hw: pool80x, slots: 1, gpus: append(four, four...), visible: "4,5,6,7",
+			want: 4, slotGPUs: [][]string{{"4", "5", "6", "7"}}},
+		{name: "CUDA_VISIBLE_DEVICES too short", hw: pool80x, slots: 1, gpus: four, visible: "GPU-a,GPU-b",
+			err: "needs 4 GPU(s) (1 slot(s) × 4), but CUDA_VISIBLE_DEVICES=GPU-a,GPU-b shows 2"},
+		{name: "world size neither 1 nor the pool's", worldSize: 2, hw: pool80x, slots: 1,
+			err: "TUNEFORGE_TRAINER_WORLD_SIZE is 2, but an attempt on pool gpu-a100-80gb-x4 has 4 GPU(s): it must be 1 or 4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &command.Runner{WorldSize: tc.worldSize}
+			err := fitRunner(r, tc.hw, tc.slots, tc.gpus, tc.visible)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want an error saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.WorldSize != tc.want || fmt.Sprint(r.SlotGPUs) != fmt.Sprint(tc.slotGPUs) {
+				t.Errorf("world size %d, slot GPUs %v; want %d, %v", r.WorldSize, r.SlotGPUs, tc.want, tc.slotGPUs)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"go.temporal.io/api/operatorservice/v1"
@@ -95,7 +96,8 @@ type Training struct {
 // RunTraining runs a training worker for one hardware pool until ctx ends,
 // advertising its slots in PostgreSQL so the pool's capacity is known, and
 // its trainer (activities.Trainer), so a job's validation checks what the
-// pool's trainers need.
+// pool's trainers need. A command trainer's runner is fitted to the pool
+// first (see fitRunner).
 func RunTraining(ctx context.Context, c client.Client, acts *activities.Activities, t Training, log *slog.Logger) error {
 	if t.Slots < 1 {
 		return fmt.Errorf("--slots must be at least 1, not %d", t.Slots)
@@ -104,12 +106,16 @@ func RunTraining(ctx context.Context, c client.Client, acts *activities.Activiti
 	if err != nil {
 		return fmt.Errorf("hardware %q is not in the catalog: %w", t.HardwareID, err)
 	}
+	var gpus []GPU
 	if t.CheckGPUs {
-		if err := checkGPUs(ctx, t, hw, log); err != nil {
+		if gpus, err = checkGPUs(ctx, t, hw, log); err != nil {
 			return err
 		}
 	}
 	if acts.Command != nil {
+		if err := fitRunner(acts.Command, hw, t.Slots, gpus, os.Getenv("CUDA_VISIBLE_DEVICES")); err != nil {
+			return fmt.Errorf("training worker %s: %w", t.ID, err)
+		}
 		killed, err := activities.SweepWorkRoot(acts.WorkDir)
 		if err != nil {
 			return err

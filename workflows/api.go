@@ -132,6 +132,11 @@ type JobInput struct {
 	// EarlyStopping, when set, ends training once validation loss stops
 	// improving.
 	EarlyStopping *db.EarlyStopping `json:",omitempty"`
+	// Method is how the job trains (zero: supervised); InitFrom the job
+	// whose LoRA adapter it starts from, "" for the base model alone.
+	// Hyperparameters.QLoRA asks for 4-bit base weights.
+	Method   db.Method `json:",omitzero"`
+	InitFrom string    `json:",omitempty"`
 	// AutoDeploy deploys the job as soon as training completes (jobs
 	// created through the OpenAI-shaped API, whose clients expect a usable
 	// model when a job succeeds).

@@ -420,6 +420,7 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 		err := workflow.ExecuteActivity(tctx, a.TrainEpoch, activities.EpochInput{
 			JobID: in.JobID, BaseModel: in.BaseModel, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
 			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch, HardwareID: in.HardwareID,
+			Method: in.Method, InitFrom: in.InitFrom,
 		}).Get(ctx, &res)
 		if err != nil {
 			return true, epochFailure(epoch, err)

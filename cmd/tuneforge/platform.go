@@ -103,6 +103,7 @@ func (p *platform) trainingActivities(cfg config.Config, workerID string) (*acti
 	}
 	runner.LogRate = cfg.TrainerLogRate
 	runner.Hang = cfg.Hang
+	runner.WorldSize = cfg.TrainerWorldSize // 0: RunTraining makes it the pool's GPU count
 	acts.Command, acts.ModelDir, acts.WorkDir = runner, cfg.ModelDir, activities.WorkRoot(cfg.WorkDir, workerID)
 	return acts, nil
 }

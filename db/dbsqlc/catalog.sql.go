@@ -10,7 +10,7 @@ import (
 )
 
 const getBaseModel = `-- name: GetBaseModel :one
-SELECT id, name, provider, parameter_count, parameters_billions, supported_tasks, max_sequence_length, min_gpu_memory_gb, default_hardware_id, position FROM base_models WHERE id = $1
+SELECT id, name, provider, parameter_count, parameters_billions, supported_tasks, max_sequence_length, default_hardware_id, position, layers, hidden_size, intermediate_size, attention_heads, kv_heads, head_dim, vocab_size FROM base_models WHERE id = $1
 `
 
 func (q *Queries) GetBaseModel(ctx context.Context, db DBTX, id string) (BaseModel, error) {
@@ -24,9 +24,15 @@ func (q *Queries) GetBaseModel(ctx context.Context, db DBTX, id string) (BaseMod
 		&i.ParametersBillions,
 		&i.SupportedTasks,
 		&i.MaxSequenceLength,
-		&i.MinGpuMemoryGb,
 		&i.DefaultHardwareID,
 		&i.Position,
+		&i.Layers,
+		&i.HiddenSize,
+		&i.IntermediateSize,
+		&i.AttentionHeads,
+		&i.KvHeads,
+		&i.HeadDim,
+		&i.VocabSize,
 	)
 	return i, err
 }
@@ -52,7 +58,7 @@ func (q *Queries) GetHardware(ctx context.Context, db DBTX, id string) (Hardware
 }
 
 const listBaseModels = `-- name: ListBaseModels :many
-SELECT id, name, provider, parameter_count, parameters_billions, supported_tasks, max_sequence_length, min_gpu_memory_gb, default_hardware_id, position FROM base_models ORDER BY position
+SELECT id, name, provider, parameter_count, parameters_billions, supported_tasks, max_sequence_length, default_hardware_id, position, layers, hidden_size, intermediate_size, attention_heads, kv_heads, head_dim, vocab_size FROM base_models ORDER BY position
 `
 
 func (q *Queries) ListBaseModels(ctx context.Context, db DBTX) ([]BaseModel, error) {
@@ -72,9 +78,15 @@ func (q *Queries) ListBaseModels(ctx context.Context, db DBTX) ([]BaseModel, err
 			&i.ParametersBillions,
 			&i.SupportedTasks,
 			&i.MaxSequenceLength,
-			&i.MinGpuMemoryGb,
 			&i.DefaultHardwareID,
 			&i.Position,
+			&i.Layers,
+			&i.HiddenSize,
+			&i.IntermediateSize,
+			&i.AttentionHeads,
+			&i.KvHeads,
+			&i.HeadDim,
+			&i.VocabSize,
 		); err != nil {
 			return nil, err
 		}

@@ -23,9 +23,9 @@ func (q *Queries) CountDatasets(ctx context.Context, db DBTX, organizationID str
 }
 
 const createDataset = `-- name: CreateDataset :one
-INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by, examples, tokens, max_tokens, label_problem)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-RETURNING id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem
+INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by, examples, tokens, max_tokens, label_problem, format)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+RETURNING id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem, format
 `
 
 type CreateDatasetParams struct {
@@ -40,6 +40,7 @@ type CreateDatasetParams struct {
 	Tokens         *int64
 	MaxTokens      *int32
 	LabelProblem   *string
+	Format         *string
 }
 
 func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetParams) (Dataset, error) {
@@ -55,6 +56,7 @@ func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetP
 		arg.Tokens,
 		arg.MaxTokens,
 		arg.LabelProblem,
+		arg.Format,
 	)
 	var i Dataset
 	err := row.Scan(
@@ -70,6 +72,7 @@ func (q *Queries) CreateDataset(ctx context.Context, db DBTX, arg CreateDatasetP
 		&i.Tokens,
 		&i.MaxTokens,
 		&i.LabelProblem,
+		&i.Format,
 	)
 	return i, err
 }
@@ -100,7 +103,7 @@ func (q *Queries) DatasetBlobKeysIn(ctx context.Context, db DBTX, keys []string)
 }
 
 const datasetStatsByBlobKey = `-- name: DatasetStatsByBlobKey :one
-SELECT examples, tokens, max_tokens, label_problem FROM datasets WHERE blob_key = $1
+SELECT examples, tokens, max_tokens, label_problem, format FROM datasets WHERE blob_key = $1
 `
 
 type DatasetStatsByBlobKeyRow struct {
@@ -108,6 +111,7 @@ type DatasetStatsByBlobKeyRow struct {
 	Tokens       *int64
 	MaxTokens    *int32
 	LabelProblem *string
+	Format       *string
 }
 
 // A job's validation asks by the file it was given: the object's key.
@@ -119,6 +123,7 @@ func (q *Queries) DatasetStatsByBlobKey(ctx context.Context, db DBTX, blobKey st
 		&i.Tokens,
 		&i.MaxTokens,
 		&i.LabelProblem,
+		&i.Format,
 	)
 	return i, err
 }
@@ -158,7 +163,7 @@ func (q *Queries) DeleteDataset(ctx context.Context, db DBTX, arg DeleteDatasetP
 }
 
 const getDataset = `-- name: GetDataset :one
-SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem FROM datasets WHERE organization_id = $1 AND id = $2
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem, format FROM datasets WHERE organization_id = $1 AND id = $2
 `
 
 type GetDatasetParams struct {
@@ -182,12 +187,13 @@ func (q *Queries) GetDataset(ctx context.Context, db DBTX, arg GetDatasetParams)
 		&i.Tokens,
 		&i.MaxTokens,
 		&i.LabelProblem,
+		&i.Format,
 	)
 	return i, err
 }
 
 const listDatasets = `-- name: ListDatasets :many
-SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem FROM datasets
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem, format FROM datasets
 WHERE organization_id = $1
 ORDER BY created_at DESC, id DESC
 LIMIT $2 OFFSET $3
@@ -221,6 +227,7 @@ func (q *Queries) ListDatasets(ctx context.Context, db DBTX, arg ListDatasetsPar
 			&i.Tokens,
 			&i.MaxTokens,
 			&i.LabelProblem,
+			&i.Format,
 		); err != nil {
 			return nil, err
 		}
@@ -233,7 +240,7 @@ func (q *Queries) ListDatasets(ctx context.Context, db DBTX, arg ListDatasetsPar
 }
 
 const listDatasetsNewestFirst = `-- name: ListDatasetsNewestFirst :many
-SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at, d.examples, d.tokens, d.max_tokens, d.label_problem FROM datasets d
+SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at, d.examples, d.tokens, d.max_tokens, d.label_problem, d.format FROM datasets d
 WHERE d.organization_id = $1
   AND ($2::text IS NULL
        OR (d.created_at, d.id) < (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = $1 AND a.id = $2))
@@ -271,6 +278,7 @@ func (q *Queries) ListDatasetsNewestFirst(ctx context.Context, db DBTX, arg List
 			&i.Tokens,
 			&i.MaxTokens,
 			&i.LabelProblem,
+			&i.Format,
 		); err != nil {
 			return nil, err
 		}
@@ -283,7 +291,7 @@ func (q *Queries) ListDatasetsNewestFirst(ctx context.Context, db DBTX, arg List
 }
 
 const listDatasetsOldestFirst = `-- name: ListDatasetsOldestFirst :many
-SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at, d.examples, d.tokens, d.max_tokens, d.label_problem FROM datasets d
+SELECT d.id, d.organization_id, d.filename, d.bytes, d.sha256, d.blob_key, d.created_by, d.created_at, d.examples, d.tokens, d.max_tokens, d.label_problem, d.format FROM datasets d
 WHERE d.organization_id = $1
   AND ($2::text IS NULL
        OR (d.created_at, d.id) > (SELECT a.created_at, a.id FROM datasets a WHERE a.organization_id = $1 AND a.id = $2))
@@ -319,6 +327,7 @@ func (q *Queries) ListDatasetsOldestFirst(ctx context.Context, db DBTX, arg List
 			&i.Tokens,
 			&i.MaxTokens,
 			&i.LabelProblem,
+			&i.Format,
 		); err != nil {
 			return nil, err
 		}
@@ -381,7 +390,7 @@ func (q *Queries) ListJobsReadingDataset(ctx context.Context, db DBTX, arg ListJ
 }
 
 const lockDataset = `-- name: LockDataset :one
-SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE
+SELECT id, organization_id, filename, bytes, sha256, blob_key, created_by, created_at, examples, tokens, max_tokens, label_problem, format FROM datasets WHERE organization_id = $1 AND id = $2 FOR UPDATE
 `
 
 type LockDatasetParams struct {
@@ -407,6 +416,7 @@ func (q *Queries) LockDataset(ctx context.Context, db DBTX, arg LockDatasetParam
 		&i.Tokens,
 		&i.MaxTokens,
 		&i.LabelProblem,
+		&i.Format,
 	)
 	return i, err
 }

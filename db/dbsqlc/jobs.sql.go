@@ -123,14 +123,16 @@ INSERT INTO jobs (
     id, organization_id, owner, name, description, base_model, hardware_id, status,
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
     epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at,
-    max_cost, early_stopping_patience, early_stopping_min_delta
+    max_cost, early_stopping_patience, early_stopping_min_delta,
+    method, dpo_beta, qlora, init_from
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13,
     $14, $15, $16, $17, $18, $19, $20, $21, $22, $22,
-    $23, $24, $25
+    $23, $24, $25,
+    $26, $27, $28, $29
 )
-RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta
+RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from
 `
 
 type CreateJobParams struct {
@@ -159,6 +161,10 @@ type CreateJobParams struct {
 	MaxCost               *float64
 	EarlyStoppingPatience *int32
 	EarlyStoppingMinDelta float64
+	Method                string
+	DpoBeta               *float64
+	Qlora                 bool
+	InitFrom              *string
 }
 
 func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (Job, error) {
@@ -188,6 +194,10 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		arg.MaxCost,
 		arg.EarlyStoppingPatience,
 		arg.EarlyStoppingMinDelta,
+		arg.Method,
+		arg.DpoBeta,
+		arg.Qlora,
+		arg.InitFrom,
 	)
 	var i Job
 	err := row.Scan(
@@ -231,6 +241,10 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		&i.MaxCost,
 		&i.EarlyStoppingPatience,
 		&i.EarlyStoppingMinDelta,
+		&i.Method,
+		&i.DpoBeta,
+		&i.Qlora,
+		&i.InitFrom,
 	)
 	return i, err
 }
@@ -306,7 +320,7 @@ func (q *Queries) GetIdempotencyKey(ctx context.Context, db DBTX, arg GetIdempot
 }
 
 const getJob = `-- name: GetJob :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta FROM jobs WHERE organization_id = $1 AND id = $2
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from FROM jobs WHERE organization_id = $1 AND id = $2
 `
 
 type GetJobParams struct {
@@ -358,12 +372,16 @@ func (q *Queries) GetJob(ctx context.Context, db DBTX, arg GetJobParams) (Job, e
 		&i.MaxCost,
 		&i.EarlyStoppingPatience,
 		&i.EarlyStoppingMinDelta,
+		&i.Method,
+		&i.DpoBeta,
+		&i.Qlora,
+		&i.InitFrom,
 	)
 	return i, err
 }
 
 const getJobByID = `-- name: GetJobByID :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta FROM jobs WHERE id = $1
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from FROM jobs WHERE id = $1
 `
 
 // For workers, which act on a job their workflow already owns.
@@ -411,6 +429,10 @@ func (q *Queries) GetJobByID(ctx context.Context, db DBTX, id string) (Job, erro
 		&i.MaxCost,
 		&i.EarlyStoppingPatience,
 		&i.EarlyStoppingMinDelta,
+		&i.Method,
+		&i.DpoBeta,
+		&i.Qlora,
+		&i.InitFrom,
 	)
 	return i, err
 }
@@ -445,7 +467,7 @@ func (q *Queries) JobStats(ctx context.Context, db DBTX, organizationID string) 
 }
 
 const listJobs = `-- name: ListJobs :many
-SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta FROM jobs j
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta, j.method, j.dpo_beta, j.qlora, j.init_from FROM jobs j
 WHERE j.organization_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR base_model = $3)
@@ -557,7 +579,61 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 			&i.MaxCost,
 			&i.EarlyStoppingPatience,
 			&i.EarlyStoppingMinDelta,
+			&i.Method,
+			&i.DpoBeta,
+			&i.Qlora,
+			&i.InitFrom,
 		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listJobsStartingFrom = `-- name: ListJobsStartingFrom :many
+SELECT id, status, count(*) OVER () AS total FROM jobs
+WHERE organization_id = $1
+  AND init_from = $2
+  AND status::text = ANY($3::text[])
+ORDER BY created_at, id
+LIMIT $4
+`
+
+type ListJobsStartingFromParams struct {
+	OrganizationID string
+	InitFrom       *string
+	Statuses       []string
+	Lim            int32
+}
+
+type ListJobsStartingFromRow struct {
+	ID     string
+	Status jobstatus.Status
+	Total  int64
+}
+
+// The organization's jobs in @statuses (those that may still train) that
+// start from the adapter of job @init_from. total counts them all; at most
+// @lim are listed.
+func (q *Queries) ListJobsStartingFrom(ctx context.Context, db DBTX, arg ListJobsStartingFromParams) ([]ListJobsStartingFromRow, error) {
+	rows, err := db.Query(ctx, listJobsStartingFrom,
+		arg.OrganizationID,
+		arg.InitFrom,
+		arg.Statuses,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListJobsStartingFromRow{}
+	for rows.Next() {
+		var i ListJobsStartingFromRow
+		if err := rows.Scan(&i.ID, &i.Status, &i.Total); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -115,7 +115,7 @@ func (q *Queries) ListJobLogsAfter(ctx context.Context, db DBTX, arg ListJobLogs
 }
 
 const listJobMetrics = `-- name: ListJobMetrics :many
-SELECT job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens, created_at FROM job_metrics WHERE job_id = $1 ORDER BY step
+SELECT job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens, created_at, metrics, validation_metrics FROM job_metrics WHERE job_id = $1 ORDER BY step
 `
 
 func (q *Queries) ListJobMetrics(ctx context.Context, db DBTX, jobID string) ([]JobMetric, error) {
@@ -136,6 +136,8 @@ func (q *Queries) ListJobMetrics(ctx context.Context, db DBTX, jobID string) ([]
 			&i.LearningRate,
 			&i.Tokens,
 			&i.CreatedAt,
+			&i.Metrics,
+			&i.ValidationMetrics,
 		); err != nil {
 			return nil, err
 		}
@@ -148,24 +150,28 @@ func (q *Queries) ListJobMetrics(ctx context.Context, db DBTX, jobID string) ([]
 }
 
 const recordMetric = `-- name: RecordMetric :exec
-INSERT INTO job_metrics (job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO job_metrics (job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens, metrics, validation_metrics)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (job_id, step) DO UPDATE SET
     epoch = EXCLUDED.epoch,
     training_loss = EXCLUDED.training_loss,
     validation_loss = EXCLUDED.validation_loss,
     learning_rate = EXCLUDED.learning_rate,
-    tokens = EXCLUDED.tokens
+    tokens = EXCLUDED.tokens,
+    metrics = EXCLUDED.metrics,
+    validation_metrics = EXCLUDED.validation_metrics
 `
 
 type RecordMetricParams struct {
-	JobID          string
-	Step           int32
-	Epoch          int32
-	TrainingLoss   float64
-	ValidationLoss *float64
-	LearningRate   float64
-	Tokens         int64
+	JobID             string
+	Step              int32
+	Epoch             int32
+	TrainingLoss      float64
+	ValidationLoss    *float64
+	LearningRate      float64
+	Tokens            int64
+	Metrics           []byte
+	ValidationMetrics []byte
 }
 
 func (q *Queries) RecordMetric(ctx context.Context, db DBTX, arg RecordMetricParams) error {
@@ -177,6 +183,8 @@ func (q *Queries) RecordMetric(ctx context.Context, db DBTX, arg RecordMetricPar
 		arg.ValidationLoss,
 		arg.LearningRate,
 		arg.Tokens,
+		arg.Metrics,
+		arg.ValidationMetrics,
 	)
 	return err
 }

@@ -28,9 +28,15 @@ type BaseModel struct {
 	ParametersBillions float64
 	SupportedTasks     []string
 	MaxSequenceLength  int32
-	MinGpuMemoryGb     int32
 	DefaultHardwareID  string
 	Position           int32
+	Layers             int32
+	HiddenSize         int32
+	IntermediateSize   int32
+	AttentionHeads     int32
+	KvHeads            int32
+	HeadDim            int32
+	VocabSize          int32
 }
 
 type Dataset struct {
@@ -46,6 +52,7 @@ type Dataset struct {
 	Tokens         *int64
 	MaxTokens      *int32
 	LabelProblem   *string
+	Format         *string
 }
 
 type DeployedModel struct {
@@ -142,6 +149,10 @@ type Job struct {
 	MaxCost               *float64
 	EarlyStoppingPatience *int32
 	EarlyStoppingMinDelta float64
+	Method                string
+	DpoBeta               *float64
+	Qlora                 bool
+	InitFrom              *string
 }
 
 type JobCheckpoint struct {
@@ -177,12 +188,14 @@ type JobLog struct {
 }
 
 type JobMetric struct {
-	JobID          string
-	Step           int32
-	Epoch          int32
-	TrainingLoss   float64
-	ValidationLoss *float64
-	LearningRate   float64
-	Tokens         int64
-	CreatedAt      time.Time
+	JobID             string
+	Step              int32
+	Epoch             int32
+	TrainingLoss      float64
+	ValidationLoss    *float64
+	LearningRate      float64
+	Tokens            int64
+	CreatedAt         time.Time
+	Metrics           []byte
+	ValidationMetrics []byte
 }

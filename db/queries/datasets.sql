@@ -1,11 +1,11 @@
 -- name: CreateDataset :one
-INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by, examples, tokens, max_tokens, label_problem)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+INSERT INTO datasets (id, organization_id, filename, bytes, sha256, blob_key, created_by, examples, tokens, max_tokens, label_problem, format)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING *;
 
 -- name: DatasetStatsByBlobKey :one
 -- A job's validation asks by the file it was given: the object's key.
-SELECT examples, tokens, max_tokens, label_problem FROM datasets WHERE blob_key = $1;
+SELECT examples, tokens, max_tokens, label_problem, format FROM datasets WHERE blob_key = $1;
 
 -- name: DatasetBlobKeysIn :many
 -- Which of @keys are datasets' objects: the rest are orphans to sweep.

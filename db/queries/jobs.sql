@@ -3,12 +3,14 @@ INSERT INTO jobs (
     id, organization_id, owner, name, description, base_model, hardware_id, status,
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
     epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at,
-    max_cost, early_stopping_patience, early_stopping_min_delta
+    max_cost, early_stopping_patience, early_stopping_min_delta,
+    method, dpo_beta, qlora, init_from
 ) VALUES (
     @id, @organization_id, @owner, @name, @description, @base_model, @hardware_id, @status,
     @training_dataset, @training_dataset_id, @training_file, @validation_file, @validation_dataset_id,
     @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @metadata, @seed, @auto_deploy, @created_at, @created_at,
-    sqlc.narg(max_cost), sqlc.narg(early_stopping_patience), @early_stopping_min_delta
+    sqlc.narg(max_cost), sqlc.narg(early_stopping_patience), @early_stopping_min_delta,
+    @method, sqlc.narg(dpo_beta), @qlora, sqlc.narg(init_from)
 )
 RETURNING *;
 
@@ -170,3 +172,14 @@ UPDATE jobs SET validated_at = now() WHERE id = $1;
 -- name: DeleteJobMetricsAfter :exec
 -- The metric points of steps a restart from an earlier checkpoint trains again.
 DELETE FROM job_metrics WHERE job_id = $1 AND step > $2;
+
+-- name: ListJobsStartingFrom :many
+-- The organization's jobs in @statuses (those that may still train) that
+-- start from the adapter of job @init_from. total counts them all; at most
+-- @lim are listed.
+SELECT id, status, count(*) OVER () AS total FROM jobs
+WHERE organization_id = @organization_id
+  AND init_from = @init_from
+  AND status::text = ANY(@statuses::text[])
+ORDER BY created_at, id
+LIMIT @lim;

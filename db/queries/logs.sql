@@ -16,14 +16,16 @@ SELECT * FROM (
 ORDER BY ts, id;
 
 -- name: RecordMetric :exec
-INSERT INTO job_metrics (job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO job_metrics (job_id, step, epoch, training_loss, validation_loss, learning_rate, tokens, metrics, validation_metrics)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (job_id, step) DO UPDATE SET
     epoch = EXCLUDED.epoch,
     training_loss = EXCLUDED.training_loss,
     validation_loss = EXCLUDED.validation_loss,
     learning_rate = EXCLUDED.learning_rate,
-    tokens = EXCLUDED.tokens;
+    tokens = EXCLUDED.tokens,
+    metrics = EXCLUDED.metrics,
+    validation_metrics = EXCLUDED.validation_metrics;
 
 -- name: ListJobMetrics :many
 SELECT * FROM job_metrics WHERE job_id = $1 ORDER BY step;

@@ -230,6 +230,31 @@ func (e *Env) NewOrg(t testing.TB) *Org {
 	return &Org{Client: &Client{BaseURL: e.API.URL, Key: mk(apikey.AllScopes...)}, ID: id, ReadKey: mk(apikey.ScopeRead), WriteKey: mk(apikey.ScopeWrite)}
 }
 
+// NewPool adds a hardware pool of the test's own, of gpus 80 GB GPUs at 1
+// USD an hour, so that only the workers the test starts serve it and its
+// leases hold up no other test; the pool goes, with its rows, when the
+// test ends.
+func (e *Env) NewPool(t testing.TB, gpus int) string {
+	t.Helper()
+	id := "pool_" + dbtest.RandomHex(4)
+	_, err := e.Store.Pool.Exec(context.Background(), `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
+		VALUES ($1, $1, '80GB', 80, $2, 1, 1, 100)`, id, gpus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, table := range []string{"jobs", "gpu_leases", "gpu_workers", "gpu_pool_turns", "hardware"} {
+			col := "hardware_id"
+			if table == "hardware" {
+				col = "id"
+			}
+			_, _ = e.Store.Pool.Exec(ctx, `DELETE FROM `+table+` WHERE `+col+` = $1`, id)
+		}
+	})
+	return id
+}
+
 // Do sends a request to the test API with key (none when empty) and extra
 // headers.
 func (e *Env) Do(t testing.TB, key, method, path string, body any, header http.Header) Response {
@@ -249,14 +274,16 @@ func (e *Env) WaitDeleted(t testing.TB, id string) {
 }
 
 // StartCommandWorker runs a training worker for pool whose trainer is the
-// command argv, until the returned func is called (or Stop). It has its
-// own work directory, as each worker must.
+// command argv, one process an attempt whatever the pool's GPU count (as
+// TUNEFORGE_TRAINER_WORLD_SIZE=1 does), until the returned func is called
+// (or Stop). It has its own work directory, as each worker must.
 func (e *Env) StartCommandWorker(t testing.TB, pool string, argv ...string) (stop func()) {
 	t.Helper()
-	return e.StartRunnerWorker(t, pool, &command.Runner{Argv: argv, Grace: 5 * time.Second})
+	return e.StartRunnerWorker(t, pool, &command.Runner{Argv: argv, Grace: 5 * time.Second, WorldSize: 1})
 }
 
-// StartRunnerWorker is StartCommandWorker with a runner of the caller's.
+// StartRunnerWorker is StartCommandWorker with a runner of the caller's;
+// one whose WorldSize is 0 runs a process per GPU of the pool.
 func (e *Env) StartRunnerWorker(t testing.TB, pool string, r *command.Runner) (stop func()) {
 	t.Helper()
 	id := "test/command-" + pool + "-" + dbtest.RandomHex(3)

@@ -68,7 +68,7 @@ func TestExactResume(t *testing.T) {
 	worker := testenv.StartProcess(t, testenv.BuildBinary(t), []string{
 		"DATABASE_URL=" + env.DatabaseURL, "TUNEFORGE_TEMPORAL_ADDR=" + env.TemporalAddr, "TUNEFORGE_ARTIFACTS=" + env.ArtifactsURL,
 		"TUNEFORGE_DATA_DIR=" + t.TempDir(), "TUNEFORGE_METRICS_ADDR=", "TUNEFORGE_LOG_LEVEL=warn",
-		"TUNEFORGE_TRAINER=command", "TUNEFORGE_TRAINER_CMD=" + command.Join(argv...),
+		"TUNEFORGE_TRAINER=command", "TUNEFORGE_TRAINER_CMD=" + command.Join(argv...), "TUNEFORGE_TRAINER_WORLD_SIZE=1",
 	}, "worker", "--hardware", pool, "--slots", "1", "--id", "test/llm-killed")
 	lost := create("worker killed")
 	waitStep(t, org, lost, 5)

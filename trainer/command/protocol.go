@@ -1,7 +1,8 @@
-// Package command runs an external trainer process through tuneforge's
-// trainer protocol, version 1 (docs/trainer-protocol.md): a config.json in,
-// JSON lines out, checkpoint directories, exit codes that classify failure,
-// and SIGTERM then SIGKILL to stop. It knows nothing of Temporal or storage:
+// Package command runs an external trainer through tuneforge's trainer
+// protocol, version 1.1 (docs/trainer-protocol.md): a config.json in, JSON
+// lines out, checkpoint directories, exit codes that classify failure, and
+// SIGTERM then SIGKILL to stop; one process, or one per GPU of which rank 0
+// speaks. It knows nothing of Temporal or storage:
 // the caller's Handler records what the trainer reports.
 package command
 
@@ -11,8 +12,14 @@ import (
 	"strings"
 )
 
-// Protocol is the protocol version this package speaks.
+// Protocol is the protocol's major version, config.json's protocol: a
+// trainer that sees another exits 2.
 const Protocol = 1
+
+// ProtocolVersion is the full version this package speaks, config.json's
+// protocolVersion. 1.1 added fields a version-1 trainer may ignore
+// (worldSize among them) and the rank field of messages.
+const ProtocolVersion = "1.1"
 
 // ConfigEnv names the environment variable holding config.json's path.
 const ConfigEnv = "TUNEFORGE_TRAINER_CONFIG"
@@ -20,6 +27,7 @@ const ConfigEnv = "TUNEFORGE_TRAINER_CONFIG"
 // Config is config.json.
 type Config struct {
 	Protocol          int             `json:"protocol"`
+	ProtocolVersion   string          `json:"protocolVersion"`
 	JobID             string          `json:"jobId"`
 	BaseModel         string          `json:"baseModel"`
 	ModelPath         string          `json:"modelPath"`
@@ -30,8 +38,16 @@ type Config struct {
 	Seed              int64           `json:"seed"`
 	Epochs            EpochRange      `json:"epochs"`
 	ResumeFrom        *string         `json:"resumeFrom"`
-	CheckpointDir     string          `json:"checkpointDir"`
-	OutputDir         string          `json:"outputDir"`
+	// Method is how to train (1.1; a version-1 trainer trains supervised).
+	Method Method `json:"method"`
+	// InitAdapter is a PEFT adapter directory to start training from
+	// (1.1), nil to start from the base model alone.
+	InitAdapter   *string `json:"initAdapter"`
+	CheckpointDir string  `json:"checkpointDir"`
+	OutputDir     string  `json:"outputDir"`
+	// WorldSize is how many processes train the attempt, one per GPU
+	// (1: one process). Run sets it from the Runner.
+	WorldSize int `json:"worldSize"`
 }
 
 // Hyperparameters are the job's training settings; Epochs is the job's total.
@@ -40,6 +56,28 @@ type Hyperparameters struct {
 	LearningRate float64 `json:"learningRate"`
 	BatchSize    int     `json:"batchSize"`
 	WarmupSteps  int     `json:"warmupSteps"`
+	// QLoRA (1.1) trains the LoRA adapters in bf16 on 4-bit (NF4) frozen
+	// base weights.
+	QLoRA bool `json:"qlora"`
+}
+
+// The methods of Method.Type.
+const (
+	MethodSupervised = "supervised"
+	MethodDPO        = "dpo"
+)
+
+// Method is how a trainer trains: {"type":"supervised"}, or
+// {"type":"dpo","dpo":{"beta":0.1}} on preference data.
+type Method struct {
+	Type string     `json:"type"`
+	DPO  *DPOConfig `json:"dpo,omitempty"`
+}
+
+// DPOConfig is the dpo method's settings.
+type DPOConfig struct {
+	// Beta weighs the penalty for moving away from the reference model.
+	Beta float64 `json:"beta"`
 }
 
 // EpochRange is the epochs, 1-based and inclusive, one process trains.
@@ -55,6 +93,9 @@ type Progress struct {
 	Loss         float64 `json:"loss"`
 	LearningRate float64 `json:"learningRate"`
 	Tokens       int64   `json:"tokens"`
+	// Metrics (1.1, optional) are the trainer's own figures at the step
+	// by name, such as DPO's rewardMargin.
+	Metrics map[string]float64 `json:"metrics,omitempty"`
 }
 
 // Eval reports a validation pass at a step.
@@ -142,8 +183,14 @@ func parseLine(line string) parsed {
 	}
 	var head struct {
 		Type string `json:"type"`
+		Rank *int   `json:"rank"`
 	}
 	if json.Unmarshal([]byte(line), &head) != nil {
+		return parsed{}
+	}
+	if head.Rank != nil && *head.Rank != 0 {
+		// Only rank 0 speaks for a multi-process trainer; another
+		// rank's message is a log line.
 		return parsed{}
 	}
 	switch head.Type {
@@ -163,7 +210,7 @@ func parseLine(line string) parsed {
 		if m.Step == nil || m.Epoch == nil || m.Loss == nil {
 			return missing("step, epoch or loss")
 		}
-		return parsed{progress: &Progress{Step: *m.Step, Epoch: *m.Epoch, Loss: *m.Loss, LearningRate: deref(m.LearningRate), Tokens: deref(m.Tokens)}}
+		return parsed{progress: &Progress{Step: *m.Step, Epoch: *m.Epoch, Loss: *m.Loss, LearningRate: deref(m.LearningRate), Tokens: deref(m.Tokens), Metrics: m.Metrics}}
 	case "eval":
 		if m.Step == nil || m.ValidationLoss == nil {
 			return missing("step or validationLoss")

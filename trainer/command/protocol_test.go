@@ -36,8 +36,13 @@ func TestSplit(t *testing.T) {
 
 func TestParseLine(t *testing.T) {
 	p := parseLine(`{"type":"progress","step":3,"epoch":1,"loss":0.5,"learningRate":0.0002,"tokens":1200}`)
-	if p.progress == nil || *p.progress != (Progress{Step: 3, Epoch: 1, Loss: 0.5, LearningRate: 0.0002, Tokens: 1200}) {
+	if p.progress == nil || !reflect.DeepEqual(*p.progress, Progress{Step: 3, Epoch: 1, Loss: 0.5, LearningRate: 0.0002, Tokens: 1200}) {
 		t.Errorf("progress: %+v", p)
+	}
+	// Protocol 1.1: a progress message may carry the trainer's own metrics.
+	p = parseLine(`{"type":"progress","step":4,"epoch":1,"loss":0.69,"metrics":{"rewardMargin":0.25,"rewardAccuracy":0.75}}`)
+	if p.progress == nil || !reflect.DeepEqual(p.progress.Metrics, map[string]float64{"rewardMargin": 0.25, "rewardAccuracy": 0.75}) {
+		t.Errorf("progress with metrics: %+v", p)
 	}
 	p = parseLine(`{"type":"result","step":9,"trainingLoss":0.1,"validationLoss":null,"tokens":5,"outputPath":"output/adapter"}`)
 	if p.result == nil || p.result.ValidationLoss != nil || p.result.OutputPath != "output/adapter" {
@@ -54,12 +59,18 @@ func TestParseLine(t *testing.T) {
 	if p.log == nil || p.log.level != LevelInfo {
 		t.Errorf("log with an unknown level: %+v", p)
 	}
-	for _, line := range []string{"plain text", `{"type":"telemetry","x":1}`, `{"no type"`, `[1,2]`} {
+	// Protocol 1.1: rank 0 alone speaks for a trainer of several processes.
+	if p = parseLine(`{"type":"checkpoint","step":3,"path":"checkpoints/step-3","rank":0}`); p.checkpoint == nil {
+		t.Errorf("rank 0's checkpoint: %+v", p)
+	}
+	for _, line := range []string{"plain text", `{"type":"telemetry","x":1}`, `{"no type"`, `[1,2]`,
+		`{"type":"progress","step":3,"epoch":1,"loss":1,"rank":1}`, `{"type":"result","step":"bad","rank":2}`} {
 		if p := parseLine(line); p != (parsed{}) {
 			t.Errorf("parseLine(%q) = %+v; want no message", line, p)
 		}
 	}
-	for _, line := range []string{`{"type":"progress","step":"three","epoch":1,"loss":1}`, `{"type":"checkpoint","step":3}`, `{"type":"eval","step":3}`} {
+	for _, line := range []string{`{"type":"progress","step":"three","epoch":1,"loss":1}`, `{"type":"checkpoint","step":3}`, `{"type":"eval","step":3}`,
+		`{"type":"progress","step":3,"epoch":1,"loss":1,"metrics":{"rewardMargin":"high"}}`} {
 		if p := parseLine(line); !strings.Contains(p.malformed, "message") {
 			t.Errorf("parseLine(%q) = %+v; want it reported as malformed", line, p)
 		}

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,6 +35,10 @@ const (
 	stderrTail = 20
 	// groupGoneWait bounds the wait for a killed process group to vanish.
 	groupGoneWait = 10 * time.Second
+	// peerExitWait is how long the other processes of a multi-process
+	// trainer have to exit after one failed, before they are killed: a
+	// peer's collective operations would wait on the failed one for ever.
+	peerExitWait = 5 * time.Second
 )
 
 // Kind classifies how an attempt failed.
@@ -101,6 +108,20 @@ type Runner struct {
 	// Hang bounds how long a trainer may show no sign of life before it
 	// is killed as hung (zero: hang.Default).
 	Hang hang.Limits
+	// WorldSize is how many processes train an attempt (config.json's
+	// worldSize), one per GPU of the worker's slot: a training worker sets
+	// it to its pool's GPU count (see workers.RunTraining). 0 counts as 1.
+	// With more than one, Run starts the command that many times, as
+	// torchrun would (see startRanks).
+	WorldSize int
+	// SlotGPUs are the GPUs (CUDA device IDs) of each of the worker's
+	// slots. An attempt takes a free slot's and its trainer sees only
+	// those (CUDA_VISIBLE_DEVICES), so that jobs running side by side
+	// never share a GPU. Empty: the trainer sees what the worker sees.
+	SlotGPUs [][]string
+
+	mu       sync.Mutex
+	slotBusy []bool
 }
 
 // NewRunner splits cmdline and resolves its relative file paths against
@@ -137,13 +158,16 @@ type event struct {
 }
 
 // Run trains one attempt in dir, which must exist: it writes cfg to
-// dir/config.json, creates the checkpoint and output directories, starts
-// the trainer in its own process group, with an allow-listed environment
-// (trainerEnv), and feeds its messages to h until it exits. When ctx ends
-// it sends SIGTERM, then SIGKILL after the grace period, and returns ctx's
-// error once no process of the group is left. A trainer that hangs (see
-// Hang) is killed with its group at once: a hung process would not act on
-// SIGTERM, nor should it write a checkpoint. Otherwise it returns the
+// dir/config.json (its worldSize set from the Runner), creates the
+// checkpoint and output directories, starts the trainer's processes in a
+// process group of their own, with an allow-listed environment
+// (trainerEnv) and a free slot's GPUs, and feeds their messages to h until
+// they exit. When one of several processes fails, the others are killed
+// after peerExitWait, and the failed one's exit decides the attempt. When
+// ctx ends it sends SIGTERM, then SIGKILL after the grace period, and
+// returns ctx's error once no process of the group is left. A trainer that
+// hangs (see Hang) is killed with its group at once: a hung process would
+// not act on SIGTERM, nor should it write a checkpoint. Otherwise it returns the
 // trainer's result, or an *Error that classifies the failure, or the error
 // of a Handler method. The trainer's text reaches h and the error's
 // message only through Clean.
@@ -158,6 +182,7 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 			return Result{}, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	cfg.WorldSize = max(1, r.WorldSize)
 	cfgPath := filepath.Join(dir, "config.json")
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -168,6 +193,16 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
+	}
+	gpus, release, err := r.takeSlot()
+	if err != nil {
+		return Result{}, err
+	}
+	// Run returns once no process of the attempt is left.
+	defer release()
+	env := trainerEnv(os.Environ(), cfgPath)
+	if gpus != nil {
+		env = setEnv(env, "CUDA_VISIBLE_DEVICES", strings.Join(gpus, ","))
 	}
 
 	outR, outW, err := os.Pipe()
@@ -180,20 +215,15 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 		outW.Close()
 		return Result{}, err
 	}
-	cmd := exec.Command(r.Argv[0], r.Argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = trainerEnv(os.Environ(), cfgPath)
-	cmd.Stdout, cmd.Stderr = outW, errW
-	cmd.SysProcAttr = sysProcAttr()
-	err = cmd.Start()
+	procs, err := r.startRanks(dir, env, cfg.WorldSize, outW, errW)
 	outW.Close()
 	errW.Close()
 	if err != nil {
 		outR.Close()
 		errR.Close()
-		return Result{}, fmt.Errorf("start trainer %s: %w", r, err)
+		return Result{}, err
 	}
-	pgid := cmd.Process.Pid
+	pgid := procs[0].Process.Pid
 
 	events := make(chan event)
 	readersDone := make(chan struct{}, 2)
@@ -204,8 +234,14 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 		<-readersDone
 		close(events)
 	}()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
+	type rankExit struct {
+		rank int
+		err  error
+	}
+	waited := make(chan rankExit, len(procs))
+	for rank, cmd := range procs {
+		go func() { waited <- rankExit{rank, cmd.Wait()} }()
+	}
 
 	rate := r.LogRate
 	if rate <= 0 {
@@ -215,10 +251,15 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	watching := time.NewTicker(a.watch.CheckEvery())
 	defer watching.Stop()
 	var (
-		done        = ctx.Done()
-		graceTimer  <-chan time.Time
-		exited      bool
-		waitErr     error
+		done       = ctx.Done()
+		graceTimer <-chan time.Time
+		exited     bool
+		running    = len(procs)
+		// verdict is the rank whose exit decides the attempt: the first
+		// that failed, else rank 0.
+		verdict     = -1
+		waitErrs    = make([]error, len(procs))
+		peerTimer   <-chan time.Time
 		streamsOpen = true
 		drainTimer  <-chan time.Time
 		// Set once a hung trainer is killed: a process stuck in the
@@ -268,13 +309,30 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 		case <-graceTimer:
 			graceTimer = nil
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		case waitErr = <-waited:
-			exited, waited = true, nil
+		case ex := <-waited:
+			running--
+			waitErrs[ex.rank] = ex.err
+			if ps := procs[ex.rank].ProcessState; verdict < 0 && (ps == nil || ps.ExitCode() != 0) {
+				verdict = ex.rank
+				if running > 0 {
+					peerTimer = time.After(peerExitWait)
+				}
+			}
+			if running > 0 {
+				continue
+			}
+			exited, waited, peerTimer = true, nil, nil
+			if verdict < 0 {
+				verdict = 0
+			}
 			// Whatever the trainer left running in its group dies with it,
 			// and closes the pipes it may hold.
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 			waitGroupGone(pgid, groupGoneWait)
 			drainTimer = time.After(time.Second)
+		case <-peerTimer:
+			peerTimer = nil
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		case <-drainTimer:
 			// A process that left the group still holds the pipes; what it
 			// writes no longer belongs to this attempt.
@@ -293,7 +351,112 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 	case a.failed != nil:
 		return Result{}, a.failed
 	}
-	return a.outcome(cmd.ProcessState, waitErr)
+	who := "the trainer"
+	if len(procs) > 1 && verdict > 0 {
+		who = fmt.Sprintf("the trainer's rank %d (of %d processes)", verdict, len(procs))
+	}
+	return a.outcome(who, procs[verdict].ProcessState, waitErrs[verdict])
+}
+
+// startRanks starts n processes of the command in dir, writing to stdout
+// and stderr: the first leads a new process group and the others join it,
+// so that a signal to the group reaches every rank and whatever they
+// start. With n > 1 each has the environment torchrun gives its workers
+// (RANK, LOCAL_RANK, WORLD_SIZE, …, and MASTER_ADDR and MASTER_PORT for
+// torch.distributed's env:// rendezvous). torchrun itself is not used: it
+// starts each worker in a session of its own, out of reach of a signal to
+// the group, SIGKILLs them 30 s after a SIGTERM whatever the grace, and
+// exits 1 whatever a worker exited with, which would turn the protocol's
+// exits 2 and 3 into crashes.
+func (r *Runner) startRanks(dir string, env []string, n int, stdout, stderr *os.File) ([]*exec.Cmd, error) {
+	var port string
+	if n > 1 {
+		p, err := freePort()
+		if err != nil {
+			return nil, fmt.Errorf("find a port for the trainer's processes to meet on: %w", err)
+		}
+		port = strconv.Itoa(p)
+	}
+	cmds := make([]*exec.Cmd, 0, n)
+	for rank := range n {
+		cmd := exec.Command(r.Argv[0], r.Argv[1:]...)
+		cmd.Dir, cmd.Env = dir, env
+		if n > 1 {
+			cmd.Env = rankEnv(env, rank, n, port)
+		}
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		cmd.SysProcAttr = sysProcAttr()
+		if rank > 0 {
+			cmd.SysProcAttr.Pgid = cmds[0].Process.Pid
+		}
+		if err := cmd.Start(); err != nil {
+			if rank > 0 {
+				_ = syscall.Kill(-cmds[0].Process.Pid, syscall.SIGKILL)
+				for _, c := range cmds {
+					_ = c.Wait()
+				}
+			}
+			return nil, fmt.Errorf("start trainer %s: %w", r, err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	return cmds, nil
+}
+
+// rankEnv is env with torchrun's variables for rank of a single-host world.
+func rankEnv(env []string, rank, world int, port string) []string {
+	r, w := strconv.Itoa(rank), strconv.Itoa(world)
+	out := slices.Clone(env)
+	for _, kv := range [][2]string{
+		{"RANK", r}, {"LOCAL_RANK", r}, {"WORLD_SIZE", w}, {"LOCAL_WORLD_SIZE", w},
+		{"GROUP_RANK", "0"}, {"ROLE_RANK", r}, {"ROLE_WORLD_SIZE", w},
+		{"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port},
+	} {
+		out = setEnv(out, kv[0], kv[1])
+	}
+	return out
+}
+
+// setEnv is env with name set to value, replacing any earlier value.
+func setEnv(env []string, name, value string) []string {
+	out := slices.DeleteFunc(slices.Clone(env), func(kv string) bool { return strings.HasPrefix(kv, name+"=") })
+	return append(out, name+"="+value)
+}
+
+// freePort is a TCP port free on the loopback interface now. Rank 0 binds
+// it a moment later; should another process take it in between, the
+// attempt fails as a crash and is retried.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// takeSlot takes a free slot's GPUs (nil without SlotGPUs) until release.
+func (r *Runner) takeSlot() (gpus []string, release func(), err error) {
+	if len(r.SlotGPUs) == 0 {
+		return nil, func() {}, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.slotBusy == nil {
+		r.slotBusy = make([]bool, len(r.SlotGPUs))
+	}
+	for i, busy := range r.slotBusy {
+		if !busy {
+			r.slotBusy[i] = true
+			return r.SlotGPUs[i], func() {
+				r.mu.Lock()
+				r.slotBusy[i] = false
+				r.mu.Unlock()
+			}, nil
+		}
+	}
+	// The worker runs no more attempts at once than it has slots.
+	return nil, nil, fmt.Errorf("all %d GPU slots of this worker are in use", len(r.SlotGPUs))
 }
 
 // readLines sends r's lines to events, cutting long ones (before a
@@ -463,8 +626,8 @@ func (a *attempt) flushDropped() {
 	}
 }
 
-// outcome classifies the exit.
-func (a *attempt) outcome(ps *os.ProcessState, waitErr error) (Result, error) {
+// outcome classifies the exit of who, the process that decides it.
+func (a *attempt) outcome(who string, ps *os.ProcessState, waitErr error) (Result, error) {
 	if ps == nil {
 		return Result{}, fmt.Errorf("wait for trainer: %w", waitErr)
 	}
@@ -473,21 +636,21 @@ func (a *attempt) outcome(ps *os.ProcessState, waitErr error) (Result, error) {
 	switch code {
 	case 0:
 		if a.result == nil {
-			return Result{}, &Error{Kind: KindProtocol, Message: "the trainer exited 0 without a result line" + suffix(why)}
+			return Result{}, &Error{Kind: KindProtocol, Message: who + " exited 0 without a result line" + suffix(why)}
 		}
 		return *a.result, nil
 	case 2:
 		if why == "" {
 			why = "no reason given"
 		}
-		return Result{}, &Error{Kind: KindInvalid, ExitCode: code, Message: "the trainer cannot train this job: " + why}
+		return Result{}, &Error{Kind: KindInvalid, ExitCode: code, Message: who + " cannot train this job: " + why}
 	case 3:
-		return Result{}, &Error{Kind: KindOutOfMemory, ExitCode: code, Message: "the trainer ran out of GPU memory; " +
+		return Result{}, &Error{Kind: KindOutOfMemory, ExitCode: code, Message: who + " ran out of GPU memory; " +
 			"create the job with a smaller batchSize or on a hardware pool with more GPU memory" + suffix(why)}
 	case -1:
-		return Result{}, &Error{Kind: KindCrash, ExitCode: code, Message: fmt.Sprintf("the trainer was killed by %s", ps.String()) + suffix(why)}
+		return Result{}, &Error{Kind: KindCrash, ExitCode: code, Message: fmt.Sprintf("%s was killed by %s", who, ps.String()) + suffix(why)}
 	}
-	return Result{}, &Error{Kind: KindCrash, ExitCode: code, Message: fmt.Sprintf("the trainer exited with code %d", code) + suffix(why)}
+	return Result{}, &Error{Kind: KindCrash, ExitCode: code, Message: fmt.Sprintf("%s exited with code %d", who, code) + suffix(why)}
 }
 
 // why is the trainer's own explanation: its last error log line, or else

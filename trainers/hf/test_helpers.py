@@ -134,6 +134,18 @@ def test_parse_config_accepts_the_documented_config(tmp_path):
     assert train.parse_config(raw).learning_rate == 1.0
 
 
+def test_parse_config_reads_the_method_and_init_adapter(tmp_path):
+    # Absent (protocol 1.0): supervised from a fresh adapter.
+    cfg = train.parse_config(config(tmp_path))
+    assert (cfg.method, cfg.beta, cfg.init_adapter) == ("supervised", None, None)
+    cfg = train.parse_config(config(tmp_path, method={"type": "supervised"}, initAdapter="/a/adapter"))
+    assert (cfg.method, cfg.beta, cfg.init_adapter) == ("supervised", None, "/a/adapter")
+    cfg = train.parse_config(config(tmp_path, method={"type": "dpo", "dpo": {"beta": 1}}, initAdapter=None))
+    assert (cfg.method, cfg.beta, cfg.init_adapter) == ("dpo", 1.0, None)
+    assert train.parse_config(config(tmp_path, method={"type": "dpo"})).beta == 0.1
+    assert train.parse_config(config(tmp_path, method={"type": "dpo", "dpo": {"beta": 10}})).beta == 10
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -146,11 +158,33 @@ def test_parse_config_accepts_the_documented_config(tmp_path):
         ({"trainingFile": None}, "trainingFile must be a string"),
         ({"hyperparameters": {"epochs": 2, "learningRate": 0.1, "batchSize": 0, "warmupSteps": 0}}, "batchSize"),
         ({"hyperparameters": {"epochs": 2, "batchSize": 4, "warmupSteps": 0}}, "learningRate must be a number"),
+        ({"method": "dpo"}, 'method must be {"type": "supervised"} or {"type": "dpo"'),
+        ({"method": {"type": "ppo"}}, "method must be"),
+        ({"method": {"type": "dpo", "dpo": 0.1}}, "method.dpo must be an object"),
+        ({"method": {"type": "dpo", "dpo": {"beta": "auto"}}}, "method.dpo.beta must be a number, not 'auto'"),
+        ({"method": {"type": "dpo", "dpo": {"beta": 0}}}, "beta must be greater than 0 and at most 10, not 0"),
+        ({"method": {"type": "dpo", "dpo": {"beta": 10.5}}}, "beta must be greater than 0 and at most 10"),
+        ({"method": {"type": "dpo", "dpo": {"beta": float("nan")}}}, "beta must be greater than 0"),
+        ({"initAdapter": 5}, "initAdapter must be a string"),
     ],
 )
 def test_parse_config_rejects(tmp_path, change, message):
     with pytest.raises(Untrainable, match=message):
         train.parse_config(config(tmp_path, **change))
+
+
+def test_check_adapter(tmp_path):
+    adapter = tmp_path / "adapter"
+    with pytest.raises(Untrainable, match="is not a PEFT adapter directory"):
+        train.check_adapter(str(adapter), "llama-3.1-8b")
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "llama-3.1-8b"}))
+    train.check_adapter(str(adapter), "llama-3.1-8b")
+    with pytest.raises(Untrainable, match="trained on 'llama-3.1-8b', not mistral-7b-v0.3"):
+        train.check_adapter(str(adapter), "mistral-7b-v0.3")
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "base_model_name_or_path": "llama-3.1-8b"}))
+    with pytest.raises(Untrainable, match="is not a LoRA adapter"):
+        train.check_adapter(str(adapter), "llama-3.1-8b")
 
 
 # ---------------------------------------------------------------- data

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """tuneforge's reference trainer: LoRA fine-tuning with transformers + peft + torch.
 
-It speaks the trainer protocol, version 1 (docs/trainer-protocol.md): it reads
+It speaks the trainer protocol, version 1.1 (docs/trainer-protocol.md): it reads
 config.json from TUNEFORGE_TRAINER_CONFIG, trains epochs.from..epochs.to and
-reports on stdout in JSON lines (progress, eval, checkpoint, log, result).
+reports on stdout in JSON lines (progress, eval, checkpoint, log, result); as
+one of worldSize processes, one per GPU, it trains a sharded model with the
+others (distributed.py).
 Exit codes: 0 done, 2 untrainable data or configuration, 3 out of GPU memory,
 143 stopped by SIGTERM; anything else is a crash that the worker retries.
 
@@ -25,7 +27,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 # transformers loads only what is on disk (local_files_only as well);
 # fetch.py alone downloads, a catalog model's pinned weights. Set before
@@ -36,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import distributed  # several processes, one per GPU (protocol 1.1's worldSize)
+
 PROTOCOL = 1
 EXIT_UNTRAINABLE = 2
 EXIT_OOM = 3
@@ -43,6 +47,8 @@ EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process it ended
 EVAL_PROGRESS_EVERY = 5.0  # seconds between the evaluating messages of a long evaluation
 IGNORE_INDEX = -100  # label of a token the loss skips (torch's cross_entropy default)
 CHECKPOINT_FORMAT = 1
+METHODS = ("supervised", "dpo")  # config.json's method.type
+DEFAULT_BETA, MAX_BETA = 0.1, 10.0  # DPO's beta: the APIs' default and bound
 
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
 
@@ -66,6 +72,9 @@ TINY_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 # A chat message: role and content, and for an assistant message the
 # optional OpenAI `weight` (0: not trained on). Templates see role and content only.
 Message = dict[str, Any]
+# A dataset line as read (chat messages; DPO's pair: dpo.py), and as encoded for training.
+Line = TypeVar("Line")
+Example = TypeVar("Example")
 # Renders messages with the chat template (bool: add the generation prompt).
 RenderText = Callable[[list[Message], bool], str]
 # Tokenizes rendered text: token ids and each token's (start, end) in the text.
@@ -84,8 +93,10 @@ class Untrainable(Exception):
 
 
 def emit(kind: str, **fields: Any) -> None:
-    """Print one protocol message. Flushed at once: stdout is a pipe."""
-    print(json.dumps({"type": kind, **fields}), flush=True)
+    """Print one protocol message. Flushed at once: stdout is a pipe. Of
+    several processes, rank 0 alone speaks."""
+    if distributed.SPEAKS:
+        print(json.dumps({"type": kind, **fields}), flush=True)
 
 
 def log(level: str, message: str) -> None:
@@ -134,9 +145,14 @@ class Config:
     resume_from: str | None
     checkpoint_dir: str
     output_dir: str
+    qlora: bool = False  # hyperparameters.qlora: 4-bit NF4 base weights (quant.py)
+    method: str = "supervised"  # or "dpo" (dpo.py)
+    beta: float | None = None  # DPO's beta; None for supervised training
+    init_adapter: str | None = None  # a PEFT adapter directory to start from, else a fresh LoRA
+    world_size: int = 1  # worldSize: the processes training the attempt, one per GPU (distributed.py)
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _field(obj: Any, key: str, kind: type, where: str = "", optional: bool = False) -> Any:
@@ -145,9 +161,31 @@ def _field(obj: Any, key: str, kind: type, where: str = "", optional: bool = Fal
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise Untrainable(f"config.json: {where}{key} must be {_KIND_NAMES[kind]}, not {value!r}")
     return value
+
+
+def parse_method(raw: Any) -> dict[str, Any]:
+    """config.json's method as Config fields. Absent (a worker of protocol
+    1.0): supervised. DPO's beta defaults to 0.1, as the APIs' does."""
+    if raw is None:
+        return {"method": "supervised"}
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in METHODS:
+        raise Untrainable(
+            f'config.json: method must be {{"type": "supervised"}} or {{"type": "dpo", "dpo": {{"beta": number}}}}, '
+            f"not {raw!r:.100}"
+        )
+    if kind == "supervised":
+        return {"method": kind}
+    if not isinstance(raw.get("dpo", {}), dict):
+        raise Untrainable(f"config.json: method.dpo must be an object, not {raw['dpo']!r:.100}")
+    beta = _field(raw.get("dpo", {}), "beta", float, "method.dpo.", optional=True)
+    beta = DEFAULT_BETA if beta is None else beta
+    if not 0 < beta <= MAX_BETA:
+        raise Untrainable(f"config.json: method.dpo.beta must be greater than 0 and at most {MAX_BETA:g}, not {beta}")
+    return {"method": kind, "beta": beta}
 
 
 def parse_config(raw: Any) -> Config:
@@ -175,6 +213,12 @@ def parse_config(raw: Any) -> Config:
         resume_from=_field(raw, "resumeFrom", str, optional=True),
         checkpoint_dir=_field(raw, "checkpointDir", str),
         output_dir=_field(raw, "outputDir", str),
+        # Absent (a worker from before QLoRA): false.
+        qlora=bool(_field(hp, "qlora", bool, "hyperparameters.", optional=True)),
+        **parse_method(raw.get("method")),
+        init_adapter=_field(raw, "initAdapter", str, optional=True),
+        # Absent (a worker of protocol 1.0): one process.
+        world_size=_field(raw, "worldSize", int, optional=True) or 1,
     )
     problems = [
         (cfg.epochs < 1, "hyperparameters.epochs must be at least 1"),
@@ -182,6 +226,7 @@ def parse_config(raw: Any) -> Config:
         (not cfg.learning_rate > 0, "hyperparameters.learningRate must be positive"),
         (cfg.warmup_steps < 0, "hyperparameters.warmupSteps must not be negative"),
         (cfg.max_sequence_length < 2, "maxSequenceLength must be at least 2"),
+        (cfg.world_size < 1, "worldSize must be at least 1"),
         (
             not 1 <= cfg.epoch_from <= cfg.epoch_to <= cfg.epochs,
             f"epochs {cfg.epoch_from}..{cfg.epoch_to} are not within 1..{cfg.epochs}",
@@ -226,11 +271,15 @@ def normalize_example(obj: Any) -> list[Message]:
         return messages
     if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("completion"), str):
         return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
+    if isinstance(obj, dict) and "preferred_output" in obj:
+        raise ValueError('this is preference data, which method {"type": "dpo"} trains; supervised training needs chat data')
     raise ValueError('expected {"messages": [...]} or {"prompt": ..., "completion": ...}')
 
 
-def read_jsonl(path: str) -> list[list[Message]]:
-    """Reads a dataset file; tuneforge validated it, so a bad line is untrainable data."""
+def read_jsonl(path: str, normalize: Callable[[Any], Line] = normalize_example) -> list[Line]:
+    """Reads a dataset file, each line by normalize (chat lines by default;
+    DPO's preference pairs: dpo.py). tuneforge validated it, so a bad line
+    is untrainable data."""
     examples = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -238,7 +287,7 @@ def read_jsonl(path: str) -> list[list[Message]]:
                 if not line.strip():
                     continue
                 try:
-                    examples.append(normalize_example(json.loads(line)))
+                    examples.append(normalize(json.loads(line)))
                 except ValueError as e:
                     raise Untrainable(f"{os.path.basename(path)} line {n}: {e}") from None
     except OSError as e:
@@ -355,13 +404,20 @@ def chat_format(tokenizer: Any) -> ChatFormat:
     return ChatFormat(render, tokenize)
 
 
-def encode_file(path: str, chat: ChatFormat, max_length: int, what: str) -> list[Encoded]:
+def encode_file(
+    path: str,
+    chat: ChatFormat,
+    max_length: int,
+    what: str,
+    normalize: Callable[[Any], Line] = normalize_example,
+    encode: Callable[[Line, ChatFormat, int], Example] = encode_example,
+) -> list[Example]:
     """Encodes a dataset file, skipping (with warnings) examples with nothing to train on."""
-    examples = read_jsonl(path)
+    examples = read_jsonl(path, normalize)
     encoded, skipped = [], 0
-    for n, messages in enumerate(examples, 1):
+    for n, line in enumerate(examples, 1):
         try:
-            encoded.append(encode_example(messages, chat, max_length))
+            encoded.append(encode(line, chat, max_length))
         except ValueError as e:
             skipped += 1
             if skipped <= 5:  # a few examples; the count says the rest without flooding the job log
@@ -600,13 +656,18 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def load_model(model_path: str, dtype: torch.dtype, device: torch.device) -> Any:
+def load_model(model_path: str, dtype: torch.dtype, device: torch.device, quantization: Any = None) -> Any:
+    """quantization: QLoRA's BitsAndBytesConfig (quant.py), or None."""
     from transformers import AutoModelForCausalLM
 
     try:
         # Straight onto the device: a model too big for it fails as out of
-        # GPU memory (exit 3) rather than exhausting host memory first.
-        return AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, dtype=dtype, device_map=device)
+        # GPU memory (exit 3) rather than exhausting host memory first. With
+        # QLoRA each weight is quantized as it arrives: the bf16 model never
+        # has to fit.
+        return AutoModelForCausalLM.from_pretrained(
+            model_path, local_files_only=True, dtype=dtype, device_map=device, quantization_config=quantization
+        )
     except Exception as e:
         # An unknown architecture, a bad config or missing files: not retried.
         if not deterministic(e):
@@ -614,24 +675,44 @@ def load_model(model_path: str, dtype: torch.dtype, device: torch.device) -> Any
         raise Untrainable(f"cannot load the model from {model_path}: {brief(e)}") from None
 
 
-def add_lora(model: Any, args: argparse.Namespace, base_model: str) -> Any:
-    from peft import LoraConfig, get_peft_model
+def check_adapter(path: str, base_model: str) -> None:
+    """initAdapter, before anything loads: a PEFT LoRA adapter of this base model."""
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise Untrainable(f"initAdapter {path} is not a PEFT adapter directory: {e}") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise Untrainable(f"initAdapter {path} is not a LoRA adapter")
+    if config.get("base_model_name_or_path") != base_model:
+        raise Untrainable(
+            f"initAdapter {path} was trained on {config.get('base_model_name_or_path')!r}, not {base_model}: "
+            f"an adapter fits only the base model it was trained on"
+        )
 
-    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    targets: list[str] | str = [t for t in LORA_TARGETS if t in present] or "all-linear"
-    config = LoraConfig(
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+
+def add_lora(model: Any, args: argparse.Namespace, base_model: str, init_adapter: str | None = None) -> Any:
+    """A fresh LoRA adapter on the model, or init_adapter's (see
+    check_adapter) with its own shape, to train."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
     # The base model's name, not this host's path, in the adapter's config and
     # model card: the adapter moves between hosts.
     model.config.name_or_path = model.name_or_path = base_model
-    # get_peft_model casts the adapter of a bf16 model to float32 (autocast_adapter_dtype).
-    peft_model = get_peft_model(model, config)
+    # Either way the adapter of a bf16 model is cast to float32 (autocast_adapter_dtype).
+    if init_adapter is not None:
+        peft_model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    else:
+        present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        targets: list[str] | str = [t for t in LORA_TARGETS if t in present] or "all-linear"
+        config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_model
     return peft_model
 
@@ -745,8 +826,10 @@ class Trainer:
         device: torch.device,
         dtype: torch.dtype,
         scale_loss: bool,
+        world: distributed.World | None = None,
     ) -> None:
         self.cfg, self.args, self.stop = cfg, args, stop
+        self.world = world or distributed.World()  # one process, or this one's world
         self.model, self.tokenizer, self.device, self.dtype = model, tokenizer, device, dtype
         base = model.get_base_model()
         self.decoder, self.head = base.get_decoder(), base.get_output_embeddings()
@@ -816,10 +899,17 @@ class Trainer:
             "seed": self.cfg.seed,
             "batchSize": self.cfg.batch_size,
             "numExamples": len(self.train_set),
-            "loraR": self.args.lora_r,
+            "loraR": self.model.peft_config["default"].r,  # --lora-r, or initAdapter's
+            # The adapter fits the 4-bit base it trained on, not the bf16 one.
+            "qlora": self.cfg.qlora,
+            # The loss: a supervised checkpoint does not go on as DPO, nor one DPO with another beta.
+            "method": self.cfg.method,
+            "beta": self.cfg.beta,
             # How the last step was split: a resume splits alike.
             "microBatchTokens": self.token_budget,
             "gradientCheckpointing": self.checkpointing,
+            # The processes that wrote it, each with its RNG state and its slice of each batch.
+            "worldSize": self.world.size,
         }
 
     def checkpoint(self) -> None:
@@ -827,14 +917,17 @@ class Trainer:
         if self.saved_step == self.state.step:
             return
         path = Path(self.cfg.checkpoint_dir) / f"step-{self.state.step}"
-        path.mkdir(parents=True)
-        self.model.save_pretrained(path / "adapter", save_embedding_layers=False)
-        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
-        torch.save(rng_state(), path / "rng_state.pt")
-        if self.scaler is not None:
-            torch.save(self.scaler.state_dict(), path / "scaler.pt")
-        (path / "trainer_state.json").write_text(json.dumps(self.checkpoint_meta(), indent=2) + "\n")
+        # Of several processes, every one gives its part and rank 0 writes the whole.
+        adapter, optimizer, rng = self.world.full_state(self.model, self.optimizer, rng_state())
+        if self.world.speaks:
+            path.mkdir(parents=True)
+            self.model.save_pretrained(path / "adapter", save_embedding_layers=False, state_dict=adapter)
+            torch.save(optimizer, path / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
+            torch.save(rng, path / "rng_state.pt")
+            if self.scaler is not None:
+                torch.save(self.scaler.state_dict(), path / "scaler.pt")
+            (path / "trainer_state.json").write_text(json.dumps(self.checkpoint_meta(), indent=2) + "\n")
         self.saved_step = self.state.step
         emit("checkpoint", step=self.state.step, epoch=self.state.epoch, path=str(path))
 
@@ -851,13 +944,23 @@ class Trainer:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise Untrainable(f"checkpoint {path} has format {meta.get('format')!r}, not {CHECKPOINT_FORMAT}")
         now = self.checkpoint_meta()
+        meta.setdefault("qlora", False)  # a checkpoint from before QLoRA
+        meta.setdefault("method", "supervised")  # ... or before DPO
+        meta.setdefault("beta", None)
         changed = [
             f"{k} {meta.get(k)!r} (now {now[k]!r})"
-            for k in ("baseModel", "seed", "batchSize", "numExamples", "loraR")
+            for k in ("baseModel", "seed", "batchSize", "numExamples", "loraR", "qlora", "method", "beta")
             if meta.get(k) != now[k]
         ]
         if changed:
             raise Untrainable(f"checkpoint {path} belongs to another run: " + ", ".join(changed))
+        written_by = meta.get("worldSize", 1)
+        if written_by != self.world.size:
+            log(
+                "warn",
+                f"checkpoint {path} was written by {written_by} process(es) and {self.world.size} resume it: "
+                "training goes on, but not exactly as it would have (each process has its own RNG and slice of a batch)",
+            )
         try:
             weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
             optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -865,14 +968,17 @@ class Trainer:
             rng = torch.load(path / "rng_state.pt", map_location="cpu", weights_only=True)
         except OSError as e:
             raise Untrainable(f"checkpoint {path} is incomplete: {e}") from None
-        loaded = set_peft_model_state_dict(self.model, weights)
-        if loaded.unexpected_keys:
-            raise Untrainable(f"checkpoint {path} holds weights this model lacks: {loaded.unexpected_keys[:3]}")
-        self.optimizer.load_state_dict(optimizer)
+        if self.world.size > 1:
+            unexpected = self.world.load_state(self.model, self.optimizer, weights, optimizer)
+        else:
+            unexpected = set_peft_model_state_dict(self.model, weights).unexpected_keys
+            self.optimizer.load_state_dict(optimizer)
+        if unexpected:
+            raise Untrainable(f"checkpoint {path} holds weights this model lacks: {unexpected[:3]}")
         self.scheduler.load_state_dict(scheduler)
         if self.scaler is not None and (path / "scaler.pt").is_file():
             self.scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))
-        set_rng_state(rng)
+        set_rng_state(self.world.own_rng(rng, written_by))
         self.state = TrainerState(
             step=meta["step"],
             epoch=meta["epoch"],
@@ -894,12 +1000,22 @@ class Trainer:
 
     # -- steps
 
-    def loss_sum(self, micro: Sequence[Encoded]) -> torch.Tensor:
-        """The micro-batch's summed token loss, float32, on the device."""
+    def hidden_states(self, micro: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's last hidden states of the right-padded micro-batch, and its labels."""
         ids, mask, labels = (t.to(self.device) for t in collate(micro, self.pad_id))
+        return self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state, labels
+
+    def loss_sum(self, micro: Sequence[Encoded]) -> torch.Tensor:
+        """The micro-batch's summed token loss, float32, on the device. The
+        training method's loss (DPO's: dpo.DPOTrainer)."""
         with self.autocast():
-            hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden, labels = self.hidden_states(micro)
             return labelled_loss_sum(hidden, labels, self.head)
+
+    def metrics(self) -> dict[str, float]:
+        """The method's metrics of the last step or evaluation, beside its
+        loss: progress's and eval's `metrics`. Supervised training has none."""
+        return {}
 
     def micro_batches(self, batch: Sequence[Encoded]) -> list[list[Encoded]]:
         """The batch longest first (little padding), cut into micro-batches of
@@ -920,8 +1036,11 @@ class Trainer:
     def accumulate(self, batch: Sequence[Encoded], targets: int) -> torch.Tensor:
         """Forward and backward over the batch's micro-batches; the summed loss."""
         total = torch.zeros((), dtype=torch.float32, device=self.device)
-        for micro in self.micro_batches(batch):
+        # Of several processes, this one's slice of the batch, and passes that count zero (distributed.py).
+        for micro, weight in self.world.micro_batches(self, batch):
             loss = self.loss_sum(micro)
+            if weight != 1:
+                loss = loss * weight
             # Divided by the whole batch's token count: the gradient is the
             # batch's mean token loss however it is split into micro-batches.
             scaled = loss / targets
@@ -933,6 +1052,8 @@ class Trainer:
     def shrink(self, batch: Sequence[Encoded], error: BaseException) -> None:
         """After running out of memory: smaller micro-batches, then gradient
         checkpointing (unless --no-gradient-checkpointing); else give up."""
+        if self.world.size > 1:
+            raise error  # the other processes are in the step's passes: no retry on this one's own
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if any(len(m) > 1 for m in self.micro_batches(batch)):
@@ -973,7 +1094,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum.item() / targets, targets
+        return self.world.all_sum(loss_sum).item() / targets, targets
 
     def evaluate(self) -> None:
         """Mean token loss over the validation set's assistant tokens, as an eval line.
@@ -998,7 +1119,8 @@ class Trainer:
         self.model.train()
         self.validation_loss = total.item() / targets
         self.evaluated_step = self.state.step
-        emit("eval", step=self.state.step, validationLoss=self.validation_loss)
+        metrics = self.metrics()
+        emit("eval", step=self.state.step, validationLoss=self.validation_loss, **({"metrics": metrics} if metrics else {}))
 
     def stop_if_requested(self) -> None:
         """At a step boundary after SIGTERM: a last checkpoint if this process
@@ -1035,7 +1157,11 @@ class Trainer:
             s.tokens += batch_tokens
             s.epoch_loss_sum += loss * targets
             s.epoch_loss_tokens += targets
-            emit("progress", step=s.step, epoch=epoch, loss=loss, learningRate=learning_rate, tokens=s.tokens)
+            metrics = self.metrics()
+            emit(
+                "progress", step=s.step, epoch=epoch, loss=loss, learningRate=learning_rate, tokens=s.tokens,
+                **({"metrics": metrics} if metrics else {}),
+            )
             if self.eval_every and s.step % self.eval_every == 0:
                 self.evaluate()
             if self.checkpoint_every and s.step % self.checkpoint_every == 0:
@@ -1064,8 +1190,10 @@ class Trainer:
         self.stop_if_requested()
         self.checkpoint()
         out = Path(self.cfg.output_dir) / "adapter"
-        self.model.save_pretrained(out, save_embedding_layers=False)
-        self.tokenizer.save_pretrained(out)  # a serving backend loads the adapter with its tokenizer
+        adapter = self.world.adapter_state(self.model)
+        if self.world.speaks:
+            self.model.save_pretrained(out, save_embedding_layers=False, state_dict=adapter)
+            self.tokenizer.save_pretrained(out)  # a serving backend loads the adapter with its tokenizer
         emit(
             "result",
             step=self.state.step,
@@ -1083,6 +1211,11 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config()
+    world = distributed.World.from_env(cfg.world_size)
+    if cfg.init_adapter is not None:
+        check_adapter(cfg.init_adapter, cfg.base_model)
+    if cfg.method == "dpo":
+        import dpo  # a loss and its data on top of this module's loop
     tiny: dict[str, Any] | None = None
     if not (Path(cfg.model_path) / "config.json").is_file():
         if not args.init_tiny:
@@ -1101,19 +1234,22 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         )
 
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = world.device(cuda)
+    world.start(device, cfg.qlora)
+    stop = world.shared_stop(stop, device)
     dtype, scale_loss = choose_precision(cuda, cuda and torch.cuda.is_bf16_supported(including_emulation=False))
 
     # The data before the model: bad data fails in seconds, not after a long load.
     tokenizer = build_tiny_tokenizer(tiny) if tiny is not None else load_tokenizer(cfg.model_path)
     chat = chat_format(tokenizer)
     started = time.perf_counter()
-    train_set = encode_file(cfg.training_file, chat, cfg.max_sequence_length, "training")
+    encode = dpo.encode_file if cfg.method == "dpo" else encode_file
+    train_set = encode(cfg.training_file, chat, cfg.max_sequence_length, "training")
     if not train_set:
         raise Untrainable("no training example has an assistant token to train on")
     validation_set: list[Encoded] = []
     if cfg.validation_file is not None:
-        validation_set = encode_file(cfg.validation_file, chat, cfg.max_sequence_length, "validation")
+        validation_set = encode(cfg.validation_file, chat, cfg.max_sequence_length, "validation")
         if not validation_set:
             log("warn", "no validation example has an assistant token; there will be no validation loss")
     log(
@@ -1123,27 +1259,49 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     )
 
     started = time.perf_counter()
+    quantization = None
+    if cfg.qlora:
+        import quant  # bitsandbytes, only for QLoRA: importing it takes seconds
+
+        quantization = quant.quantization_config(dtype)
     if tiny is not None:
-        model = build_tiny_model(cfg.base_model, tiny, tokenizer).to(device=device, dtype=dtype)
+        model = build_tiny_model(cfg.base_model, tiny, tokenizer)
+        if cfg.qlora:  # from host memory, as real weights come: the unquantized model never takes the GPU's
+            model = quant.quantize(model, dtype, device)
+        else:
+            model = model.to(device=world.load_device(device), dtype=dtype)
         source = "a tiny random model (--init-tiny)"
     else:
-        model = load_model(cfg.model_path, dtype, device)
+        model = (
+            load_model(cfg.model_path, dtype, world.load_device(device), quantization)
+            if world.loads_weights
+            else distributed.empty_model(cfg.model_path, dtype)
+        )
         source = cfg.model_path
     model.config.use_cache = False  # no generation here; the cache only costs memory
-    total = sum(p.numel() for p in model.parameters())
+    if cfg.qlora:
+        model = quant.prepare(model)
+        total = quant.parameter_count(model)
+        log("info", quant.describe(model))
+    else:
+        total = sum(p.numel() for p in model.parameters())
     # The job's seed fixes the adapter's initial weights (and dropout, until a resume restores the RNG).
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed % (1 << 63))
-    model = add_lora(model, args, cfg.base_model)
+    model = add_lora(model, args, cfg.base_model, cfg.init_adapter)
+    model = world.shard(model, device, dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = model.peft_config["default"]
     log(
         "info",
-        f"loaded {cfg.base_model} from {source}: {total / 1e6:.1f}M parameters, {dtype} on {device}, "
-        f"in {time.perf_counter() - started:.1f} s; LoRA r={args.lora_r} alpha={args.lora_alpha}: "
+        f"loaded {cfg.base_model} from {source}: {total / 1e6:.1f}M parameters, {dtype} on {device}{world.describe()}, "
+        f"in {time.perf_counter() - started:.1f} s; LoRA r={lora.r} alpha={lora.lora_alpha}"
+        f"{f' from initAdapter {cfg.init_adapter}' if cfg.init_adapter else ''}: "
         f"{trainable / 1e6:.2f}M trainable parameters",
     )
 
-    trainer = Trainer(cfg, args, stop, model, tokenizer, train_set, validation_set, device, dtype, scale_loss)
+    method = dpo.DPOTrainer if cfg.method == "dpo" else Trainer
+    trainer = method(cfg, args, stop, model, tokenizer, train_set, validation_set, device, dtype, scale_loss, world=world)
     if args.gradient_checkpointing:
         trainer.set_checkpointing(True)
     log(
@@ -1153,9 +1311,12 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
         f"{trainer.total_steps} in all; "
         f"gradient checkpointing {'on' if trainer.checkpointing else 'off until memory needs it' if args.gradient_checkpointing is None else 'off'}",
     )
-    if cfg.resume_from is not None:
-        trainer.restore(Path(cfg.resume_from))
-    trainer.run()
+    try:
+        if cfg.resume_from is not None:
+            trainer.restore(Path(cfg.resume_from))
+        trainer.run()
+    finally:
+        world.close()  # on a stop's exit too: NCCL warns of a process group left open
 
 
 def positive_int(text: str) -> int:
@@ -1227,4 +1388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # dpo.py imports this module as train: let it find this one rather than
+    # load a second copy (whose Untrainable main would not catch).
+    sys.modules.setdefault("train", sys.modules[__name__])
     sys.exit(main())

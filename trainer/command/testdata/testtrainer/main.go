@@ -79,6 +79,7 @@ type config struct {
 		LearningRate float64 `json:"learningRate"`
 		BatchSize    int     `json:"batchSize"`
 		WarmupSteps  int     `json:"warmupSteps"`
+		QLoRA        bool    `json:"qlora"`
 	} `json:"hyperparameters"`
 	Seed   int64 `json:"seed"`
 	Epochs struct {
@@ -88,6 +89,15 @@ type config struct {
 	ResumeFrom    *string `json:"resumeFrom"`
 	CheckpointDir string  `json:"checkpointDir"`
 	OutputDir     string  `json:"outputDir"`
+	// Protocol 1.1: a dpo job trains as a supervised one here, the
+	// preferred output its label, and reports made-up DPO metrics.
+	Method struct {
+		Type string `json:"type"`
+		DPO  *struct {
+			Beta float64 `json:"beta"`
+		} `json:"dpo"`
+	} `json:"method"`
+	InitAdapter *string `json:"initAdapter"`
 }
 
 // emit writes one message line: {"type":typ,k1:v1,k2:v2,...}, keys in the
@@ -163,6 +173,17 @@ func main() {
 		logf("info", "flood %d", i)
 	}
 
+	if cfg.InitAdapter != nil {
+		if _, err := os.Stat(filepath.Join(*cfg.InitAdapter, "adapter_config.json")); err != nil {
+			fail("initAdapter: %v", err)
+		}
+		logf("info", "starting from the adapter in %s", *cfg.InitAdapter)
+	}
+	dpo := cfg.Method.Type == "dpo"
+	if dpo {
+		logf("info", "method dpo, beta %g, qlora %v", cfg.Method.DPO.Beta, cfg.Hyperparameters.QLoRA)
+	}
+
 	train := load(cfg.TrainingFile)
 	var valid []trainer.Example
 	if cfg.ValidationFile != nil {
@@ -220,8 +241,11 @@ func main() {
 		writeCheckpoint(cfg.CheckpointDir, state)
 	}
 	onStep := func(s trainer.StepInfo) error {
-		emit("progress", "step", s.Step, "epoch", s.Epoch, "loss", s.BatchLoss,
-			"learningRate", s.LearningRate, "tokens", s.Tokens)
+		progress := []any{"step", s.Step, "epoch", s.Epoch, "loss", s.BatchLoss, "learningRate", s.LearningRate, "tokens", s.Tokens}
+		if dpo {
+			progress = append(progress, "metrics", map[string]float64{"rewardMargin": 1 / float64(s.Step), "rewardAccuracy": 0.5})
+		}
+		emit("progress", progress...)
 		if *exitCode >= 0 {
 			logf("error", "failing on request with exit %d", *exitCode)
 			os.Exit(*exitCode)
