@@ -376,7 +376,11 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	if err := s.checkCapacity(ctx, t, hw, f.Hardware, refStatus); err != nil {
 		return db.Job{}, err
 	}
-	if err := s.checkTrainer(ctx, hw.ID, spec, source, f.Hardware, refStatus); err != nil {
+	initFrom := ""
+	if source != nil {
+		initFrom = source.ID
+	}
+	if err := s.checkTrainer(ctx, hw.ID, spec.Method, spec.Hyperparameters.QLoRA, initFrom, f.Hardware, refStatus); err != nil {
 		return db.Job{}, err
 	}
 	// Replays are answered before datasets are resolved, so a replay never
@@ -567,15 +571,11 @@ func (s *Server) fineTunedJobID(ctx context.Context, org, name string) (base, id
 // workers all run the builtin trainer, which would refuse it; when the
 // pool has other workers or none live, the trainer that takes the job
 // decides.
-func (s *Server) checkTrainer(ctx context.Context, hardwareID string, spec jobSpec, source *db.Job, field string, status int) error {
+func (s *Server) checkTrainer(ctx context.Context, hardwareID string, method db.Method, qlora bool, initFrom, field string, status int) error {
 	if hardwareID == "" {
 		return nil
 	}
-	initFrom := ""
-	if source != nil {
-		initFrom = source.ID
-	}
-	why := activities.BuiltinRefuses(spec.Method, spec.Hyperparameters.QLoRA, initFrom)
+	why := activities.BuiltinRefuses(method, qlora, initFrom)
 	if why == "" {
 		return nil
 	}

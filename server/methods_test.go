@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -229,11 +230,28 @@ func TestBuiltinTrainerRefusesDPO(t *testing.T) {
 	expect(t, r, 201)
 	id := r.Body["id"].(string)
 	env.StartWorker(t, pool, 1)
+	builtinOnly := env.NewPool(t, 1)
+	env.StartWorker(t, builtinOnly, 1)
 	job := org.WaitStatus(t, id, time.Minute, "failed", "completed")
 	if msg := jobErrorMessage(job); job["status"] != "failed" || errorClass(job) != "config" ||
 		!strings.Contains(msg, "the builtin trainer does not support the dpo method; use the hf trainer") {
 		t.Errorf("job %v, class %s: %s", job["status"], errorClass(job), msg)
 	}
+	// A restart onto a pool whose live workers are all builtin is refused at once.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		trainers, err := env.Store.LiveTrainers(context.Background(), builtinOnly, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(trainers) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker of %s never showed live", builtinOnly)
+		}
+	}
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/restart", map[string]any{"hardware": builtinOnly}), 422,
+		"all run the builtin trainer", "the dpo method")
 }
 
 // /v1 takes OpenAI's method object, dpo included, and echoes it.

@@ -173,6 +173,9 @@ func (s *Server) amendment(ctx context.Context, job db.Job, body restartRequest,
 		if err := s.checkCapacity(ctx, t, h, "hardware", http.StatusUnprocessableEntity); err != nil {
 			return err
 		}
+		if err := s.checkTrainer(ctx, h.ID, job.Method, job.QLoRA, deref(job.InitFrom), "hardware", http.StatusUnprocessableEntity); err != nil {
+			return err
+		}
 		req.HardwareID, req.CostPerHour = h.ID, h.CostPerHour
 	}
 	return nil
