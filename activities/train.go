@@ -134,13 +134,8 @@ type heartbeat struct {
 }
 
 // startHeartbeat starts heartbeating; flush, when set, runs at each beat.
-// The beats outlive ctx's cancellation: a stopped attempt still saves its
-// last checkpoint, and the SDK sends a beat's RPC under the context it is
-// given, so beats under a cancelled one would never arrive and the
-// heartbeat timeout would end the attempt before its trainer had.
 func startHeartbeat(ctx context.Context, flush func()) *heartbeat {
 	h := &heartbeat{done: make(chan struct{}), exited: make(chan struct{})}
-	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(h.exited)
 		t := time.NewTicker(heartbeatEvery)
