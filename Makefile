@@ -60,6 +60,30 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tuneforge
 	CGO_ENABLED=0 $(GO) build -tags nodev -ldflags "$(LDFLAGS)" -o $(BIN)-prod ./cmd/tuneforge
 
+## cluster: run the production topology as processes on this machine: Temporal on PostgreSQL (one process per role, schemas by temporal-sql-tool), its Web UI (:8233), two API replicas (:8080, :8081), the control worker, two training workers; state and logs in bin/cluster
+cluster: postgres cluster-build
+	bin/tuneforge-cluster up
+
+## cluster-down: stop the processes `make cluster` started (SIGTERM; workers hand their jobs back)
+cluster-down:
+	@[ ! -x bin/tuneforge-cluster ] || bin/tuneforge-cluster down
+
+## cluster-status: list the cluster's processes and whether each runs
+cluster-status: cluster-build
+	@bin/tuneforge-cluster status
+
+## cluster-build: build the cluster's programs into bin/cluster/bin: tuneforge (-tags nodev), and Temporal's own server, SQL tool and Web UI server at go.mod's versions
+CLUSTER_BIN := bin/cluster/bin
+cluster-build:
+	@mkdir -p $(CLUSTER_BIN)
+	@$(GO) build -n -o $(CLUSTER_BIN)/temporal-server go.temporal.io/server/cmd/server 2>&1 | grep -qE '/(compile|link) ' && \
+	  echo "compiling Temporal's server, SQL tool and Web UI: the first build takes a few minutes, later ones are cached" || true
+	CGO_ENABLED=0 $(GO) build -tags nodev -ldflags "$(LDFLAGS)" -o $(CLUSTER_BIN)/tuneforge ./cmd/tuneforge
+	$(GO) build -o $(CLUSTER_BIN)/temporal-server go.temporal.io/server/cmd/server
+	$(GO) build -o $(CLUSTER_BIN)/temporal-sql-tool go.temporal.io/server/cmd/tools/sql
+	$(GO) build -o $(CLUSTER_BIN)/temporal-ui-server github.com/temporalio/ui-server/v2/cmd/server
+	$(GO) build -o bin/tuneforge-cluster ./cmd/tuneforge-cluster
+
 ## test: run every test against the local PostgreSQL and an embedded Temporal server, then test-python
 test: postgres venv
 	$(GO) test -race -count=1 $(RACE_PKGS)
@@ -143,4 +167,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-hf bench-qlora bench-classify bench-list lint generate
+.PHONY: help dev cluster cluster-down cluster-status cluster-build postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-hf bench-qlora bench-classify bench-list lint generate

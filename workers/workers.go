@@ -14,12 +14,14 @@ import (
 
 	"go.temporal.io/api/operatorservice/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/contrib/opentelemetry"
 	"go.temporal.io/sdk/interceptor"
 	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/metrics"
@@ -189,15 +191,58 @@ func run(ctx context.Context, w worker.Worker) error {
 	return nil
 }
 
+// NamespaceRetention is how long a namespace that tuneforge registers keeps
+// closed workflows' histories.
+const NamespaceRetention = 30 * 24 * time.Hour
+
 // RegisterSearchAttributes adds tuneforge's search attributes to the
-// namespace of a production Temporal server; existing ones are kept.
+// namespace of a production Temporal server; existing ones are kept. A
+// fresh cluster has no namespace yet: it is registered first, and the
+// attributes are added once the server's roles know it (their namespace
+// caches refresh within seconds).
 func RegisterSearchAttributes(ctx context.Context, c client.Client, namespace string) error {
-	_, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
-		Namespace: namespace, SearchAttributes: workflows.SearchAttributes(),
+	if err := ensureNamespace(ctx, c, namespace); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		_, err := c.OperatorService().AddSearchAttributes(ctx, &operatorservice.AddSearchAttributesRequest{
+			Namespace: namespace, SearchAttributes: workflows.SearchAttributes(),
+		})
+		var exists *serviceerror.AlreadyExists
+		var notFound *serviceerror.NamespaceNotFound
+		switch {
+		case err == nil || errors.As(err, &exists):
+			return nil
+		case !errors.As(err, &notFound) && !errors.As(err, new(*serviceerror.Unavailable)):
+			return fmt.Errorf("register search attributes: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("register search attributes: namespace %s is not known to the server yet: %w", namespace, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// ensureNamespace registers namespace when the server lacks it.
+func ensureNamespace(ctx context.Context, c client.Client, namespace string) error {
+	_, err := c.WorkflowService().DescribeNamespace(ctx, &workflowservice.DescribeNamespaceRequest{Namespace: namespace})
+	var notFound *serviceerror.NamespaceNotFound
+	if !errors.As(err, &notFound) {
+		if err != nil {
+			return fmt.Errorf("describe namespace %s: %w", namespace, err)
+		}
+		return nil
+	}
+	_, err = c.WorkflowService().RegisterNamespace(ctx, &workflowservice.RegisterNamespaceRequest{
+		Namespace: namespace, WorkflowExecutionRetentionPeriod: durationpb.New(NamespaceRetention),
+		Description: "tuneforge's fine-tuning jobs",
 	})
-	var exists *serviceerror.AlreadyExists
+	var exists *serviceerror.NamespaceAlreadyExists
 	if err != nil && !errors.As(err, &exists) {
-		return fmt.Errorf("register search attributes: %w", err)
+		return fmt.Errorf("register namespace %s: %w", namespace, err)
 	}
 	return nil
 }
