@@ -85,16 +85,18 @@ cluster-build:
 	$(GO) build -o bin/tuneforge-cluster ./cmd/tuneforge-cluster
 
 ## test: run every test against the local PostgreSQL and an embedded Temporal server, then test-python
-test: postgres venv
+test: postgres venv cluster-build
 	$(GO) test -race -count=1 $(RACE_PKGS)
 # A package that times out prints the tests it was running first, far
 # above the end of its goroutine dump: they are repeated last.
 # The language-model tests (server/llm: trainers and vLLM on the CPU) run
 # after the rest, alone: beside the tests that run the platform's processes
-# they would take those tests' cores.
+# they would take those tests' cores. So does the cluster's fault test,
+# which runs the whole production topology (make cluster-build's programs).
 	@mkdir -p bin; set -o pipefail; \
-	  { $(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -v '/server/llm$$') && \
-	    TUNEFORGE_PYTHON=$(PYTHON) $(GO) test -count=1 -timeout 20m ./server/llm; } 2>&1 | tee bin/go-test.log || \
+	  { $(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -vE 'tuneforge/tuneforge/(server/llm|cluster)$$') && \
+	    TUNEFORGE_PYTHON=$(PYTHON) $(GO) test -count=1 -timeout 20m ./server/llm && \
+	    $(GO) test -count=1 -timeout 15m ./cluster; } 2>&1 | tee bin/go-test.log || \
 	  { grep -A 12 '^panic: test timed out' bin/go-test.log; exit 1; }
 	@$(MAKE) --no-print-directory test-python
 

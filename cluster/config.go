@@ -1,9 +1,11 @@
 package cluster
 
 import (
-	"fmt"
+	"errors"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"strconv"
 )
 
 // Local is the topology `make cluster` runs from the repository at repo:
@@ -62,11 +64,17 @@ func (c *Config) UseFreePorts() error {
 	return err
 }
 
+// freePort is a free loopback port below Linux's ephemeral range
+// (32768 up), which the kernel's own picks never take, and within a
+// smallint: Temporal's cluster_membership table keeps ports as one.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			l.Close()
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port between 20000 and 32000")
 }

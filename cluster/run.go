@@ -17,6 +17,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/tuneforge/tuneforge/workflows"
 )
 
 // Cluster runs a topology's processes. Each runs in a process group of its
@@ -56,7 +59,38 @@ func (c *Cluster) Up(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	return c.waitSearchAttributes(ctx)
+}
+
+// waitSearchAttributes waits until Temporal accepts a workflow with
+// tuneforge's search attributes. On a fresh cluster the workers register
+// them, and each Temporal role learns of them when its cache refreshes
+// (up to a minute); until then a job's create answers 503. A probe
+// workflow, terminated at once, tells when that has passed.
+func (c *Cluster) waitSearchAttributes(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, StartTimeout)
+	defer cancel()
+	tc, err := client.DialContext(ctx, client.Options{HostPort: c.FrontendAddr(), Namespace: c.Namespace, Logger: quiet{}})
+	if err != nil {
+		return fmt.Errorf("connect to Temporal: %w", err)
+	}
+	defer tc.Close()
+	attrs := temporal.NewSearchAttributes(
+		workflows.SearchAttrStatus.ValueSet("probe"),
+		workflows.SearchAttrBaseModel.ValueSet("probe"),
+		workflows.SearchAttrOrganization.ValueSet("probe"))
+	for {
+		id := "tuneforge-cluster-probe-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: "tuneforge-cluster-probe", TypedSearchAttributes: attrs}, "ClusterProbe")
+		if err == nil {
+			return tc.TerminateWorkflow(ctx, id, run.GetRunID(), "the cluster accepts tuneforge's search attributes")
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("Temporal still refuses tuneforge's search attributes: %w", err)
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // SetupSchema creates tuneforge's database (its migrate process fills

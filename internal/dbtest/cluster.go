@@ -73,6 +73,9 @@ func (c *Cluster) URL(name string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.port, name)
 }
 
+// Port is the port the cluster listens on, on 127.0.0.1.
+func (c *Cluster) Port() int { return c.port }
+
 // Start starts the server and returns once it accepts connections.
 func (c *Cluster) Start() {
 	c.t.Helper()
