@@ -42,9 +42,9 @@ func New(cfg Config) *Cluster { return &Cluster{Config: cfg, running: map[string
 // StartTimeout bounds the wait for one process to be ready.
 const StartTimeout = 2 * time.Minute
 
-// Up sets up Temporal's databases and starts every process in order,
-// each once the one before it is ready. On an error, what started keeps
-// running: Down stops it.
+// Up sets up Temporal's databases and starts every process that is not
+// running, in order, each once the one before it is ready. On an error,
+// what started keeps running: Down stops it.
 func (c *Cluster) Up(ctx context.Context) error {
 	for _, dir := range []string{c.logDir(), c.runDir(), filepath.Join(c.Dir, "data")} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -55,6 +55,10 @@ func (c *Cluster) Up(ctx context.Context) error {
 		return err
 	}
 	for _, p := range c.Processes() {
+		// Up again leaves what runs alone.
+		if !p.Once && c.Running(p.Name) {
+			continue
+		}
 		if err := c.Start(ctx, p.Name); err != nil {
 			return err
 		}

@@ -139,6 +139,11 @@ func (c Config) TemporalEnv() []string {
 		"FRONTEND_HTTP_PORT=" + strconv.Itoa(c.Ports.FrontendHTTP),
 		"DYNAMIC_CONFIG_FILE_PATH=" + c.TemporalDynamicConfig,
 		"LOG_LEVEL=warn",
+		// Connections per role: 10 to the main store and 5 to visibility
+		// (the template's defaults are 20 and 10), so the four roles stay
+		// within 60 of PostgreSQL's default 100.
+		"SQL_MAX_CONNS=10", "SQL_MAX_IDLE_CONNS=10",
+		"SQL_VIS_MAX_CONNS=5", "SQL_VIS_MAX_IDLE_CONNS=5",
 	}
 	for _, role := range TemporalRoles {
 		prefix := map[string]string{"frontend": "FRONTEND", "history": "HISTORY", "matching": "MATCHING", "worker": "WORKER"}[role]

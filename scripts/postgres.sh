@@ -64,6 +64,11 @@ if ! grep -qF "$marker" "$hba"; then
 fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  # Room for `make cluster` (a Temporal role holds up to 15 connections)
+  # beside the tests' databases; Debian's default is 100.
+  if [ -d "$conf/conf.d" ] && [ -w "$conf/conf.d" ] && [ ! -f "$conf/conf.d/tuneforge.conf" ]; then
+    echo "max_connections = 300" > "$conf/conf.d/tuneforge.conf"
+  fi
   pg_ctlcluster --skip-systemctl-redirect "$version" main start
 fi
 for _ in $(seq 1 30); do
