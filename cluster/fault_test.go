@@ -45,7 +45,7 @@ func TestClusterSurvivesFaults(t *testing.T) {
 	key := apiKeys(t, c, "org_fault_a", "org_fault_b", "org_fault_c")
 	api := &testenv.Client{BaseURL: c.APIURLs()[0]}
 
-	const epochs = 40
+	const epochs = 60
 	var ids []string
 	for i, org := range []string{"org_fault_a", "org_fault_b", "org_fault_c"} {
 		// Each organization creates through a replica of its own.
