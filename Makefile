@@ -118,10 +118,11 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplit$$' -fuzztime $(FUZZTIME) ./trainer/command
 	$(GO) test -run '^$$' -fuzz '^FuzzJSONBodies$$' -fuzztime $(FUZZTIME) ./server/apifuzz
 
-## bench: run the Go benchmarks (trainer throughput, dataset scan, memory), then bench-platform, bench-hf, bench-classify and bench-list
+## bench: run the Go benchmarks (trainer throughput, dataset scan, memory), then bench-platform, bench-cluster, bench-hf, bench-classify and bench-list
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count=1 $(PKGS)
 	$(MAKE) bench-platform
+	$(MAKE) bench-cluster
 	$(MAKE) bench-hf
 	$(MAKE) bench-classify
 	$(MAKE) bench-list
@@ -130,6 +131,11 @@ bench:
 bench-platform:
 	@command -v wrk >/dev/null || apt-get install -y wrk
 	TUNEFORGE_BENCH=1 $(GO) test -count=1 -v -timeout 60m ./bench/platform
+
+## bench-cluster: the production topology (make cluster's, on databases, ports and a directory of its own): job creation through both API replicas against raw workflow starts, GET /jobs/:id on one replica and on two, stop latency with BENCH_QUEUED jobs queued (BENCH_STOPS, BENCH_SECONDS, BENCH_CONNS)
+bench-cluster: postgres cluster-build
+	@command -v wrk >/dev/null || apt-get install -y wrk
+	TUNEFORGE_BENCH=1 $(GO) test -count=1 -v -timeout 60m ./bench/cluster
 
 ## bench-hf: trainers/hf/train.py against transformers' Trainer + PEFT (as PEFT's docs show) on the same ~30M-parameter model, data and steps: tokens/s of each and the ratio
 bench-hf: venv
@@ -169,4 +175,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev cluster cluster-down cluster-status cluster-build postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-hf bench-qlora bench-classify bench-list lint generate
+.PHONY: help dev cluster cluster-down cluster-status cluster-build postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-cluster bench-hf bench-qlora bench-classify bench-list lint generate

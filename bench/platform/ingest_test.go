@@ -6,12 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tuneforge/tuneforge/internal/benchutil"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
 // floodLines is how many log lines the flooding trainer writes.
-var floodLines = envInt("BENCH_FLOOD_LINES", 200000)
+var floodLines = benchutil.EnvInt("BENCH_FLOOD_LINES", 200000)
 
 // TestIngestion: benchmark 6. A command trainer logs floodLines lines as
 // fast as it can print them; the rate is the lines its worker recorded
@@ -34,7 +35,7 @@ func TestIngestion(t *testing.T) {
 	victimData := org.Upload(t, "victim.jsonl", testenv.Tickets(40000, 32))
 
 	create := func(pool, ds string, epochs int) string {
-		r := org.Do(t, "POST", jobsPath, map[string]any{"name": "ingest bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
+		r := org.Do(t, "POST", benchutil.JobsPath, map[string]any{"name": "ingest bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
 			"hardware": pool, "hyperparameters": map[string]any{"epochs": epochs}})
 		if r.Status != 201 {
 			t.Fatalf("create: %d %s", r.Status, r.Raw)
@@ -75,15 +76,15 @@ func TestIngestion(t *testing.T) {
 	alone := create("bench-victim", victimData, 3)
 	org.WaitStatus(t, alone, 5*time.Minute, "completed")
 	rate := floodRate(func() {})
-	results.add(result{"6 ingestion", fmt.Sprintf("log lines recorded from one trainer (%d)", floodLines), fmt.Sprintf("%.0f lines/s", rate), "", "",
-		"≥ 50,000/s", verdict(rate >= 50000)})
+	results.Add(benchutil.Result{Bench: "6 ingestion", What: fmt.Sprintf("log lines recorded from one trainer (%d)", floodLines),
+		Value: fmt.Sprintf("%.0f lines/s", rate), Target: "≥ 50,000/s", Met: benchutil.Verdict(rate >= 50000)})
 	var victim string
 	rate = floodRate(func() {
 		victim = create("bench-victim", victimData, 3)
 		org.WaitStatus(t, victim, 5*time.Minute, "completed")
 	})
-	results.add(result{"6 ingestion", "the same while another trainer trains", fmt.Sprintf("%.0f lines/s", rate), "", "", "(report)", ""})
+	results.Add(benchutil.Result{Bench: "6 ingestion", What: "the same while another trainer trains", Value: fmt.Sprintf("%.0f lines/s", rate), Target: "(report)"})
 	during, before := stepsPerSecond(victim), stepsPerSecond(alone)
-	results.add(result{"6 ingestion", "another trainer's steps/s during the flood", fmt.Sprintf("%.0f steps/s", during),
-		fmt.Sprintf("%.0f steps/s alone", before), fmt.Sprintf("%.2f", during/before), "(report)", ""})
+	results.Add(benchutil.Result{Bench: "6 ingestion", What: "another trainer's steps/s during the flood", Value: fmt.Sprintf("%.0f steps/s", during),
+		Ceiling: fmt.Sprintf("%.0f steps/s alone", before), Ratio: fmt.Sprintf("%.2f", during/before), Target: "(report)"})
 }

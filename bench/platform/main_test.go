@@ -13,10 +13,9 @@ package platform_test
 import (
 	"fmt"
 	"os"
-	"sync"
 	"testing"
-	"text/tabwriter"
 
+	"github.com/tuneforge/tuneforge/internal/benchutil"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
@@ -35,44 +34,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	env.Stop()
-	results.print()
+	results.Print(os.Stdout)
 	os.Exit(code)
 }
 
-// A result is one row of the final table: a figure and its ceiling.
-type result struct {
-	bench, what     string
-	value, ceiling  string
-	ratio           string
-	target, verdict string
-}
-
-type table struct {
-	mu   sync.Mutex
-	rows []result
-}
-
-var results table
-
-func (t *table) add(r result) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.rows = append(t.rows, r)
-}
-
-func (t *table) print() {
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "\nbenchmark\tfigure\tvalue\tceiling\tratio\ttarget\tmet")
-	for _, r := range t.rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.bench, r.what, r.value, r.ceiling, r.ratio, r.target, r.verdict)
-	}
-	w.Flush()
-}
-
-// verdict says whether a target was met.
-func verdict(ok bool) string {
-	if ok {
-		return "yes"
-	}
-	return "NO"
-}
+// results is the table printed once every benchmark has run.
+var results benchutil.Table

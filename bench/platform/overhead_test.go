@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tuneforge/tuneforge/dataset"
+	"github.com/tuneforge/tuneforge/internal/benchutil"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/trainer"
 )
@@ -30,7 +31,7 @@ func TestOrchestrationOverhead(t *testing.T) {
 		own := compute(t, data, epochs, seed)
 		ds := org.Upload(t, "train.jsonl", data)
 		start := time.Now()
-		r := org.Do(t, "POST", jobsPath, map[string]any{"name": "overhead bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
+		r := org.Do(t, "POST", benchutil.JobsPath, map[string]any{"name": "overhead bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
 			"hardware": "bench-overhead", "hyperparameters": map[string]any{"epochs": epochs}})
 		if r.Status != 201 {
 			t.Fatalf("create: %d %s", r.Status, r.Raw)
@@ -40,10 +41,11 @@ func TestOrchestrationOverhead(t *testing.T) {
 		over := wall.Seconds()/own.Seconds() - 1
 		target, ok := "(report)", ""
 		if epochTime == 10*time.Second {
-			target, ok = "< 5 %", verdict(over < 0.05)
+			target, ok = "< 5 %", benchutil.Verdict(over < 0.05)
 		}
-		results.add(result{"5 orchestration overhead", fmt.Sprintf("%d epochs of ~%s", epochs, epochTime), fmt.Sprintf("job %.2f s", wall.Seconds()),
-			fmt.Sprintf("trainer alone %.2f s", own.Seconds()), fmt.Sprintf("+%.1f %%", 100*over), target, ok})
+		results.Add(benchutil.Result{Bench: "5 orchestration overhead", What: fmt.Sprintf("%d epochs of ~%s", epochs, epochTime),
+			Value: fmt.Sprintf("job %.2f s", wall.Seconds()), Ceiling: fmt.Sprintf("trainer alone %.2f s", own.Seconds()),
+			Ratio: fmt.Sprintf("+%.1f %%", 100*over), Target: target, Met: ok})
 	}
 }
 

@@ -12,24 +12,25 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tuneforge/tuneforge/apikey"
+	"github.com/tuneforge/tuneforge/internal/benchutil"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
 // TestServing: benchmark 7. Chat completions of a deployed builtin model
-// at wrkConns connections, against a handler doing the same work without
+// at benchutil.Conns connections, against a handler doing the same work without
 // the model: it authenticates the key, decodes the request, reads the
 // deployed model's row and answers a fixed completion.
 func TestServing(t *testing.T) {
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "t.jsonl", testenv.Tickets(2000, 3))
-	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "serve bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
+	r := org.Do(t, "POST", benchutil.JobsPath, map[string]any{"name": "serve bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
 		"hardware": "gpu-a100-40gb", "suffix": "serve-bench", "hyperparameters": map[string]any{"epochs": 2}})
 	if r.Status != 201 {
 		t.Fatalf("create: %d %s", r.Status, r.Raw)
 	}
 	id := r.Body["id"].(string)
 	org.WaitStatus(t, id, 5*time.Minute, "completed")
-	if r := org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil); r.Status != 200 {
+	if r := org.Do(t, "POST", benchutil.JobsPath+"/"+id+"/deploy", nil); r.Status != 200 {
 		t.Fatalf("deploy: %d %s", r.Status, r.Raw)
 	}
 	model := org.WaitStatus(t, id, time.Minute, "deployed")["resultModel"].(string)
@@ -44,10 +45,10 @@ func TestServing(t *testing.T) {
 	}
 	bare := httptest.NewServer(withoutModel())
 	defer bare.Close()
-	api := runWrk(t, request{method: "POST", url: env.API.URL + "/v1/chat/completions", body: string(body), header: key})
-	ceiling := runWrk(t, request{method: "POST", url: bare.URL + "/v1/chat/completions", body: string(body), header: key})
-	results.add(result{"7 serving", "POST /v1/chat/completions (builtin)", api.String(), ceiling.String() + " (no model)",
-		fmt.Sprintf("%.2f", api.rps/ceiling.rps), "(report)", ""})
+	api := benchutil.Wrk(t, benchutil.Request{Method: "POST", URL: env.API.URL + "/v1/chat/completions", Body: string(body), Header: key})
+	ceiling := benchutil.Wrk(t, benchutil.Request{Method: "POST", URL: bare.URL + "/v1/chat/completions", Body: string(body), Header: key})
+	results.Add(benchutil.Result{Bench: "7 serving", What: "POST /v1/chat/completions (builtin)", Value: api.String(),
+		Ceiling: ceiling.String() + " (no model)", Ratio: fmt.Sprintf("%.2f", api.RPS/ceiling.RPS), Target: "(report)"})
 }
 
 // withoutModel answers chat completions as the API does up to the model:

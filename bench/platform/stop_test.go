@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tuneforge/tuneforge/internal/benchutil"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
@@ -52,8 +52,9 @@ func TestStopLatency(t *testing.T) {
 	before, window := heartbeats(t), 5*time.Second
 	time.Sleep(window)
 	perJob := (heartbeats(t) - before) / window.Seconds() / float64(len(builtin))
-	results.add(result{"4 stop latency", "heartbeat RPCs per running job", fmt.Sprintf("%.1f/s", perJob), "", "", "(report)", ""})
-	results.add(result{"4 stop latency", "heartbeat RPCs at 500 running jobs", fmt.Sprintf("%.0f/s (measured rate × 500)", perJob*500), "", "", "(report)", ""})
+	results.Add(benchutil.Result{Bench: "4 stop latency", What: "heartbeat RPCs per running job", Value: fmt.Sprintf("%.1f/s", perJob), Target: "(report)"})
+	results.Add(benchutil.Result{Bench: "4 stop latency", What: "heartbeat RPCs at 500 running jobs",
+		Value: fmt.Sprintf("%.0f/s (measured rate × 500)", perJob*500), Target: "(report)"})
 	reportStops(t, "builtin", stopRounds(t, org, builtin, 25))
 
 	addPool(t, "bench-command")
@@ -73,7 +74,7 @@ func TestStopLatency(t *testing.T) {
 // for as long as the rounds need.
 func createLongJob(t *testing.T, org *testenv.Org, ds, pool string) string {
 	t.Helper()
-	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "stop bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
+	r := org.Do(t, "POST", benchutil.JobsPath, map[string]any{"name": "stop bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
 		"hardware": pool, "hyperparameters": map[string]any{"epochs": 100}})
 	if r.Status != 201 {
 		t.Fatalf("create: %d %s", r.Status, r.Raw)
@@ -92,7 +93,7 @@ func stopRounds(t *testing.T, org *testenv.Org, jobs []string, rounds int) []tim
 				t.Parallel()
 				for i := range rounds {
 					if i > 0 {
-						if r := org.Do(t, "POST", jobsPath+"/"+id+"/restart", nil); r.Status != 200 {
+						if r := org.Do(t, "POST", benchutil.JobsPath+"/"+id+"/restart", nil); r.Status != 200 {
 							t.Fatalf("restart: %d %s", r.Status, r.Raw)
 						}
 						org.WaitStatus(t, id, 2*time.Minute, "running")
@@ -102,7 +103,7 @@ func stopRounds(t *testing.T, org *testenv.Org, jobs []string, rounds int) []tim
 					trainingOn(t, org, id)
 					time.Sleep(100*time.Millisecond + rand.N(300*time.Millisecond))
 					start := time.Now()
-					r := org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil)
+					r := org.Do(t, "POST", benchutil.JobsPath+"/"+id+"/stop", nil)
 					took := time.Since(start)
 					if r.Status != 200 {
 						t.Fatalf("stop: %d %s", r.Status, r.Raw)
@@ -135,10 +136,9 @@ func reportStops(t *testing.T, trainer string, lat []time.Duration) {
 	if len(lat) == 0 {
 		t.Fatalf("%s: no stop was measured", trainer)
 	}
-	slices.Sort(lat)
-	p50, p99 := lat[len(lat)/2], lat[(len(lat)*99+99)/100-1]
-	results.add(result{"4 stop latency", fmt.Sprintf("%s trainer, %d stops", trainer, len(lat)),
-		fmt.Sprintf("p50 %s, p99 %s", ms(p50), ms(p99)), "", "", "p99 < 1 s", verdict(p99 < time.Second)})
+	p50, p99 := benchutil.Percentiles(lat)
+	results.Add(benchutil.Result{Bench: "4 stop latency", What: fmt.Sprintf("%s trainer, %d stops", trainer, len(lat)),
+		Value: fmt.Sprintf("p50 %s, p99 %s", benchutil.MS(p50), benchutil.MS(p99)), Target: "p99 < 1 s", Met: benchutil.Verdict(p99 < time.Second)})
 }
 
 // heartbeats is how many RecordActivityTaskHeartbeat calls this process's
