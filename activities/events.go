@@ -15,8 +15,13 @@ import (
 // is, so a retried activity records its event once.
 func eventID(ctx context.Context, what ...string) string {
 	info := activity.GetInfo(ctx)
+	return eventIDOf(info.WorkflowExecution.RunID+"/"+info.ActivityID, what...)
+}
+
+// eventIDOf names the event what of where.
+func eventIDOf(where string, what ...string) string {
 	h := sha256.New()
-	h.Write([]byte(info.WorkflowExecution.RunID + "/" + info.ActivityID))
+	h.Write([]byte(where))
 	for _, w := range what {
 		h.Write([]byte("/" + w))
 	}

@@ -102,11 +102,12 @@ func (f *fixture) run(fn any, args ...any) (converter.EncodedValue, error) {
 func (f *fixture) newJob(pool string) string {
 	f.t.Helper()
 	id := "job_" + dbtest.RandomHex(6)
-	f.check(env.Store.CreateJob(f.ctx, db.NewJob{
+	_, err := env.Store.CreateJob(f.ctx, db.NewJob{
 		ID: id, OrganizationID: f.org, Owner: "test", Name: id, BaseModel: "llama-3.1-8b", HardwareID: pool,
 		TrainingDataset: f.dataset, TrainingDatasetID: f.dataset, TrainingFile: "train.jsonl",
 		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: time.Now(),
-	}))
+	})
+	f.check(err)
 	return id
 }
 

@@ -76,83 +76,110 @@ func TooManyJobsMessage(active int64) string {
 }
 
 // CreateJob writes a new job's row (and its idempotency key) unless the
-// organization is at its cap; a retry after a commit changes nothing.
+// organization is at its cap, for a workflow whose starter's own write did
+// not commit; a row that exists (the API's, or a retry's) is left as it is.
 func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
+	// The API wrote the row before it started this workflow, but for a
+	// commit that failed: one read, no transaction, in the usual case.
+	if _, err := a.Store.JobByID(ctx, j.ID); err == nil {
+		return nil
+	}
 	created := false
 	err := a.Store.Transact(ctx, func(tx db.Conn) error {
-		created = false
-		if _, err := tx.JobByID(ctx, j.ID); err == nil {
-			return nil
-		} else if !db.IsNotFound(err) {
-			return err
-		}
-		// One creation per organization at a time, so the cap holds exactly.
-		if err := tx.LockJobCreation(ctx, j.OrganizationID); err != nil {
-			return err
-		}
-		active, err := tx.ActiveJobs(ctx, j.OrganizationID)
-		if err != nil {
-			return err
-		}
-		if j.MaxActiveJobs > 0 && active >= int64(j.MaxActiveJobs) {
-			return temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
-		}
-		if j.IdempotencyKey != "" {
-			if err := tx.ExpireIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey); err != nil {
-				return err
-			}
-		}
-		hp := j.Hyperparameters
-		var seed int32
-		if hp.Seed != nil {
-			seed = int32(*hp.Seed)
-		}
-		err = tx.CreateJob(ctx, db.NewJob{
-			ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
-			BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
-			TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
-			Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
-			Suffix: j.Suffix, Metadata: j.Metadata, Seed: seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt,
-			MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping, Method: j.Method, QLoRA: hp.QLoRA, InitFrom: nonEmpty(j.InitFrom),
-		})
-		switch {
-		case db.IsForeignKeyViolation(err):
-			return invalidData("a dataset of the job was deleted while the job was being created; upload it again")
-		case db.IsInvalidText(err):
-			return invalidData("the job's name or description holds a NUL character or invalid UTF-8")
-		case err != nil:
-			return err
-		}
-		msg := fmt.Sprintf("Job created by %s: %s on %s, %d epochs", j.Owner, j.BaseModel, j.HardwareID, hp.Epochs)
-		data := map[string]any{"owner": j.Owner, "baseModel": j.BaseModel, "hardware": j.HardwareID, "epochs": hp.Epochs, "method": j.Method.Name()}
-		if j.Method.DPO() {
-			msg += fmt.Sprintf(", DPO with beta %g", j.Method.Beta)
-		}
-		if hp.QLoRA {
-			msg, data["qlora"] = msg+", QLoRA", true
-		}
-		if j.InitFrom != "" {
-			msg, data["initFrom"] = msg+", starting from the adapter of job "+j.InitFrom, j.InitFrom
-		}
-		err = recordEvent(ctx, tx, db.Event{JobID: j.ID, Type: db.EventCreated, Message: msg, Data: data})
-		if err != nil {
-			return err
-		}
-		created = true
-		if j.IdempotencyKey == "" {
-			return nil
-		}
-		err = tx.RecordIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey, j.RequestHash, j.ID)
-		if db.IsUniqueViolation(err) {
-			return temporal.NewNonRetryableApplicationError("a concurrent request with the same Idempotency-Key created the job",
-				ErrTypeDuplicateRequest, nil)
-		}
+		var err error
+		created, err = InsertJob(ctx, tx, j)
 		return err
 	})
 	if err == nil && created {
-		metrics.JobTransitions.WithLabelValues(string(jobstatus.Queued)).Inc()
+		CountCreated()
 	}
 	return err
+}
+
+// CountCreated counts a job created, once its row is committed.
+func CountCreated() { metrics.JobTransitions.WithLabelValues(string(jobstatus.Queued)).Inc() }
+
+// InsertJob writes j's row, its created event and its idempotency key in
+// tx, unless the organization is at its cap; created is false when the
+// row exists already, or another transaction is writing it and commits.
+// Its errors are application errors of the ErrType* types the API maps.
+func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err error) {
+	if _, err := tx.JobByID(ctx, j.ID); err == nil {
+		return false, nil
+	} else if !db.IsNotFound(err) {
+		return false, err
+	}
+	if j.MaxActiveJobs > 0 {
+		// One creation per organization at a time, so the cap holds exactly.
+		if err := tx.LockJobCreation(ctx, j.OrganizationID); err != nil {
+			return false, err
+		}
+		// The lock's holder may have been writing this very row.
+		if _, err := tx.JobByID(ctx, j.ID); err == nil {
+			return false, nil
+		} else if !db.IsNotFound(err) {
+			return false, err
+		}
+		active, err := tx.ActiveJobs(ctx, j.OrganizationID)
+		if err != nil {
+			return false, err
+		}
+		if active >= int64(j.MaxActiveJobs) {
+			return false, temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
+		}
+	}
+	if j.IdempotencyKey != "" {
+		if err := tx.ExpireIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey); err != nil {
+			return false, err
+		}
+	}
+	hp := j.Hyperparameters
+	var seed int32
+	if hp.Seed != nil {
+		seed = int32(*hp.Seed)
+	}
+	created, err = tx.CreateJob(ctx, db.NewJob{
+		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
+		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
+		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
+		Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
+		Suffix: j.Suffix, Metadata: j.Metadata, Seed: seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt,
+		MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping, Method: j.Method, QLoRA: hp.QLoRA, InitFrom: nonEmpty(j.InitFrom),
+	})
+	switch {
+	case db.IsForeignKeyViolation(err):
+		return false, invalidData("a dataset of the job was deleted while the job was being created; upload it again")
+	case db.IsInvalidText(err):
+		return false, invalidData("the job's name or description holds a NUL character or invalid UTF-8")
+	case err != nil || !created:
+		return false, err
+	}
+	msg := fmt.Sprintf("Job created by %s: %s on %s, %d epochs", j.Owner, j.BaseModel, j.HardwareID, hp.Epochs)
+	data := map[string]any{"owner": j.Owner, "baseModel": j.BaseModel, "hardware": j.HardwareID, "epochs": hp.Epochs, "method": j.Method.Name()}
+	if j.Method.DPO() {
+		msg += fmt.Sprintf(", DPO with beta %g", j.Method.Beta)
+	}
+	if hp.QLoRA {
+		msg, data["qlora"] = msg+", QLoRA", true
+	}
+	if j.InitFrom != "" {
+		msg, data["initFrom"] = msg+", starting from the adapter of job "+j.InitFrom, j.InitFrom
+	}
+	// Written once, with its row, by the API or the job's workflow: its ID
+	// is the job's, not an activity's.
+	event := db.Event{ID: eventIDOf(j.ID, string(db.EventCreated)), JobID: j.ID, Type: db.EventCreated, Level: LevelInfo, Message: msg, Data: data}
+	if err := tx.RecordEvent(ctx, event); err != nil {
+		return false, err
+	}
+	if j.IdempotencyKey == "" {
+		return true, nil
+	}
+	err = tx.RecordIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey, j.RequestHash, j.ID)
+	if db.IsUniqueViolation(err) {
+		return false, temporal.NewNonRetryableApplicationError("a concurrent request with the same Idempotency-Key created the job",
+			ErrTypeDuplicateRequest, nil)
+	}
+	return err == nil, err
 }
 
 // DeleteRequest names a job to delete.

@@ -3,8 +3,11 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 	"github.com/tuneforge/tuneforge/jobstatus"
@@ -279,10 +282,10 @@ type NewJob struct {
 	InitFrom            *string
 }
 
-// CreateJob writes a queued job. A reference to a missing dataset fails
-// with IsForeignKeyViolation, text PostgreSQL cannot store with
-// IsInvalidText.
-func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
+// CreateJob writes a queued job; created is false when a job of that ID
+// exists already. A reference to a missing dataset fails with
+// IsForeignKeyViolation, text PostgreSQL cannot store with IsInvalidText.
+func (c Conn) CreateJob(ctx context.Context, j NewJob) (created bool, err error) {
 	if j.Metadata == nil {
 		j.Metadata = map[string]string{}
 	}
@@ -295,7 +298,7 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
 	if j.Method.DPO() {
 		beta = &j.Method.Beta
 	}
-	_, err := c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
+	_, err = c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
 		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
@@ -304,10 +307,13 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) error {
 		MaxCost: j.MaxCost, EarlyStoppingPatience: patience, EarlyStoppingMinDelta: minDelta,
 		Method: j.Method.Name(), DpoBeta: beta, Qlora: j.QLoRA, InitFrom: j.InitFrom,
 	})
-	if err != nil {
-		return fmt.Errorf("insert job %s: %w", j.ID, err)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
 	}
-	return nil
+	if err != nil {
+		return false, fmt.Errorf("insert job %s: %w", j.ID, err)
+	}
+	return true, nil
 }
 
 // LockJobCreation serializes job creation within the organization until

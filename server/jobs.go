@@ -636,30 +636,48 @@ func tooManyJobs(active int64) error {
 	return newError(http.StatusTooManyRequests, "too_many_jobs", "%s", activities.TooManyJobsMessage(active))
 }
 
-// createTimeout bounds the wait for a new job's workflow to write its row.
+// createTimeout bounds a create's transaction and workflow start.
 const createTimeout = 15 * time.Second
 
-// startJob starts the job's workflow and waits, in the same call, for it to
-// write the job's row: the workflow owns the row, so a request cut short
-// after the start still leaves a whole job, and one cut short before it
-// leaves nothing. pending says that the workflow started but did not
-// confirm in time, so the job may yet appear (in listRoute, for the message).
+// startJob writes the job's row and starts its workflow in one
+// transaction, which commits only once Temporal holds the workflow: a
+// start that fails leaves nothing. A commit that fails after the start
+// leaves a workflow whose input carries the row, and which writes it
+// itself (CreateJob), so either way the job is whole or absent. pending
+// says that the workflow started but the commit's outcome is unknown, so
+// the job may yet appear (in listRoute, for the message). A create is so
+// one workflow start and one transaction; the workflow's first task finds
+// the row written.
 func (s *Server) startJob(ctx context.Context, in workflows.JobInput, listRoute string) (pending bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, createTimeout)
 	defer cancel()
-	started, err := s.startAndAwait(ctx, client.StartWorkflowOptions{
-		ID:                    in.JobID,
-		StaticSummary:         fmt.Sprintf("%s: %s on %s, %d epochs", in.Name, in.BaseModel, in.HardwareID, in.Hyperparameters.Epochs),
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		TypedSearchAttributes: temporal.NewSearchAttributes(
-			workflows.SearchAttrStatus.ValueSet(string(jobstatus.Queued)),
-			workflows.SearchAttrBaseModel.ValueSet(in.BaseModel),
-			workflows.SearchAttrOrganization.ValueSet(in.OrganizationID),
-		),
-	}, workflows.UpdateCreated, workflows.FineTuningJob, in)
+	started, created := false, false
+	err = s.Store.Transact(ctx, func(tx db.Conn) error {
+		var err error
+		if created, err = activities.InsertJob(ctx, tx, *in.Create); err != nil || !created {
+			return err
+		}
+		_, err = s.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID:                       in.JobID,
+			TaskQueue:                workflows.ControlTaskQueue,
+			StaticSummary:            fmt.Sprintf("%s: %s on %s, %d epochs", in.Name, in.BaseModel, in.HardwareID, in.Hyperparameters.Epochs),
+			WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+			TypedSearchAttributes: temporal.NewSearchAttributes(
+				workflows.SearchAttrStatus.ValueSet(string(jobstatus.Queued)),
+				workflows.SearchAttrBaseModel.ValueSet(in.BaseModel),
+				workflows.SearchAttrOrganization.ValueSet(in.OrganizationID),
+			),
+		}, workflows.FineTuningJob, in)
+		started = err == nil
+		return err
+	})
 	var appErr *temporal.ApplicationError
 	switch {
 	case err == nil:
+		if created {
+			activities.CountCreated()
+		}
 		return false, nil
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeTooManyJobs:
 		return false, newError(http.StatusTooManyRequests, "too_many_jobs", "%s", appErr.Message())
@@ -668,12 +686,15 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput, listRoute 
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest:
 		return false, err
 	}
-	s.log.ErrorContext(ctx, "start job workflow", "job", in.JobID, "err", err)
+	s.log.ErrorContext(ctx, "create job", "job", in.JobID, "err", err)
 	if started {
 		return true, newError(http.StatusServiceUnavailable, "unavailable",
 			"job %s was accepted but not confirmed in time; it appears in %s once created (retry with the same Idempotency-Key to get it)", in.JobID, listRoute)
 	}
-	return false, newError(http.StatusServiceUnavailable, "unavailable", "the workflow service did not accept the job; nothing was created, try again")
+	if db.IsUnavailable(err) {
+		return false, err
+	}
+	return false, newError(http.StatusServiceUnavailable, "unavailable", "the job could not be written or its workflow not started; nothing was created, try again")
 }
 
 // idempotentReplay returns the job an earlier request with the same key made.

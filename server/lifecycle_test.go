@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,11 @@ func fault(t *testing.T, op, name string) (heal func()) {
 	if op == "DELETE" {
 		row = "OLD"
 	}
+	trigger := fmt.Sprintf("TRIGGER %s BEFORE %s ON jobs", fn, op)
+	if op == "COMMIT" {
+		// Checked as the inserting transaction commits.
+		trigger = fmt.Sprintf("CONSTRAINT TRIGGER %s AFTER INSERT ON jobs DEFERRABLE INITIALLY DEFERRED", fn)
+	}
 	ctx := context.Background()
 	_, err := env.Store.Pool.Exec(ctx, fmt.Sprintf(`
 		CREATE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -38,7 +44,7 @@ func fault(t *testing.T, op, name string) (heal func()) {
 			IF %[2]s.name = '%[3]s' THEN RAISE EXCEPTION 'injected fault'; END IF;
 			RETURN %[2]s;
 		END $$;
-		CREATE TRIGGER %[1]s BEFORE %[4]s ON jobs FOR EACH ROW EXECUTE FUNCTION %[1]s();`, fn, row, name, op))
+		CREATE %[4]s FOR EACH ROW EXECUTE FUNCTION %[1]s();`, fn, row, name, trigger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,23 +131,33 @@ func TestCreateFaults(t *testing.T) {
 		}
 	})
 
-	t.Run("the row cannot be written and the caller gives up", func(t *testing.T) {
+	t.Run("the row cannot be written", func(t *testing.T) {
 		heal := fault(t, "INSERT", "fault-create")
-		if err := impatient(org, "POST", jobsPath, body("fault-create")); err != nil {
-			t.Fatal(err)
-		}
+		r := org.Do(t, "POST", jobsPath, body("fault-create"))
+		expect(t, r, 503, "nothing was created")
+		heal()
 		if n := jobCount(t, org); n != 0 {
-			t.Fatalf("%v jobs while the row cannot be written; want none", n)
+			t.Fatalf("%v jobs after a create whose row was refused; want none", n)
+		}
+	})
+
+	t.Run("the commit fails after the start", func(t *testing.T) {
+		heal := fault(t, "COMMIT", "fault-commit")
+		r := org.Do(t, "POST", jobsPath, body("fault-commit"))
+		expect(t, r, 503, "accepted but not confirmed")
+		if n := jobCount(t, org); n != 0 {
+			t.Fatalf("%v jobs while the row cannot be committed; want none", n)
 		}
 		heal()
-		// The workflow owns its row: once PostgreSQL takes it, the job is whole.
+		// The started workflow writes the row itself once PostgreSQL takes
+		// it: the job is whole.
 		var id string
 		deadline := time.Now().Add(time.Minute)
 		for id == "" {
 			if time.Now().After(deadline) {
 				t.Fatal("the job never appeared after the fault healed")
 			}
-			r := org.Do(t, "GET", jobsPath+"?search=fault-create", nil)
+			r := org.Do(t, "GET", jobsPath+"?search=fault-commit", nil)
 			if jobs := r.Body["jobs"].([]any); len(jobs) == 1 {
 				id = jobs[0].(map[string]any)["id"].(string)
 			}
@@ -149,6 +165,9 @@ func TestCreateFaults(t *testing.T) {
 		}
 		if job := org.WaitStatus(t, id, time.Minute, "completed", "failed"); job["status"] != "completed" {
 			t.Fatalf("the job created through the fault %s: %v", job["status"], job["error"])
+		}
+		if types, _ := org.EventTypes(t, id); slices.Index(types, "created") < 0 || len(slices.DeleteFunc(slices.Clone(types), func(s string) bool { return s != "created" })) != 1 {
+			t.Errorf("events of the job created through the fault: %v", types)
 		}
 	})
 

@@ -25,7 +25,7 @@ func TestTraceFollowsAJob(t *testing.T) {
 	expect(t, r, 201)
 	org.WaitStatus(t, r.Body["id"].(string), 30*time.Second, "completed")
 
-	want := map[string]bool{"POST /api/v1/fine-tuning/jobs": false, "UpdateWithStartWorkflow:created": false, "StartActivity:TrainEpoch": false, "RunActivity:TrainEpoch": false}
+	want := map[string]bool{"POST /api/v1/fine-tuning/jobs": false, "StartWorkflow:FineTuningJob": false, "StartActivity:TrainEpoch": false, "RunActivity:TrainEpoch": false}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		for _, s := range spans.Ended() {

@@ -132,6 +132,7 @@ INSERT INTO jobs (
     $23, $24, $25,
     $26, $27, $28, $29
 )
+ON CONFLICT (id) DO NOTHING
 RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from
 `
 
@@ -167,6 +168,8 @@ type CreateJobParams struct {
 	InitFrom              *string
 }
 
+// A creator that finds the row written (or being written) by another
+// waits for that one's transaction and then writes nothing.
 func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (Job, error) {
 	row := db.QueryRow(ctx, createJob,
 		arg.ID,

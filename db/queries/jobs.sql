@@ -12,6 +12,9 @@ INSERT INTO jobs (
     sqlc.narg(max_cost), sqlc.narg(early_stopping_patience), @early_stopping_min_delta,
     @method, sqlc.narg(dpo_beta), @qlora, sqlc.narg(init_from)
 )
+-- A creator that finds the row written (or being written) by another
+-- waits for that one's transaction and then writes nothing.
+ON CONFLICT (id) DO NOTHING
 RETURNING *;
 
 -- name: GetJob :one
