@@ -92,10 +92,14 @@ type Server struct {
 	engine  *gin.Engine
 	models  *serving.Models
 	metrics *httpMetrics
+	// limiter and authFailures share their buckets with the other
+	// replicas through PostgreSQL (see ratelimit.go).
 	limiter *rateLimiter
 	keys    *apikey.Cache
 	// authFailures counts failed authentications per client address.
 	authFailures *rateLimiter
+	// known are the keys that skip the check of authFailures.
+	known *knownKeys
 	// streams counts open followed logs; logs polls them, once per job.
 	streams *streamLimits
 	logs    *logHub
@@ -109,10 +113,12 @@ type Server struct {
 func New(d Deps) *Server {
 	gin.SetMode(gin.ReleaseMode)
 	d.Timeouts = d.Timeouts.withDefaults()
+	shared := newSharedBuckets(d.Store.Pool, d.Logger)
 	s := &Server{Deps: d, log: d.Logger, engine: gin.New(), models: serving.New(d.Artifacts, d.ModelCacheBytes),
-		limiter:      newRateLimiter(d.RateLimit, max(1, int(2*d.RateLimit))),
+		limiter:      newSharedRateLimiter(shared, "key:", d.RateLimit, max(1, int(2*d.RateLimit))),
 		keys:         apikey.NewCache(d.Store),
-		authFailures: newRateLimiter(d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
+		authFailures: newSharedRateLimiter(shared, "addr:", d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
+		known:        newKnownKeys(),
 		streams:      newStreamLimits(d.StreamsPerKey, d.StreamsPerOrg),
 		logs:         newLogHub(d.Store, d.Logger),
 	}
@@ -308,22 +314,28 @@ func (h *healthCheck) check(ctx context.Context, ping func(context.Context) erro
 // auth admits requests whose key (X-API-Key, or Authorization: Bearer for
 // OpenAI clients) is valid and carries scope. A client address that keeps
 // failing is refused before its key is looked up, so guessing keys costs
-// the database nothing.
+// the database nothing but the check, on every replica alike.
 func (s *Server) auth(scope string) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		ctx := c.Request.Context()
 		addr := clientAddr(c.ClientIP())
-		if blocked, wait := s.authFailures.blocked(addr); blocked {
-			c.Header("Retry-After", retryAfter(wait))
-			s.respondError(c, newError(http.StatusTooManyRequests, "rate_limited",
-				"too many failed authentications from your address; retry in %s with a valid API key", wait.Round(time.Millisecond)))
-			return
-		}
 		plaintext := c.GetHeader("X-API-Key")
 		if plaintext == "" {
 			plaintext, _ = strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
 		}
+		trimmed := strings.TrimSpace(plaintext)
+		// A key found valid here lately is answered from the key cache and
+		// tells a guesser nothing: only lookups meet the throttle.
+		if !s.known.has(trimmed) {
+			if blocked, wait := s.authFailures.blockedShared(ctx, addr); blocked {
+				c.Header("Retry-After", retryAfter(wait))
+				s.respondError(c, newError(http.StatusTooManyRequests, "rate_limited",
+					"too many failed authentications from your address; retry in %s with a valid API key", wait.Round(time.Millisecond)))
+				return
+			}
+		}
 		if plaintext == "" {
-			s.authFailures.take(addr)
+			s.authFailures.takeShared(ctx, addr)
 			how := "send it in the X-API-Key header (or as Authorization: Bearer KEY)"
 			if openAIPath(c) {
 				how = "send it as Authorization: Bearer KEY, as OpenAI clients do with api_key"
@@ -331,9 +343,9 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "missing API key: %s", how))
 			return
 		}
-		key, err := s.keys.Lookup(c.Request.Context(), strings.TrimSpace(plaintext))
+		key, err := s.keys.Lookup(ctx, trimmed)
 		if errors.Is(err, apikey.ErrInvalid) {
-			s.authFailures.take(addr)
+			s.authFailures.takeShared(ctx, addr)
 			s.respondError(c, newError(http.StatusUnauthorized, "unauthorized", "invalid API key"))
 			return
 		}
@@ -341,11 +353,12 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 			s.respondError(c, err)
 			return
 		}
+		s.known.add(trimmed)
 		if !key.HasScope(scope) {
 			s.respondError(c, newError(http.StatusForbidden, "forbidden", "this API key lacks the %s scope", scope))
 			return
 		}
-		if ok, wait := s.limiter.allow(key.ID); !ok {
+		if ok, wait := s.limiter.allowShared(ctx, key.ID); !ok {
 			c.Header("Retry-After", retryAfter(wait))
 			s.respondError(c, errRateLimited(wait))
 			return

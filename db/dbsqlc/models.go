@@ -199,3 +199,9 @@ type JobMetric struct {
 	Metrics           []byte
 	ValidationMetrics []byte
 }
+
+type RateLimit struct {
+	Key     string
+	Tat     time.Time
+	Granted bool
+}
