@@ -22,21 +22,7 @@ import (
 // comes from 127.0.0.1).
 func replicaStore(t *testing.T) *db.Store {
 	t.Helper()
-	ctx := context.Background()
-	url, drop, err := dbtest.Create(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(drop)
-	store, err := db.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	if err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return store
+	return dbtest.NewStore(t)
 }
 
 // replicas starts two APIs on store, as two replicas behind a balancer.

@@ -4,53 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/tuneforge/tuneforge/activities"
-	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/workers"
 )
 
-// freshStore is a migrated database of its own on the test PostgreSQL.
-func freshStore(t *testing.T) *db.Store {
-	t.Helper()
-	ctx := context.Background()
-	name := fmt.Sprintf("tuneforge_test_workers_%x", rand.Uint64())
-	url, err := dbtest.DatabaseURL(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.EnsureDatabase(ctx, url); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, dbtest.AdminURL()); err == nil {
-			_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(ctx)
-		}
-	})
-	store, err := db.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(store.Close)
-	if err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return store
-}
-
 // TestRunTrainingChecksGPUs: a worker that checks GPUs logs them and
 // refuses an unfit pool before it advertises any slot.
 func TestRunTrainingChecksGPUs(t *testing.T) {
-	store := freshStore(t)
+	store := dbtest.NewStore(t)
 	workers.FakeNvidiaSMI(t, `echo "NVIDIA GeForce RTX 4090, 24564"`)
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))

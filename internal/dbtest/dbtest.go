@@ -67,6 +67,27 @@ func Create(ctx context.Context) (string, func(), error) {
 	return u, drop, nil
 }
 
+// NewStore is a fresh, migrated database of the test's own, dropped when
+// the test ends.
+func NewStore(t testing.TB) *db.Store {
+	t.Helper()
+	ctx := context.Background()
+	url, drop, err := Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop)
+	store, err := db.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	if err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 // RandomHex is n random bytes in hex, for names tests must not share.
 func RandomHex(n int) string {
 	b := make([]byte, n)
