@@ -2,11 +2,13 @@ package testenv
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,15 +30,21 @@ func BuildBinary(t testing.TB) string {
 	return bin
 }
 
-// FreeAddr is a 127.0.0.1 address with a port nothing listens on now.
+// FreeAddr is a 127.0.0.1 address with a port nothing listens on now,
+// below Linux's ephemeral range (32768 up): a port the kernel picked could
+// be taken by another test's outgoing connection before the process under
+// test listens on it.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port between 20000 and 32000")
+	return ""
 }
 
 // WaitOK waits until url answers 200, failing the test after timeout.
