@@ -1,11 +1,9 @@
 package cluster
 
 import (
-	"errors"
-	"math/rand/v2"
-	"net"
 	"path/filepath"
-	"strconv"
+
+	"github.com/tuneforge/tuneforge/internal/freeport"
 )
 
 // Local is the topology `make cluster` runs from the repository at repo:
@@ -48,7 +46,7 @@ func (c *Config) UseFreePorts() error {
 			return 0
 		}
 		var p int
-		p, err = freePort()
+		p, err = freeport.Pick()
 		return p
 	}
 	for _, role := range TemporalRoles {
@@ -62,19 +60,4 @@ func (c *Config) UseFreePorts() error {
 		c.Ports.Metrics[name] = free()
 	}
 	return err
-}
-
-// freePort is a free loopback port below Linux's ephemeral range
-// (32768 up), which the kernel's own picks never take, and within a
-// smallint: Temporal's cluster_membership table keeps ports as one.
-func freePort() (int, error) {
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err == nil {
-			l.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port between 20000 and 32000")
 }

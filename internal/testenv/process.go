@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tuneforge/tuneforge/internal/freeport"
 )
 
 // For tests that run tuneforge's own binary.
@@ -30,21 +31,16 @@ func BuildBinary(t testing.TB) string {
 	return bin
 }
 
-// FreeAddr is a 127.0.0.1 address with a port nothing listens on now,
-// below Linux's ephemeral range (32768 up): a port the kernel picked could
-// be taken by another test's outgoing connection before the process under
-// test listens on it.
+// FreeAddr is a 127.0.0.1 address with a port nothing listens on now
+// (freeport.Pick: below the ephemeral range, so another test's outgoing
+// connection cannot take it before the process under test listens).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	for range 1000 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
-		if l, err := net.Listen("tcp", addr); err == nil {
-			l.Close()
-			return addr
-		}
+	port, err := freeport.Pick()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port between 20000 and 32000")
-	return ""
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
 // WaitOK waits until url answers 200, failing the test after timeout.
