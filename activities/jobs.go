@@ -104,22 +104,20 @@ func CountCreated() { metrics.JobTransitions.WithLabelValues(string(jobstatus.Qu
 // row exists already, or another transaction is writing it and commits.
 // Its errors are application errors of the ErrType* types the API maps.
 func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err error) {
+	if j.MaxActiveJobs > 0 {
+		// One creation per organization at a time, so the cap holds
+		// exactly; the row is looked for after the lock, since its holder
+		// may have been writing this very row.
+		if err := tx.LockJobCreation(ctx, j.OrganizationID); err != nil {
+			return false, err
+		}
+	}
 	if _, err := tx.JobByID(ctx, j.ID); err == nil {
 		return false, nil
 	} else if !db.IsNotFound(err) {
 		return false, err
 	}
 	if j.MaxActiveJobs > 0 {
-		// One creation per organization at a time, so the cap holds exactly.
-		if err := tx.LockJobCreation(ctx, j.OrganizationID); err != nil {
-			return false, err
-		}
-		// The lock's holder may have been writing this very row.
-		if _, err := tx.JobByID(ctx, j.ID); err == nil {
-			return false, nil
-		} else if !db.IsNotFound(err) {
-			return false, err
-		}
 		active, err := tx.ActiveJobs(ctx, j.OrganizationID)
 		if err != nil {
 			return false, err
