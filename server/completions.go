@@ -314,15 +314,15 @@ func (s *Server) backendError(ctx context.Context, rec db.Model, err error) erro
 // fine_tuned_model_checkpoint). A builtin checkpoint is served as it is; an
 // adapter's must be deployed first, which loads it into its backend.
 func (s *Server) chatModel(ctx context.Context, org, name string) (db.Model, error) {
-	jobID, step, ok := parseCheckpointModel(name)
-	if !ok {
+	n, ok := parseFineTunedName(name)
+	if !ok || !n.Checkpoint {
 		return s.Store.Model(ctx, org, name)
 	}
-	job, err := s.Store.Job(ctx, org, jobID)
+	job, err := s.Store.Job(ctx, org, n.JobID)
 	if err != nil {
 		return db.Model{}, err
 	}
-	k, err := s.Store.CheckpointAtStep(ctx, job.ID, step)
+	k, err := s.Store.CheckpointAtStep(ctx, job.ID, n.Step)
 	if err != nil {
 		return db.Model{}, err
 	}

@@ -550,20 +550,15 @@ func (s *Server) fineTunedSource(ctx context.Context, org, name, field string, s
 // gives it, out of a fine-tuned model's name: db.ErrNotFound when name is
 // not one, and id "" for an ft: name of another shape.
 func (s *Server) fineTunedJobID(ctx context.Context, org, name string) (base, id string, err error) {
-	rest, ft := strings.CutPrefix(name, "ft:")
-	if !ft {
+	if !strings.HasPrefix(name, "ft:") {
 		m, err := s.Store.Model(ctx, org, name)
 		return "", m.JobID, err
 	}
-	parts := strings.Split(rest, ":")
-	id = parts[len(parts)-1]
-	switch {
-	case !strings.HasPrefix(id, "ftjob_") || len(parts) > 2:
+	n, ok := parseFineTunedName(name)
+	if !ok || n.Checkpoint || !strings.HasPrefix(n.JobID, "ftjob_") {
 		return "", "", nil
-	case len(parts) == 2:
-		base = parts[0]
 	}
-	return base, id, nil
+	return n.Base, n.JobID, nil
 }
 
 // checkTrainer refuses, at once, a job that only a command trainer trains
@@ -749,7 +744,7 @@ func (s *Server) getJob(c *gin.Context) {
 	switch {
 	case err == nil:
 		v.BestCheckpoint = &bestCheckpointView{ID: best.ID, Step: best.Step, Epoch: best.Epoch,
-			ValidationLoss: *best.ValidationLoss, Model: checkpointModel(job.BaseModel, job.ID, best.Step)}
+			ValidationLoss: *best.ValidationLoss, Model: fineTunedName{Base: job.BaseModel, JobID: job.ID, Checkpoint: true, Step: best.Step}.String()}
 	case !db.IsNotFound(err):
 		s.respondError(c, err)
 		return

@@ -286,7 +286,7 @@ func toOpenAIJob(j db.Job) openAIJob {
 	model := j.BaseModel
 	if j.InitFrom != nil {
 		// The model it was asked to fine-tune, as OpenAI shows it.
-		model = fineTunedModel(j.BaseModel, *j.InitFrom)
+		model = fineTunedName{Base: j.BaseModel, JobID: *j.InitFrom}.String()
 	}
 	out := openAIJob{
 		Object: "fine_tuning.job", ID: j.ID, CreatedAt: j.CreatedAt.Unix(), Hyperparameters: hp, Model: model,
@@ -543,7 +543,7 @@ func (s *Server) openAIJobCheckpoints(c *gin.Context) {
 	}
 	out := make([]openAICheckpoint, len(ckpts))
 	for i, k := range ckpts {
-		model := checkpointModel(job.BaseModel, job.ID, k.Step)
+		model := fineTunedName{Base: job.BaseModel, JobID: job.ID, Checkpoint: true, Step: k.Step}.String()
 		out[i] = openAICheckpoint{
 			Object: "fine_tuning.job.checkpoint", ID: k.ID, CreatedAt: k.CreatedAt.Unix(), FineTuningJobID: job.ID, StepNumber: k.Step,
 			FineTunedModelCheckpoint: &model,

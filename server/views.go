@@ -1,10 +1,7 @@
 package server
 
 import (
-	"fmt"
 	"math"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tuneforge/tuneforge/db"
@@ -174,37 +171,6 @@ type bestCheckpointView struct {
 	ValidationLoss float64 `json:"validationLoss"`
 	// Model is the name under which /v1/chat/completions serves it.
 	Model string `json:"model"`
-}
-
-// checkpointModel names a job's checkpoint as a model, as OpenAI names
-// a fine_tuned_model_checkpoint: chat completions serve it by that name.
-func checkpointModel(baseModel, jobID string, step int32) string {
-	return fmt.Sprintf("ft:%s:%s:ckpt-step-%d", baseModel, jobID, step)
-}
-
-// fineTunedModel names a job's final adapter as a model a new job can
-// start from (see fineTunedJobID), the way checkpointModel names its
-// checkpoints.
-func fineTunedModel(baseModel, jobID string) string {
-	return fmt.Sprintf("ft:%s:%s", baseModel, jobID)
-}
-
-// parseCheckpointModel reads a checkpointModel name; ok is false for any
-// other model name.
-func parseCheckpointModel(name string) (jobID string, step int32, ok bool) {
-	rest, found := strings.CutPrefix(name, "ft:")
-	if !found {
-		return "", 0, false
-	}
-	parts := strings.Split(rest, ":")
-	if len(parts) != 3 || !strings.HasPrefix(parts[2], "ckpt-step-") {
-		return "", 0, false
-	}
-	n, err := strconv.ParseInt(strings.TrimPrefix(parts[2], "ckpt-step-"), 10, 32)
-	if err != nil || n < 0 {
-		return "", 0, false
-	}
-	return parts[1], int32(n), true
 }
 
 // actions lists what can succeed on the job now, so clients offer only

@@ -24,13 +24,12 @@ func TestIngestion(t *testing.T) {
 	ctx := context.Background()
 	org := env.NewOrg(t)
 	trainer := testenv.TestTrainer(t)
-	addPool(t, "bench-flood")
-	addPool(t, "bench-victim")
+	floodPool, victimPool := env.NewPool(t, 1), env.NewPool(t, 1)
 	// Without the per-attempt limit (TUNEFORGE_TRAINER_LOG_RATE), which
 	// would drop all but a few hundred: this measures what the recording
 	// path can take.
-	env.StartRunnerWorker(t, "bench-flood", &command.Runner{Argv: []string{trainer, "--log-lines", fmt.Sprint(floodLines)}, Grace: 5 * time.Second, LogRate: 1e9})
-	env.StartCommandWorker(t, "bench-victim", trainer)
+	env.StartRunnerWorker(t, floodPool, &command.Runner{Argv: []string{trainer, "--log-lines", fmt.Sprint(floodLines)}, Grace: 5 * time.Second, LogRate: 1e9})
+	env.StartCommandWorker(t, victimPool, trainer)
 	small := org.Upload(t, "small.jsonl", testenv.Tickets(200, 31))
 	victimData := org.Upload(t, "victim.jsonl", testenv.Tickets(40000, 32))
 
@@ -56,7 +55,7 @@ func TestIngestion(t *testing.T) {
 
 	// floodRate runs a flood and returns the lines a second recorded.
 	floodRate := func(during func()) float64 {
-		flood := create("bench-flood", small, 1)
+		flood := create(floodPool, small, 1)
 		org.WaitStatus(t, flood, time.Minute, "running")
 		during()
 		org.WaitStatus(t, flood, 10*time.Minute, "completed")
@@ -73,14 +72,14 @@ func TestIngestion(t *testing.T) {
 		return float64(n) / secs
 	}
 
-	alone := create("bench-victim", victimData, 3)
+	alone := create(victimPool, victimData, 3)
 	org.WaitStatus(t, alone, 5*time.Minute, "completed")
 	rate := floodRate(func() {})
 	results.Add(benchutil.Result{Bench: "6 ingestion", What: fmt.Sprintf("log lines recorded from one trainer (%d)", floodLines),
 		Value: fmt.Sprintf("%.0f lines/s", rate), Target: "≥ 50,000/s", Met: benchutil.Verdict(rate >= 50000)})
 	var victim string
 	rate = floodRate(func() {
-		victim = create("bench-victim", victimData, 3)
+		victim = create(victimPool, victimData, 3)
 		org.WaitStatus(t, victim, 5*time.Minute, "completed")
 	})
 	results.Add(benchutil.Result{Bench: "6 ingestion", What: "the same while another trainer trains", Value: fmt.Sprintf("%.0f lines/s", rate), Target: "(report)"})

@@ -21,8 +21,8 @@ import (
 // computes for about 10 s, then about 1 s.
 func TestOrchestrationOverhead(t *testing.T) {
 	const epochs, seed = 3, 42
-	addPool(t, "bench-overhead")
-	env.StartWorker(t, "bench-overhead", 1)
+	overheadPool := env.NewPool(t, 1)
+	env.StartWorker(t, overheadPool, 1)
 	org := env.NewOrg(t)
 	// Examples per second, from one epoch over 20,000 examples.
 	rate := float64(20000) / compute(t, testenv.Tickets(20000, 11), 1, seed).Seconds()
@@ -32,7 +32,7 @@ func TestOrchestrationOverhead(t *testing.T) {
 		ds := org.Upload(t, "train.jsonl", data)
 		start := time.Now()
 		r := org.Do(t, "POST", benchutil.JobsPath, map[string]any{"name": "overhead bench", "baseModel": "llama-3.1-8b", "trainingDataset": ds,
-			"hardware": "bench-overhead", "hyperparameters": map[string]any{"epochs": epochs}})
+			"hardware": overheadPool, "hyperparameters": map[string]any{"epochs": epochs}})
 		if r.Status != 201 {
 			t.Fatalf("create: %d %s", r.Status, r.Raw)
 		}

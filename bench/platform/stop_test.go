@@ -1,7 +1,6 @@
 package platform_test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -14,17 +13,6 @@ import (
 	"github.com/tuneforge/tuneforge/internal/benchutil"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
-
-// addPool adds a hardware pool of the benchmark's own, so that only the
-// workers it starts serve it.
-func addPool(t *testing.T, id string) {
-	t.Helper()
-	_, err := env.Store.Pool.Exec(context.Background(), `INSERT INTO hardware (id, name, gpu_memory, gpu_memory_gb, gpu_count, cost_per_hour, speed_factor, position)
-		VALUES ($1, $1, '80GB', 80, 1, 1, 1, 100) ON CONFLICT DO NOTHING`, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-}
 
 // TestStopLatency: benchmark 4. Jobs train on a pool of their own; each
 // round waits until its job records a new metric point (a command trainer
@@ -40,11 +28,11 @@ func TestStopLatency(t *testing.T) {
 	org := env.NewOrg(t)
 	ds := org.Upload(t, "big.jsonl", testenv.Tickets(120000, 21))
 
-	addPool(t, "bench-builtin")
-	env.StartWorker(t, "bench-builtin", 4)
+	builtinPool := env.NewPool(t, 1)
+	env.StartWorker(t, builtinPool, 4)
 	var builtin []string
 	for range 4 {
-		builtin = append(builtin, createLongJob(t, org, ds, "bench-builtin"))
+		builtin = append(builtin, createLongJob(t, org, ds, builtinPool))
 	}
 	for _, id := range builtin {
 		org.WaitStatus(t, id, 2*time.Minute, "running")
@@ -57,12 +45,12 @@ func TestStopLatency(t *testing.T) {
 		Value: fmt.Sprintf("%.0f/s (measured rate × 500)", perJob*500), Target: "(report)"})
 	reportStops(t, "builtin", stopRounds(t, org, builtin, 25))
 
-	addPool(t, "bench-command")
+	commandPool := env.NewPool(t, 1)
 	trainer := testenv.TestTrainer(t)
 	var command []string
 	for range 4 {
-		env.StartCommandWorker(t, "bench-command", trainer, "--step-delay", "2ms", "--checkpoint-every", "200")
-		command = append(command, createLongJob(t, org, ds, "bench-command"))
+		env.StartCommandWorker(t, commandPool, trainer, "--step-delay", "2ms", "--checkpoint-every", "200")
+		command = append(command, createLongJob(t, org, ds, commandPool))
 	}
 	for _, id := range command {
 		org.WaitStatus(t, id, 2*time.Minute, "running")
