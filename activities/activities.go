@@ -112,6 +112,10 @@ type StatusRecord struct {
 	// Log as its message, and EventData (the cause, the figures).
 	Event     db.EventType
 	EventData map[string]any
+	// Release gives the job's GPU slot (or its place in the queue) back in
+	// the same transaction, counting the slot's GPU time; the caller then
+	// dispatches the pool (DispatchGPUs).
+	Release bool `json:",omitempty"`
 }
 
 // Amendment is what a restart changes; nil fields keep the job's.
@@ -138,6 +142,11 @@ func (a *Activities) recordStatus(ctx context.Context, r StatusRecord) error {
 		}
 		if err != nil {
 			return err
+		}
+		if r.Release {
+			if _, err := tx.ReleaseGPU(ctx, r.JobID); err != nil {
+				return err
+			}
 		}
 		if am := r.Amend; am != nil {
 			var batch *int32

@@ -48,3 +48,36 @@ func TestRecordStatus(t *testing.T) {
 	_, err = f.run(f.acts.RecordStatus, activities.StatusRecord{JobID: "job_deleted", Status: jobstatus.Running, At: started, Log: "Training started"})
 	wantError(t, err, activities.ErrTypeJobGone)
 }
+
+// TestRecordStatusReleasesTheSlot: a record with Release frees the job's
+// slot and counts its GPU time in the transaction that records how
+// training ended, so no reader sees a finished job holding its slot; the
+// freed slot waits for DispatchGPUs.
+func TestRecordStatusReleasesTheSlot(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	pool := f.pool(1)
+	holder, waiter := f.newJob(pool), f.newJob(pool)
+	f.recipient(waiter)
+	queued := time.Now()
+	if !f.requestGPU(pool, holder, queued).Granted || f.requestGPU(pool, waiter, queued.Add(time.Second)).Granted {
+		t.Fatal("want the first job granted and the second waiting")
+	}
+	_, err := f.run(f.acts.RecordStatus, activities.StatusRecord{JobID: holder, Status: jobstatus.Failed, At: time.Now(),
+		Failure: &failure.Failure{Code: "budget_exceeded", Class: failure.Budget, Message: "over budget"}, Release: true})
+	f.check(err)
+	if l := f.lease(holder); l != nil {
+		t.Errorf("the failed job still holds %+v", *l)
+	}
+	if j := f.job(holder); j.Status != jobstatus.Failed || j.GPUSeconds <= 0 {
+		t.Errorf("status %s, gpu seconds %v; want failed with its slot's time counted", j.Status, j.GPUSeconds)
+	}
+	if l := f.lease(waiter); l == nil || l.GrantedAt != nil {
+		t.Fatalf("before the dispatch the waiter's lease is %+v; want it waiting", l)
+	}
+	_, err = f.run(f.acts.DispatchGPUs, pool)
+	f.check(err)
+	if l := f.lease(waiter); l == nil || l.GrantedAt == nil {
+		t.Errorf("after the dispatch the waiter's lease is %+v; want it granted", l)
+	}
+}

@@ -136,6 +136,11 @@ type heartbeat struct {
 // startHeartbeat starts heartbeating; flush, when set, runs at each beat.
 func startHeartbeat(ctx context.Context, flush func()) *heartbeat {
 	h := &heartbeat{done: make(chan struct{}), exited: make(chan struct{})}
+	// A stop cancels ctx, and the SDK sends each heartbeat under the
+	// context it is given: the beats go on under one the stop leaves
+	// alone, so the attempt is heard while it saves its last checkpoint
+	// instead of timing out. They end when the attempt does.
+	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(h.exited)
 		t := time.NewTicker(heartbeatEvery)

@@ -3,6 +3,7 @@ package server_test
 import (
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/trainer/command"
+	"github.com/tuneforge/tuneforge/workflows"
 )
 
 // commandPool is served only by the command workers these tests start.
@@ -96,6 +99,40 @@ func TestCommandTrainerStopRestart(t *testing.T) {
 	checkIncreasing(t, after, 100)
 	if !slices.Contains(after, stoppedAt) {
 		t.Errorf("the point at step %d, recorded before the stop, is gone: %v", stoppedAt, after)
+	}
+}
+
+// TestCommandTrainerSlowStop: a trainer that takes longer than the
+// heartbeat timeout to write its last checkpoint after a stop is heard
+// until it exits: the stop answers then, with that checkpoint saved and no
+// trainer left, instead of the attempt timing out while the trainer still
+// writes (and holds its GPU).
+func TestCommandTrainerSlowStop(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(400, 24))
+	slow := workflows.HeartbeatTimeout + 2*time.Second
+	stop := env.StartRunnerWorker(t, commandPool, &command.Runner{
+		Argv:  []string{testenv.TestTrainer(t), "--step-delay", "30ms", "--slow-stop", slow.String()},
+		Grace: 3 * slow, WorldSize: 1,
+	})
+	defer stop()
+	id := commandJob(t, org, ds, 2)
+	org.WaitStatus(t, id, time.Minute, "running")
+	org.WaitMetricPoints(t, id, 5)
+	start := time.Now()
+	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 200, `"status":"stopped"`)
+	took := time.Since(start)
+	t.Logf("stop answered in %s", took)
+	if took < slow {
+		t.Errorf("the stop answered in %s, before the trainer could have saved its last checkpoint (%s)", took, slow)
+	}
+	if n := trainerProcesses(t); n != 0 {
+		t.Errorf("%d test trainer processes outlived the stop", n)
+	}
+	logs := org.Logs(t, id)
+	m := regexp.MustCompile(`stopped by SIGTERM at step (\d+)`).FindStringSubmatch(logs)
+	if m == nil || !strings.Contains(logs, "Checkpoint saved at step "+m[1]+" ") {
+		t.Errorf("no checkpoint at the step the trainer stopped at when the stop answered: %s", logs)
 	}
 }
 

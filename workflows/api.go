@@ -79,6 +79,9 @@ const (
 	// versionOutcomeBeforeRelease: a job records how training ended before
 	// it releases its GPU slot.
 	versionOutcomeBeforeRelease = "outcome-before-release"
+	// versionReleaseWithOutcome: the slot is released in the transaction
+	// that records how training ended.
+	versionReleaseWithOutcome = "release-with-outcome"
 	// versionDeployFailureRecorded: a failed deploy is recorded on the
 	// job (its error and an event).
 	versionDeployFailureRecorded = "deploy-failure-recorded"

@@ -58,8 +58,8 @@ func TestEpochAttemptsAreBounded(t *testing.T) {
 	events, epochs, releases, _ := h.snapshot()
 	assert.Equal(t, []int{1}, epochs)
 	assert.Equal(t, []string{"ftjob-test"}, releases, "the failed job's slot is released")
-	require.NotEmpty(t, events)
-	assert.Equal(t, "ReleaseGPU", events[len(events)-1], "the failure is recorded before the slot is released")
+	assert.Equal(t, []string{"RecordStatus:failed", "released", "DispatchGPUs"}, events[len(events)-3:],
+		"the slot is released with the failure's record, then given to the next job")
 }
 
 // TestEpochRetryThatSucceeds: a retryable failure short of the bound is

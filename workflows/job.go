@@ -285,7 +285,7 @@ func (j *job) run(ctx workflow.Context) error {
 				continue
 			}
 			// Cancelling a stopped job: it stays stopped, for good.
-			if err := j.stopped(ctx); err != nil {
+			if err := j.stopped(ctx, false); err != nil {
 				return err
 			}
 		case actionDeploy:
@@ -333,18 +333,22 @@ func (j *job) train(ctx workflow.Context) error {
 		return err
 	}
 	// The outcome is recorded before the slot is released, so the next job
-	// of the pool never starts before this one has finished.
+	// of the pool never starts before this one has finished; since
+	// versionReleaseWithOutcome in the same transaction, so that no reader
+	// sees a finished job holding its slot or missing its GPU time.
 	outcomeFirst := workflow.GetVersion(ctx, versionOutcomeBeforeRelease, workflow.DefaultVersion, 1) == 1
 	if !outcomeFirst {
 		if err := release(); err != nil {
 			return err
 		}
 	}
+	withOutcome := outcomeFirst && leased &&
+		workflow.GetVersion(ctx, versionReleaseWithOutcome, workflow.DefaultVersion, 1) == 1
 	j.setPhase(ctx, PhaseIdle)
 	var terr error
 	switch {
 	case stopped:
-		terr = j.stopped(ctx)
+		terr = j.stopped(ctx, withOutcome)
 	case err != nil:
 		f := classify(err)
 		what := "Training failed: "
@@ -352,7 +356,7 @@ func (j *job) train(ctx workflow.Context) error {
 			what = "Dataset validation failed: "
 		}
 		terr = j.transition(ctx, jobstatus.Failed, change{Failure: &f, Event: db.EventFailed, Log: what + f.Message,
-			Data: map[string]any{"reason": f.Message, "code": f.Code, "class": f.Class}})
+			Data: map[string]any{"reason": f.Message, "code": f.Code, "class": f.Class}, Release: withOutcome})
 	default:
 		data := map[string]any{"epochs": j.state.Epoch, "trainedTokens": j.state.TrainedTokens}
 		if j.state.TrainingLoss != nil {
@@ -369,9 +373,18 @@ func (j *job) train(ctx workflow.Context) error {
 				"by more than %g for %d epochs", j.state.Epoch, j.in.Hyperparameters.Epochs, j.state.TrainedTokens,
 				*j.state.BestValidationLoss, es.MinDelta, es.Patience)
 		}
-		terr = j.transition(ctx, jobstatus.Completed, change{Event: db.EventCompleted, Data: data, Log: msg})
+		terr = j.transition(ctx, jobstatus.Completed, change{Event: db.EventCompleted, Data: data, Log: msg, Release: withOutcome})
 	}
-	if outcomeFirst {
+	switch {
+	case withOutcome && terr == nil:
+		// The slot is free: the next waiting job gets it.
+		rctx, _ := workflow.NewDisconnectedContext(ctx)
+		err := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.DispatchGPUs, j.in.HardwareID).Get(rctx, nil)
+		j.spend(ctx)
+		if err != nil {
+			return err
+		}
+	case outcomeFirst:
 		if err := release(); err != nil {
 			return err
 		}
@@ -544,9 +557,9 @@ func (j *job) cancelsStopped() bool {
 // stopped records the job as stopped at the current request, cancelled
 // when it asked to be. The request stays current until it is recorded, so
 // nothing else (a restart of a job being cancelled) is taken meanwhile.
-func (j *job) stopped(ctx workflow.Context) error {
+func (j *job) stopped(ctx workflow.Context, release bool) error {
 	who, data := j.cause()
-	c := change{Event: db.EventStopped, Data: data,
+	c := change{Event: db.EventStopped, Data: data, Release: release,
 		Log: fmt.Sprintf("Training stopped by %s; a restart resumes it from its latest checkpoint", who)}
 	if j.req.Cancel {
 		c.Cancel, c.Event, c.Log = true, db.EventCancelled, fmt.Sprintf("Job cancelled by %s; it will not resume", who)
@@ -684,6 +697,8 @@ type change struct {
 	Event   db.EventType
 	Log     string
 	Data    map[string]any
+	// Release gives the job's GPU slot back with the record.
+	Release bool
 }
 
 // transition records a new status in PostgreSQL and the search attributes,
@@ -696,7 +711,7 @@ func (j *job) transition(ctx workflow.Context, s jobstatus.Status, c change) err
 	lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 	err := workflow.ExecuteLocalActivity(lctx, a.RecordStatus, activities.StatusRecord{
 		JobID: j.in.JobID, Status: s, Failure: c.Failure, Amend: c.Amend, At: workflow.Now(ctx), Cancel: c.Cancel,
-		Log: c.Log, LogLevel: level, Event: c.Event, EventData: c.Data,
+		Log: c.Log, LogLevel: level, Event: c.Event, EventData: c.Data, Release: c.Release,
 	}).Get(ctx, nil)
 	if err != nil {
 		return err

@@ -99,6 +99,10 @@ func (h *harness) recordStatus(_ context.Context, r activities.StatusRecord) err
 	defer h.mu.Unlock()
 	h.records = append(h.records, r)
 	h.events = append(h.events, "RecordStatus:"+string(r.Status))
+	if r.Release {
+		h.releases = append(h.releases, r.JobID)
+		h.events = append(h.events, "released")
+	}
 	return nil
 }
 
@@ -130,6 +134,12 @@ func (h *harness) run(in workflows.JobInput) {
 		defer h.mu.Unlock()
 		h.releases = append(h.releases, jobID)
 		h.events = append(h.events, "ReleaseGPU")
+		return nil
+	})
+	h.env.OnActivity("DispatchGPUs", mock.Anything, mock.Anything).Return(func(context.Context, string) error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.events = append(h.events, "DispatchGPUs")
 		return nil
 	})
 	h.env.OnActivity("Deploy", mock.Anything, mock.Anything).Return(func(_ context.Context, d activities.DeployInput) error {
@@ -339,7 +349,7 @@ func TestHappyPathThenDeploy(t *testing.T) {
 	assert.Equal(t, workflows.PhaseIdle, final.Phase)
 
 	events, epochs, releases, deploys := h.snapshot()
-	assert.Equal(t, []string{"ValidateDataset", "RequestGPU", "RecordStatus:running", "TrainEpoch:1", "TrainEpoch:2", "TrainEpoch:3", "RecordStatus:completed", "ReleaseGPU", "Deploy"}, events)
+	assert.Equal(t, []string{"ValidateDataset", "RequestGPU", "RecordStatus:running", "TrainEpoch:1", "TrainEpoch:2", "TrainEpoch:3", "RecordStatus:completed", "released", "DispatchGPUs", "Deploy"}, events)
 	assert.Equal(t, []int{1, 2, 3}, epochs)
 	assert.Equal(t, []string{in.JobID}, releases)
 	assert.Equal(t, 1, deploys)

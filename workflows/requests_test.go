@@ -51,7 +51,7 @@ func TestCancelRunningJob(t *testing.T) {
 	assert.Equal(t, activities.StatusRecord{
 		JobID: "ftjob-test", Status: jobstatus.Stopped, At: startTime.Add(10 * time.Minute), Cancel: true,
 		Log: "Job cancelled by user_1 through the API; it will not resume", LogLevel: activities.LevelInfo,
-		Event: db.EventCancelled, EventData: map[string]any{"by": "user_1", "via": "update"},
+		Event: db.EventCancelled, EventData: map[string]any{"by": "user_1", "via": "update"}, Release: true,
 	}, rec)
 	requireRejected(t, restart, "a cancelled job does not resume")
 	assert.Equal(t, []string{"running", "stopped"}, h.statuses())

@@ -27,6 +27,7 @@
 //	--log-lines N           log N lines ("flood i") before training, as fast as it can
 //	--exit-code N           exit N after the first progress line
 //	--no-final-checkpoint   skip the checkpoint before the result (a protocol violation)
+//	--slow-stop DURATION    on SIGTERM, take this long before the last checkpoint (a large one)
 package main
 
 import (
@@ -65,6 +66,7 @@ var (
 	logLines          = flag.Int("log-lines", 0, "log this many lines before training")
 	exitCode          = flag.Int("exit-code", -1, "exit with this code after the first progress line")
 	noFinalCheckpoint = flag.Bool("no-final-checkpoint", false, "skip the checkpoint at the end (a protocol violation)")
+	slowStop          = flag.Duration("slow-stop", 0, "on SIGTERM, take this long before the last checkpoint")
 )
 
 // config is config.json, as far as this trainer needs it. modelPath is not
@@ -281,6 +283,7 @@ func main() {
 		if err != nil && ctx.Err() != nil {
 			// Stopped: a last checkpoint if this process trained anything.
 			if state.Step > startStep {
+				time.Sleep(*slowStop)
 				checkpoint()
 			}
 			logf("info", "stopped by SIGTERM at step %d", state.Step)
