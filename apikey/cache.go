@@ -39,6 +39,17 @@ func NewCache(store *db.Store) *Cache {
 	return &Cache{store: store, now: time.Now, keys: map[[32]byte]cached{}}
 }
 
+// Cached says whether Lookup would answer plaintext from memory: it was
+// found valid within CacheTTL. Such a request tells a key guesser nothing.
+func (c *Cache) Cached(plaintext string) bool {
+	h := sha256.Sum256([]byte(plaintext))
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.keys[h]
+	return ok && now.Before(e.expires)
+}
+
 // Lookup is apikey.Lookup, answered from memory for CacheTTL after a
 // lookup found the key valid.
 func (c *Cache) Lookup(ctx context.Context, plaintext string) (Key, error) {

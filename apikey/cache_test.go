@@ -36,9 +36,15 @@ func TestCacheTrustsAKeyForItsTTL(t *testing.T) {
 	if _, err := c.Lookup(ctx, "tf_unknown"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("an unknown key: %v, want ErrInvalid", err)
 	}
+	if c.Cached(plain) || c.Cached("tf_unknown") {
+		t.Fatal("a key never found valid is cached")
+	}
 	k, err := c.Lookup(ctx, plain)
 	if err != nil || k.OrganizationID != "org_a" || !k.HasScope(ScopeRead) {
 		t.Fatalf("a valid key: %+v, %v", k, err)
+	}
+	if !c.Cached(plain) {
+		t.Fatal("a key just found valid is not cached")
 	}
 	if _, err := store.Pool.Exec(ctx, `UPDATE api_keys SET revoked_at = now()`); err != nil {
 		t.Fatal(err)
@@ -47,6 +53,9 @@ func TestCacheTrustsAKeyForItsTTL(t *testing.T) {
 		t.Fatalf("within its TTL a revoked key is still trusted: %v", err)
 	}
 	now = now.Add(CacheTTL)
+	if c.Cached(plain) {
+		t.Fatal("a key is cached past its TTL")
+	}
 	if _, err := c.Lookup(ctx, plain); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("after its TTL the revoked key: %v, want ErrInvalid", err)
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/time/rate"
 
-	"github.com/tuneforge/tuneforge/apikey"
 	"github.com/tuneforge/tuneforge/db/dbsqlc"
 )
 
@@ -435,34 +433,6 @@ func (s *sharedBuckets) warn(ctx context.Context, err error) {
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
-
-// knownKeys remembers, by their hashes, the keys this process found valid
-// within apikey.CacheTTL, which its key cache answers from memory: such a
-// request tells a key guesser nothing, so it needs no check of the failed
-// authentications.
-type knownKeys struct {
-	mu   sync.Mutex
-	keys map[[32]byte]time.Time
-}
-
-func newKnownKeys() *knownKeys { return &knownKeys{keys: map[[32]byte]time.Time{}} }
-
-func (k *knownKeys) add(plaintext string) {
-	h := sha256.Sum256([]byte(plaintext))
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if len(k.keys) >= maxLimiterKeys {
-		clear(k.keys)
-	}
-	k.keys[h] = time.Now().Add(apikey.CacheTTL)
-}
-
-func (k *knownKeys) has(plaintext string) bool {
-	h := sha256.Sum256([]byte(plaintext))
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return time.Now().Before(k.keys[h])
-}
 
 // clientAddr is the key a client address is limited by: an IPv4 address,
 // or the /64 network of an IPv6 one, since a single host commonly holds a

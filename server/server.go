@@ -98,8 +98,6 @@ type Server struct {
 	keys    *apikey.Cache
 	// authFailures counts failed authentications per client address.
 	authFailures *rateLimiter
-	// known are the keys that skip the check of authFailures.
-	known *knownKeys
 	// streams counts open followed logs; logs polls them, once per job.
 	streams *streamLimits
 	logs    *logHub
@@ -118,7 +116,6 @@ func New(d Deps) *Server {
 		limiter:      newSharedRateLimiter(shared, "key:", d.RateLimit, max(1, int(2*d.RateLimit))),
 		keys:         apikey.NewCache(d.Store),
 		authFailures: newSharedRateLimiter(shared, "addr:", d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
-		known:        newKnownKeys(),
 		streams:      newStreamLimits(d.StreamsPerKey, d.StreamsPerOrg),
 		logs:         newLogHub(d.Store, d.Logger),
 	}
@@ -326,7 +323,7 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 		trimmed := strings.TrimSpace(plaintext)
 		// A key found valid here lately is answered from the key cache and
 		// tells a guesser nothing: only lookups meet the throttle.
-		if !s.known.has(trimmed) {
+		if !s.keys.Cached(trimmed) {
 			if blocked, wait := s.authFailures.blockedShared(ctx, addr); blocked {
 				c.Header("Retry-After", retryAfter(wait))
 				s.respondError(c, newError(http.StatusTooManyRequests, "rate_limited",
@@ -353,7 +350,6 @@ func (s *Server) auth(scope string) gin.HandlerFunc {
 			s.respondError(c, err)
 			return
 		}
-		s.known.add(trimmed)
 		if !key.HasScope(scope) {
 			s.respondError(c, newError(http.StatusForbidden, "forbidden", "this API key lacks the %s scope", scope))
 			return
