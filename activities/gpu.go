@@ -60,12 +60,14 @@ func (a *Activities) RequestGPU(ctx context.Context, req LeaseRequest) (GPUTicke
 		return ticket, a.granted(ctx, req)
 	}
 	msg := fmt.Sprintf("Waiting for a GPU slot on %s (%d of your organization's jobs ahead of it on this pool)", req.HardwareID, place.Ahead)
-	err = recordEvent(ctx, a.Store.Conn, db.Event{JobID: req.JobID, Type: db.EventWaitingForGPU, Message: msg,
-		Data: map[string]any{"hardware": req.HardwareID, "ahead": place.Ahead}})
-	if err != nil {
-		return GPUTicket{}, err
-	}
-	return ticket, a.appendLog(ctx, req.JobID, LevelInfo, msg)
+	return ticket, a.Store.Transact(ctx, func(tx db.Conn) error {
+		err := recordEvent(ctx, tx, db.Event{JobID: req.JobID, Type: db.EventWaitingForGPU, Message: msg,
+			Data: map[string]any{"hardware": req.HardwareID, "ahead": place.Ahead}})
+		if err != nil {
+			return err
+		}
+		return appendLogOn(ctx, tx, req.JobID, LevelInfo, msg)
+	})
 }
 
 // enqueue joins the queue, grants what the pool has free and signals the

@@ -82,6 +82,9 @@ const (
 	// versionReleaseWithOutcome: the slot is released in the transaction
 	// that records how training ended.
 	versionReleaseWithOutcome = "release-with-outcome"
+	// versionLocalGPUQueue: RequestGPU and GPUGranted run as local
+	// activities.
+	versionLocalGPUQueue = "local-gpu-queue"
 	// versionDeployFailureRecorded: a failed deploy is recorded on the
 	// job (its error and an event).
 	versionDeployFailureRecorded = "deploy-failure-recorded"

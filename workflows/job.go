@@ -524,8 +524,16 @@ func (j *job) awaitGPU(ctx workflow.Context) error {
 		// Runs that were waiting in AcquireGPU when the signal replaced it.
 		return workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, leaseOptions), a.AcquireGPU, req).Get(ctx, nil)
 	}
+	// Since versionLocalGPUQueue the request and the grant's notice are
+	// local activities, short transactions recorded with the workflow
+	// task that runs them: no activity task, no extra workflow task.
+	run := func(fn any, out any) error { return workflow.ExecuteActivity(actx, fn, req).Get(ctx, out) }
+	if workflow.GetVersion(ctx, versionLocalGPUQueue, workflow.DefaultVersion, 1) == 1 {
+		lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
+		run = func(fn any, out any) error { return workflow.ExecuteLocalActivity(lctx, fn, req).Get(ctx, out) }
+	}
 	var ticket activities.GPUTicket
-	if err := workflow.ExecuteActivity(actx, a.RequestGPU, req).Get(ctx, &ticket); err != nil {
+	if err := run(a.RequestGPU, &ticket); err != nil {
 		return err
 	}
 	if ticket.Granted {
@@ -543,7 +551,7 @@ func (j *job) awaitGPU(ctx workflow.Context) error {
 		}
 		// A duplicate meant for an earlier request of this job is ignored.
 		if g.RequestedAt.Equal(ticket.RequestedAt) {
-			return workflow.ExecuteActivity(actx, a.GPUGranted, req).Get(ctx, nil)
+			return run(a.GPUGranted, nil)
 		}
 	}
 }
