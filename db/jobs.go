@@ -163,6 +163,34 @@ func (c Conn) Job(ctx context.Context, org, id string) (Job, error) {
 	return jobFromRow(r), nil
 }
 
+// JobDetail is a job with what its detail view shows beside its row.
+type JobDetail struct {
+	Job
+	// Held is the spend so far of the slot the job holds; nil when none.
+	Held *HeldSpend
+	// Best is the checkpoint with the lowest validation loss (ID, Step,
+	// Epoch and ValidationLoss only); nil when none has one.
+	Best *Checkpoint
+}
+
+// JobDetail reads the organization's job id with its held slot's spend
+// and its best checkpoint, in one query.
+func (c Conn) JobDetail(ctx context.Context, org, id string) (JobDetail, error) {
+	r, err := c.q.GetJobDetail(ctx, c.db, dbsqlc.GetJobDetailParams{OrganizationID: org, ID: id})
+	if err != nil {
+		return JobDetail{}, fmt.Errorf("read job %s: %w", id, NotFound(err))
+	}
+	d := JobDetail{Job: jobFromRow(r.Job)}
+	if r.Holding {
+		d.Held = &HeldSpend{Seconds: r.HeldSeconds, Cost: r.HeldCost}
+	}
+	if r.BestID != "" {
+		loss := r.BestValidationLoss
+		d.Best = &Checkpoint{ID: r.BestID, JobID: id, Step: r.BestStep, Epoch: r.BestEpoch, ValidationLoss: &loss}
+	}
+	return d, nil
+}
+
 // JobByID reads a job whatever its organization, for workers acting on a
 // job their workflow already owns; ErrNotFound once it is deleted.
 func (c Conn) JobByID(ctx context.Context, id string) (Job, error) {

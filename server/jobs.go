@@ -715,39 +715,37 @@ func (s *Server) idempotentReplay(ctx context.Context, org, idemKey string, reqH
 func (s *Server) loadJob(c *gin.Context) (db.Job, bool) {
 	id := c.Param("id")
 	job, err := s.Store.Job(c.Request.Context(), caller(c).OrganizationID, id)
+	return job, s.loaded(c, id, err)
+}
+
+// loaded says whether the caller's job id was loaded without err, and
+// answers the error otherwise: 404 when the caller has no such job.
+func (s *Server) loaded(c *gin.Context, id string, err error) bool {
 	if db.IsNotFound(err) {
 		s.respondError(c, notFound("fine-tuning job", id))
-		return job, false
+		return false
 	}
 	if err != nil {
 		s.respondError(c, err)
-		return job, false
+		return false
 	}
-	return job, true
+	return true
 }
 
 func (s *Server) getJob(c *gin.Context) {
-	job, ok := s.loadJob(c)
-	if !ok {
+	id := c.Param("id")
+	d, err := s.Store.JobDetail(c.Request.Context(), caller(c).OrganizationID, id)
+	if !s.loaded(c, id, err) {
 		return
 	}
+	job := d.Job
 	v := fullJob(job)
-	held, err := s.Store.HeldSpend(c.Request.Context(), []string{job.ID})
-	if err != nil {
-		s.respondError(c, err)
-		return
-	}
-	if h, ok := held[job.ID]; ok {
+	if h := d.Held; h != nil {
 		v.CostSoFar, v.GPUSeconds = roundCents(job.Cost+h.Cost), job.GPUSeconds+h.Seconds
 	}
-	best, err := s.Store.BestCheckpoint(c.Request.Context(), job.ID)
-	switch {
-	case err == nil:
+	if best := d.Best; best != nil {
 		v.BestCheckpoint = &bestCheckpointView{ID: best.ID, Step: best.Step, Epoch: best.Epoch,
 			ValidationLoss: *best.ValidationLoss, Model: fineTunedName{Base: job.BaseModel, JobID: job.ID, Checkpoint: true, Step: best.Step}.String()}
-	case !db.IsNotFound(err):
-		s.respondError(c, err)
-		return
 	}
 	if v.Phase != nil && *v.Phase == string(workflows.PhaseWaitingForGPU) {
 		place, err := s.Store.QueuePlace(c.Request.Context(), job.OrganizationID, job.ID)

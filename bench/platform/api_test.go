@@ -80,7 +80,7 @@ func bareAPI(pool *pgxpool.Pool, org string) http.Handler {
 	q := dbsqlc.New()
 	r := gin.New()
 	r.GET("/jobs/:id", func(c *gin.Context) {
-		j, err := q.GetJob(c, pool, dbsqlc.GetJobParams{OrganizationID: org, ID: c.Param("id")})
+		j, err := q.GetJobDetail(c, pool, dbsqlc.GetJobDetailParams{OrganizationID: org, ID: c.Param("id")})
 		if err != nil {
 			c.String(http.StatusInternalServerError, err.Error())
 			return

@@ -440,6 +440,106 @@ func (q *Queries) GetJobByID(ctx context.Context, db DBTX, id string) (Job, erro
 	return i, err
 }
 
+const getJobDetail = `-- name: GetJobDetail :one
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta, j.method, j.dpo_beta, j.qlora, j.init_from,
+    (l.granted_at IS NOT NULL)::bool AS holding,
+    coalesce(extract(epoch FROM clock_timestamp() - l.granted_at), 0)::float8 AS held_seconds,
+    coalesce(extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600, 0)::float8 AS held_cost,
+    coalesce(b.id, '')::text AS best_id,
+    coalesce(b.step, 0)::int AS best_step,
+    coalesce(b.epoch, 0)::int AS best_epoch,
+    coalesce(b.validation_loss, 0)::float8 AS best_validation_loss
+FROM jobs j
+LEFT JOIN gpu_leases l ON l.job_id = j.id AND l.granted_at IS NOT NULL
+LEFT JOIN hardware h ON h.id = l.hardware_id
+LEFT JOIN LATERAL (
+    SELECT c.id, c.step, c.epoch, c.validation_loss FROM job_checkpoints c
+    WHERE c.job_id = j.id AND c.validation_loss IS NOT NULL
+    ORDER BY c.validation_loss, c.step
+    LIMIT 1
+) b ON true
+WHERE j.organization_id = $1 AND j.id = $2
+`
+
+type GetJobDetailParams struct {
+	OrganizationID string
+	ID             string
+}
+
+type GetJobDetailRow struct {
+	Job                Job
+	Holding            bool
+	HeldSeconds        float64
+	HeldCost           float64
+	BestID             string
+	BestStep           int32
+	BestEpoch          int32
+	BestValidationLoss float64
+}
+
+// A job with what its detail view shows beside its row, in one round
+// trip: the GPU time and price so far of the slot it holds (holding false
+// when none), and its best checkpoint, the lowest validation loss and the
+// earliest of equals (best_id ” when none has one).
+func (q *Queries) GetJobDetail(ctx context.Context, db DBTX, arg GetJobDetailParams) (GetJobDetailRow, error) {
+	row := db.QueryRow(ctx, getJobDetail, arg.OrganizationID, arg.ID)
+	var i GetJobDetailRow
+	err := row.Scan(
+		&i.Job.ID,
+		&i.Job.OrganizationID,
+		&i.Job.Owner,
+		&i.Job.Name,
+		&i.Job.Description,
+		&i.Job.BaseModel,
+		&i.Job.HardwareID,
+		&i.Job.Status,
+		&i.Job.TrainingDataset,
+		&i.Job.TrainingDatasetID,
+		&i.Job.TrainingFile,
+		&i.Job.ValidationFile,
+		&i.Job.ValidationDatasetID,
+		&i.Job.Epochs,
+		&i.Job.LearningRate,
+		&i.Job.BatchSize,
+		&i.Job.WarmupSteps,
+		&i.Job.Suffix,
+		&i.Job.ResultModel,
+		&i.Job.TrainedTokens,
+		&i.Job.Error,
+		&i.Job.TrainingLoss,
+		&i.Job.ValidationLoss,
+		&i.Job.Epoch,
+		&i.Job.StartedAt,
+		&i.Job.FinishedAt,
+		&i.Job.CreatedAt,
+		&i.Job.UpdatedAt,
+		&i.Job.Metadata,
+		&i.Job.Seed,
+		&i.Job.Cancelled,
+		&i.Job.AutoDeploy,
+		&i.Job.ValidatedAt,
+		&i.Job.ErrorCode,
+		&i.Job.ErrorClass,
+		&i.Job.GpuSeconds,
+		&i.Job.Cost,
+		&i.Job.MaxCost,
+		&i.Job.EarlyStoppingPatience,
+		&i.Job.EarlyStoppingMinDelta,
+		&i.Job.Method,
+		&i.Job.DpoBeta,
+		&i.Job.Qlora,
+		&i.Job.InitFrom,
+		&i.Holding,
+		&i.HeldSeconds,
+		&i.HeldCost,
+		&i.BestID,
+		&i.BestStep,
+		&i.BestEpoch,
+		&i.BestValidationLoss,
+	)
+	return i, err
+}
+
 const jobStats = `-- name: JobStats :many
 SELECT status, count(*) AS n FROM jobs WHERE organization_id = $1 GROUP BY status
 `

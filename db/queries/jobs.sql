@@ -186,3 +186,27 @@ WHERE organization_id = @organization_id
   AND status::text = ANY(@statuses::text[])
 ORDER BY created_at, id
 LIMIT @lim;
+
+-- name: GetJobDetail :one
+-- A job with what its detail view shows beside its row, in one round
+-- trip: the GPU time and price so far of the slot it holds (holding false
+-- when none), and its best checkpoint, the lowest validation loss and the
+-- earliest of equals (best_id '' when none has one).
+SELECT sqlc.embed(j),
+    (l.granted_at IS NOT NULL)::bool AS holding,
+    coalesce(extract(epoch FROM clock_timestamp() - l.granted_at), 0)::float8 AS held_seconds,
+    coalesce(extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600, 0)::float8 AS held_cost,
+    coalesce(b.id, '')::text AS best_id,
+    coalesce(b.step, 0)::int AS best_step,
+    coalesce(b.epoch, 0)::int AS best_epoch,
+    coalesce(b.validation_loss, 0)::float8 AS best_validation_loss
+FROM jobs j
+LEFT JOIN gpu_leases l ON l.job_id = j.id AND l.granted_at IS NOT NULL
+LEFT JOIN hardware h ON h.id = l.hardware_id
+LEFT JOIN LATERAL (
+    SELECT c.id, c.step, c.epoch, c.validation_loss FROM job_checkpoints c
+    WHERE c.job_id = j.id AND c.validation_loss IS NOT NULL
+    ORDER BY c.validation_loss, c.step
+    LIMIT 1
+) b ON true
+WHERE j.organization_id = @organization_id AND j.id = @id;
