@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/server"
 	"github.com/tuneforge/tuneforge/trainer/command"
+	"github.com/tuneforge/tuneforge/workers"
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
@@ -129,10 +132,31 @@ func TestCommandTrainerSlowStop(t *testing.T) {
 	if n := trainerProcesses(t); n != 0 {
 		t.Errorf("%d test trainer processes outlived the stop", n)
 	}
+	checkLastCheckpoint(t, org, id)
+
+	// An API that waits less than the trainer takes answers 202: the stop
+	// is under way, and the job stops once the trainer is done.
+	api := server.New(server.Deps{Store: env.Store, Temporal: env.Temporal, Artifacts: env.Artifacts, DataDir: env.DataDir,
+		Logger: env.Log, GPULiveness: workers.GPULiveness, TransitionWait: time.Second})
+	short := httptest.NewServer(api)
+	defer short.Close()
+	id = commandJob(t, org, ds, 2)
+	org.WaitStatus(t, id, time.Minute, "running")
+	org.WaitMetricPoints(t, id, 5)
+	c := testenv.Client{BaseURL: short.URL, Key: org.Key}
+	expect(t, c.Do(t, "POST", jobsPath+"/"+id+"/stop", nil), 202, `"status":"running"`, "still saving its last checkpoint")
+	org.WaitStatus(t, id, time.Minute, "stopped")
+	checkLastCheckpoint(t, org, id)
+}
+
+// checkLastCheckpoint fails t unless the stopped job's log has a checkpoint
+// saved at the step its trainer stopped at.
+func checkLastCheckpoint(t *testing.T, org *testenv.Org, id string) {
+	t.Helper()
 	logs := org.Logs(t, id)
 	m := regexp.MustCompile(`stopped by SIGTERM at step (\d+)`).FindStringSubmatch(logs)
 	if m == nil || !strings.Contains(logs, "Checkpoint saved at step "+m[1]+" ") {
-		t.Errorf("no checkpoint at the step the trainer stopped at when the stop answered: %s", logs)
+		t.Errorf("no checkpoint at the step the trainer stopped at when the job was stopped: %s", logs)
 	}
 }
 

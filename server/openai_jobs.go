@@ -439,6 +439,10 @@ func (s *Server) openAITransition(c *gin.Context, act openAIAction, req workflow
 		return
 	}
 	_, err := s.sendTransition(ctx, job, act.update, req, "checkpoint")
+	if errors.Is(err, errUnderWay) {
+		s.underWay(c, job, func(now db.Job) any { return toOpenAIJob(now) })
+		return
+	}
 	var apiErr *apiError
 	if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {
 		// The job changed meanwhile, or another request is changing it.

@@ -79,6 +79,10 @@ type Deps struct {
 	// ModelCacheBytes is the memory builtin models may take while served;
 	// 0 means serving.DefaultCacheBytes.
 	ModelCacheBytes int64
+	// TransitionWait is how long a stop or restart waits for the job's
+	// workflow to carry it out before answering 202 (still under way);
+	// 0 means 30 s.
+	TransitionWait time.Duration
 	// MaxCompletionTokens caps the tokens a chat completion of the
 	// inference backend may generate (max_tokens, which is always sent);
 	// 0 means DefaultMaxCompletionTokens.

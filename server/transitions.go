@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,9 +21,15 @@ import (
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
-// updateTimeout bounds how long the API waits for a job's workflow to take
-// an update; with no worker running it would otherwise wait forever.
+// updateTimeout bounds how long the API waits for a job's workflow to
+// carry an update out (Deps.TransitionWait overrides it): one not taken by
+// then finds no worker running (503), one taken but still under way, such
+// as a stop whose trainer is still writing a large last checkpoint, is
+// answered 202.
 const updateTimeout = 30 * time.Second
+
+// errUnderWay: the workflow took the update, which is still under way.
+var errUnderWay = errors.New("the transition is still under way")
 
 // deployTimeout is a deploy's: it may start the base model's inference
 // backend (vLLM loading a model takes a minute or more), well within the
@@ -193,6 +200,12 @@ func (s *Server) transition(c *gin.Context, update string, req workflows.Transit
 
 func (s *Server) transitionOf(c *gin.Context, job db.Job, update string, req workflows.TransitionRequest) {
 	res, err := s.sendTransition(c.Request.Context(), job, update, req, "fromCheckpoint")
+	if errors.Is(err, errUnderWay) {
+		s.underWay(c, job, func(now db.Job) any {
+			return transitionView{ID: now.ID, Status: now.Status, Message: underWayMessage(update)}
+		})
+		return
+	}
 	if err != nil {
 		s.respondError(c, err)
 		return
@@ -202,6 +215,25 @@ func (s *Server) transitionOf(c *gin.Context, job db.Job, update string, req wor
 		body.ResultModel = &res.ResultModel
 	}
 	c.JSON(http.StatusOK, body)
+}
+
+// underWay answers 202 with view of the job as it is now, for a
+// transition its workflow took and is still carrying out.
+func (s *Server) underWay(c *gin.Context, job db.Job, view func(db.Job) any) {
+	now, err := s.Store.Job(c.Request.Context(), job.OrganizationID, job.ID)
+	if err != nil {
+		s.respondError(c, err)
+		return
+	}
+	c.JSON(http.StatusAccepted, view(now))
+}
+
+// underWayMessage says what a 202 for update means.
+func underWayMessage(update string) string {
+	if update == workflows.UpdateStop {
+		return "Fine-tuning job stopping: its trainer is still saving its last checkpoint; GET the job until its status is stopped"
+	}
+	return fmt.Sprintf("Fine-tuning job %s under way; GET the job to follow it", update)
 }
 
 // keptCheckpoint checks that ref names a checkpoint the job keeps; the
@@ -225,17 +257,19 @@ func (s *Server) sendTransition(ctx context.Context, job db.Job, update string, 
 			return res, err
 		}
 	}
-	timeout := updateTimeout
+	timeout := cmp.Or(s.TransitionWait, updateTimeout)
 	if update == workflows.UpdateDeploy {
 		timeout = deployTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	handle, err := s.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID: job.ID, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted, Args: []any{req},
+		WorkflowID: job.ID, UpdateName: update, WaitForStage: client.WorkflowUpdateStageAccepted, Args: []any{req},
 	})
 	if err == nil {
-		err = handle.Get(ctx, &res)
+		if err = handle.Get(ctx, &res); err != nil && ctx.Err() != nil {
+			return res, errUnderWay
+		}
 	}
 	if err != nil {
 		return res, s.transitionError(ctx, update, job.Status, timeout, err)

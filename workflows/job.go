@@ -376,8 +376,9 @@ func (j *job) train(ctx workflow.Context) error {
 		terr = j.transition(ctx, jobstatus.Completed, change{Event: db.EventCompleted, Data: data, Log: msg, Release: withOutcome})
 	}
 	switch {
-	case withOutcome && terr == nil:
-		// The slot is free: the next waiting job gets it.
+	case withOutcome && !j.state.Status.IsActive():
+		// The outcome is recorded (even if a later step of its transition
+		// failed), and with it the slot is free: the next waiting job gets it.
 		rctx, _ := workflow.NewDisconnectedContext(ctx)
 		err := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.DispatchGPUs, j.in.HardwareID).Get(rctx, nil)
 		j.spend(ctx)

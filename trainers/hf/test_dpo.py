@@ -208,7 +208,7 @@ def test_two_processes_train_dpo_from_an_init_adapter_as_one(runs: dict[str, Run
     assert got.keys() == expected.keys() and ("progress", STEPS) in got
     for key, point in expected.items():
         assert got[key] == pytest.approx(point, rel=1e-4, abs=1e-6), key
-    assert any("reference log-probabilities of" in m["message"] for m in two.of("log"))
+    assert any("reference log-probabilities of" in m["message"] and "(initAdapter)" in m["message"] for m in two.of("log"))
 
 
 def test_a_supervised_job_starts_from_init_adapter(runs: dict[str, Run]):
