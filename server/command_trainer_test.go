@@ -134,10 +134,11 @@ func TestCommandTrainerSlowStop(t *testing.T) {
 	}
 	checkLastCheckpoint(t, org, id)
 
-	// An API that waits less than the trainer takes answers 202: the stop
-	// is under way, and the job stops once the trainer is done.
+	// An API that waits less than the trainer takes (but long enough for
+	// the workflow to take the stop) answers 202: the stop is under way,
+	// and the job stops once the trainer is done.
 	api := server.New(server.Deps{Store: env.Store, Temporal: env.Temporal, Artifacts: env.Artifacts, DataDir: env.DataDir,
-		Logger: env.Log, GPULiveness: workers.GPULiveness, TransitionWait: time.Second})
+		Logger: env.Log, GPULiveness: workers.GPULiveness, TransitionWait: 4 * time.Second})
 	short := httptest.NewServer(api)
 	defer short.Close()
 	id = commandJob(t, org, ds, 2)

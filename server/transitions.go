@@ -267,7 +267,7 @@ func (s *Server) sendTransition(ctx context.Context, job db.Job, update string, 
 		WorkflowID: job.ID, UpdateName: update, WaitForStage: client.WorkflowUpdateStageAccepted, Args: []any{req},
 	})
 	if err == nil {
-		if err = handle.Get(ctx, &res); err != nil && ctx.Err() != nil {
+		if err = handle.Get(ctx, &res); err != nil && timedOut(ctx, err) {
 			return res, errUnderWay
 		}
 	}
@@ -294,8 +294,15 @@ func (s *Server) transitionError(ctx context.Context, update string, status jobs
 		// The workflow has finished: only deployed jobs get there.
 		return conflict("cannot %s: the job is %s", update, status)
 	}
-	if ctx.Err() != nil {
+	if timedOut(ctx, err) {
 		return newError(http.StatusServiceUnavailable, "unavailable", "the job's workflow did not answer within %s; is a tuneforge worker running?", timeout)
 	}
 	return err
+}
+
+// timedOut says whether err ended a wait for an update because its time
+// ran out. The SDK may give up a moment before ctx ends, with its own error.
+func timedOut(ctx context.Context, err error) bool {
+	var wait *client.WorkflowUpdateServiceTimeoutOrCanceledError
+	return ctx.Err() != nil || errors.As(err, &wait)
 }
