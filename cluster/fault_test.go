@@ -25,9 +25,13 @@ import (
 	"github.com/tuneforge/tuneforge/internal/testenv"
 )
 
-// stepsPerEpoch is an epoch of testenv.Tickets(60000) at the default
-// batch size.
-const stepsPerEpoch = 7500
+// examples is each job's dataset; stepsPerEpoch an epoch of it at the
+// default batch size (8). With 100 epochs (the most a job may have) the
+// jobs outlast the faults.
+const (
+	examples      = 90000
+	stepsPerEpoch = examples / 8
+)
 
 // TestClusterSurvivesFaults runs the production topology on a PostgreSQL
 // of its own with jobs of three organizations training, and while they
@@ -45,12 +49,12 @@ func TestClusterSurvivesFaults(t *testing.T) {
 	key := apiKeys(t, c, "org_fault_a", "org_fault_b", "org_fault_c")
 	api := &testenv.Client{BaseURL: c.APIURLs()[0]}
 
-	const epochs = 60
+	const epochs = 100
 	var ids []string
 	for i, org := range []string{"org_fault_a", "org_fault_b", "org_fault_c"} {
 		// Each organization creates through a replica of its own.
 		client := &testenv.Client{BaseURL: c.APIURLs()[i%2], Key: key[org]}
-		ds := client.Upload(t, "tickets.jsonl", testenv.Tickets(60000, uint64(31+i)))
+		ds := client.Upload(t, "tickets.jsonl", testenv.Tickets(examples, uint64(31+i)))
 		r := client.Do(t, "POST", "/api/v1/fine-tuning/jobs", map[string]any{"name": "fault " + org, "baseModel": "llama-3.1-8b",
 			"trainingDataset": ds, "hyperparameters": map[string]any{"epochs": epochs}})
 		if r.Status != 201 {
