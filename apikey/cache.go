@@ -42,12 +42,16 @@ func NewCache(store *db.Store) *Cache {
 // Cached says whether Lookup would answer plaintext from memory: it was
 // found valid within CacheTTL. Such a request tells a key guesser nothing.
 func (c *Cache) Cached(plaintext string) bool {
-	h := sha256.Sum256([]byte(plaintext))
-	now := c.now()
+	_, ok := c.fresh(sha256.Sum256([]byte(plaintext)), c.now())
+	return ok
+}
+
+// fresh is the key of hash h if it was found valid within CacheTTL of now.
+func (c *Cache) fresh(h [32]byte, now time.Time) (Key, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.keys[h]
-	return ok && now.Before(e.expires)
+	return e.key, ok && now.Before(e.expires)
 }
 
 // Lookup is apikey.Lookup, answered from memory for CacheTTL after a
@@ -55,11 +59,8 @@ func (c *Cache) Cached(plaintext string) bool {
 func (c *Cache) Lookup(ctx context.Context, plaintext string) (Key, error) {
 	h := sha256.Sum256([]byte(plaintext))
 	now := c.now()
-	c.mu.Lock()
-	e, ok := c.keys[h]
-	c.mu.Unlock()
-	if ok && now.Before(e.expires) {
-		return e.key, nil
+	if k, ok := c.fresh(h, now); ok {
+		return k, nil
 	}
 	k, err := Lookup(ctx, c.store, plaintext)
 	if err != nil {

@@ -37,20 +37,6 @@ type HeldSpend struct {
 	Seconds, Cost float64
 }
 
-// HeldSpend gives the spend of the slots these jobs hold now; a job that
-// holds none is absent.
-func (c Conn) HeldSpend(ctx context.Context, jobIDs []string) (map[string]HeldSpend, error) {
-	rows, err := c.q.HeldGPUSpend(ctx, c.db, jobIDs)
-	if err != nil {
-		return nil, fmt.Errorf("read held slots' spend: %w", err)
-	}
-	out := make(map[string]HeldSpend, len(rows))
-	for _, r := range rows {
-		out[r.JobID] = HeldSpend{Seconds: r.Seconds, Cost: r.Cost}
-	}
-	return out, nil
-}
-
 // Throughput is what the organization's finished jobs of a model on a pool
 // trained: Tokens in Seconds of GPU time, over Jobs jobs.
 type Throughput struct {

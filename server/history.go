@@ -148,7 +148,7 @@ func (s *Server) jobCheckpoints(c *gin.Context) {
 	for _, k := range ckpts {
 		out.Checkpoints = append(out.Checkpoints, checkpointView{
 			ID: k.ID, Step: k.Step, Epoch: k.Epoch, TrainingLoss: k.TrainingLoss, ValidationLoss: k.ValidationLoss,
-			Bytes: k.Bytes, CreatedAt: k.CreatedAt, Best: k.ID == best.ID, Model: fineTunedName{Base: job.BaseModel, JobID: job.ID, Checkpoint: true, Step: k.Step}.String(),
+			Bytes: k.Bytes, CreatedAt: k.CreatedAt, Best: k.ID == best.ID, Model: checkpointName(job.BaseModel, job.ID, k.Step),
 		})
 	}
 	c.JSON(http.StatusOK, out)

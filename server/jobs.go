@@ -745,7 +745,7 @@ func (s *Server) getJob(c *gin.Context) {
 	}
 	if best := d.Best; best != nil {
 		v.BestCheckpoint = &bestCheckpointView{ID: best.ID, Step: best.Step, Epoch: best.Epoch,
-			ValidationLoss: *best.ValidationLoss, Model: fineTunedName{Base: job.BaseModel, JobID: job.ID, Checkpoint: true, Step: best.Step}.String()}
+			ValidationLoss: *best.ValidationLoss, Model: checkpointName(job.BaseModel, job.ID, best.Step)}
 	}
 	if v.Phase != nil && *v.Phase == string(workflows.PhaseWaitingForGPU) {
 		place, err := s.Store.QueuePlace(c.Request.Context(), job.OrganizationID, job.ID)

@@ -30,6 +30,11 @@ func (n fineTunedName) String() string {
 	return s
 }
 
+// checkpointName names job jobID's checkpoint at step, trained from base.
+func checkpointName(base, jobID string, step int32) string {
+	return fineTunedName{Base: base, JobID: jobID, Checkpoint: true, Step: step}.String()
+}
+
 // parseFineTunedName reads an ft: name; ok is false for any other name.
 func parseFineTunedName(name string) (n fineTunedName, ok bool) {
 	rest, found := strings.CutPrefix(name, "ft:")

@@ -547,7 +547,7 @@ func (s *Server) openAIJobCheckpoints(c *gin.Context) {
 	}
 	out := make([]openAICheckpoint, len(ckpts))
 	for i, k := range ckpts {
-		model := fineTunedName{Base: job.BaseModel, JobID: job.ID, Checkpoint: true, Step: k.Step}.String()
+		model := checkpointName(job.BaseModel, job.ID, k.Step)
 		out[i] = openAICheckpoint{
 			Object: "fine_tuning.job.checkpoint", ID: k.ID, CreatedAt: k.CreatedAt.Unix(), FineTuningJobID: job.ID, StepNumber: k.Step,
 			FineTunedModelCheckpoint: &model,

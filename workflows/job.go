@@ -322,15 +322,19 @@ func (j *job) train(ctx workflow.Context) error {
 	}
 	stopped := j.requested == actionStop && err != nil && (temporal.IsCanceledError(err) || tctx.Err() != nil)
 	validating := j.state.Phase == PhaseValidating
+	// free runs the activity that frees the slot or hands it on, then
+	// counts the slot's time; disconnected: it must run even when stopping.
+	free := func(fn, arg any) error {
+		rctx, _ := workflow.NewDisconnectedContext(ctx)
+		err := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), fn, arg).Get(rctx, nil)
+		j.spend(ctx)
+		return err
+	}
 	release := func() error {
 		if !leased {
 			return nil
 		}
-		// Disconnected: the slot must come back even when stopping.
-		rctx, _ := workflow.NewDisconnectedContext(ctx)
-		err := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.ReleaseGPU, j.in.JobID).Get(rctx, nil)
-		j.spend(ctx)
-		return err
+		return free(a.ReleaseGPU, j.in.JobID)
 	}
 	// The outcome is recorded before the slot is released, so the next job
 	// of the pool never starts before this one has finished; since
@@ -379,10 +383,7 @@ func (j *job) train(ctx workflow.Context) error {
 	case withOutcome && !j.state.Status.IsActive():
 		// The outcome is recorded (even if a later step of its transition
 		// failed), and with it the slot is free: the next waiting job gets it.
-		rctx, _ := workflow.NewDisconnectedContext(ctx)
-		err := workflow.ExecuteActivity(workflow.WithActivityOptions(rctx, controlOptions), a.DispatchGPUs, j.in.HardwareID).Get(rctx, nil)
-		j.spend(ctx)
-		if err != nil {
+		if err := free(a.DispatchGPUs, j.in.HardwareID); err != nil {
 			return err
 		}
 	case outcomeFirst:

@@ -134,41 +134,6 @@ func (q *Queries) HeartbeatGPUWorker(ctx context.Context, db DBTX, arg Heartbeat
 	return err
 }
 
-const heldGPUSpend = `-- name: HeldGPUSpend :many
-SELECT l.job_id,
-    extract(epoch FROM clock_timestamp() - l.granted_at)::float8 AS seconds,
-    (extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600)::float8 AS cost
-FROM gpu_leases l JOIN hardware h ON h.id = l.hardware_id
-WHERE l.job_id = ANY($1::text[]) AND l.granted_at IS NOT NULL
-`
-
-type HeldGPUSpendRow struct {
-	JobID   string
-	Seconds float64
-	Cost    float64
-}
-
-// The GPU time and its price so far of the slots the jobs hold now.
-func (q *Queries) HeldGPUSpend(ctx context.Context, db DBTX, jobIds []string) ([]HeldGPUSpendRow, error) {
-	rows, err := db.Query(ctx, heldGPUSpend, jobIds)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []HeldGPUSpendRow{}
-	for rows.Next() {
-		var i HeldGPUSpendRow
-		if err := rows.Scan(&i.JobID, &i.Seconds, &i.Cost); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const listGPUPoolUsage = `-- name: ListGPUPoolUsage :many
 SELECT h.id,
     (SELECT coalesce(sum(slots), 0)::bigint FROM gpu_workers w

@@ -95,14 +95,6 @@ WITH freed AS (
 )
 SELECT hardware_id FROM freed;
 
--- name: HeldGPUSpend :many
--- The GPU time and its price so far of the slots the jobs hold now.
-SELECT l.job_id,
-    extract(epoch FROM clock_timestamp() - l.granted_at)::float8 AS seconds,
-    (extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600)::float8 AS cost
-FROM gpu_leases l JOIN hardware h ON h.id = l.hardware_id
-WHERE l.job_id = ANY(@job_ids::text[]) AND l.granted_at IS NOT NULL;
-
 -- name: ListGPUPoolUsage :many
 SELECT h.id,
     (SELECT coalesce(sum(slots), 0)::bigint FROM gpu_workers w
