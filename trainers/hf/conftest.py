@@ -1,6 +1,7 @@
 """pytest settings of trainers/hf: nothing is downloaded from the Hugging
 Face Hub unless a test says so (test_fetch.py serves a Hub of its own)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +10,16 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The test modules skip without these (a Python that only lints); in CI a
+# missing one is a broken environment, not a reason to skip.
+NEEDED = ("torch", "transformers", "peft", "safetensors", "bitsandbytes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if os.environ.get("CI") == "true" and missing:
+        raise pytest.UsageError(f"CI=true and {sys.executable} lacks {', '.join(missing)}: make venv builds .venv from uv.lock")
 
 TRAIN_PY = Path(__file__).resolve().parent / "train.py"
 

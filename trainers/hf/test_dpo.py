@@ -7,7 +7,8 @@ on pairs whose preferred reply is in lowercase and whose non-preferred one is
 the same words in uppercase. The DPO job reports its loss and rewards,
 checkpoints, resumes a stopped epoch with the same metric points, and its
 adapter, loaded onto the base as a server would, prefers the preferred reply
-of held-out pairs more often than the adapter it started from.
+of held-out pairs more often than the adapter it started from. Two
+processes (worldSize 2) train the same DPO job as one does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from peft import PeftModel
 
 import dpo
+import test_distributed as distributed
 import train
 from test_train import FLAGS, LOSS_TOLERANCE, Job, Run, finish, ok, write_jsonl
 
@@ -188,6 +190,25 @@ def test_after_dpo_the_adapter_prefers_the_preferred_replies_of_held_out_pairs(r
           f"with the starting adapter, in {after:.0%} after DPO")
     assert after > before
     assert after >= 0.9
+
+
+def test_two_processes_train_dpo_from_an_init_adapter_as_one(runs: dict[str, Run], tmp_path: Path):
+    """DPO from an initAdapter with worldSize 2: each rank computes its own
+    slice's reference log-probabilities and rewards, which distributed.py
+    tallies over the ranks; the two train as one process does, to float
+    rounding."""
+    job = Job(tmp_path, trainingFile=write_jsonl(tmp_path / "pairs.jsonl", TRAINING),
+              validationFile=write_jsonl(tmp_path / "pairs-validation.jsonl", VALIDATION),
+              hyperparameters=hyperparameters(), method={"type": "dpo", "dpo": {"beta": BETA}},
+              initAdapter=runs["sft"].messages[-1]["outputPath"])
+    flags = (*TFLAGS, "--lora-dropout", "0")  # dropout draws from each process's own RNG
+    worlds = [distributed.start(job, "one", 1, flags=flags), distributed.start(job, "two", 2, flags=flags)]
+    one, two = (distributed.ok(distributed.finish(w)) for w in worlds)
+    expected, got = metric_points(one), metric_points(two)
+    assert got.keys() == expected.keys() and ("progress", STEPS) in got
+    for key, point in expected.items():
+        assert got[key] == pytest.approx(point, rel=1e-4, abs=1e-6), key
+    assert any("reference log-probabilities of" in m["message"] and "(initAdapter)" in m["message"] for m in two.of("log"))
 
 
 def test_a_supervised_job_starts_from_init_adapter(runs: dict[str, Run]):

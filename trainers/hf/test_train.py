@@ -1,7 +1,7 @@
 """End-to-end tests of train.py: real training of tiny random models
 (--init-tiny) by the trainer protocol, in subprocesses as the worker runs it.
 
-They need torch, transformers and peft (pip install -r requirements.txt) and
+They need torch, transformers and peft (make venv builds .venv with them) and
 run on the CPU in float32, where a resumed run must repeat an uninterrupted
 one's losses. test_helpers.py tests the pure helpers with torch alone.
 """
@@ -24,7 +24,7 @@ import pytest
 
 for _module in ("torch", "transformers", "peft"):
     pytest.importorskip(
-        _module, reason=f"training with train.py needs {_module}: pip install -r trainers/hf/requirements.txt"
+        _module, reason=f"training with train.py needs {_module}: make venv builds .venv with it"
     )
 
 import torch  # noqa: E402

@@ -1391,4 +1391,8 @@ if __name__ == "__main__":
     # dpo.py imports this module as train: let it find this one rather than
     # load a second copy (whose Untrainable main would not catch).
     sys.modules.setdefault("train", sys.modules[__name__])
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as e:  # a stop's exit
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    distributed.exit_process(code)
