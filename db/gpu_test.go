@@ -38,7 +38,7 @@ func (f *fixture) queue(pool, other string, leases ...lease) {
 	}
 }
 
-func TestRequestGPULeaseKeepsItsPlace(t *testing.T) {
+func TestRequestGPULeaseKeepsItsPlaceInItsPool(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name    string
@@ -50,13 +50,24 @@ func TestRequestGPULeaseKeepsItsPlace(t *testing.T) {
 			f := newFixture(t)
 			pool := f.pool("pool")
 			f.queue(pool, "", lease{job: "j", org: "a", at: 0, granted: granted})
-			// A retried request, later and naming another pool, changes nothing.
+			// A retried request, later, changes nothing.
 			got, err := f.q.RequestGPULease(f.ctx, f.tx, dbsqlc.RequestGPULeaseParams{
-				JobID: f.id("j"), HardwareID: "gpu-a100-40gb", OrganizationID: f.id("a"), RequestedAt: at(5),
+				JobID: f.id("j"), HardwareID: pool, OrganizationID: f.id("a"), RequestedAt: at(5),
 			})
 			f.check(err)
 			if !got.RequestedAt.Equal(at(0)) || got.HardwareID != pool || (got.GrantedAt != nil) != granted {
 				t.Errorf("retried request returned %+v; want the first request's lease (pool %s, requested %s, granted %v)", got, pool, at(0), granted)
+			}
+			// A request for another pool (a restart moved the job, and the
+			// old lease was never released) joins that pool's queue at
+			// its back, and holds nothing of the old pool.
+			other := f.pool("other")
+			got, err = f.q.RequestGPULease(f.ctx, f.tx, dbsqlc.RequestGPULeaseParams{
+				JobID: f.id("j"), HardwareID: other, OrganizationID: f.id("a"), RequestedAt: at(9),
+			})
+			f.check(err)
+			if !got.RequestedAt.Equal(at(9)) || got.HardwareID != other || got.GrantedAt != nil || got.NotifiedAt != nil {
+				t.Errorf("request for another pool returned %+v; want a waiting lease of %s requested at %s", got, other, at(9))
 			}
 			var n int
 			f.check(f.tx.QueryRow(f.ctx, `SELECT count(*) FROM gpu_leases WHERE job_id = $1`, f.id("j")).Scan(&n))

@@ -325,7 +325,12 @@ func (q *Queries) ReleaseGPULease(ctx context.Context, db DBTX, jobID string) ([
 const requestGPULease = `-- name: RequestGPULease :one
 INSERT INTO gpu_leases (job_id, hardware_id, organization_id, requested_at)
 VALUES ($1, $2, $3, $4)
-ON CONFLICT (job_id) DO UPDATE SET job_id = EXCLUDED.job_id
+ON CONFLICT (job_id) DO UPDATE SET
+    hardware_id = EXCLUDED.hardware_id,
+    requested_at = CASE WHEN gpu_leases.hardware_id = EXCLUDED.hardware_id
+                        THEN gpu_leases.requested_at ELSE EXCLUDED.requested_at END,
+    granted_at = CASE WHEN gpu_leases.hardware_id = EXCLUDED.hardware_id THEN gpu_leases.granted_at END,
+    notified_at = CASE WHEN gpu_leases.hardware_id = EXCLUDED.hardware_id THEN gpu_leases.notified_at END
 RETURNING job_id, hardware_id, requested_at, granted_at, organization_id, notified_at
 `
 
@@ -337,6 +342,9 @@ type RequestGPULeaseParams struct {
 }
 
 // Joins the pool's queue (idempotent: a retried request keeps its place).
+// A lease left on another pool (a release that failed before a restart
+// moved the job) moves to this one, at the back of its queue, and frees
+// the old pool's slot; that pool's next dispatch hands it on.
 func (q *Queries) RequestGPULease(ctx context.Context, db DBTX, arg RequestGPULeaseParams) (GpuLease, error) {
 	row := db.QueryRow(ctx, requestGPULease,
 		arg.JobID,
