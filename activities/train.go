@@ -98,6 +98,10 @@ type EpochResult struct {
 	TrainingLoss   float64
 	ValidationLoss *float64
 	TrainedTokens  int64
+	// Metrics and ValidationMetrics are a command trainer's own figures at
+	// Step (DPO's rewards, say), for the epoch's event.
+	Metrics           map[string]float64 `json:",omitempty"`
+	ValidationMetrics map[string]float64 `json:",omitempty"`
 }
 
 // How often TrainEpoch reports. Heartbeats carry the stop request back, so
@@ -396,6 +400,12 @@ func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochRe
 	if res.ValidationLoss != nil {
 		msg += fmt.Sprintf(", validation loss: %.4g", *res.ValidationLoss)
 		data["validationLoss"] = *res.ValidationLoss
+	}
+	if len(res.Metrics) > 0 {
+		data["metrics"] = res.Metrics
+	}
+	if len(res.ValidationMetrics) > 0 {
+		data["validationMetrics"] = res.ValidationMetrics
 	}
 	return res, a.Store.Transact(ctx, func(tx db.Conn) error {
 		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventEpoch, Message: msg, Data: data}, fmt.Sprint(res.Epoch)); err != nil {

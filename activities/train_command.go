@@ -176,9 +176,9 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 			return EpochResult{}, err
 		}
 	}
-	return a.epochResult(ctx, in, EpochResult{
-		Epoch: in.Epoch, Step: res.Step, TrainingLoss: res.TrainingLoss, ValidationLoss: res.ValidationLoss, TrainedTokens: res.Tokens,
-	})
+	out := EpochResult{Epoch: in.Epoch, Step: res.Step, TrainingLoss: res.TrainingLoss, ValidationLoss: res.ValidationLoss, TrainedTokens: res.Tokens}
+	out.Metrics, out.ValidationMetrics = h.metricsAt(res.Step)
+	return a.epochResult(ctx, in, out)
 }
 
 // fetchCheckpoint extracts the job's latest checkpoint into the attempt
@@ -319,6 +319,7 @@ type commandHandler struct {
 	beat *heartbeat
 
 	last      *command.Progress
+	lastEval  *command.Eval
 	pending   bool
 	lastWrite time.Time
 	counted   *throughput
@@ -347,6 +348,18 @@ func (h *commandHandler) point(validationLoss *float64) metricPoint {
 		Metrics: p.Metrics}
 }
 
+// metricsAt is the trainer's own figures at step, of training and of the
+// validation pass, as its last progress and eval reported them.
+func (h *commandHandler) metricsAt(step int) (training, validation map[string]float64) {
+	if h.last != nil && h.last.Step == step {
+		training = h.last.Metrics
+	}
+	if h.lastEval != nil && h.lastEval.Step == step {
+		validation = h.lastEval.Metrics
+	}
+	return training, validation
+}
+
 // flush writes the newest progress if it is not written yet.
 func (h *commandHandler) flush() error {
 	if !h.pending {
@@ -367,6 +380,7 @@ func (h *commandHandler) Eval(e command.Eval) error {
 			return err
 		}
 	}
+	h.lastEval = &e
 	p := h.point(&e.ValidationLoss)
 	p.Step, p.ValidationMetrics = e.Step, e.Metrics
 	h.pending, h.lastWrite = false, time.Now()

@@ -22,6 +22,9 @@ type Checkpoint struct {
 	// BlobKey is where the state lives in the artifact store.
 	BlobKey   string
 	CreatedAt time.Time
+	// Metrics and ValidationMetrics are the trainer's own figures at the
+	// checkpoint's step (DPO's rewards, say); only Checkpoints reads them.
+	Metrics, ValidationMetrics map[string]float64
 }
 
 func checkpointFromRow(r dbsqlc.JobCheckpoint) Checkpoint {
@@ -59,7 +62,13 @@ func (c Conn) Checkpoints(ctx context.Context, jobID string, after *string, limi
 	}
 	out := make([]Checkpoint, len(rows))
 	for i, r := range rows {
-		out[i] = checkpointFromRow(r)
+		out[i] = checkpointFromRow(r.JobCheckpoint)
+		if out[i].Metrics, err = decodeMetrics(r.Metrics); err != nil {
+			return nil, err
+		}
+		if out[i].ValidationMetrics, err = decodeMetrics(r.ValidationMetrics); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }

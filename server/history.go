@@ -39,6 +39,10 @@ type checkpointView struct {
 	// its name for /v1/chat/completions and deploy.
 	Best  bool   `json:"best"`
 	Model string `json:"model"`
+	// Metrics and ValidationMetrics are the trainer's own figures at the
+	// checkpoint's step, as in the job's metric points.
+	Metrics           map[string]float64 `json:"metrics,omitempty"`
+	ValidationMetrics map[string]float64 `json:"validationMetrics,omitempty"`
 }
 
 type jobCheckpointsView struct {
@@ -149,6 +153,7 @@ func (s *Server) jobCheckpoints(c *gin.Context) {
 		out.Checkpoints = append(out.Checkpoints, checkpointView{
 			ID: k.ID, Step: k.Step, Epoch: k.Epoch, TrainingLoss: k.TrainingLoss, ValidationLoss: k.ValidationLoss,
 			Bytes: k.Bytes, CreatedAt: k.CreatedAt, Best: k.ID == best.ID, Model: checkpointName(job.BaseModel, job.ID, k.Step),
+			Metrics: k.Metrics, ValidationMetrics: k.ValidationMetrics,
 		})
 	}
 	c.JSON(http.StatusOK, out)

@@ -148,6 +148,28 @@ func TestDPOJobFromAdapter(t *testing.T) {
 	if oai.Model != "ft:llama-3.1-8b:"+sft || oai.Method.Type != "dpo" || oai.Method.Dpo.Hyperparameters.Beta.OfFloat != 0.25 {
 		t.Errorf("/v1 job: model %s, method %s", oai.Model, oai.Method.RawJSON())
 	}
+	// /v1's metrics events and checkpoints carry the DPO figures, named as OpenAI names its losses.
+	events := org.Do(t, "GET", "/v1/fine_tuning/jobs/"+dpo+"/events?limit=100", nil).Body["data"].([]any)
+	var epoch map[string]any
+	for _, e := range events {
+		if e := e.(map[string]any); e["type"] == "metrics" {
+			epoch = e["data"].(map[string]any)
+		}
+	}
+	if epoch == nil || epoch["train_reward_accuracy"] != 0.5 || epoch["train_reward_margin"] == nil || epoch["valid_validation_accuracy"] == nil {
+		t.Errorf("/v1 metrics event %v; want the trainer's DPO figures", epoch)
+	}
+	ckpts := org.Do(t, "GET", "/v1/fine_tuning/jobs/"+dpo+"/checkpoints", nil).Body["data"].([]any)
+	if len(ckpts) == 0 {
+		t.Fatal("/v1 lists no checkpoint")
+	}
+	if metrics := ckpts[0].(map[string]any)["metrics"].(map[string]any); metrics["train_reward_accuracy"] != 0.5 || metrics["valid_validation_accuracy"] == nil {
+		t.Errorf("/v1 checkpoint metrics %v; want the trainer's DPO figures", metrics)
+	}
+	seed := org.Do(t, "GET", jobsPath+"/"+dpo+"/checkpoints", nil).Body["checkpoints"].([]any)
+	if metrics, _ := seed[0].(map[string]any)["metrics"].(map[string]any); metrics["rewardAccuracy"] != 0.5 {
+		t.Errorf("checkpoint %v; want the trainer's DPO figures", seed[0])
+	}
 	// Once it has completed, nothing trains from the adapter any more.
 	expect(t, org.Do(t, "DELETE", jobsPath+"/"+sft, nil), 204)
 

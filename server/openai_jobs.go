@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unicode"
 
 	"github.com/gin-gonic/gin"
 
@@ -486,6 +487,8 @@ func toOpenAIEvent(e db.Event) openAIEvent {
 		if v, ok := e.Data["validationLoss"]; ok {
 			out.Data["valid_loss"] = v
 		}
+		addOpenAIMetrics(out.Data, "train_", e.Data["metrics"])
+		addOpenAIMetrics(out.Data, "valid_", e.Data["validationMetrics"])
 		return out
 	}
 	out.Data = map[string]any{"event": string(e.Type)}
@@ -522,22 +525,48 @@ func (s *Server) openAIJobEvents(c *gin.Context) {
 	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(e openAIEvent) string { return e.ID }))
 }
 
-type openAICheckpointMetrics struct {
-	Step      float64  `json:"step"`
-	TrainLoss *float64 `json:"train_loss"`
-	ValidLoss *float64 `json:"valid_loss"`
+// addOpenAIMetrics adds a trainer's own figures (a map of numbers, as an
+// event's data or a checkpoint holds them) to OpenAI's metrics, named as
+// OpenAI names its losses: prefix (train_ or valid_), then the name in
+// snake case, so DPO's rewardMargin of training is train_reward_margin.
+func addOpenAIMetrics(out map[string]any, prefix string, figures any) {
+	switch m := figures.(type) {
+	case map[string]float64:
+		for name, v := range m {
+			out[prefix+snakeCase(name)] = v
+		}
+	case map[string]any: // an event's data, read back from JSON
+		for name, v := range m {
+			out[prefix+snakeCase(name)] = v
+		}
+	}
+}
+
+// snakeCase turns a camel-case name into snake case: rewardMargin, reward_margin.
+func snakeCase(name string) string {
+	var b strings.Builder
+	for _, r := range name {
+		if unicode.IsUpper(r) {
+			b.WriteByte('_')
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // openAICheckpoint is OpenAI's fine-tuning job checkpoint; its
 // FineTunedModelCheckpoint is a model /v1/chat/completions serves.
 type openAICheckpoint struct {
-	Object                   string                  `json:"object"`
-	ID                       string                  `json:"id"`
-	CreatedAt                int64                   `json:"created_at"`
-	FineTunedModelCheckpoint *string                 `json:"fine_tuned_model_checkpoint"`
-	FineTuningJobID          string                  `json:"fine_tuning_job_id"`
-	Metrics                  openAICheckpointMetrics `json:"metrics"`
-	StepNumber               int32                   `json:"step_number"`
+	Object                   string  `json:"object"`
+	ID                       string  `json:"id"`
+	CreatedAt                int64   `json:"created_at"`
+	FineTunedModelCheckpoint *string `json:"fine_tuned_model_checkpoint"`
+	FineTuningJobID          string  `json:"fine_tuning_job_id"`
+	// Metrics holds step, train_loss and valid_loss, then the trainer's own
+	// figures at the step (addOpenAIMetrics).
+	Metrics    map[string]any `json:"metrics"`
+	StepNumber int32          `json:"step_number"`
 }
 
 func (s *Server) openAIJobCheckpoints(c *gin.Context) {
@@ -551,8 +580,10 @@ func (s *Server) openAIJobCheckpoints(c *gin.Context) {
 		out[i] = openAICheckpoint{
 			Object: "fine_tuning.job.checkpoint", ID: k.ID, CreatedAt: k.CreatedAt.Unix(), FineTuningJobID: job.ID, StepNumber: k.Step,
 			FineTunedModelCheckpoint: &model,
-			Metrics:                  openAICheckpointMetrics{Step: float64(k.Step), TrainLoss: k.TrainingLoss, ValidLoss: k.ValidationLoss},
+			Metrics:                  map[string]any{"step": float64(k.Step), "train_loss": k.TrainingLoss, "valid_loss": k.ValidationLoss},
 		}
+		addOpenAIMetrics(out[i].Metrics, "train_", k.Metrics)
+		addOpenAIMetrics(out[i].Metrics, "valid_", k.ValidationMetrics)
 	}
 	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(k openAICheckpoint) string { return k.ID }))
 }

@@ -131,7 +131,9 @@ func (q *Queries) GetJobCheckpointAtStep(ctx context.Context, db DBTX, arg GetJo
 }
 
 const listJobCheckpoints = `-- name: ListJobCheckpoints :many
-SELECT c.id, c.job_id, c.step, c.epoch, c.training_loss, c.validation_loss, c.trained_tokens, c.bytes, c.blob_key, c.created_at FROM job_checkpoints c
+SELECT c.id, c.job_id, c.step, c.epoch, c.training_loss, c.validation_loss, c.trained_tokens, c.bytes, c.blob_key, c.created_at, m.metrics, m.validation_metrics
+FROM job_checkpoints c
+LEFT JOIN job_metrics m ON m.job_id = c.job_id AND m.step = c.step
 WHERE c.job_id = $1
   AND ($2::text IS NULL
        OR c.step < (SELECT a.step FROM job_checkpoints a WHERE a.job_id = $1 AND a.id = $2))
@@ -145,27 +147,36 @@ type ListJobCheckpointsParams struct {
 	Lim   int32
 }
 
-// Older than the checkpoint @after (when set), newest first.
-func (q *Queries) ListJobCheckpoints(ctx context.Context, db DBTX, arg ListJobCheckpointsParams) ([]JobCheckpoint, error) {
+type ListJobCheckpointsRow struct {
+	JobCheckpoint     JobCheckpoint
+	Metrics           []byte
+	ValidationMetrics []byte
+}
+
+// Older than the checkpoint @after (when set), newest first, with the
+// trainer's own figures (DPO's rewards, say) at each checkpoint's step.
+func (q *Queries) ListJobCheckpoints(ctx context.Context, db DBTX, arg ListJobCheckpointsParams) ([]ListJobCheckpointsRow, error) {
 	rows, err := db.Query(ctx, listJobCheckpoints, arg.JobID, arg.After, arg.Lim)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []JobCheckpoint{}
+	items := []ListJobCheckpointsRow{}
 	for rows.Next() {
-		var i JobCheckpoint
+		var i ListJobCheckpointsRow
 		if err := rows.Scan(
-			&i.ID,
-			&i.JobID,
-			&i.Step,
-			&i.Epoch,
-			&i.TrainingLoss,
-			&i.ValidationLoss,
-			&i.TrainedTokens,
-			&i.Bytes,
-			&i.BlobKey,
-			&i.CreatedAt,
+			&i.JobCheckpoint.ID,
+			&i.JobCheckpoint.JobID,
+			&i.JobCheckpoint.Step,
+			&i.JobCheckpoint.Epoch,
+			&i.JobCheckpoint.TrainingLoss,
+			&i.JobCheckpoint.ValidationLoss,
+			&i.JobCheckpoint.TrainedTokens,
+			&i.JobCheckpoint.Bytes,
+			&i.JobCheckpoint.BlobKey,
+			&i.JobCheckpoint.CreatedAt,
+			&i.Metrics,
+			&i.ValidationMetrics,
 		); err != nil {
 			return nil, err
 		}

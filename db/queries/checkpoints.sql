@@ -11,8 +11,11 @@ ON CONFLICT (job_id, step) DO UPDATE SET
     blob_key = EXCLUDED.blob_key;
 
 -- name: ListJobCheckpoints :many
--- Older than the checkpoint @after (when set), newest first.
-SELECT c.* FROM job_checkpoints c
+-- Older than the checkpoint @after (when set), newest first, with the
+-- trainer's own figures (DPO's rewards, say) at each checkpoint's step.
+SELECT sqlc.embed(c), m.metrics, m.validation_metrics
+FROM job_checkpoints c
+LEFT JOIN job_metrics m ON m.job_id = c.job_id AND m.step = c.step
 WHERE c.job_id = @job_id
   AND (sqlc.narg(after)::text IS NULL
        OR c.step < (SELECT a.step FROM job_checkpoints a WHERE a.job_id = @job_id AND a.id = sqlc.narg(after)))
