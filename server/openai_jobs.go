@@ -487,8 +487,10 @@ func toOpenAIEvent(e db.Event) openAIEvent {
 		if v, ok := e.Data["validationLoss"]; ok {
 			out.Data["valid_loss"] = v
 		}
-		addOpenAIMetrics(out.Data, "train_", e.Data["metrics"])
-		addOpenAIMetrics(out.Data, "valid_", e.Data["validationMetrics"])
+		training, _ := e.Data["metrics"].(map[string]any)
+		validation, _ := e.Data["validationMetrics"].(map[string]any)
+		addOpenAIMetrics(out.Data, "train_", training)
+		addOpenAIMetrics(out.Data, "valid_", validation)
 		return out
 	}
 	out.Data = map[string]any{"event": string(e.Type)}
@@ -525,20 +527,13 @@ func (s *Server) openAIJobEvents(c *gin.Context) {
 	c.JSON(http.StatusOK, newOpenAIList(out, limit, func(e openAIEvent) string { return e.ID }))
 }
 
-// addOpenAIMetrics adds a trainer's own figures (a map of numbers, as an
-// event's data or a checkpoint holds them) to OpenAI's metrics, named as
-// OpenAI names its losses: prefix (train_ or valid_), then the name in
+// addOpenAIMetrics adds a trainer's own figures (by name: numbers, or
+// JSON values as an event's data holds them) to OpenAI's metrics, named
+// as OpenAI names its losses: prefix (train_ or valid_), then the name in
 // snake case, so DPO's rewardMargin of training is train_reward_margin.
-func addOpenAIMetrics(out map[string]any, prefix string, figures any) {
-	switch m := figures.(type) {
-	case map[string]float64:
-		for name, v := range m {
-			out[prefix+snakeCase(name)] = v
-		}
-	case map[string]any: // an event's data, read back from JSON
-		for name, v := range m {
-			out[prefix+snakeCase(name)] = v
-		}
+func addOpenAIMetrics[V any](out map[string]any, prefix string, figures map[string]V) {
+	for name, v := range figures {
+		out[prefix+snakeCase(name)] = v
 	}
 }
 
