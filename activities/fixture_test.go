@@ -18,6 +18,7 @@ import (
 	"github.com/tuneforge/tuneforge/config"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/dbtest"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // fixture runs activities of its own against the platform's database,
@@ -105,7 +106,7 @@ func (f *fixture) newJob(pool string) string {
 	_, err := env.Store.CreateJob(f.ctx, db.NewJob{
 		ID: id, OrganizationID: f.org, Owner: "test", Name: id, BaseModel: "llama-3.1-8b", HardwareID: pool,
 		TrainingDataset: f.dataset, TrainingDatasetID: f.dataset, TrainingFile: "train.jsonl",
-		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: time.Now(),
+		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: time.Now(), LoRARank: trainer.DefaultLoRARank,
 	})
 	f.check(err)
 	return id

@@ -142,7 +142,7 @@ func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err err
 		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
 		Epochs: int32(hp.Epochs), LearningRate: hp.LearningRate, BatchSize: int32(hp.BatchSize), WarmupSteps: int32(hp.WarmupSteps),
 		Suffix: j.Suffix, Metadata: j.Metadata, Seed: seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt,
-		MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping, Method: j.Method, QLoRA: hp.QLoRA, InitFrom: nonEmpty(j.InitFrom),
+		MaxCost: j.MaxCost, EarlyStopping: j.EarlyStopping, Method: j.Method, QLoRA: hp.QLoRA, InitFrom: nonEmpty(j.InitFrom), LoRARank: int32(hp.Rank()),
 	})
 	switch {
 	case db.IsForeignKeyViolation(err):
@@ -160,6 +160,10 @@ func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err err
 	if hp.QLoRA {
 		msg, data["qlora"] = msg+", QLoRA", true
 	}
+	if hp.Rank() != trainer.DefaultLoRARank {
+		msg += fmt.Sprintf(", LoRA rank %d", hp.Rank())
+	}
+	data["loraRank"] = hp.Rank()
 	if j.InitFrom != "" {
 		msg, data["initFrom"] = msg+", starting from the adapter of job "+j.InitFrom, j.InitFrom
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/internal/testenv"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // A job's method needs data of its format: DPO preference pairs,
@@ -57,11 +58,13 @@ func TestValidateDatasetFitsTheMethod(t *testing.T) {
 
 func TestBuiltinRefuses(t *testing.T) {
 	t.Parallel()
-	if why := activities.BuiltinRefuses(db.Method{}, false, ""); why != "" {
-		t.Errorf("a supervised LoRA job: %q", why)
+	for _, rank := range []int{0, trainer.DefaultLoRARank} {
+		if why := activities.BuiltinRefuses(db.Method{}, trainer.Hyperparameters{LoRARank: rank}, ""); why != "" {
+			t.Errorf("a supervised job at rank %d: %q", rank, why)
+		}
 	}
-	why := activities.BuiltinRefuses(db.Method{Type: db.MethodDPO, Beta: 0.1}, true, "ftjob_x")
-	if want := "the builtin trainer does not support the dpo method or QLoRA or starting from another job's adapter; use the hf trainer"; !strings.HasPrefix(why, want) {
+	why := activities.BuiltinRefuses(db.Method{Type: db.MethodDPO, Beta: 0.1}, trainer.Hyperparameters{QLoRA: true, LoRARank: 64}, "ftjob_x")
+	if want := "the builtin trainer does not support the dpo method or QLoRA or loraRank 64 (it trains no LoRA adapter) or starting from another job's adapter; use the hf trainer"; !strings.HasPrefix(why, want) {
 		t.Errorf("%q; want it to start %q", why, want)
 	}
 }

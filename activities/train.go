@@ -39,16 +39,20 @@ type EpochInput struct {
 }
 
 // BuiltinRefuses says why the builtin trainer cannot train a job of
-// method m, with qlora, from initFrom's adapter: "" when it can. It trains a classifier from the base model's
-// place, supervised, so DPO, QLoRA and starting from an adapter are for
-// a command trainer such as trainers/hf.
-func BuiltinRefuses(m db.Method, qlora bool, initFrom string) string {
+// method m with hp, from initFrom's adapter: "" when it can. It trains a
+// classifier from the base model's place, supervised, with no LoRA
+// adapter, so DPO, QLoRA, a LoRA rank other than the default and starting
+// from an adapter are for a command trainer such as trainers/hf.
+func BuiltinRefuses(m db.Method, hp trainer.Hyperparameters, initFrom string) string {
 	var what []string
 	if m.DPO() {
 		what = append(what, "the dpo method")
 	}
-	if qlora {
+	if hp.QLoRA {
 		what = append(what, "QLoRA")
+	}
+	if hp.Rank() != trainer.DefaultLoRARank {
+		what = append(what, fmt.Sprintf("loraRank %d (it trains no LoRA adapter)", hp.Rank()))
 	}
 	if initFrom != "" {
 		what = append(what, "starting from another job's adapter")
@@ -201,7 +205,7 @@ func (a *Activities) TrainEpoch(ctx context.Context, in EpochInput) (EpochResult
 // cancelled, after saving a checkpoint. A trainer that hangs (a.Hang) is
 // abandoned without one, and the epoch retried.
 func (a *Activities) trainBuiltin(ctx context.Context, in EpochInput) (EpochResult, error) {
-	if why := BuiltinRefuses(in.Method, in.Hyperparameters.QLoRA, in.InitFrom); why != "" {
+	if why := BuiltinRefuses(in.Method, in.Hyperparameters, in.InitFrom); why != "" {
 		return EpochResult{}, invalidConfig("%s", why)
 	}
 	ctx, done := untilWorkerStops(ctx)

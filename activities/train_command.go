@@ -16,6 +16,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/trainer/command"
 )
 
@@ -100,7 +101,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 		Hyperparameters: command.Hyperparameters{
 			Epochs: in.Hyperparameters.Epochs, LearningRate: in.Hyperparameters.LearningRate,
 			BatchSize: in.Hyperparameters.BatchSize, WarmupSteps: in.Hyperparameters.WarmupSteps,
-			QLoRA: in.Hyperparameters.QLoRA,
+			QLoRA: in.Hyperparameters.QLoRA, LoRARank: in.Hyperparameters.Rank(),
 		},
 		Method:            trainerMethod(in.Method),
 		MaxSequenceLength: in.MaxSequenceLength,
@@ -215,6 +216,9 @@ func trainingNote(in EpochInput) string {
 	}
 	if in.Hyperparameters.QLoRA {
 		b.WriteString("; QLoRA")
+	}
+	if r := in.Hyperparameters.Rank(); r != trainer.DefaultLoRARank {
+		fmt.Fprintf(&b, "; LoRA rank %d", r)
 	}
 	if in.InitFrom != "" {
 		fmt.Fprintf(&b, "; starting from the adapter of job %s", in.InitFrom)

@@ -230,6 +230,7 @@ type Job struct {
 		BatchSize    int     `json:"batchSize"`
 		WarmupSteps  int     `json:"warmupSteps"`
 		QLoRA        bool    `json:"qlora"`
+		LoRARank     int     `json:"loraRank"`
 	} `json:"hyperparameters"`
 	Method struct {
 		Type string `json:"type"`

@@ -45,7 +45,7 @@ type createRequest struct {
 
 func jobsCreate(a *app) *cobra.Command {
 	var req createRequest
-	var epochs, batchSize, warmupSteps int
+	var epochs, batchSize, warmupSteps, loraRank int
 	var learningRate, maxCost, minDelta, beta float64
 	var patience int
 	var idemKey, method string
@@ -62,7 +62,7 @@ or a path inside the server's data directory.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			hp := map[string]any{}
-			for flag, v := range map[string]any{"epochs": epochs, "learning-rate": learningRate, "batch-size": batchSize, "warmup-steps": warmupSteps} {
+			for flag, v := range map[string]any{"epochs": epochs, "learning-rate": learningRate, "batch-size": batchSize, "warmup-steps": warmupSteps, "lora-rank": loraRank} {
 				if cmd.Flags().Changed(flag) {
 					hp[camel(flag)] = v
 				}
@@ -153,6 +153,7 @@ or a path inside the server's data directory.`,
 	f.StringVar(&method, "method", "supervised", "supervised (learns chat data) or dpo (learns preference data)")
 	f.Float64Var(&beta, "dpo-beta", 0.1, "DPO's beta, how strongly the trained model is held to its reference (implies --method dpo)")
 	f.BoolVar(&qlora, "qlora", false, "train LoRA adapters on 4-bit frozen base weights (needs the hf trainer)")
+	f.IntVar(&loraRank, "lora-rank", 16, "the LoRA adapter's rank (a job from a fine-tuned model takes its adapter's)")
 	f.Float64Var(&maxCost, "max-cost", 0, "a budget: training stops after a checkpoint when its cost reaches this (restart with a higher one to go on)")
 	f.StringVar(&idemKey, "idempotency-key", "", "send Idempotency-Key, so a retried create makes one job")
 	f.BoolVarP(&follow, "follow", "f", false, "follow the job's log until it ends (exit 3 unless it completes)")
@@ -309,6 +310,9 @@ func showJob(w io.Writer, j Job) error {
 		}
 		if hp.QLoRA {
 			method += ", QLoRA"
+		}
+		if hp.LoRARank != 0 {
+			method += fmt.Sprintf(", LoRA rank %d", hp.LoRARank)
 		}
 		if j.InitFrom != nil {
 			method += ", from the adapter of " + *j.InitFrom

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// jobs create takes the method, its beta and QLoRA; jobs get shows them.
+// jobs create takes the method, its beta, QLoRA and the LoRA rank; jobs get shows them.
 func TestJobMethodThroughCLI(t *testing.T) {
 	t.Parallel()
 	org := env.NewOrg(t)
@@ -24,7 +24,7 @@ func TestJobMethodThroughCLI(t *testing.T) {
 		ID string `json:"id"`
 	}
 	run("jobs", "create", "--json", "--name", "dpo", "--base-model", "llama-3.1-8b", "--hardware", pool, "--training-dataset", prefs,
-		"--dpo-beta", "0.3", "--qlora").must(t).decode(t, &job)
-	run("jobs", "get", job.ID).must(t, "dpo, beta 0.3, QLoRA")
+		"--dpo-beta", "0.3", "--qlora", "--lora-rank", "8").must(t).decode(t, &job)
+	run("jobs", "get", job.ID).must(t, "dpo, beta 0.3, QLoRA, LoRA rank 8")
 	run("jobs", "stop", "--cancel", job.ID).must(t)
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/tuneforge/tuneforge/inference"
 )
 
 // docker-compose.yml describes the topology of Local for hosts with
@@ -267,6 +270,15 @@ func TestComposeSchemaJob(t *testing.T) {
 	}
 	if !slices.EqualFunc(got, want, slices.Equal) {
 		t.Errorf("temporal-schema runs\n%q\nSchemaCommands, without the connection flags:\n%q", got, want)
+	}
+}
+
+// The vLLM service loads adapters of every rank the API lets a job train.
+func TestComposeServesEveryLoRARank(t *testing.T) {
+	_, _, services := readCompose(t)
+	want := fmt.Sprintf("--max-lora-rank=%d", inference.MaxLoRARank)
+	if s := services["vllm"]; !slices.Contains(s.Command, want) {
+		t.Errorf("service vllm runs %q, without %s", s.Command, want)
 	}
 }
 

@@ -103,7 +103,7 @@ func (f *fixture) job(s jobSpec) string {
 		BaseModel: s.baseModel, HardwareID: "gpu-a100-40gb", Status: jobstatus.Queued,
 		TrainingDataset: ds, TrainingDatasetID: ds, TrainingFile: "train.jsonl",
 		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", Metadata: map[string]string{}, CreatedAt: s.created,
-		Method: "supervised",
+		Method: "supervised", LoraRank: 16,
 	})
 	f.check(err)
 	return job.ID

@@ -74,6 +74,8 @@ type Job struct {
 	// InitFrom is the job whose LoRA adapter training starts from; nil
 	// when it starts from the base model.
 	InitFrom *string
+	// LoRARank is the rank of the LoRA adapter the job trains.
+	LoRARank int32
 }
 
 // The training methods.
@@ -126,7 +128,7 @@ func jobFromRow(r dbsqlc.Job) Job {
 		Metadata: r.Metadata, Seed: r.Seed, Cancelled: r.Cancelled, AutoDeploy: r.AutoDeploy, ValidatedAt: utc(r.ValidatedAt),
 		ErrorCode: r.ErrorCode, ErrorClass: r.ErrorClass, GPUSeconds: r.GpuSeconds, Cost: r.Cost, MaxCost: r.MaxCost,
 		EarlyStopping: earlyStopping(r.EarlyStoppingPatience, r.EarlyStoppingMinDelta),
-		Method:        Method{Type: r.Method, Beta: deref(r.DpoBeta)}, QLoRA: r.Qlora, InitFrom: r.InitFrom,
+		Method:        Method{Type: r.Method, Beta: deref(r.DpoBeta)}, QLoRA: r.Qlora, InitFrom: r.InitFrom, LoRARank: r.LoraRank,
 	}
 }
 
@@ -308,6 +310,7 @@ type NewJob struct {
 	Method              Method
 	QLoRA               bool
 	InitFrom            *string
+	LoRARank            int32
 }
 
 // CreateJob writes a queued job; created is false when a job of that ID
@@ -333,7 +336,7 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) (created bool, err error)
 		Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
 		Suffix: j.Suffix, Metadata: j.Metadata, Seed: j.Seed, AutoDeploy: j.AutoDeploy, CreatedAt: j.CreatedAt, Status: jobstatus.Queued,
 		MaxCost: j.MaxCost, EarlyStoppingPatience: patience, EarlyStoppingMinDelta: minDelta,
-		Method: j.Method.Name(), DpoBeta: beta, Qlora: j.QLoRA, InitFrom: j.InitFrom,
+		Method: j.Method.Name(), DpoBeta: beta, Qlora: j.QLoRA, InitFrom: j.InitFrom, LoraRank: j.LoRARank,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil

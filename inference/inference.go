@@ -27,6 +27,11 @@ const (
 	maxMessage = 512
 )
 
+// MaxLoRARank is the largest LoRA rank the backends load: vLLM's
+// --max-lora-rank, as the launcher and docker-compose.yml start it. The API
+// trains no adapter of a higher rank, so that every job can be deployed.
+const MaxLoRARank = 64
+
 // AdapterName is the name job jobID's adapter is served under. Job IDs are
 // unique across organizations, so two organizations can never collide, and
 // a model name deployed again by another job gets a fresh adapter.

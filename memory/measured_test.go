@@ -10,6 +10,7 @@ import (
 
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/memory"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // measuredRun is one training run of testdata/peak.py: a tiny model
@@ -73,7 +74,7 @@ func TestEstimateCoversTheMeasuredPeak(t *testing.T) {
 		measured++
 		j := memory.Job{
 			Architecture: m.Shapes, Device: memory.CPU, GPUs: 1, QLoRA: m.QLoRA, DPO: m.Method == "dpo",
-			LoRARank: memory.DefaultLoRARank, Examples: m.Examples, SequenceLength: m.SequenceLength,
+			LoRARank: trainer.DefaultLoRARank, Examples: m.Examples, SequenceLength: m.SequenceLength,
 			GradientCheckpointing: m.GradientCheckpointing,
 		}
 		if err := j.Validate(); err != nil {

@@ -114,9 +114,6 @@ type Job struct {
 	GradientCheckpointing bool
 }
 
-// DefaultLoRARank is train.py's --lora-r default.
-const DefaultLoRARank = 16
-
 // Least is the job as train.py runs it at its least memory: one example a
 // forward pass, with gradient checkpointing. A step that runs out of memory
 // is retried with smaller micro-batches down to one example, then with

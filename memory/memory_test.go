@@ -3,13 +3,15 @@ package memory
 import (
 	"strings"
 	"testing"
+
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // llama8B is Llama 3.1 8B's shape (its config.json).
 var llama8B = Architecture{Layers: 32, Hidden: 4096, Intermediate: 14336, Heads: 32, KVHeads: 8, HeadDim: 128, Vocab: 128256}
 
 func job8B() Job {
-	return Job{Architecture: llama8B, Device: GPU, GPUs: 1, LoRARank: DefaultLoRARank, Examples: 1, SequenceLength: 8192}
+	return Job{Architecture: llama8B, Device: GPU, GPUs: 1, LoRARank: trainer.DefaultLoRARank, Examples: 1, SequenceLength: 8192}
 }
 
 func TestParameterCounts(t *testing.T) {

@@ -9,14 +9,16 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/failure"
 	"github.com/tuneforge/tuneforge/memory"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // trainsOn is a base model and how a job trains it: what a capacity check
 // weighs against a pool.
 type trainsOn struct {
-	model db.BaseModel
-	dpo   bool
-	qlora bool
+	model    db.BaseModel
+	dpo      bool
+	qlora    bool
+	loraRank int // 0: trainer.DefaultLoRARank
 }
 
 // memoryJob is the memory model's job for t on hw: train.py at its least
@@ -28,7 +30,7 @@ type trainsOn struct {
 func (t trainsOn) memoryJob(hw db.Hardware) memory.Job {
 	return memory.Job{
 		Architecture: t.model.Architecture, Device: memory.GPU, GPUs: int(hw.GPUCount), QLoRA: t.qlora, DPO: t.dpo,
-		LoRARank: memory.DefaultLoRARank, SequenceLength: int(t.model.MaxSequenceLength),
+		LoRARank: trainer.Hyperparameters{LoRARank: t.loraRank}.Rank(), SequenceLength: int(t.model.MaxSequenceLength),
 	}.Least()
 }
 
@@ -73,6 +75,9 @@ func (t trainsOn) describe() string {
 	parts := []string{"LoRA in bf16"}
 	if t.qlora {
 		parts[0] = "QLoRA (4-bit)"
+	}
+	if t.loraRank != 0 && t.loraRank != trainer.DefaultLoRARank {
+		parts[0] += fmt.Sprintf(" at rank %d", t.loraRank)
 	}
 	if t.dpo {
 		parts = append(parts, "DPO")

@@ -85,6 +85,23 @@ func containsAll(s string, parts []string) bool {
 	return true
 }
 
+// The estimate weighs the adapter at the job's LoRA rank: its weights,
+// gradients and AdamW moments grow with it.
+func TestMemoryEstimateOfLoRARank(t *testing.T) {
+	t.Parallel()
+	org := env.NewOrg(t)
+	adapter := func(rank any) float64 {
+		r := org.Do(t, "POST", estimatePath, map[string]any{"baseModel": "llama-3.1-8b", "datasetSize": 1000, "hardware": "gpu-a100-40gb", "loraRank": rank})
+		expect(t, r, 200)
+		return r.Body["assumptions"].(map[string]any)["memory"].(map[string]any)["termsGiB"].(map[string]any)["adapter"].(float64)
+	}
+	if def, at16, at64 := adapter(nil), adapter(16), adapter(64); def != at16 || !(at64 > 3.5*at16) {
+		t.Errorf("adapter GiB: %v by default, %v at rank 16, %v at rank 64; want the default 16's, and 64's four times as much", def, at16, at64)
+	}
+	expect(t, org.Do(t, "POST", estimatePath, map[string]any{"baseModel": "llama-3.1-8b", "datasetSize": 1000, "loraRank": 65}), 400,
+		`"field":"loraRank"`)
+}
+
 // Create refuses, with code capacity, a job that could never run on its
 // hardware, naming what would fit; so does a restart onto such hardware.
 func TestCapacityRefusal(t *testing.T) {
@@ -105,6 +122,14 @@ func TestCapacityRefusal(t *testing.T) {
 	expect(t, r, 422, `"code":"capacity"`, "QLoRA trains on one GPU, and gpu-a100-80gb-x4 has 4", "it fits on gpu-a100-80gb (")
 	// The old check's case: 70B on one 40 GB GPU fits in no way but the x4 pool.
 	expect(t, create(map[string]any{"hardware": "gpu-a100-40gb"}), 422, `"code":"capacity"`, "it fits on gpu-a100-80gb-x4 (")
+	// The adapter's rank counts: 70B with QLoRA fits one 80 GB GPU at the default rank, not at 64.
+	expect(t, create(map[string]any{"hardware": "gpu-a100-80gb", "hyperparameters": map[string]any{"qlora": true, "loraRank": 64}}), 422,
+		`"code":"capacity"`, "llama-3.1-70b QLoRA (4-bit) at rank 64 needs an estimated")
+	// A rank the inference backends would not load is refused.
+	for _, rank := range []int{0, 65} {
+		expect(t, create(map[string]any{"hyperparameters": map[string]any{"loraRank": rank}}), 400,
+			`"field":"hyperparameters.loraRank"`, "must be an integer from 1 to 64, the most the inference backends serve")
+	}
 
 	// OpenAI's API: its status for a request it cannot serve, and the code.
 	v1 := env.Do(t, org.Key, "POST", "/v1/fine_tuning/jobs", map[string]any{"model": "llama-3.1-70b", "training_file": ds,

@@ -90,9 +90,10 @@ type estimateRequest struct {
 	// TrainingDataset, a dataset ID, gives the tokens per example (and,
 	// without datasetSize, the number of examples).
 	TrainingDataset string `json:"trainingDataset"`
-	// Method and QLoRA, as a job's, change the memory estimate.
-	Method *methodRequest `json:"method"`
-	QLoRA  bool           `json:"qlora"`
+	// Method, QLoRA and LoRARank, as a job's, change the memory estimate.
+	Method   *methodRequest `json:"method"`
+	QLoRA    bool           `json:"qlora"`
+	LoRARank *int           `json:"loraRank"`
 }
 
 // The spread of an estimate: the model's guess of throughput is looser
@@ -125,6 +126,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 		}
 	}
 	method := req.Method.check("method", &errs)
+	rank := checkLoRARank(req.LoRARank, "loraRank", &errs)
 	if err := errs.err(http.StatusBadRequest); err != nil {
 		s.respondError(c, err)
 		return
@@ -158,7 +160,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	as.Memory = viewMemory(trainsOn{model: model, dpo: method.Name() == db.MethodDPO, qlora: req.QLoRA}, hw, pools)
+	as.Memory = viewMemory(trainsOn{model: model, dpo: method.Name() == db.MethodDPO, qlora: req.QLoRA, loraRank: rank}, hw, pools)
 	size := int64(0)
 	if req.DatasetSize != nil {
 		size = *req.DatasetSize

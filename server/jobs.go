@@ -28,6 +28,7 @@ import (
 	"github.com/tuneforge/tuneforge/dataset"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/failure"
+	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/jobstatus"
 	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
@@ -56,6 +57,10 @@ type hyperparameters struct {
 	// in about a quarter of the memory; off when left out. (Left out of
 	// the request's Idempotency-Key hash when absent, as before it existed.)
 	QLoRA *bool `json:"qlora,omitempty"`
+	// LoRARank is the LoRA adapter's rank: trainer.DefaultLoRARank, or
+	// the adapter's a job starts from, when left out (and then left out
+	// of the Idempotency-Key hash, as before it existed).
+	LoRARank *int `json:"loraRank,omitempty"`
 }
 
 // methodRequest is how a job trains: {"type":"supervised"} (the default)
@@ -125,6 +130,18 @@ type createJobRequest struct {
 
 // maxBudget bounds maxCost, so a typo of many digits is caught.
 const maxBudget = 1_000_000
+
+// checkLoRARank gives the rank asked for, 0 for none. The bound, as the
+// jobs table's, is the most the inference backends load.
+func checkLoRARank(v *int, field string, errs *fieldErrors) int {
+	if v == nil {
+		return 0
+	}
+	if *v < 1 || *v > inference.MaxLoRARank {
+		errs.add(field, "must be an integer from 1 to %d, the most the inference backends serve", inference.MaxLoRARank)
+	}
+	return *v
+}
 
 func checkMaxCost(v *float64, field string, errs *fieldErrors) {
 	if v != nil && !(*v > 0 && *v <= maxBudget) {
@@ -227,6 +244,7 @@ func (r *createJobRequest) validate() (trainer.Hyperparameters, *db.EarlyStoppin
 		}
 		es = h.EarlyStopping.check("hyperparameters.earlyStopping", r.ValidationFile != "", &errs)
 		hp.QLoRA = deref(h.QLoRA)
+		hp.LoRARank = checkLoRARank(h.LoRARank, "hyperparameters.loraRank", &errs)
 	}
 	checkMaxCost(r.MaxCost, "maxCost", &errs)
 	method := r.Method.check("method", &errs)
@@ -369,18 +387,25 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 			return db.Job{}, err
 		}
 	}
-	if err := errs.err(refStatus); err != nil {
-		return db.Job{}, err
-	}
-	t := trainsOn{model: model, dpo: spec.Method.Name() == db.MethodDPO, qlora: spec.Hyperparameters.QLoRA}
-	if err := s.checkCapacity(ctx, t, hw, f.Hardware, refStatus); err != nil {
-		return db.Job{}, err
-	}
 	initFrom := ""
 	if source != nil {
 		initFrom = source.ID
+		// The adapter it starts from decides the rank.
+		asked := spec.Hyperparameters.LoRARank
+		if asked != 0 && asked != int(source.LoRARank) {
+			errs.add(f.BaseModel, "%s is a LoRA adapter of rank %d, and a job that starts from it trains at that rank: leave the LoRA rank out, or give %d", spec.BaseModel, source.LoRARank, source.LoRARank)
+		}
+		spec.Hyperparameters.LoRARank = int(source.LoRARank)
 	}
-	if err := s.checkTrainer(ctx, hw.ID, spec.Method, spec.Hyperparameters.QLoRA, initFrom, f.Hardware, refStatus); err != nil {
+	if err := errs.err(refStatus); err != nil {
+		return db.Job{}, err
+	}
+	spec.Hyperparameters.LoRARank = spec.Hyperparameters.Rank()
+	t := trainsOn{model: model, dpo: spec.Method.Name() == db.MethodDPO, qlora: spec.Hyperparameters.QLoRA, loraRank: spec.Hyperparameters.LoRARank}
+	if err := s.checkCapacity(ctx, t, hw, f.Hardware, refStatus); err != nil {
+		return db.Job{}, err
+	}
+	if err := s.checkTrainer(ctx, hw.ID, spec.Method, spec.Hyperparameters, initFrom, f.Hardware, refStatus); err != nil {
 		return db.Job{}, err
 	}
 	// Replays are answered before datasets are resolved, so a replay never
@@ -562,15 +587,15 @@ func (s *Server) fineTunedJobID(ctx context.Context, org, name string) (base, id
 }
 
 // checkTrainer refuses, at once, a job that only a command trainer trains
-// (DPO, QLoRA, starting from an adapter) on a pool whose live training
-// workers all run the builtin trainer, which would refuse it; when the
-// pool has other workers or none live, the trainer that takes the job
-// decides.
-func (s *Server) checkTrainer(ctx context.Context, hardwareID string, method db.Method, qlora bool, initFrom, field string, status int) error {
+// (DPO, QLoRA, a LoRA rank, starting from an adapter) on a pool whose live
+// training workers all run the builtin trainer, which would refuse it;
+// when the pool has other workers or none live, the trainer that takes
+// the job decides.
+func (s *Server) checkTrainer(ctx context.Context, hardwareID string, method db.Method, hp trainer.Hyperparameters, initFrom, field string, status int) error {
 	if hardwareID == "" {
 		return nil
 	}
-	why := activities.BuiltinRefuses(method, qlora, initFrom)
+	why := activities.BuiltinRefuses(method, hp, initFrom)
 	if why == "" {
 		return nil
 	}

@@ -85,8 +85,8 @@ func TestPreferenceDatasets(t *testing.T) {
 }
 
 // A DPO job starts from a supervised job's adapter: the trainer gets the
-// method, QLoRA and the adapter, and its DPO metrics show in the job's
-// metrics. Jobs naming what cannot be trained from are refused at create.
+// method, QLoRA, the adapter and its LoRA rank, and its DPO metrics show
+// in the job's metrics. Jobs naming what cannot be trained from are refused at create.
 func TestDPOJobFromAdapter(t *testing.T) {
 	t.Parallel()
 	org, other := env.NewOrg(t), env.NewOrg(t)
@@ -96,10 +96,10 @@ func TestDPOJobFromAdapter(t *testing.T) {
 	prefs := org.Upload(t, "prefs.jsonl", preferences(t, 40, 32))
 
 	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "sft", "baseModel": "llama-3.1-8b", "hardware": pool, "trainingDataset": chat,
-		"hyperparameters": map[string]any{"epochs": 1}})
+		"hyperparameters": map[string]any{"epochs": 1, "loraRank": 8}})
 	expect(t, r, 201)
 	sft := r.Body["id"].(string)
-	expect(t, org.Do(t, "GET", jobsPath+"/"+sft, nil), 200, `"method":{"type":"supervised"}`, `"initFrom":null`, `"qlora":false`)
+	expect(t, org.Do(t, "GET", jobsPath+"/"+sft, nil), 200, `"method":{"type":"supervised"}`, `"initFrom":null`, `"qlora":false`, `"loraRank":8`)
 	// Not completed yet: nothing to start from.
 	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "early", "baseModel": "ft:llama-3.1-8b:" + sft, "hardware": pool, "trainingDataset": prefs,
 		"method": map[string]any{"type": "dpo"}})
@@ -110,6 +110,10 @@ func TestDPOJobFromAdapter(t *testing.T) {
 	}
 	org.WaitCompleted(t, sft, 2*time.Minute)
 
+	// Its adapter's rank is the job's.
+	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "dpo", "baseModel": "ft:llama-3.1-8b:" + sft, "hardware": pool, "trainingDataset": prefs,
+		"method": map[string]any{"type": "dpo"}, "hyperparameters": map[string]any{"loraRank": 32}})
+	expect(t, r, 422, `"field":"baseModel"`, "is a LoRA adapter of rank 8", "leave the LoRA rank out, or give 8")
 	r = org.Do(t, "POST", jobsPath, map[string]any{"name": "dpo", "baseModel": "ft:llama-3.1-8b:" + sft, "hardware": pool, "trainingDataset": prefs,
 		"validationFile": prefs, "method": map[string]any{"type": "dpo", "dpo": map[string]any{"beta": 0.25}}, "hyperparameters": map[string]any{"epochs": 1, "qlora": true}})
 	expect(t, r, 201, `"baseModel":"llama-3.1-8b"`)
@@ -119,11 +123,12 @@ func TestDPOJobFromAdapter(t *testing.T) {
 	job := org.WaitCompleted(t, dpo, 2*time.Minute)
 	method, _ := json.Marshal(job["method"])
 	hp := job["hyperparameters"].(map[string]any)
-	if string(method) != `{"dpo":{"beta":0.25},"type":"dpo"}` || job["initFrom"] != sft || hp["qlora"] != true {
-		t.Errorf("job: method %s, initFrom %v, qlora %v", method, job["initFrom"], hp["qlora"])
+	if string(method) != `{"dpo":{"beta":0.25},"type":"dpo"}` || job["initFrom"] != sft || hp["qlora"] != true || hp["loraRank"] != 8.0 {
+		t.Errorf("job: method %s, initFrom %v, qlora %v, loraRank %v", method, job["initFrom"], hp["qlora"], hp["loraRank"])
 	}
 	logs := org.Logs(t, dpo)
-	for _, want := range []string{"DPO, beta 0.25; QLoRA; starting from the adapter of job " + sft, "starting from the adapter in ", "method dpo, beta 0.25, qlora true"} {
+	for _, want := range []string{"DPO, beta 0.25; QLoRA; LoRA rank 8; starting from the adapter of job " + sft, "starting from the adapter in ",
+		"method dpo, beta 0.25, qlora true, lora rank 8"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log lacks %q:\n%s", want, logs)
 		}

@@ -59,6 +59,9 @@ type openAIHyperparametersRequest struct {
 	// QLoRA is tuneforge's extension, as the seed API's
 	// hyperparameters.qlora: 4-bit frozen base weights.
 	QLoRA *bool `json:"qlora,omitempty"`
+	// LoRARank is tuneforge's extension, as the seed API's
+	// hyperparameters.loraRank.
+	LoRARank *int `json:"lora_rank,omitempty"`
 }
 
 // openAIMethodSettings holds one method's hyperparameters.
@@ -172,6 +175,7 @@ func (r *openAIJobRequest) spec() (jobSpec, error) {
 			method.Beta = v
 		}
 		hp.QLoRA = deref(h.QLoRA)
+		hp.LoRARank = checkLoRARank(h.LoRARank, field+".lora_rank", &errs)
 	}
 	if r.Seed != nil {
 		seed := *r.Seed
@@ -208,6 +212,8 @@ type openAIJobHyperparameters struct {
 	Beta *float64 `json:"beta,omitempty"`
 	// QLoRA is tuneforge's extension, shown when set.
 	QLoRA bool `json:"qlora,omitempty"`
+	// LoRARank is tuneforge's extension: the LoRA adapter's rank.
+	LoRARank int32 `json:"lora_rank"`
 }
 
 type openAIJobMethodSettings struct {
@@ -283,7 +289,7 @@ func openAIStatus(j db.Job) string {
 }
 
 func toOpenAIJob(j db.Job) openAIJob {
-	hp := openAIJobHyperparameters{NEpochs: j.Epochs, BatchSize: j.BatchSize, LearningRateMultiplier: j.LearningRate / defaultLearningRate, QLoRA: j.QLoRA}
+	hp := openAIJobHyperparameters{NEpochs: j.Epochs, BatchSize: j.BatchSize, LearningRateMultiplier: j.LearningRate / defaultLearningRate, QLoRA: j.QLoRA, LoRARank: j.LoRARank}
 	model := j.BaseModel
 	if j.InitFrom != nil {
 		// The model it was asked to fine-tune, as OpenAI shows it.

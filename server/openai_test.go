@@ -292,6 +292,18 @@ func TestOpenAIHyperparameterForms(t *testing.T) {
 		"model": "llama-3.1-8b", "training_file": train, "hyperparameters": map[string]any{"n_epochs": "3"},
 	}, nil)
 	expect(t, bad, 400, `"param":"hyperparameters.n_epochs"`, `must be \"auto\" or an integer`)
+	// tuneforge's extension: the LoRA adapter's rank, in either place (on
+	// a model whose pool has no builtin workers, which train no adapter).
+	ranked := func(rank int) testenv.Response {
+		return env.Do(t, org.Key, "POST", "/v1/fine_tuning/jobs", map[string]any{"model": "llama-3.1-70b", "training_file": train,
+			"method": map[string]any{"type": "supervised", "supervised": map[string]any{"hyperparameters": map[string]any{"lora_rank": rank}}}}, nil)
+	}
+	expect(t, ranked(65), 400, `"param":"method.supervised.hyperparameters.lora_rank"`, "must be an integer from 1 to 64")
+	r := ranked(8)
+	expect(t, r, 200, `"lora_rank":8`)
+	if _, err := client.FineTuning.Jobs.Cancel(ctx, r.Body["id"].(string)); err != nil {
+		t.Fatal(err)
+	}
 
 	// An Idempotency-Key names one request, hyperparameters included.
 	key := http.Header{"Idempotency-Key": {"forms-1"}}
@@ -305,8 +317,8 @@ func TestOpenAIHyperparameterForms(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Only the five accepted requests made jobs.
-	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":5`)
+	// Only the six accepted requests made jobs.
+	expect(t, org.Do(t, "GET", jobsPath, nil), 200, `"count":6`)
 }
 
 // Pause keeps the job's progress and resume goes on from it; cancel ends

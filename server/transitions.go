@@ -18,6 +18,7 @@ import (
 	"github.com/tuneforge/tuneforge/artifacts"
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/trainer"
 	"github.com/tuneforge/tuneforge/workflows"
 )
 
@@ -176,11 +177,12 @@ func (s *Server) amendment(ctx context.Context, job db.Job, body restartRequest,
 		}
 		// A new batchSize alone needs no check: the estimate is of train.py
 		// at one example a micro-batch, whatever the batch.
-		t := trainsOn{model: model, dpo: job.Method.Name() == db.MethodDPO, qlora: job.QLoRA}
+		t := trainsOn{model: model, dpo: job.Method.Name() == db.MethodDPO, qlora: job.QLoRA, loraRank: int(job.LoRARank)}
 		if err := s.checkCapacity(ctx, t, h, "hardware", http.StatusUnprocessableEntity); err != nil {
 			return err
 		}
-		if err := s.checkTrainer(ctx, h.ID, job.Method, job.QLoRA, deref(job.InitFrom), "hardware", http.StatusUnprocessableEntity); err != nil {
+		hp := trainer.Hyperparameters{QLoRA: job.QLoRA, LoRARank: int(job.LoRARank)}
+		if err := s.checkTrainer(ctx, h.ID, job.Method, hp, deref(job.InitFrom), "hardware", http.StatusUnprocessableEntity); err != nil {
 			return err
 		}
 		req.HardwareID, req.CostPerHour = h.ID, h.CostPerHour

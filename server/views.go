@@ -19,6 +19,7 @@ type jobHyperparameters struct {
 	WarmupSteps   int32              `json:"warmupSteps"`
 	EarlyStopping *earlyStoppingView `json:"earlyStopping"`
 	QLoRA         bool               `json:"qlora"`
+	LoRARank      int32              `json:"loraRank"`
 }
 
 // methodView is how a job trains: {"type":"supervised"} or
@@ -148,7 +149,7 @@ func fullJob(j db.Job) jobView {
 		TrainingDatasetID: j.TrainingDatasetID, ValidationDatasetID: j.ValidationDatasetID,
 		Method: viewMethod(j.Method), InitFrom: j.InitFrom,
 		Hyperparameters: jobHyperparameters{Epochs: j.Epochs, LearningRate: j.LearningRate, BatchSize: j.BatchSize, WarmupSteps: j.WarmupSteps,
-			EarlyStopping: earlyStoppingOf(j), QLoRA: j.QLoRA},
+			EarlyStopping: earlyStoppingOf(j), QLoRA: j.QLoRA, LoRARank: j.LoRARank},
 		Hardware: j.HardwareID, Suffix: j.Suffix, ResultModel: j.ResultModel, Error: jobError(j),
 		Cancelled: j.Cancelled, Actions: actions(j), CostSoFar: roundCents(j.Cost), GPUSeconds: j.GPUSeconds, MaxCost: j.MaxCost,
 		Metrics:  jobMetricsSummary{TrainingLoss: j.TrainingLoss, ValidationLoss: j.ValidationLoss, Epoch: j.Epoch},

@@ -60,6 +60,22 @@ type Hyperparameters struct {
 	// QLoRA trains LoRA adapters on 4-bit frozen base weights: a command
 	// trainer's setting, which this trainer refuses (activities).
 	QLoRA bool `json:",omitempty"`
+	// LoRARank is the rank of the LoRA adapter a command trainer trains;
+	// 0 in inputs from before it was chosen, which trained at
+	// DefaultLoRARank (see Rank).
+	LoRARank int `json:",omitempty"`
+}
+
+// DefaultLoRARank is the LoRA rank of a job that names none: trainers/hf's
+// --lora-r default.
+const DefaultLoRARank = 16
+
+// Rank is the LoRA rank the job trains at.
+func (hp Hyperparameters) Rank() int {
+	if hp.LoRARank == 0 {
+		return DefaultLoRARank
+	}
+	return hp.LoRARank
 }
 
 func (hp Hyperparameters) validate() error {

@@ -124,16 +124,16 @@ INSERT INTO jobs (
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
     epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at,
     max_cost, early_stopping_patience, early_stopping_min_delta,
-    method, dpo_beta, qlora, init_from
+    method, dpo_beta, qlora, init_from, lora_rank
 ) VALUES (
     $1, $2, $3, $4, $5, $6, $7, $8,
     $9, $10, $11, $12, $13,
     $14, $15, $16, $17, $18, $19, $20, $21, $22, $22,
     $23, $24, $25,
-    $26, $27, $28, $29
+    $26, $27, $28, $29, $30
 )
 ON CONFLICT (id) DO NOTHING
-RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from
+RETURNING id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from, lora_rank
 `
 
 type CreateJobParams struct {
@@ -166,6 +166,7 @@ type CreateJobParams struct {
 	DpoBeta               *float64
 	Qlora                 bool
 	InitFrom              *string
+	LoraRank              int32
 }
 
 // A creator that finds the row written (or being written) by another
@@ -201,6 +202,7 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		arg.DpoBeta,
 		arg.Qlora,
 		arg.InitFrom,
+		arg.LoraRank,
 	)
 	var i Job
 	err := row.Scan(
@@ -248,6 +250,7 @@ func (q *Queries) CreateJob(ctx context.Context, db DBTX, arg CreateJobParams) (
 		&i.DpoBeta,
 		&i.Qlora,
 		&i.InitFrom,
+		&i.LoraRank,
 	)
 	return i, err
 }
@@ -323,7 +326,7 @@ func (q *Queries) GetIdempotencyKey(ctx context.Context, db DBTX, arg GetIdempot
 }
 
 const getJob = `-- name: GetJob :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from FROM jobs WHERE organization_id = $1 AND id = $2
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from, lora_rank FROM jobs WHERE organization_id = $1 AND id = $2
 `
 
 type GetJobParams struct {
@@ -379,12 +382,13 @@ func (q *Queries) GetJob(ctx context.Context, db DBTX, arg GetJobParams) (Job, e
 		&i.DpoBeta,
 		&i.Qlora,
 		&i.InitFrom,
+		&i.LoraRank,
 	)
 	return i, err
 }
 
 const getJobByID = `-- name: GetJobByID :one
-SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from FROM jobs WHERE id = $1
+SELECT id, organization_id, owner, name, description, base_model, hardware_id, status, training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id, epochs, learning_rate, batch_size, warmup_steps, suffix, result_model, trained_tokens, error, training_loss, validation_loss, epoch, started_at, finished_at, created_at, updated_at, metadata, seed, cancelled, auto_deploy, validated_at, error_code, error_class, gpu_seconds, cost, max_cost, early_stopping_patience, early_stopping_min_delta, method, dpo_beta, qlora, init_from, lora_rank FROM jobs WHERE id = $1
 `
 
 // For workers, which act on a job their workflow already owns.
@@ -436,12 +440,13 @@ func (q *Queries) GetJobByID(ctx context.Context, db DBTX, id string) (Job, erro
 		&i.DpoBeta,
 		&i.Qlora,
 		&i.InitFrom,
+		&i.LoraRank,
 	)
 	return i, err
 }
 
 const getJobDetail = `-- name: GetJobDetail :one
-SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta, j.method, j.dpo_beta, j.qlora, j.init_from,
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta, j.method, j.dpo_beta, j.qlora, j.init_from, j.lora_rank,
     (l.granted_at IS NOT NULL)::bool AS holding,
     coalesce(extract(epoch FROM clock_timestamp() - l.granted_at), 0)::float8 AS held_seconds,
     coalesce(extract(epoch FROM clock_timestamp() - l.granted_at) * h.cost_per_hour / 3600, 0)::float8 AS held_cost,
@@ -529,6 +534,7 @@ func (q *Queries) GetJobDetail(ctx context.Context, db DBTX, arg GetJobDetailPar
 		&i.Job.DpoBeta,
 		&i.Job.Qlora,
 		&i.Job.InitFrom,
+		&i.Job.LoraRank,
 		&i.Holding,
 		&i.HeldSeconds,
 		&i.HeldCost,
@@ -570,7 +576,7 @@ func (q *Queries) JobStats(ctx context.Context, db DBTX, organizationID string) 
 }
 
 const listJobs = `-- name: ListJobs :many
-SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta, j.method, j.dpo_beta, j.qlora, j.init_from FROM jobs j
+SELECT j.id, j.organization_id, j.owner, j.name, j.description, j.base_model, j.hardware_id, j.status, j.training_dataset, j.training_dataset_id, j.training_file, j.validation_file, j.validation_dataset_id, j.epochs, j.learning_rate, j.batch_size, j.warmup_steps, j.suffix, j.result_model, j.trained_tokens, j.error, j.training_loss, j.validation_loss, j.epoch, j.started_at, j.finished_at, j.created_at, j.updated_at, j.metadata, j.seed, j.cancelled, j.auto_deploy, j.validated_at, j.error_code, j.error_class, j.gpu_seconds, j.cost, j.max_cost, j.early_stopping_patience, j.early_stopping_min_delta, j.method, j.dpo_beta, j.qlora, j.init_from, j.lora_rank FROM jobs j
 WHERE j.organization_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR base_model = $3)
@@ -686,6 +692,7 @@ func (q *Queries) ListJobs(ctx context.Context, db DBTX, arg ListJobsParams) ([]
 			&i.DpoBeta,
 			&i.Qlora,
 			&i.InitFrom,
+			&i.LoraRank,
 		); err != nil {
 			return nil, err
 		}

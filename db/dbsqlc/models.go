@@ -153,6 +153,7 @@ type Job struct {
 	DpoBeta               *float64
 	Qlora                 bool
 	InitFrom              *string
+	LoraRank              int32
 }
 
 type JobCheckpoint struct {

@@ -4,13 +4,13 @@ INSERT INTO jobs (
     training_dataset, training_dataset_id, training_file, validation_file, validation_dataset_id,
     epochs, learning_rate, batch_size, warmup_steps, suffix, metadata, seed, auto_deploy, created_at, updated_at,
     max_cost, early_stopping_patience, early_stopping_min_delta,
-    method, dpo_beta, qlora, init_from
+    method, dpo_beta, qlora, init_from, lora_rank
 ) VALUES (
     @id, @organization_id, @owner, @name, @description, @base_model, @hardware_id, @status,
     @training_dataset, @training_dataset_id, @training_file, @validation_file, @validation_dataset_id,
     @epochs, @learning_rate, @batch_size, @warmup_steps, @suffix, @metadata, @seed, @auto_deploy, @created_at, @created_at,
     sqlc.narg(max_cost), sqlc.narg(early_stopping_patience), @early_stopping_min_delta,
-    @method, sqlc.narg(dpo_beta), @qlora, sqlc.narg(init_from)
+    @method, sqlc.narg(dpo_beta), @qlora, sqlc.narg(init_from), @lora_rank
 )
 -- A creator that finds the row written (or being written) by another
 -- waits for that one's transaction and then writes nothing.

@@ -128,8 +128,8 @@ func (l *Launcher) Start(ctx context.Context, model string) (*inference.Backend,
 	args := append([]string{
 		filepath.Join(l.Repo, "inference", "vllm", "serve.py"), path,
 		"--served-model-name", model, "--host", "127.0.0.1", "--port", strconv.Itoa(port),
-		// Runtime LoRA loading; rank 64 admits trainers/hf's --lora-r up to 64.
-		"--enable-lora", "--max-lora-rank", "64", "--max-loras", "4",
+		// Runtime LoRA loading, of every rank a job may train at.
+		"--enable-lora", "--max-lora-rank", strconv.Itoa(inference.MaxLoRARank), "--max-loras", "4",
 		// Small and quick to start on a CPU: no compilation, one process.
 		"--max-model-len", "2048", "--enforce-eager", "--distributed-executor-backend", "uni",
 		"--kv-cache-memory-bytes", strconv.Itoa(256 << 20),

@@ -59,6 +59,9 @@ type Hyperparameters struct {
 	// QLoRA (1.1) trains the LoRA adapters in bf16 on 4-bit (NF4) frozen
 	// base weights.
 	QLoRA bool `json:"qlora"`
+	// LoRARank (1.1) is the LoRA adapter's rank; with initAdapter, that
+	// adapter's. Absent: the trainer's own default.
+	LoRARank int `json:"loraRank,omitempty"`
 }
 
 // The methods of Method.Type.

@@ -146,6 +146,21 @@ def test_parse_config_reads_the_method_and_init_adapter(tmp_path):
     assert train.parse_config(config(tmp_path, method={"type": "dpo", "dpo": {"beta": 10}})).beta == 10
 
 
+def test_lora_rank_comes_from_the_config(tmp_path):
+    # Absent (a worker from before it): --lora-r's.
+    assert train.parse_config(config(tmp_path)).lora_rank is None
+    hp = {"epochs": 2, "learningRate": 0.001, "batchSize": 4, "warmupSteps": 2, "loraRank": 4}
+    cfg = train.parse_config(config(tmp_path, hyperparameters=hp))
+    assert cfg.lora_rank == 4
+    args = train.parse_args([])
+    fields = train.tiny_fields(cfg.base_model, None)
+    model = train.add_lora(train.build_tiny_model(cfg.base_model, fields, train.build_tiny_tokenizer(fields)), args, cfg)
+    lora = model.peft_config["default"]
+    # alpha/r stays --lora-alpha/--lora-r's 32/16.
+    assert (lora.r, lora.lora_alpha) == (4, 8)
+    assert all(m.r["default"] == 4 for m in model.modules() if hasattr(m, "lora_A"))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -166,6 +181,10 @@ def test_parse_config_reads_the_method_and_init_adapter(tmp_path):
         ({"method": {"type": "dpo", "dpo": {"beta": 10.5}}}, "beta must be greater than 0 and at most 10"),
         ({"method": {"type": "dpo", "dpo": {"beta": float("nan")}}}, "beta must be greater than 0"),
         ({"initAdapter": 5}, "initAdapter must be a string"),
+        ({"hyperparameters": {"epochs": 2, "learningRate": 0.1, "batchSize": 4, "warmupSteps": 0, "loraRank": 0}},
+         "hyperparameters.loraRank must be at least 1"),
+        ({"hyperparameters": {"epochs": 2, "learningRate": 0.1, "batchSize": 4, "warmupSteps": 0, "loraRank": "8"}},
+         "hyperparameters.loraRank must be an integer"),
     ],
 )
 def test_parse_config_rejects(tmp_path, change, message):
@@ -178,8 +197,11 @@ def test_check_adapter(tmp_path):
     with pytest.raises(Untrainable, match="is not a PEFT adapter directory"):
         train.check_adapter(str(adapter), "llama-3.1-8b")
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "llama-3.1-8b"}))
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "llama-3.1-8b", "r": 8}))
     train.check_adapter(str(adapter), "llama-3.1-8b")
+    train.check_adapter(str(adapter), "llama-3.1-8b", 8)
+    with pytest.raises(Untrainable, match="has LoRA rank 8, and hyperparameters.loraRank is 16"):
+        train.check_adapter(str(adapter), "llama-3.1-8b", 16)
     with pytest.raises(Untrainable, match="trained on 'llama-3.1-8b', not mistral-7b-v0.3"):
         train.check_adapter(str(adapter), "mistral-7b-v0.3")
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", "base_model_name_or_path": "llama-3.1-8b"}))

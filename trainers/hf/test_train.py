@@ -457,7 +457,7 @@ def in_process_trainer(root: Path, *flags: str) -> train.Trainer:
     tokenizer = train.build_tiny_tokenizer(fields)
     model = train.build_tiny_model(cfg.base_model, fields, tokenizer)
     torch.manual_seed(7)
-    model = train.add_lora(model, args, cfg.base_model)
+    model = train.add_lora(model, args, cfg)
     data = train.encode_file(cfg.training_file, train.chat_format(tokenizer), cfg.max_sequence_length, "training")
     stop = SimpleNamespace(loading=False, requested=False)
     return train.Trainer(cfg, args, stop, model, tokenizer, data, [], torch.device("cpu"), torch.float32, False)

@@ -146,6 +146,7 @@ class Config:
     checkpoint_dir: str
     output_dir: str
     qlora: bool = False  # hyperparameters.qlora: 4-bit NF4 base weights (quant.py)
+    lora_rank: int | None = None  # hyperparameters.loraRank; None: --lora-r
     method: str = "supervised"  # or "dpo" (dpo.py)
     beta: float | None = None  # DPO's beta; None for supervised training
     init_adapter: str | None = None  # a PEFT adapter directory to start from, else a fresh LoRA
@@ -215,6 +216,8 @@ def parse_config(raw: Any) -> Config:
         output_dir=_field(raw, "outputDir", str),
         # Absent (a worker from before QLoRA): false.
         qlora=bool(_field(hp, "qlora", bool, "hyperparameters.", optional=True)),
+        # Absent (a worker from before it): --lora-r.
+        lora_rank=_field(hp, "loraRank", int, "hyperparameters.", optional=True),
         **parse_method(raw.get("method")),
         init_adapter=_field(raw, "initAdapter", str, optional=True),
         # Absent (a worker of protocol 1.0): one process.
@@ -225,6 +228,7 @@ def parse_config(raw: Any) -> Config:
         (cfg.batch_size < 1, "hyperparameters.batchSize must be at least 1"),
         (not cfg.learning_rate > 0, "hyperparameters.learningRate must be positive"),
         (cfg.warmup_steps < 0, "hyperparameters.warmupSteps must not be negative"),
+        (cfg.lora_rank is not None and cfg.lora_rank < 1, "hyperparameters.loraRank must be at least 1"),
         (cfg.max_sequence_length < 2, "maxSequenceLength must be at least 2"),
         (cfg.world_size < 1, "worldSize must be at least 1"),
         (
@@ -675,8 +679,9 @@ def load_model(model_path: str, dtype: torch.dtype, device: torch.device, quanti
         raise Untrainable(f"cannot load the model from {model_path}: {brief(e)}") from None
 
 
-def check_adapter(path: str, base_model: str) -> None:
-    """initAdapter, before anything loads: a PEFT LoRA adapter of this base model."""
+def check_adapter(path: str, base_model: str, rank: int | None = None) -> None:
+    """initAdapter, before anything loads: a PEFT LoRA adapter of this base
+    model, and of rank (hyperparameters.loraRank) when that is given."""
     try:
         config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -688,32 +693,42 @@ def check_adapter(path: str, base_model: str) -> None:
             f"initAdapter {path} was trained on {config.get('base_model_name_or_path')!r}, not {base_model}: "
             f"an adapter fits only the base model it was trained on"
         )
+    if rank is not None and config.get("r") != rank:
+        raise Untrainable(
+            f"initAdapter {path} has LoRA rank {config.get('r')!r}, and hyperparameters.loraRank is {rank}: "
+            f"a job that starts from an adapter trains at its rank"
+        )
 
 
-def add_lora(model: Any, args: argparse.Namespace, base_model: str, init_adapter: str | None = None) -> Any:
-    """A fresh LoRA adapter on the model, or init_adapter's (see
-    check_adapter) with its own shape, to train."""
+def add_lora(model: Any, args: argparse.Namespace, cfg: Config) -> Any:
+    """A fresh LoRA adapter on the model, of rank hyperparameters.loraRank
+    (else --lora-r), or initAdapter's (see check_adapter) with its own
+    shape, to train."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     # The base model's name, not this host's path, in the adapter's config and
     # model card: the adapter moves between hosts.
-    model.config.name_or_path = model.name_or_path = base_model
+    model.config.name_or_path = model.name_or_path = cfg.base_model
     # Either way the adapter of a bf16 model is cast to float32 (autocast_adapter_dtype).
-    if init_adapter is not None:
-        peft_model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    if cfg.init_adapter is not None:
+        peft_model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     else:
         present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         targets: list[str] | str = [t for t in LORA_TARGETS if t in present] or "all-linear"
+        rank = cfg.lora_rank or args.lora_r
+        # alpha/r, the scale of the adapter's update, stays --lora-alpha/--lora-r
+        # whatever the job's rank (an integer where it can be, as PEFT writes it).
+        alpha = args.lora_alpha * rank / args.lora_r
         config = LoraConfig(
-            r=args.lora_r,
-            lora_alpha=args.lora_alpha,
+            r=rank,
+            lora_alpha=int(alpha) if alpha.is_integer() else alpha,
             lora_dropout=args.lora_dropout,
             target_modules=targets,
             bias="none",
             task_type="CAUSAL_LM",
         )
         peft_model = get_peft_model(model, config)
-    peft_model.peft_config["default"].base_model_name_or_path = base_model
+    peft_model.peft_config["default"].base_model_name_or_path = cfg.base_model
     return peft_model
 
 
@@ -1213,7 +1228,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     cfg = load_config()
     world = distributed.World.from_env(cfg.world_size)
     if cfg.init_adapter is not None:
-        check_adapter(cfg.init_adapter, cfg.base_model)
+        check_adapter(cfg.init_adapter, cfg.base_model, cfg.lora_rank)
     if cfg.method == "dpo":
         import dpo  # a loss and its data on top of this module's loop
     tiny: dict[str, Any] | None = None
@@ -1288,7 +1303,7 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     # The job's seed fixes the adapter's initial weights (and dropout, until a resume restores the RNG).
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed % (1 << 63))
-    model = add_lora(model, args, cfg.base_model, cfg.init_adapter)
+    model = add_lora(model, args, cfg)
     model = world.shard(model, device, dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lora = model.peft_config["default"]

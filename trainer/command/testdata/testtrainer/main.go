@@ -82,6 +82,7 @@ type config struct {
 		BatchSize    int     `json:"batchSize"`
 		WarmupSteps  int     `json:"warmupSteps"`
 		QLoRA        bool    `json:"qlora"`
+		LoRARank     int     `json:"loraRank"`
 	} `json:"hyperparameters"`
 	Seed   int64 `json:"seed"`
 	Epochs struct {
@@ -183,7 +184,7 @@ func main() {
 	}
 	dpo := cfg.Method.Type == "dpo"
 	if dpo {
-		logf("info", "method dpo, beta %g, qlora %v", cfg.Method.DPO.Beta, cfg.Hyperparameters.QLoRA)
+		logf("info", "method dpo, beta %g, qlora %v, lora rank %d", cfg.Method.DPO.Beta, cfg.Hyperparameters.QLoRA, cfg.Hyperparameters.LoRARank)
 	}
 
 	train := load(cfg.TrainingFile)
