@@ -41,6 +41,26 @@ def chat(r: random.Random) -> dict:
                          {"role": "assistant", "content": text(40)}]}
 
 
+def write_run(root: Path, rows: list[dict], batch: int, lr: float, **extra: object) -> tuple[Path, Path]:
+    """A run of train.py on the tiny stand-in in root: rows as its training
+    file, one epoch of batch-sized steps, extra config.json fields. Returns
+    the paths of config.json and of the tiny model's fields."""
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tiny = root / "model.json"
+    tiny.write_text(json.dumps(MODEL))
+    (root / "checkpoints").mkdir()
+    config = {
+        "protocol": 1, "jobId": "bench", "baseModel": "llama-3.1-8b", "modelPath": str(root / "none"),
+        "trainingFile": str(data), "validationFile": None,
+        "hyperparameters": {"epochs": 1, "learningRate": lr, "batchSize": batch, "warmupSteps": 0},
+        "maxSequenceLength": 4096, "seed": 1, "epochs": {"from": 1, "to": 1}, "resumeFrom": None,
+        "checkpointDir": str(root / "checkpoints"), "outputDir": str(root), **extra,
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    return root / "config.json", tiny
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)
@@ -51,19 +71,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
         root = Path(tmp)
         r = random.Random(7)
+        config, tiny = write_run(root, [chat(r) for _ in range(a.steps * a.batch)], a.batch, lr)
         data = root / "train.jsonl"
-        data.write_text("".join(json.dumps(chat(r)) + "\n" for _ in range(a.steps * a.batch)))
-        tiny = root / "model.json"
-        tiny.write_text(json.dumps(MODEL))
-        (root / "checkpoints").mkdir()
-        config = {
-            "protocol": 1, "jobId": "bench", "baseModel": "llama-3.1-8b", "modelPath": str(root / "none"),
-            "trainingFile": str(data), "validationFile": None,
-            "hyperparameters": {"epochs": 1, "learningRate": lr, "batchSize": a.batch, "warmupSteps": 0},
-            "maxSequenceLength": 4096, "seed": 1, "epochs": {"from": 1, "to": 1}, "resumeFrom": None,
-            "checkpointDir": str(root / "checkpoints"), "outputDir": str(root),
-        }
-        (root / "config.json").write_text(json.dumps(config))
         env = dict(os.environ, TUNEFORGE_TRAINER_CONFIG=str(root / "config.json"))
         started = time.perf_counter()
         out = subprocess.run([sys.executable, str(TRAIN_PY), "--init-tiny", "--tiny-config", str(tiny),

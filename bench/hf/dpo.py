@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import MODEL, WORDS  # noqa: E402  (make bench-hf's model and words)
+from bench import WORDS, write_run  # noqa: E402  (make bench-hf's words and run)
 
 BETA = 0.1
 
@@ -61,25 +61,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         root = Path(tmp)
         r = random.Random(7)
-        data = root / "pairs.jsonl"
-        data.write_text("".join(json.dumps(pair(r)) + "\n" for _ in range(a.steps * a.batch)))
-        tiny = root / "model.json"
-        tiny.write_text(json.dumps(MODEL))
-        (root / "checkpoints").mkdir()
-        config = {
-            "protocol": 1, "jobId": "bench", "baseModel": "llama-3.1-8b", "modelPath": str(root / "none"),
-            "trainingFile": str(data), "validationFile": None,
-            "hyperparameters": {"epochs": 1, "learningRate": lr, "batchSize": a.batch, "warmupSteps": 0},
-            "method": {"type": "dpo", "dpo": {"beta": BETA}},
-            "maxSequenceLength": 4096, "seed": 1, "epochs": {"from": 1, "to": 1}, "resumeFrom": None,
-            "checkpointDir": str(root / "checkpoints"), "outputDir": str(root),
-        }
-        (root / "config.json").write_text(json.dumps(config))
+        config, tiny = write_run(root, [pair(r) for _ in range(a.steps * a.batch)], a.batch, lr,
+                                 method={"type": "dpo", "dpo": {"beta": BETA}})
+        data = root / "train.jsonl"
         flags = ["--init-tiny", "--tiny-config", str(tiny), "--checkpoint-every", "0", "--eval-every", "0"]
         if a.threads:
             flags += ["--threads", str(a.threads)]
         # qlora.py's child mode: train.py in a process that ends by printing its peak memory.
-        out = subprocess.run([sys.executable, str(HERE / "qlora.py"), "--child", str(root / "config.json"), *flags],
+        out = subprocess.run([sys.executable, str(HERE / "qlora.py"), "--child", str(config), *flags],
                              env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             sys.exit(f"train.py failed ({out.returncode}): {out.stderr[-2000:]}")
