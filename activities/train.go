@@ -36,6 +36,10 @@ type EpochInput struct {
 	// (its trained output) training starts from, "" for none.
 	Method   db.Method `json:",omitzero"`
 	InitFrom string    `json:",omitempty"`
+	// MemoryRetry counts the attempts before this one that a trainer of
+	// several processes ran out of GPU memory in (see
+	// ErrTypeWorldOutOfMemory).
+	MemoryRetry int `json:",omitempty"`
 }
 
 // BuiltinRefuses says why the builtin trainer cannot train a job of

@@ -22,8 +22,17 @@ import (
 
 // Error types of the command trainer's failures.
 const (
+	// MaxMemoryRetries bounds the epoch's retries after ErrTypeWorldOutOfMemory.
+	MaxMemoryRetries = 2
 	// ErrTypeOutOfMemory: the trainer ran out of GPU memory; not retried.
 	ErrTypeOutOfMemory = "OutOfMemory"
+	// ErrTypeWorldOutOfMemory: a trainer of several processes ran out of
+	// GPU memory. One process cannot retry a step with smaller
+	// micro-batches alone, as one process does, since the others wait in
+	// the step's collectives; so the job's workflow trains the epoch again
+	// from its latest checkpoint with MemoryRetry one higher, which the
+	// trainer meets with less memory, up to MaxMemoryRetries times.
+	ErrTypeWorldOutOfMemory = "WorldOutOfMemory"
 	// ErrTypeTrainerProtocol: the trainer broke its protocol; not retried.
 	ErrTypeTrainerProtocol = "TrainerProtocol"
 	// ErrTypeTrainerCrashed: the trainer crashed; retried from the latest checkpoint.
@@ -104,6 +113,7 @@ func (a *Activities) trainCommand(ctx context.Context, in EpochInput) (EpochResu
 			QLoRA: in.Hyperparameters.QLoRA, LoRARank: in.Hyperparameters.Rank(),
 		},
 		Method:            trainerMethod(in.Method),
+		MemoryRetry:       in.MemoryRetry,
 		MaxSequenceLength: in.MaxSequenceLength,
 		Seed:              runSeed(in) % (1 << 31),
 		Epochs:            command.EpochRange{From: in.Epoch, To: in.Epoch},
@@ -220,6 +230,9 @@ func trainingNote(in EpochInput) string {
 	if r := in.Hyperparameters.Rank(); r != trainer.DefaultLoRARank {
 		fmt.Fprintf(&b, "; LoRA rank %d", r)
 	}
+	if in.MemoryRetry > 0 {
+		fmt.Fprintf(&b, "; memory retry %d of %d", in.MemoryRetry, MaxMemoryRetries)
+	}
 	if in.InitFrom != "" {
 		fmt.Fprintf(&b, "; starting from the adapter of job %s", in.InitFrom)
 	}
@@ -269,7 +282,23 @@ func (a *Activities) trainerFailure(ctx context.Context, in EpochInput, attempt 
 	case command.KindInvalid:
 		return invalidConfig("%s", ce.Message)
 	case command.KindOutOfMemory:
-		return temporal.NewNonRetryableApplicationError(ce.Message, ErrTypeOutOfMemory, nil)
+		if a.Command.WorldSize > 1 && in.MemoryRetry < MaxMemoryRetries {
+			from := fmt.Sprintf("the checkpoint at step %d", ckpt)
+			if ckpt == 0 {
+				from = "the start of the job"
+			}
+			msg := fmt.Sprintf("Training ran out of GPU memory in one of its %d processes, which cannot retry a step alone; the epoch starts again from %s, "+
+				"asking the trainer to use less memory (memory retry %d of %d)", a.Command.WorldSize, from, in.MemoryRetry+1, MaxMemoryRetries)
+			if lerr := a.appendLog(ctx, in.JobID, LevelWarn, msg); lerr != nil {
+				return lerr
+			}
+			return temporal.NewNonRetryableApplicationError(ce.Message, ErrTypeWorldOutOfMemory, nil)
+		}
+		msg := ce.Message
+		if in.MemoryRetry > 0 {
+			msg += fmt.Sprintf(" (memory retry %d of %d)", in.MemoryRetry, MaxMemoryRetries)
+		}
+		return temporal.NewNonRetryableApplicationError(msg, ErrTypeOutOfMemory, nil)
 	case command.KindProtocol:
 		return temporal.NewNonRetryableApplicationError(ce.Message, ErrTypeTrainerProtocol, nil)
 	}

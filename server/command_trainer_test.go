@@ -190,3 +190,47 @@ func trainerProcesses(t *testing.T) int {
 	out, _ := exec.Command("pgrep", "-f", testenv.TestTrainer(t)).Output()
 	return len(strings.Fields(string(out)))
 }
+
+// TestCommandTrainerWorldOutOfMemory: when one process of a trainer of
+// several (one per GPU of commandPool's four) runs out of GPU memory, the
+// epoch starts again from its latest checkpoint with memoryRetry 1 in
+// config.json, and the job completes. Rank 0 trains; rank 1 stands in for
+// the process that runs out: it fails 3.5 s in (some 11 steps of 300 ms),
+// unless config.json asks for a memory retry. Rank 0 is killed 5 s later,
+// as a process of a real trainer would wait in a collective for ever.
+func TestCommandTrainerWorldOutOfMemory(t *testing.T) {
+	org := env.NewOrg(t)
+	ds := org.Upload(t, "tickets.jsonl", testenv.Tickets(400, 25)) // 50 steps
+	script := `if [ "$RANK" -gt 1 ]; then exit 0; fi
+if [ "$RANK" = 1 ]; then
+  grep -q '"memoryRetry": 1' "$TUNEFORGE_TRAINER_CONFIG" && exit 0
+  sleep 3.5; echo "CUDA out of memory (simulated)" >&2; exit 3
+fi
+exec "$0" --step-delay 300ms --checkpoint-every 10`
+	stop := env.StartRunnerWorker(t, commandPool, &command.Runner{
+		Argv: []string{"sh", "-c", script, testenv.TestTrainer(t)}, Grace: 10 * time.Second, WorldSize: 4,
+	})
+	defer stop()
+	id := commandJob(t, org, ds, 1)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the job's log:\n%s", org.Logs(t, id))
+		}
+	})
+	job := org.WaitStatus(t, id, time.Minute, "completed", "failed")
+	if job["status"] != "completed" {
+		t.Fatalf("the job %s: %v", job["status"], job["error"])
+	}
+	logs := org.Logs(t, id)
+	for _, want := range []string{
+		"CUDA out of memory (simulated)",
+		"Training ran out of GPU memory in one of its 4 processes, which cannot retry a step alone; the epoch starts again from ",
+		"asking the trainer to use less memory (memory retry 1 of 2)",
+		"Epoch 1/1 started (command trainer:", "; memory retry 1 of 2",
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the job log lacks %q: %s", want, logs)
+		}
+	}
+	checkIncreasing(t, org.MetricSteps(t, id), 50)
+}

@@ -24,6 +24,7 @@ var causes = []cause{
 	{activities.ErrTypeInvalidData, failure.Cause{Code: "invalid_data", Class: failure.Data}},
 	{activities.ErrTypeInvalidConfig, failure.Cause{Code: "invalid_config", Class: failure.Config}},
 	{activities.ErrTypeOutOfMemory, failure.Cause{Code: "out_of_memory", Class: failure.OOM}},
+	{activities.ErrTypeWorldOutOfMemory, failure.Cause{Code: "out_of_memory", Class: failure.OOM}},
 	{activities.ErrTypeHang, failure.Cause{Code: "trainer_hung", Class: failure.Hang}},
 	{failure.TypeWorkerLost, workerLost},
 	{activities.ErrTypeWorkerStopping, failure.Cause{Code: "worker_stopped", Class: failure.WorkerLost}},
@@ -75,6 +76,13 @@ func causeOf(err error) failure.Cause {
 // classify turns the error a run ended with into the job's failure.
 func classify(err error) failure.Failure {
 	return failure.New(causeOf(err), userMessage(err))
+}
+
+// isApplicationError says whether err is, or wraps, an application error
+// of type errType.
+func isApplicationError(err error, errType string) bool {
+	var appErr *temporal.ApplicationError
+	return errors.As(err, &appErr) && appErr.Type() == errType
 }
 
 // epochFailure says so when an epoch failed because it used up its

@@ -430,13 +430,20 @@ func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	opts := trainOptions
 	opts.TaskQueue = TrainingTaskQueue(in.HardwareID)
 	tctx := workflow.WithActivityOptions(ctx, opts)
+	// Kept from epoch to epoch: the next needs as little memory.
+	memoryRetry := 0
 	for epoch := j.state.Epoch + 1; epoch <= in.Hyperparameters.Epochs; epoch++ {
 		var res activities.EpochResult
 		err := workflow.ExecuteActivity(tctx, a.TrainEpoch, activities.EpochInput{
 			JobID: in.JobID, BaseModel: in.BaseModel, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
 			MaxSequenceLength: in.MaxSequenceLength, Hyperparameters: in.Hyperparameters, Epoch: epoch, HardwareID: in.HardwareID,
-			Method: in.Method, InitFrom: in.InitFrom,
+			Method: in.Method, InitFrom: in.InitFrom, MemoryRetry: memoryRetry,
 		}).Get(ctx, &res)
+		if isApplicationError(err, activities.ErrTypeWorldOutOfMemory) && memoryRetry < activities.MaxMemoryRetries {
+			memoryRetry++
+			epoch--
+			continue
+		}
 		if err != nil {
 			return true, epochFailure(epoch, err)
 		}
@@ -646,9 +653,8 @@ func (j *job) restart(ctx workflow.Context) error {
 			// An update answers with the failure; a signal has no one to tell.
 			workflow.GetLogger(ctx).Warn("restart not carried out", "job", j.in.JobID, "checkpoint", from, "reason", err)
 			errType := activities.ErrTypeUnavailable
-			var appErr *temporal.ApplicationError
-			if errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeInvalidData {
-				errType = appErr.Type()
+			if isApplicationError(err, activities.ErrTypeInvalidData) {
+				errType = activities.ErrTypeInvalidData
 			}
 			j.requested, j.failure = actionNone, temporal.NewApplicationError(userMessage(err), errType)
 			j.finished++

@@ -48,6 +48,10 @@ type Config struct {
 	// WorldSize is how many processes train the attempt, one per GPU
 	// (1: one process). Run sets it from the Runner.
 	WorldSize int `json:"worldSize"`
+	// MemoryRetry (1.1) counts the attempts of this epoch before this one
+	// that several processes ran out of GPU memory in: the trainer should
+	// fit in less memory with each (0: the first try, and absent).
+	MemoryRetry int `json:"memoryRetry,omitempty"`
 }
 
 // Hyperparameters are the job's training settings; Epochs is the job's total.

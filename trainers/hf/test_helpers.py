@@ -181,6 +181,7 @@ def test_lora_rank_comes_from_the_config(tmp_path):
         ({"method": {"type": "dpo", "dpo": {"beta": 10.5}}}, "beta must be greater than 0 and at most 10"),
         ({"method": {"type": "dpo", "dpo": {"beta": float("nan")}}}, "beta must be greater than 0"),
         ({"initAdapter": 5}, "initAdapter must be a string"),
+        ({"memoryRetry": -1}, "memoryRetry must not be negative"),
         ({"hyperparameters": {"epochs": 2, "learningRate": 0.1, "batchSize": 4, "warmupSteps": 0, "loraRank": 0}},
          "hyperparameters.loraRank must be at least 1"),
         ({"hyperparameters": {"epochs": 2, "learningRate": 0.1, "batchSize": 4, "warmupSteps": 0, "loraRank": "8"}},

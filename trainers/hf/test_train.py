@@ -530,6 +530,23 @@ def test_out_of_memory_with_one_example_turns_gradient_checkpointing_on_then_giv
     assert calls == [False]
 
 
+def test_a_memory_retry_starts_with_less_memory(tmp_path: Path, capsys):
+    # A world's attempt after one (then two) that ran out of memory: halved
+    # micro-batches each time, and gradient checkpointing.
+    for retries, budget in ((1, 4096), (2, 2048)):
+        t = in_process_trainer(tmp_path / str(retries))
+        capsys.readouterr()
+        t.use_less_memory(retries)
+        assert (t.token_budget, t.checkpointing) == (budget, True)
+        assert f"memory retry {retries}: an earlier attempt ran out of GPU memory" in capsys.readouterr().out
+    t = in_process_trainer(tmp_path / "off", "--no-gradient-checkpointing")
+    t.use_less_memory(1)
+    assert (t.token_budget, t.checkpointing) == (4096, False)
+    # The step still trains.
+    loss, _ = t.train_step(t.train_set[:4])
+    assert loss > 0
+
+
 def test_micro_batches_never_wait_for_the_device(tmp_path: Path, monkeypatch):
     t = in_process_trainer(tmp_path, "--micro-batch-size", "1")
     inside, reads = [False], []

@@ -151,6 +151,7 @@ class Config:
     beta: float | None = None  # DPO's beta; None for supervised training
     init_adapter: str | None = None  # a PEFT adapter directory to start from, else a fresh LoRA
     world_size: int = 1  # worldSize: the processes training the attempt, one per GPU (distributed.py)
+    memory_retry: int = 0  # memoryRetry: earlier attempts of several processes that ran out of memory
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -222,6 +223,8 @@ def parse_config(raw: Any) -> Config:
         init_adapter=_field(raw, "initAdapter", str, optional=True),
         # Absent (a worker of protocol 1.0): one process.
         world_size=_field(raw, "worldSize", int, optional=True) or 1,
+        # Absent: the epoch's first try.
+        memory_retry=_field(raw, "memoryRetry", int, optional=True) or 0,
     )
     problems = [
         (cfg.epochs < 1, "hyperparameters.epochs must be at least 1"),
@@ -231,6 +234,7 @@ def parse_config(raw: Any) -> Config:
         (cfg.lora_rank is not None and cfg.lora_rank < 1, "hyperparameters.loraRank must be at least 1"),
         (cfg.max_sequence_length < 2, "maxSequenceLength must be at least 2"),
         (cfg.world_size < 1, "worldSize must be at least 1"),
+        (cfg.memory_retry < 0, "memoryRetry must not be negative"),
         (
             not 1 <= cfg.epoch_from <= cfg.epoch_to <= cfg.epochs,
             f"epochs {cfg.epoch_from}..{cfg.epoch_to} are not within 1..{cfg.epochs}",
@@ -896,6 +900,17 @@ class Trainer:
             )
         self.checkpointing = on
 
+    def use_less_memory(self, retries: int) -> None:
+        """memoryRetry: earlier attempts of several processes ran out of
+        memory, and a process cannot retry a step alone (see shrink), so this
+        attempt starts smaller: micro-batches of half the tokens for each
+        retry, and gradient checkpointing (unless --no-gradient-checkpointing)."""
+        self.token_budget = max(1, self.token_budget >> retries)
+        if not self.checkpointing and self.args.gradient_checkpointing is None:
+            self.set_checkpointing(True)
+        log("warn", f"memory retry {retries}: an earlier attempt ran out of GPU memory, so micro-batches of at most "
+                    f"{self.token_budget} tokens, gradient checkpointing {'on' if self.checkpointing else 'off'}")
+
     # -- checkpoints
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -1068,7 +1083,9 @@ class Trainer:
         """After running out of memory: smaller micro-batches, then gradient
         checkpointing (unless --no-gradient-checkpointing); else give up."""
         if self.world.size > 1:
-            raise error  # the other processes are in the step's passes: no retry on this one's own
+            # The other processes are in the step's passes: no retry on this
+            # one's own. The worker starts them all again with memoryRetry.
+            raise error
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if any(len(m) > 1 for m in self.micro_batches(batch)):
@@ -1319,6 +1336,8 @@ def train(args: argparse.Namespace, stop: StopSignal) -> None:
     trainer = method(cfg, args, stop, model, tokenizer, train_set, validation_set, device, dtype, scale_loss, world=world)
     if args.gradient_checkpointing:
         trainer.set_checkpointing(True)
+    if cfg.memory_retry:
+        trainer.use_less_memory(cfg.memory_retry)
     log(
         "info",
         f"{trainer.per_epoch} steps an epoch ({len(train_set)} examples, batchSize {cfg.batch_size} in "
