@@ -110,6 +110,32 @@ while :; do sleep 0.05; done`)
 	}
 }
 
+// TestRunRankStuckAfterRankZero: a rank still running peerExitWait after
+// rank 0 exited 0 with its result (stuck in its teardown, say) is killed,
+// and the attempt ends with rank 0's result.
+func TestRunRankStuckAfterRankZero(t *testing.T) {
+	j := newJob(t, 1, 1)
+	r := shRunner(2, `if [ "$RANK" = 1 ]; then echo $$ > rank1.pid; exec sleep 300; fi
+while [ ! -e rank1.pid ]; do sleep 0.01; done
+mkdir -p checkpoints/step-1 output/adapter
+echo '{"type":"progress","step":1,"epoch":1,"loss":1}'
+echo '{"type":"checkpoint","step":1,"path":"checkpoints/step-1"}'
+echo '{"type":"result","outputPath":"output/adapter","step":1,"trainingLoss":1}'`)
+	start := time.Now()
+	rec := &recorder{}
+	res, err := r.Run(context.Background(), j.dir, j.cfg, rec)
+	if err != nil || res.Step != 1 {
+		t.Fatalf("got %+v, %v; want rank 0's result", res, err)
+	}
+	if d := time.Since(start); d > peerExitWait+10*time.Second {
+		t.Errorf("Run took %s", d)
+	}
+	if !strings.Contains(strings.Join(rec.logs, "\n"), "1 of the trainer's processes had not exited 5s after rank 0 finished; they were killed") {
+		t.Errorf("no warning of the killed rank: %q", rec.logs)
+	}
+	assertGone(t, filepath.Join(j.dir, "rank1.pid"))
+}
+
 // assertGone fails unless the process whose pid the file holds is gone.
 func assertGone(t *testing.T, pidFile string) {
 	t.Helper()

@@ -163,7 +163,10 @@ type event struct {
 // process group of their own, with an allow-listed environment
 // (trainerEnv) and a free slot's GPUs, and feeds their messages to h until
 // they exit. When one of several processes fails, the others are killed
-// after peerExitWait, and the failed one's exit decides the attempt. When
+// after peerExitWait, and the failed one's exit decides the attempt; so are
+// those still running peerExitWait after rank 0 exited 0, which then
+// decides (a process stuck in its teardown must not hold a finished
+// attempt). When
 // ctx ends it sends SIGTERM, then SIGKILL after the grace period, and
 // returns ctx's error once no process of the group is left. A trainer that
 // hangs (see Hang) is killed with its group at once: a hung process would
@@ -312,11 +315,19 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 		case ex := <-waited:
 			running--
 			waitErrs[ex.rank] = ex.err
-			if ps := procs[ex.rank].ProcessState; verdict < 0 && (ps == nil || ps.ExitCode() != 0) {
+			ps := procs[ex.rank].ProcessState
+			switch {
+			case verdict >= 0:
+			case ps == nil || ps.ExitCode() != 0:
 				verdict = ex.rank
 				if running > 0 {
 					peerTimer = time.After(peerExitWait)
 				}
+			case ex.rank == 0 && running > 0:
+				// Rank 0 is done (its result, or the lack of one, decides),
+				// however the rest end.
+				verdict = 0
+				peerTimer = time.After(peerExitWait)
 			}
 			if running > 0 {
 				continue
@@ -332,6 +343,9 @@ func (r *Runner) run(ctx context.Context, dir string, cfg Config, h Handler) (Re
 			drainTimer = time.After(time.Second)
 		case <-peerTimer:
 			peerTimer = nil
+			if verdict == 0 {
+				a.log(LevelWarn, fmt.Sprintf("%d of the trainer's processes had not exited %s after rank 0 finished; they were killed", running, peerExitWait))
+			}
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		case <-drainTimer:
 			// A process that left the group still holds the pipes; what it
