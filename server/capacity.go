@@ -15,10 +15,10 @@ import (
 // trainsOn is a base model and how a job trains it: what a capacity check
 // weighs against a pool.
 type trainsOn struct {
-	model    db.BaseModel
-	dpo      bool
-	qlora    bool
-	loraRank int // 0: trainer.DefaultLoRARank
+	model db.BaseModel
+	dpo   bool
+	// hp gives QLoRA and the LoRA rank; the rest do not change the estimate.
+	hp trainer.Hyperparameters
 }
 
 // memoryJob is the memory model's job for t on hw: train.py at its least
@@ -29,15 +29,15 @@ type trainsOn struct {
 // of memory only if the estimate is wrong.
 func (t trainsOn) memoryJob(hw db.Hardware) memory.Job {
 	return memory.Job{
-		Architecture: t.model.Architecture, Device: memory.GPU, GPUs: int(hw.GPUCount), QLoRA: t.qlora, DPO: t.dpo,
-		LoRARank: trainer.Hyperparameters{LoRARank: t.loraRank}.Rank(), SequenceLength: int(t.model.MaxSequenceLength),
+		Architecture: t.model.Architecture, Device: memory.GPU, GPUs: int(hw.GPUCount), QLoRA: t.hp.QLoRA, DPO: t.dpo,
+		LoRARank: t.hp.Rank(), SequenceLength: int(t.model.MaxSequenceLength),
 	}.Least()
 }
 
 // fit is the estimate of t on hw, and why hw cannot run t at all ("" when
 // it can, though the estimate may not fit).
 func (t trainsOn) fit(hw db.Hardware) (memory.Estimate, string) {
-	if t.qlora && hw.GPUCount > 1 {
+	if t.hp.QLoRA && hw.GPUCount > 1 {
 		return memory.Estimate{}, fmt.Sprintf("QLoRA trains on one GPU, and %s has %d", hw.ID, hw.GPUCount)
 	}
 	j := t.memoryJob(hw)
@@ -73,11 +73,11 @@ func (s *Server) checkCapacity(ctx context.Context, t trainsOn, hw db.Hardware, 
 // describe names how t trains, for a message.
 func (t trainsOn) describe() string {
 	parts := []string{"LoRA in bf16"}
-	if t.qlora {
+	if t.hp.QLoRA {
 		parts[0] = "QLoRA (4-bit)"
 	}
-	if t.loraRank != 0 && t.loraRank != trainer.DefaultLoRARank {
-		parts[0] += fmt.Sprintf(" at rank %d", t.loraRank)
+	if r := t.hp.Rank(); r != trainer.DefaultLoRARank {
+		parts[0] += fmt.Sprintf(" at rank %d", r)
 	}
 	if t.dpo {
 		parts = append(parts, "DPO")
@@ -102,14 +102,14 @@ func breakdown(e memory.Estimate, sequence int32) string {
 // without it); or says that no pool of the catalog runs the model.
 func (t trainsOn) alternatives(pools []db.Hardware, current string) string {
 	other := t
-	other.qlora = !t.qlora
+	other.hp.QLoRA = !t.hp.QLoRA
 	asIs, switched := t.fitting(pools, current), other.fitting(pools, "")
 	var says []string
 	if asIs != "" {
 		says = append(says, "it fits on "+asIs)
 	}
 	switch {
-	case switched != "" && t.qlora:
+	case switched != "" && t.hp.QLoRA:
 		says = append(says, "without qlora (sharded over several GPUs) it fits on "+switched)
 	case switched != "":
 		says = append(says, "with qlora (4-bit base weights) it fits on "+switched)

@@ -8,6 +8,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 func (s *Server) baseModels(c *gin.Context) {
@@ -160,7 +161,7 @@ func (s *Server) estimateCost(c *gin.Context) {
 		s.respondError(c, err)
 		return
 	}
-	as.Memory = viewMemory(trainsOn{model: model, dpo: method.Name() == db.MethodDPO, qlora: req.QLoRA, loraRank: rank}, hw, pools)
+	as.Memory = viewMemory(trainsOn{model: model, dpo: method.Name() == db.MethodDPO, hp: trainer.Hyperparameters{QLoRA: req.QLoRA, LoRARank: rank}}, hw, pools)
 	size := int64(0)
 	if req.DatasetSize != nil {
 		size = *req.DatasetSize

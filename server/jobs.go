@@ -401,11 +401,11 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		return db.Job{}, err
 	}
 	spec.Hyperparameters.LoRARank = spec.Hyperparameters.Rank()
-	t := trainsOn{model: model, dpo: spec.Method.Name() == db.MethodDPO, qlora: spec.Hyperparameters.QLoRA, loraRank: spec.Hyperparameters.LoRARank}
+	t := trainsOn{model: model, dpo: spec.Method.Name() == db.MethodDPO, hp: spec.Hyperparameters}
 	if err := s.checkCapacity(ctx, t, hw, f.Hardware, refStatus); err != nil {
 		return db.Job{}, err
 	}
-	if err := s.checkTrainer(ctx, hw.ID, spec.Method, spec.Hyperparameters, initFrom, f.Hardware, refStatus); err != nil {
+	if err := s.checkTrainer(ctx, hw.ID, spec.Method, t.hp, initFrom, f.Hardware, refStatus); err != nil {
 		return db.Job{}, err
 	}
 	// Replays are answered before datasets are resolved, so a replay never

@@ -177,12 +177,11 @@ func (s *Server) amendment(ctx context.Context, job db.Job, body restartRequest,
 		}
 		// A new batchSize alone needs no check: the estimate is of train.py
 		// at one example a micro-batch, whatever the batch.
-		t := trainsOn{model: model, dpo: job.Method.Name() == db.MethodDPO, qlora: job.QLoRA, loraRank: int(job.LoRARank)}
+		t := trainsOn{model: model, dpo: job.Method.Name() == db.MethodDPO, hp: trainer.Hyperparameters{QLoRA: job.QLoRA, LoRARank: int(job.LoRARank)}}
 		if err := s.checkCapacity(ctx, t, h, "hardware", http.StatusUnprocessableEntity); err != nil {
 			return err
 		}
-		hp := trainer.Hyperparameters{QLoRA: job.QLoRA, LoRARank: int(job.LoRARank)}
-		if err := s.checkTrainer(ctx, h.ID, job.Method, hp, deref(job.InitFrom), "hardware", http.StatusUnprocessableEntity); err != nil {
+		if err := s.checkTrainer(ctx, h.ID, job.Method, t.hp, deref(job.InitFrom), "hardware", http.StatusUnprocessableEntity); err != nil {
 			return err
 		}
 		req.HardwareID, req.CostPerHour = h.ID, h.CostPerHour
