@@ -38,57 +38,109 @@ type DatasetSummary struct {
 // The training file's labels are held to the builtin trainer's rule only
 // when that trainer is the one that will train the job (builtinLabelRule).
 func (a *Activities) ValidateDataset(ctx context.Context, in ValidateInput) (DatasetSummary, error) {
-	if err := a.appendLog(ctx, in.JobID, LevelInfo, "Validating the training dataset"); err != nil {
+	if err := a.appendLog(ctx, in.JobID, LevelInfo, validatingMessage); err != nil {
 		return DatasetSummary{}, err
 	}
-	job, err := a.Store.JobByID(ctx, in.JobID)
+	v, _, err := a.checkDataset(ctx, a.Store.Conn, in, false)
+	if err != nil {
+		return DatasetSummary{}, err
+	}
+	return v.sum, a.Store.Transact(ctx, func(tx db.Conn) error { return v.record(ctx, tx, in.JobID) })
+}
+
+// RecordedValidation is ValidateRecordedDataset's answer: Done when the
+// uploads' records settled the job's files, with what they hold.
+type RecordedValidation struct {
+	Done    bool
+	Summary DatasetSummary
+}
+
+// ValidateRecordedDataset validates the job's files from what their
+// uploads recorded, in one short transaction and without reading a file,
+// so that the job workflow runs it as a local activity in the task that
+// starts it. It is not Done when a file needs reading (ValidateDataset
+// then does); a problem the records show fails it as ValidateDataset would.
+func (a *Activities) ValidateRecordedDataset(ctx context.Context, in ValidateInput) (RecordedValidation, error) {
+	var out RecordedValidation
+	err := a.Store.Transact(ctx, func(tx db.Conn) error {
+		v, done, err := a.checkDataset(ctx, tx, in, true)
+		if err != nil || !done {
+			return err
+		}
+		out = RecordedValidation{Done: true, Summary: v.sum}
+		if err := appendLogOn(ctx, tx, in.JobID, LevelInfo, validatingMessage); err != nil {
+			return err
+		}
+		return v.record(ctx, tx, in.JobID)
+	})
+	return out, err
+}
+
+// validatingMessage is the job's log line as its validation begins.
+const validatingMessage = "Validating the training dataset"
+
+// validation is what checking a job's files found, and how to tell it.
+type validation struct {
+	sum  DatasetSummary
+	msg  string
+	data map[string]any
+}
+
+// record marks the job validated with its event and log line.
+func (v validation) record(ctx context.Context, tx db.Conn, jobID string) error {
+	if err := tx.MarkValidated(ctx, jobID); err != nil {
+		return err
+	}
+	if err := recordEvent(ctx, tx, db.Event{JobID: jobID, Type: db.EventValidated, Message: v.msg, Data: v.data}); err != nil {
+		return err
+	}
+	return appendLogOn(ctx, tx, jobID, LevelInfo, v.msg)
+}
+
+// checkDataset checks the job's files, reading the job and its pool's
+// trainers on c. With recordsOnly it reads no file: done is false when an
+// upload's record does not settle one.
+func (a *Activities) checkDataset(ctx context.Context, c db.Conn, in ValidateInput, recordsOnly bool) (v validation, done bool, err error) {
+	job, err := c.JobByID(ctx, in.JobID)
 	if db.IsNotFound(err) {
-		return DatasetSummary{}, jobGone(in.JobID)
+		return v, false, jobGone(in.JobID)
 	}
 	if err != nil {
-		return DatasetSummary{}, err
+		return v, false, err
 	}
-	trainers, err := a.Store.LiveTrainers(ctx, job.HardwareID, a.GPULiveness)
+	trainers, err := c.LiveTrainers(ctx, job.HardwareID, a.GPULiveness)
 	if err != nil {
-		return DatasetSummary{}, err
+		return v, false, err
 	}
 	// Preference pairs have no labels; the builtin trainer refuses DPO.
 	checkLabels := builtinLabelRule(trainers) && !job.Method.DPO()
-	train, err := a.validateFile(ctx, in.DatasetKey, "training file", in.MaxSequenceLength, true, checkLabels)
-	if err != nil {
-		return DatasetSummary{}, err
+	train, done, err := a.validateFile(ctx, c, in.DatasetKey, "training file", in.MaxSequenceLength, true, checkLabels, recordsOnly)
+	if err != nil || !done {
+		return v, false, err
 	}
 	if err := methodFits(job.Method, train.Format, "training file"); err != nil {
-		return DatasetSummary{}, err
+		return v, false, err
 	}
-	sum := DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
+	v.sum = DatasetSummary{Examples: train.Examples, Tokens: train.Tokens}
 	if in.ValidationKey != "" {
 		// A small validation set is fine, whatever its labels: it only measures.
-		v, err := a.validateFile(ctx, in.ValidationKey, "validation file", in.MaxSequenceLength, false, false)
-		if err != nil {
-			return DatasetSummary{}, err
+		val, done, err := a.validateFile(ctx, c, in.ValidationKey, "validation file", in.MaxSequenceLength, false, false, recordsOnly)
+		if err != nil || !done {
+			return v, false, err
 		}
-		if err := methodFits(job.Method, v.Format, "validation file"); err != nil {
-			return DatasetSummary{}, err
+		if err := methodFits(job.Method, val.Format, "validation file"); err != nil {
+			return v, false, err
 		}
-		sum.ValidationExamples = v.Examples
+		v.sum.ValidationExamples = val.Examples
 	}
-	msg := fmt.Sprintf("Dataset valid: %d training examples, %d tokens", sum.Examples, sum.Tokens)
-	data := map[string]any{"examples": sum.Examples, "tokens": sum.Tokens, "trainers": trainers, "labelsChecked": checkLabels}
+	v.msg = fmt.Sprintf("Dataset valid: %d training examples, %d tokens", v.sum.Examples, v.sum.Tokens)
+	v.data = map[string]any{"examples": v.sum.Examples, "tokens": v.sum.Tokens, "trainers": trainers, "labelsChecked": checkLabels}
 	if in.ValidationKey != "" {
-		msg += fmt.Sprintf(", %d validation examples", sum.ValidationExamples)
-		data["validationExamples"] = sum.ValidationExamples
+		v.msg += fmt.Sprintf(", %d validation examples", v.sum.ValidationExamples)
+		v.data["validationExamples"] = v.sum.ValidationExamples
 	}
-	msg += labelNote(trainers, checkLabels, job.HardwareID)
-	return sum, a.Store.Transact(ctx, func(tx db.Conn) error {
-		if err := tx.MarkValidated(ctx, in.JobID); err != nil {
-			return err
-		}
-		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventValidated, Message: msg, Data: data}); err != nil {
-			return err
-		}
-		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
-	})
+	v.msg += labelNote(trainers, checkLabels, job.HardwareID)
+	return v, true, nil
 }
 
 // methodFits refuses a file whose format the job's method cannot train.
@@ -172,25 +224,36 @@ func labelNote(trainers []string, checked bool, pool string) string {
 // change), else by reading the file, which names each bad line. training
 // asks for a training file's MinTrainingExamples (else one example is
 // enough); labels, for a training file held to the builtin trainer's label
-// rule.
-func (a *Activities) validateFile(ctx context.Context, key, what string, maxSeq int, training, labels bool) (dataset.Summary, error) {
-	st, err := a.Store.DatasetStatsOf(ctx, key)
+// rule. With recordsOnly it reads no file: done is false when the record
+// does not settle it.
+func (a *Activities) validateFile(ctx context.Context, c db.Conn, key, what string, maxSeq int, training, labels, recordsOnly bool) (sum dataset.Summary, done bool, err error) {
+	st, err := c.DatasetStatsOf(ctx, key)
 	if err != nil {
-		return dataset.Summary{}, err
+		return sum, false, err
 	}
 	// A format not recorded (an upload from before formats were) is not
 	// the preference format, which uploads did not accept then.
 	enough := st != nil && st.Examples > 0 && (!training || st.Examples >= dataset.MinTrainingExamples)
 	if enough && (maxSeq <= 0 || st.MaxTokens <= maxSeq) && (!labels || st.LabelProblem == "") {
-		return dataset.Summary{Format: dataset.Format(st.Format), Examples: st.Examples, Tokens: st.Tokens, MaxTokens: st.MaxTokens}, nil
+		return dataset.Summary{Format: dataset.Format(st.Format), Examples: st.Examples, Tokens: st.Tokens, MaxTokens: st.MaxTokens}, true, nil
+	}
+	if recordsOnly {
+		return sum, false, nil
 	}
 	switch {
 	case !training:
-		return a.scan(ctx, key, what, maxSeq, 1, nil)
+		sum, err = a.scan(ctx, key, what, maxSeq, 1, nil)
 	case !labels:
-		return a.scan(ctx, key, what, maxSeq, dataset.MinTrainingExamples, nil)
+		sum, err = a.scan(ctx, key, what, maxSeq, dataset.MinTrainingExamples, nil)
+	default:
+		sum, err = a.scanTraining(ctx, key, maxSeq)
 	}
-	r, err := a.open(ctx, key, what)
+	return sum, err == nil, err
+}
+
+// scanTraining streams a training file through validateTraining.
+func (a *Activities) scanTraining(ctx context.Context, key string, maxSeq int) (dataset.Summary, error) {
+	r, err := a.open(ctx, key, "training file")
 	if err != nil {
 		return dataset.Summary{}, err
 	}

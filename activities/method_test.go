@@ -44,6 +44,13 @@ func TestValidateDatasetFitsTheMethod(t *testing.T) {
 			} else {
 				f.check(env.Artifacts.PutBytes(f.ctx, f.datasetKey(), c.data))
 			}
+			if c.stats {
+				// The stats settle the file, the local activity too.
+				_, err := f.run(f.acts.ValidateRecordedDataset, activities.ValidateInput{JobID: job, DatasetKey: f.datasetKey(), MaxSequenceLength: 8192})
+				if appErr := wantError(t, err, activities.ErrTypeInvalidData); !strings.Contains(appErr.Message(), c.wantErr) {
+					t.Errorf("ValidateRecordedDataset: error %q; want it to say %q", appErr.Message(), c.wantErr)
+				}
+			}
 			_, err := f.run(f.acts.ValidateDataset, activities.ValidateInput{JobID: job, DatasetKey: f.datasetKey(), MaxSequenceLength: 8192})
 			if c.wantErr == "" {
 				f.check(err)

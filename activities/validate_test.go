@@ -79,6 +79,8 @@ func TestValidateDataset(t *testing.T) {
 
 // What the upload found stands in for reading the file again, unless it
 // shows a problem for the job: then the file is read, which names the lines.
+// ValidateRecordedDataset validates from the stats alone, or leaves the job
+// untouched for ValidateDataset.
 func TestValidateDatasetFromUploadStats(t *testing.T) {
 	t.Parallel()
 	setStats := func(f *fixture, examples, maxTokens int, labelProblem string) {
@@ -98,6 +100,23 @@ func TestValidateDatasetFromUploadStats(t *testing.T) {
 		if sum != (activities.DatasetSummary{Examples: 12, Tokens: 99}) {
 			t.Errorf("summary %+v, want the upload's", sum)
 		}
+
+		job := f.newJob("gpu-a100-40gb")
+		val, err = f.run(f.acts.ValidateRecordedDataset, activities.ValidateInput{JobID: job, DatasetKey: f.datasetKey(), MaxSequenceLength: 8192})
+		f.check(err)
+		var rec activities.RecordedValidation
+		f.check(val.Get(&rec))
+		if rec != (activities.RecordedValidation{Done: true, Summary: activities.DatasetSummary{Examples: 12, Tokens: 99}}) {
+			t.Errorf("recorded validation %+v, want done with the upload's summary", rec)
+		}
+		if logs := f.logs(job); !slices.Equal(logs, []string{"Validating the training dataset", "Dataset valid: 12 training examples, 99 tokens"}) {
+			t.Errorf("logs %q", logs)
+		}
+		var validated bool
+		f.check(env.Store.Pool.QueryRow(f.ctx, `SELECT validated_at IS NOT NULL FROM jobs WHERE id = $1`, job).Scan(&validated))
+		if !validated {
+			t.Error("the job is not marked validated")
+		}
 	})
 	for name, c := range map[string]struct {
 		examples, maxTokens int
@@ -112,7 +131,15 @@ func TestValidateDatasetFromUploadStats(t *testing.T) {
 			f := newFixture(t)
 			setStats(f, c.examples, c.maxTokens, c.labelProblem)
 			f.check(env.Artifacts.PutBytes(f.ctx, f.datasetKey(), testenv.Tickets(20, 1)))
-			val, err := f.run(f.acts.ValidateDataset, activities.ValidateInput{JobID: f.newJob("gpu-a100-40gb"), DatasetKey: f.datasetKey(), MaxSequenceLength: 8192})
+			in := activities.ValidateInput{JobID: f.newJob("gpu-a100-40gb"), DatasetKey: f.datasetKey(), MaxSequenceLength: 8192}
+			val, err := f.run(f.acts.ValidateRecordedDataset, in)
+			f.check(err)
+			var rec activities.RecordedValidation
+			f.check(val.Get(&rec))
+			if rec.Done || len(f.logs(in.JobID)) != 0 {
+				t.Errorf("recorded validation %+v, logs %q; want it not done, and nothing written", rec, f.logs(in.JobID))
+			}
+			val, err = f.run(f.acts.ValidateDataset, in)
 			f.check(err)
 			var sum activities.DatasetSummary
 			f.check(val.Get(&sum))

@@ -56,7 +56,7 @@ func TestRecordHistories(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOpenAI(t, client, job.ID, time.Minute, "succeeded")
-	dumpRun(t, dir, "job_auto_deployed_v3.json", job.ID, "")
+	dumpRun(t, dir, "job_auto_deployed_v4.json", job.ID, "")
 
 	// Paused mid-training, resumed (continue-as-new), then cancelled.
 	big := uploadFile(t, client, "big.jsonl", testenv.Tickets(20000, 42))
@@ -81,8 +81,8 @@ func TestRecordHistories(t *testing.T) {
 	if _, err := client.FineTuning.Jobs.Cancel(ctx, job.ID); err != nil {
 		t.Fatal(err)
 	}
-	dumpRun(t, dir, "job_paused_resumed_v3.json", job.ID, first)
-	dumpRun(t, dir, "job_cancelled_v3.json", job.ID, "")
+	dumpRun(t, dir, "job_paused_resumed_v4.json", job.ID, first)
+	dumpRun(t, dir, "job_cancelled_v4.json", job.ID, "")
 
 	// Stopped after its first epoch, restarted from that epoch's checkpoint.
 	r := org.Do(t, "POST", jobsPath, map[string]any{"name": "rewind", "baseModel": "llama-3.1-8b", "trainingDataset": big, "hyperparameters": map[string]any{"epochs": 3}})
@@ -99,7 +99,7 @@ func TestRecordHistories(t *testing.T) {
 	}
 	first = desc.WorkflowExecutionInfo.Execution.RunId
 	expect(t, org.Do(t, "POST", jobsPath+"/"+id+"/restart", map[string]any{"fromCheckpoint": checkpointIDs(t, org, id)[0]["id"]}), 200)
-	dumpRun(t, dir, "job_rewound_v3.json", id, first)
+	dumpRun(t, dir, "job_rewound_v4.json", id, first)
 
 	// A deploy that fails (the model name is another job's) is recorded.
 	for _, name := range []string{"a", "b"} {
@@ -109,5 +109,5 @@ func TestRecordHistories(t *testing.T) {
 		org.WaitStatus(t, id, time.Minute, "completed")
 		org.Do(t, "POST", jobsPath+"/"+id+"/deploy", nil)
 	}
-	dumpRun(t, dir, "job_deploy_failed_v3.json", id, "")
+	dumpRun(t, dir, "job_deploy_failed_v4.json", id, "")
 }

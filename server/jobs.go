@@ -423,12 +423,14 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	}
 	// A quick read first, so an organization at its cap starts (and imports) nothing; the
 	// job's own creation checks again under a lock.
-	active, err := s.Store.ActiveJobs(ctx, key.OrganizationID)
-	if err != nil {
-		return db.Job{}, err
-	}
-	if s.MaxActiveJobs > 0 && active >= int64(s.MaxActiveJobs) {
-		return db.Job{}, tooManyJobs(active)
+	if s.MaxActiveJobs > 0 {
+		active, err := s.Store.ActiveJobs(ctx, key.OrganizationID)
+		if err != nil {
+			return db.Job{}, err
+		}
+		if active >= int64(s.MaxActiveJobs) {
+			return db.Job{}, tooManyJobs(active)
+		}
 	}
 
 	// Datasets the request imports by path are its own: a request that
@@ -501,6 +503,7 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
 		ResultModel: model.ID + "-" + suffix, AutoDeploy: spec.AutoDeploy, CreatedAt: now, QueuedAt: now, Create: row,
 		MaxCost: spec.MaxCost, CostPerHour: hw.CostPerHour, EarlyStopping: spec.EarlyStopping, Method: spec.Method,
+		Revision: workflows.Revision,
 	}
 	if source != nil {
 		row.InitFrom, input.InitFrom = source.ID, source.ID

@@ -71,6 +71,20 @@ func (r TransitionRequest) amends() bool {
 	return r.BatchSize != 0 || r.HardwareID != "" || r.MaxCost != nil
 }
 
+// Revision is FineTuningJob's revision, which the API gives each job's
+// first run and every run gives the next (continue-as-new): a run takes
+// the paths of its own revision throughout, so its history replays. A
+// change to the workflow's commands comes with a new revision and a test of
+// JobInput.Revision where it branches. Runs recorded before revisions (0)
+// ask workflow.GetVersion with the change IDs below instead: it records a
+// marker and upserts the TemporalChangeVersion search attribute, a write of
+// the run's visibility record, in every run that passes it.
+//
+// Revision 1 takes the newest path of every change ID below and validates
+// a job's dataset from its uploads' records in a local activity
+// (ValidateRecordedDataset) when they settle it.
+const Revision = 1
+
 // Change IDs for workflow.GetVersion, so runs recorded before a change replay.
 const (
 	// versionGrantSignal: the GPU wait became a signal instead of the
@@ -156,6 +170,9 @@ type JobInput struct {
 	QueuedAt time.Time
 	// Attempt counts restarts; 0 for the first run.
 	Attempt int
+	// Revision is the Revision the run was started with; 0 for runs from
+	// before revisions.
+	Revision int `json:",omitempty"`
 	// State is the job's state carried whole across a restart (continue-as-
 	// new), so no field can be missed; nil in a job's first run.
 	State *JobState `json:",omitempty"`

@@ -340,14 +340,13 @@ func (j *job) train(ctx workflow.Context) error {
 	// of the pool never starts before this one has finished; since
 	// versionReleaseWithOutcome in the same transaction, so that no reader
 	// sees a finished job holding its slot or missing its GPU time.
-	outcomeFirst := workflow.GetVersion(ctx, versionOutcomeBeforeRelease, workflow.DefaultVersion, 1) == 1
+	outcomeFirst := j.changed(ctx, versionOutcomeBeforeRelease)
 	if !outcomeFirst {
 		if err := release(); err != nil {
 			return err
 		}
 	}
-	withOutcome := outcomeFirst && leased &&
-		workflow.GetVersion(ctx, versionReleaseWithOutcome, workflow.DefaultVersion, 1) == 1
+	withOutcome := outcomeFirst && leased && j.changed(ctx, versionReleaseWithOutcome)
 	j.setPhase(ctx, PhaseIdle)
 	var terr error
 	switch {
@@ -399,12 +398,7 @@ func (j *job) train(ctx workflow.Context) error {
 func (j *job) trainSteps(ctx workflow.Context) (leased bool, err error) {
 	in := j.in
 	j.setPhase(ctx, PhaseValidating)
-	var sum activities.DatasetSummary
-	err = workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, validateOptions), a.ValidateDataset, activities.ValidateInput{
-		JobID: in.JobID, DatasetKey: in.DatasetKey, ValidationKey: in.ValidationKey,
-		MaxSequenceLength: in.MaxSequenceLength,
-	}).Get(ctx, &sum)
-	if err != nil {
+	if err := j.validate(ctx); err != nil {
 		return false, err
 	}
 
@@ -524,12 +518,39 @@ func (j *job) budgetFailure(ctx workflow.Context) error {
 		failure.TypeBudget, nil)
 }
 
+// validate checks the job's dataset: from its uploads' records in a local
+// activity, in the workflow task that runs it, when they settle it (since
+// Revision 1), else by reading the files in the ValidateDataset activity.
+func (j *job) validate(ctx workflow.Context) error {
+	in := activities.ValidateInput{
+		JobID: j.in.JobID, DatasetKey: j.in.DatasetKey, ValidationKey: j.in.ValidationKey,
+		MaxSequenceLength: j.in.MaxSequenceLength,
+	}
+	if j.in.Revision >= 1 {
+		var rec activities.RecordedValidation
+		lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
+		if err := workflow.ExecuteLocalActivity(lctx, a.ValidateRecordedDataset, in).Get(ctx, &rec); err != nil || rec.Done {
+			return err
+		}
+	}
+	return workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, validateOptions), a.ValidateDataset, in).Get(ctx, nil)
+}
+
+// changed says whether the run takes the path that the change changeID
+// brought: every run since Revision 1 does; an older one asks GetVersion.
+func (j *job) changed(ctx workflow.Context, changeID string) bool {
+	if j.in.Revision >= 1 {
+		return true
+	}
+	return workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, 1) == 1
+}
+
 // awaitGPU joins the pool's queue and waits for the grant signal: the wait
 // holds no worker slot and no database connection, however many wait.
 func (j *job) awaitGPU(ctx workflow.Context) error {
 	req := activities.LeaseRequest{JobID: j.in.JobID, OrganizationID: j.in.OrganizationID, HardwareID: j.in.HardwareID, QueuedAt: j.in.QueuedAt}
 	actx := workflow.WithActivityOptions(ctx, controlOptions)
-	if workflow.GetVersion(ctx, versionGrantSignal, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+	if !j.changed(ctx, versionGrantSignal) {
 		// Runs that were waiting in AcquireGPU when the signal replaced it.
 		return workflow.ExecuteActivity(workflow.WithActivityOptions(ctx, leaseOptions), a.AcquireGPU, req).Get(ctx, nil)
 	}
@@ -537,7 +558,7 @@ func (j *job) awaitGPU(ctx workflow.Context) error {
 	// local activities, short transactions recorded with the workflow
 	// task that runs them: no activity task, no extra workflow task.
 	run := func(fn any, out any) error { return workflow.ExecuteActivity(actx, fn, req).Get(ctx, out) }
-	if workflow.GetVersion(ctx, versionLocalGPUQueue, workflow.DefaultVersion, 1) == 1 {
+	if j.changed(ctx, versionLocalGPUQueue) {
 		lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
 		run = func(fn any, out any) error { return workflow.ExecuteLocalActivity(lctx, fn, req).Get(ctx, out) }
 	}
@@ -610,7 +631,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 		// deploy see it, not those of one asked meanwhile.
 		j.failure = temporal.NewApplicationError(userMessage(err), errType)
 		j.finished++
-		if workflow.GetVersion(ctx, versionDeployFailureRecorded, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		if !j.changed(ctx, versionDeployFailureRecorded) {
 			return nil
 		}
 		lctx := workflow.WithLocalActivityOptions(ctx, recordOptions)
@@ -640,6 +661,7 @@ func deployClass(errType string) failure.Class {
 func (j *job) restart(ctx workflow.Context) error {
 	next := j.in
 	next.Create = nil // the row exists
+	next.Revision = Revision
 	next.QueuedAt = workflow.Now(ctx)
 	next.Attempt++
 	who, data := j.cause()

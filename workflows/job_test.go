@@ -47,6 +47,7 @@ func jobInput(epochs int) workflows.JobInput {
 		ResultModel:       "ft:llama-3.1-8b:org-test:abc123",
 		CreatedAt:         startTime.Add(-time.Minute),
 		QueuedAt:          startTime.Add(-time.Minute),
+		Revision:          workflows.Revision,
 	}
 }
 
@@ -125,6 +126,8 @@ func (h *harness) run(in workflows.JobInput) {
 		loss := 0.5
 		return activities.Rewound{Epoch: 1, Step: 10, TrainedTokens: 1000, TrainingLoss: &loss}, nil
 	})
+	// By default the uploads' records do not settle the files.
+	h.env.OnActivity("ValidateRecordedDataset", mock.Anything, mock.Anything).Return(activities.RecordedValidation{}, nil)
 	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).Return(h.validate)
 	h.env.OnActivity("RequestGPU", mock.Anything, mock.Anything).Return(h.acquire)
 	h.env.OnActivity("GPUGranted", mock.Anything, mock.Anything).Return(nil)
@@ -419,6 +422,46 @@ func TestBadDatasetFails(t *testing.T) {
 	h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
 	h.env.AssertActivityNotCalled(t, "ReleaseGPU", mock.Anything, mock.Anything)
 	h.env.AssertActivityNotCalled(t, "TrainEpoch", mock.Anything, mock.Anything)
+}
+
+// A dataset that its uploads' records settle is validated by the local
+// activity alone, in the task that starts the run; one they find bad fails
+// the job as ValidateDataset would.
+func TestRecordedDatasetValidation(t *testing.T) {
+	t.Run("valid", func(t *testing.T) {
+		h := newHarness(t)
+		h.env.OnActivity("ValidateRecordedDataset", mock.Anything, mock.Anything).
+			Return(activities.RecordedValidation{Done: true, Summary: activities.DatasetSummary{Examples: 100, Tokens: 5000}}, nil)
+		in := jobInput(1)
+		in.AutoDeploy = true
+		h.run(in)
+
+		require.NoError(t, h.env.GetWorkflowError())
+		h.env.AssertActivityNotCalled(t, "ValidateDataset", mock.Anything, mock.Anything)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		assert.Equal(t, []string{"RequestGPU", "RecordStatus:running", "TrainEpoch:1", "RecordStatus:completed", "released", "DispatchGPUs", "Deploy"}, h.events)
+	})
+	t.Run("invalid", func(t *testing.T) {
+		h := newHarness(t)
+		const msg = "training file: 40 examples, fewer than the 50 a job needs"
+		h.env.OnActivity("ValidateRecordedDataset", mock.Anything, mock.Anything).
+			Return(activities.RecordedValidation{}, temporal.NewNonRetryableApplicationError(msg, activities.ErrTypeInvalidData, nil))
+		var st workflows.JobState
+		h.at(time.Minute, func() { st = h.state(); h.env.CancelWorkflow() })
+		h.run(jobInput(2))
+
+		requireCanceled(t, h.env)
+		assert.Equal(t, jobstatus.Failed, st.Status)
+		require.NotNil(t, st.Failure)
+		assert.Equal(t, failure.Data, st.Failure.Class)
+		h.env.AssertActivityNotCalled(t, "ValidateDataset", mock.Anything, mock.Anything)
+		h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		require.Len(t, h.records, 1)
+		assert.Equal(t, "Dataset validation failed: "+st.Failure.Message, h.records[0].Log)
+	})
 }
 
 func TestRestartFailedJob(t *testing.T) {

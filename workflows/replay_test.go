@@ -29,6 +29,11 @@ func TestReplayRecordedHistories(t *testing.T) {
 		{"job_cancelled_v3.json", "the resumed run, cancelled mid-training by a stop update with cancel"},
 		{"job_rewound_v3.json", "stopped after its first epoch, restarted fromCheckpoint: RewindToCheckpoint, then continue-as-new"},
 		{"job_deploy_failed_v3.json", "completed, its deploy refused (the model name is another job's) and recorded by RecordDeployFailure"},
+		{"job_auto_deployed_v4.json", "Revision 1: validated by ValidateRecordedDataset, no version markers, trained 2 epochs and deployed itself"},
+		{"job_paused_resumed_v4.json", "Revision 1: paused mid-training, resumed: continue-as-new"},
+		{"job_cancelled_v4.json", "Revision 1: the resumed run, cancelled mid-training"},
+		{"job_rewound_v4.json", "Revision 1: stopped after its first epoch, restarted fromCheckpoint"},
+		{"job_deploy_failed_v4.json", "Revision 1: completed, its deploy refused and recorded"},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			replayer := worker.NewWorkflowReplayer()

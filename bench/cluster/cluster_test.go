@@ -206,9 +206,9 @@ func (b *bench) creation(t *testing.T) {
 		Value: fmt.Sprintf("%.0f/s", created), Ceiling: fmt.Sprintf("%.0f ExecuteWorkflow/s", raw), Ratio: fmt.Sprintf("%.2f", ratio),
 		Target: "≥ 0.50", Met: benchutil.Verdict(ratio >= 0.5)})
 	results.Add(benchutil.Result{Bench: "creation", What: "machine, POST /jobs",
-		Value: fmt.Sprintf("%s, %.0f a job", createUse, createUse.commits/created), Target: "(report)"})
+		Value: fmt.Sprintf("%s, %s", createUse, createUse.commitsPer(created, "job")), Target: "(report)"})
 	results.Add(benchutil.Result{Bench: "creation", What: "machine, ExecuteWorkflow",
-		Value: fmt.Sprintf("%s, %.0f a start", rawUse, rawUse.commits/raw), Target: "(report)"})
+		Value: fmt.Sprintf("%s, %s", rawUse, rawUse.commitsPer(raw, "start")), Target: "(report)"})
 	// The reads after this run on a quiet cluster.
 	if err := benchutil.WaitValidated(ctx, b.store.Pool, b.org, benchutil.IdlePool, 10*time.Minute); err != nil {
 		t.Fatal(err)

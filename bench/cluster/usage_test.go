@@ -16,14 +16,29 @@ import (
 // databases, among the processes whose CPU a usage counts.
 const backends = "PostgreSQL (the cluster's databases)"
 
+// databases names the cluster's databases in the order of the commit
+// counts of a usage or a sample.
+var databases = [3]string{"tuneforge", "temporal", "visibility"}
+
 // usage is what a load took: CPU in cores, the machine's and that of each
 // of the cluster's processes and of its PostgreSQL backends, and the
-// transactions a second that its databases committed.
+// transactions a second that its databases committed, in all and each.
 type usage struct {
 	cores, busy float64
 	procs       []string
 	used        []float64
 	commits     float64
+	perDB       [3]float64
+}
+
+// commitsPer is the transactions committed for each of n things done at
+// rate a second: in all, then each database's.
+func (u usage) commitsPer(rate float64, what string) string {
+	parts := make([]string, len(databases))
+	for i, name := range databases {
+		parts[i] = fmt.Sprintf("%s %.1f", name, u.perDB[i]/rate)
+	}
+	return fmt.Sprintf("%.0f commits a %s (%s)", u.commits/rate, what, strings.Join(parts, ", "))
 }
 
 func (u usage) String() string {
@@ -56,7 +71,11 @@ func (b *bench) measure(t *testing.T, load func()) usage {
 		t.Fatal(err)
 	}
 	perCore := (after.total - before.total) / float64(after.cores)
-	u := usage{cores: float64(after.cores), busy: (after.busy - before.busy) / perCore, commits: (after.commits - before.commits) / secs}
+	u := usage{cores: float64(after.cores), busy: (after.busy - before.busy) / perCore}
+	for i := range u.perDB {
+		u.perDB[i] = (after.commits[i] - before.commits[i]) / secs
+		u.commits += u.perDB[i]
+	}
 	for _, name := range after.names {
 		u.procs = append(u.procs, name)
 		u.used = append(u.used, (after.ticks[name]-before.ticks[name])/perCore)
@@ -73,14 +92,14 @@ func (b *bench) measure(t *testing.T, load func()) usage {
 // sample is the CPU time so far, in clock ticks: the machine's, busy and
 // in all, over its cores; each of the cluster's running processes', by
 // name; and each of its PostgreSQL backends', by pid. And the
-// transactions its databases have committed.
+// transactions each of its databases has committed.
 type sample struct {
 	busy, total float64
 	cores       int
 	names       []string
 	ticks       map[string]float64
 	backends    map[int]float64
-	commits     float64
+	commits     [3]float64
 }
 
 func (b *bench) sample() (sample, error) {
@@ -126,9 +145,11 @@ func (b *bench) sample() (sample, error) {
 	if err := rows.Err(); err != nil {
 		return s, fmt.Errorf("list the cluster's PostgreSQL backends: %w", err)
 	}
-	err = b.store.Pool.QueryRow(ctx, `SELECT sum(xact_commit)::float8 FROM pg_stat_database WHERE datname = ANY($1)`, dbs).Scan(&s.commits)
-	if err != nil {
-		return s, fmt.Errorf("count the cluster's commits: %w", err)
+	for i, name := range dbs {
+		err = b.store.Pool.QueryRow(ctx, `SELECT xact_commit::float8 FROM pg_stat_database WHERE datname = $1`, name).Scan(&s.commits[i])
+		if err != nil {
+			return s, fmt.Errorf("count the commits of %s: %w", name, err)
+		}
 	}
 	return s, nil
 }
