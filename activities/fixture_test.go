@@ -103,7 +103,7 @@ func (f *fixture) run(fn any, args ...any) (converter.EncodedValue, error) {
 func (f *fixture) newJob(pool string) string {
 	f.t.Helper()
 	id := "job_" + dbtest.RandomHex(6)
-	_, err := env.Store.CreateJob(f.ctx, db.NewJob{
+	_, _, err := env.Store.CreateJob(f.ctx, db.NewJob{
 		ID: id, OrganizationID: f.org, Owner: "test", Name: id, BaseModel: "llama-3.1-8b", HardwareID: pool,
 		TrainingDataset: f.dataset, TrainingDatasetID: f.dataset, TrainingFile: "train.jsonl",
 		Epochs: 1, LearningRate: 1e-4, BatchSize: 8, Suffix: "x", CreatedAt: time.Now(), LoRARank: trainer.DefaultLoRARank,

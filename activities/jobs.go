@@ -87,7 +87,7 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 	created := false
 	err := a.Store.Transact(ctx, func(tx db.Conn) error {
 		var err error
-		created, err = InsertJob(ctx, tx, j)
+		_, created, err = InsertJob(ctx, tx, j)
 		return err
 	})
 	if err == nil && created {
@@ -100,35 +100,35 @@ func (a *Activities) CreateJob(ctx context.Context, j NewJob) error {
 func CountCreated() { metrics.JobTransitions.WithLabelValues(string(jobstatus.Queued)).Inc() }
 
 // InsertJob writes j's row, its created event and its idempotency key in
-// tx, unless the organization is at its cap; created is false when the
-// row exists already, or another transaction is writing it and commits.
-// Its errors are application errors of the ErrType* types the API maps.
-func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err error) {
+// tx, unless the organization is at its cap, and returns the row; created
+// is false when the row exists already, or another transaction is writing
+// it and commits. Its errors are application errors of the ErrType* types
+// the API maps.
+func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (job db.Job, created bool, err error) {
 	if j.MaxActiveJobs > 0 {
 		// One creation per organization at a time, so the cap holds
 		// exactly; the row is looked for after the lock, since its holder
-		// may have been writing this very row.
+		// may have been writing this very row, which must not count. (With
+		// no cap, the insert itself writes nothing over a row.)
 		if err := tx.LockJobCreation(ctx, j.OrganizationID); err != nil {
-			return false, err
+			return job, false, err
 		}
-	}
-	if _, err := tx.JobByID(ctx, j.ID); err == nil {
-		return false, nil
-	} else if !db.IsNotFound(err) {
-		return false, err
-	}
-	if j.MaxActiveJobs > 0 {
+		if _, err := tx.JobByID(ctx, j.ID); err == nil {
+			return job, false, nil
+		} else if !db.IsNotFound(err) {
+			return job, false, err
+		}
 		active, err := tx.ActiveJobs(ctx, j.OrganizationID)
 		if err != nil {
-			return false, err
+			return job, false, err
 		}
 		if active >= int64(j.MaxActiveJobs) {
-			return false, temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
+			return job, false, temporal.NewNonRetryableApplicationError(TooManyJobsMessage(active), ErrTypeTooManyJobs, nil)
 		}
 	}
 	if j.IdempotencyKey != "" {
 		if err := tx.ExpireIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey); err != nil {
-			return false, err
+			return job, false, err
 		}
 	}
 	hp := j.Hyperparameters
@@ -136,7 +136,7 @@ func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err err
 	if hp.Seed != nil {
 		seed = int32(*hp.Seed)
 	}
-	created, err = tx.CreateJob(ctx, db.NewJob{
+	job, created, err = tx.CreateJob(ctx, db.NewJob{
 		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
@@ -146,11 +146,11 @@ func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err err
 	})
 	switch {
 	case db.IsForeignKeyViolation(err):
-		return false, invalidData("a dataset of the job was deleted while the job was being created; upload it again")
+		return job, false, invalidData("a dataset of the job was deleted while the job was being created; upload it again")
 	case db.IsInvalidText(err):
-		return false, invalidData("the job's name or description holds a NUL character or invalid UTF-8")
+		return job, false, invalidData("the job's name or description holds a NUL character or invalid UTF-8")
 	case err != nil || !created:
-		return false, err
+		return job, created, err
 	}
 	msg := fmt.Sprintf("Job created by %s: %s on %s, %d epochs", j.Owner, j.BaseModel, j.HardwareID, hp.Epochs)
 	data := map[string]any{"owner": j.Owner, "baseModel": j.BaseModel, "hardware": j.HardwareID, "epochs": hp.Epochs, "method": j.Method.Name()}
@@ -171,17 +171,17 @@ func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (created bool, err err
 	// is the job's, not an activity's.
 	event := db.Event{ID: eventIDOf(j.ID, string(db.EventCreated)), JobID: j.ID, Type: db.EventCreated, Level: LevelInfo, Message: msg, Data: data}
 	if err := tx.RecordEvent(ctx, event); err != nil {
-		return false, err
+		return job, false, err
 	}
 	if j.IdempotencyKey == "" {
-		return true, nil
+		return job, true, nil
 	}
 	err = tx.RecordIdempotencyKey(ctx, j.OrganizationID, j.IdempotencyKey, j.RequestHash, j.ID)
 	if db.IsUniqueViolation(err) {
-		return false, temporal.NewNonRetryableApplicationError("a concurrent request with the same Idempotency-Key created the job",
+		return job, false, temporal.NewNonRetryableApplicationError("a concurrent request with the same Idempotency-Key created the job",
 			ErrTypeDuplicateRequest, nil)
 	}
-	return err == nil, err
+	return job, err == nil, err
 }
 
 // DeleteRequest names a job to delete.

@@ -313,10 +313,11 @@ type NewJob struct {
 	LoRARank            int32
 }
 
-// CreateJob writes a queued job; created is false when a job of that ID
-// exists already. A reference to a missing dataset fails with
-// IsForeignKeyViolation, text PostgreSQL cannot store with IsInvalidText.
-func (c Conn) CreateJob(ctx context.Context, j NewJob) (created bool, err error) {
+// CreateJob writes a queued job and returns it; created is false when a
+// job of that ID exists already. A reference to a missing dataset fails
+// with IsForeignKeyViolation, text PostgreSQL cannot store with
+// IsInvalidText.
+func (c Conn) CreateJob(ctx context.Context, j NewJob) (job Job, created bool, err error) {
 	if j.Metadata == nil {
 		j.Metadata = map[string]string{}
 	}
@@ -329,7 +330,7 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) (created bool, err error)
 	if j.Method.DPO() {
 		beta = &j.Method.Beta
 	}
-	_, err = c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
+	r, err := c.q.CreateJob(ctx, c.db, dbsqlc.CreateJobParams{
 		ID: j.ID, OrganizationID: j.OrganizationID, Owner: j.Owner, Name: j.Name, Description: j.Description,
 		BaseModel: j.BaseModel, HardwareID: j.HardwareID, TrainingDataset: j.TrainingDataset, TrainingDatasetID: j.TrainingDatasetID,
 		TrainingFile: j.TrainingFile, ValidationFile: j.ValidationFile, ValidationDatasetID: j.ValidationDatasetID,
@@ -339,12 +340,12 @@ func (c Conn) CreateJob(ctx context.Context, j NewJob) (created bool, err error)
 		Method: j.Method.Name(), DpoBeta: beta, Qlora: j.QLoRA, InitFrom: j.InitFrom, LoraRank: j.LoRARank,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
+		return Job{}, false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("insert job %s: %w", j.ID, err)
+		return Job{}, false, fmt.Errorf("insert job %s: %w", j.ID, err)
 	}
-	return true, nil
+	return jobFromRow(r), true, nil
 }
 
 // LockJobCreation serializes job creation within the organization until

@@ -517,7 +517,7 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 	if openAI {
 		listRoute = "GET /v1/fine_tuning/jobs"
 	}
-	pending, err := s.startJob(ctx, input, listRoute)
+	job, pending, err := s.startJob(ctx, input, listRoute)
 	// A job that is (or may yet be) created reads the imported datasets.
 	keepImports = err == nil || pending
 	var appErr *temporal.ApplicationError
@@ -530,6 +530,9 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		return db.Job{}, err
 	}
 	s.log.InfoContext(ctx, "job created", "job", jobID, "org", key.OrganizationID, "baseModel", model.ID)
+	if job != nil {
+		return *job, nil
+	}
 	return s.Store.Job(ctx, key.OrganizationID, jobID)
 }
 
@@ -670,14 +673,15 @@ const createTimeout = 15 * time.Second
 // says that the workflow started but the commit's outcome is unknown, so
 // the job may yet appear (in listRoute, for the message). A create is so
 // one workflow start and one transaction; the workflow's first task finds
-// the row written.
-func (s *Server) startJob(ctx context.Context, in workflows.JobInput, listRoute string) (pending bool, err error) {
+// the row written. job is that row, nil when one was there already.
+func (s *Server) startJob(ctx context.Context, in workflows.JobInput, listRoute string) (job *db.Job, pending bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, createTimeout)
 	defer cancel()
 	started, created := false, false
+	var row db.Job
 	err = s.Store.Transact(ctx, func(tx db.Conn) error {
 		var err error
-		if created, err = activities.InsertJob(ctx, tx, *in.Create); err != nil || !created {
+		if row, created, err = activities.InsertJob(ctx, tx, *in.Create); err != nil || !created {
 			return err
 		}
 		_, err = s.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
@@ -697,27 +701,27 @@ func (s *Server) startJob(ctx context.Context, in workflows.JobInput, listRoute 
 	})
 	var appErr *temporal.ApplicationError
 	switch {
+	case err == nil && created:
+		activities.CountCreated()
+		return &row, false, nil
 	case err == nil:
-		if created {
-			activities.CountCreated()
-		}
-		return false, nil
+		return nil, false, nil
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeTooManyJobs:
-		return false, newError(http.StatusTooManyRequests, "too_many_jobs", "%s", appErr.Message())
+		return nil, false, newError(http.StatusTooManyRequests, "too_many_jobs", "%s", appErr.Message())
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeInvalidData:
-		return false, newError(http.StatusUnprocessableEntity, "invalid_request", "%s", appErr.Message())
+		return nil, false, newError(http.StatusUnprocessableEntity, "invalid_request", "%s", appErr.Message())
 	case errors.As(err, &appErr) && appErr.Type() == activities.ErrTypeDuplicateRequest:
-		return false, err
+		return nil, false, err
 	}
 	s.log.ErrorContext(ctx, "create job", "job", in.JobID, "err", err)
 	if started {
-		return true, newError(http.StatusServiceUnavailable, "unavailable",
+		return nil, true, newError(http.StatusServiceUnavailable, "unavailable",
 			"job %s was accepted but not confirmed in time; it appears in %s once created (retry with the same Idempotency-Key to get it)", in.JobID, listRoute)
 	}
 	if db.IsUnavailable(err) {
-		return false, err
+		return nil, false, err
 	}
-	return false, newError(http.StatusServiceUnavailable, "unavailable", "the job could not be written or its workflow not started; nothing was created, try again")
+	return nil, false, newError(http.StatusServiceUnavailable, "unavailable", "the job could not be written or its workflow not started; nothing was created, try again")
 }
 
 // idempotentReplay returns the job an earlier request with the same key made.
