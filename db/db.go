@@ -35,6 +35,36 @@ type Conn struct {
 	q  *dbsqlc.Queries
 }
 
+// customPlans runs each query as PostgreSQL's unnamed statement, which is
+// planned for the values of each call, where pgx's prepared statements may
+// end up on a generic plan after five calls. The job list's one query serves
+// every sort key and filter through parameters that only a custom plan
+// folds into an index scan; a generic plan sorts the whole organization
+// (seconds at a million jobs). The other queries keep their prepared
+// statements and, where PostgreSQL finds it as good, the generic plan:
+// planning a lookup on jobs, with its many indexes, takes several times as
+// long as running it.
+type customPlans struct{ dbsqlc.DBTX }
+
+// unnamed puts first the argument that makes pgx use the unnamed statement.
+func unnamed(args []any) []any { return append([]any{pgx.QueryExecModeCacheDescribe}, args...) }
+
+func (c customPlans) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	return c.DBTX.Exec(ctx, sql, unnamed(args)...)
+}
+
+func (c customPlans) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return c.DBTX.Query(ctx, sql, unnamed(args)...)
+}
+
+func (c customPlans) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	return c.DBTX.QueryRow(ctx, sql, unnamed(args)...)
+}
+
+// planned is c's connection for the queries whose parameters choose their
+// filters or sort key (customPlans).
+func (c Conn) planned() dbsqlc.DBTX { return customPlans{c.db} }
+
 // Store is the pool, and a Conn on it.
 type Store struct {
 	Pool *pgxpool.Pool
@@ -58,13 +88,6 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL is not a valid PostgreSQL URL: %w", err)
-	}
-	// The job list's one query serves every sort key and filter through
-	// parameters that only a custom plan folds into an index scan; a generic
-	// plan, which pgx's prepared statements may end up on, sorts the whole
-	// organization (seconds at a million jobs). A URL may still choose.
-	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
-		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

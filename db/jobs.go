@@ -258,7 +258,7 @@ func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 			return nil, 0, err
 		}
 	}
-	rows, err := c.q.ListJobs(ctx, c.db, dbsqlc.ListJobsParams{
+	rows, err := c.q.ListJobs(ctx, c.planned(), dbsqlc.ListJobsParams{
 		OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, ErrorClass: f.ErrorClass, Search: f.Search,
 		Metadata: metadataFilter(f.Metadata), After: f.After, Sort: f.Sort, Lim: int32(f.Limit), Off: int32(f.Offset),
 	})
@@ -267,7 +267,7 @@ func (c Conn) Jobs(ctx context.Context, f JobFilter) ([]Job, int64, error) {
 	}
 	var count int64
 	if f.CountUpTo > 0 {
-		count, err = c.q.CountJobs(ctx, c.db, dbsqlc.CountJobsParams{
+		count, err = c.q.CountJobs(ctx, c.planned(), dbsqlc.CountJobsParams{
 			OrganizationID: f.OrganizationID, Status: status, BaseModel: f.BaseModel, ErrorClass: f.ErrorClass, Search: f.Search,
 			Metadata: metadataFilter(f.Metadata), Most: int32(f.CountUpTo),
 		})

@@ -113,7 +113,7 @@ type LogLine struct {
 // JobLogs reads the job's newest limit log lines after since (when set),
 // oldest first.
 func (c Conn) JobLogs(ctx context.Context, jobID string, since *time.Time, limit int) ([]LogLine, error) {
-	rows, err := c.q.ListJobLogs(ctx, c.db, dbsqlc.ListJobLogsParams{JobID: jobID, Since: since, Lim: int32(limit)})
+	rows, err := c.q.ListJobLogs(ctx, c.planned(), dbsqlc.ListJobLogsParams{JobID: jobID, Since: since, Lim: int32(limit)})
 	if err != nil {
 		return nil, fmt.Errorf("read logs of %s: %w", jobID, err)
 	}
