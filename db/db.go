@@ -61,9 +61,13 @@ func (c customPlans) QueryRow(ctx context.Context, sql string, args ...any) pgx.
 	return c.DBTX.QueryRow(ctx, sql, unnamed(args)...)
 }
 
+// CustomPlans wraps d for the queries whose parameters choose their
+// filters or sort key, the job list's: see customPlans.
+func CustomPlans(d dbsqlc.DBTX) dbsqlc.DBTX { return customPlans{d} }
+
 // planned is c's connection for the queries whose parameters choose their
-// filters or sort key (customPlans).
-func (c Conn) planned() dbsqlc.DBTX { return customPlans{c.db} }
+// filters or sort key.
+func (c Conn) planned() dbsqlc.DBTX { return CustomPlans(c.db) }
 
 // Store is the pool, and a Conn on it.
 type Store struct {

@@ -20,6 +20,7 @@ import (
 	"github.com/tuneforge/tuneforge/internal/dbtest"
 	"github.com/tuneforge/tuneforge/internal/testenv"
 	"github.com/tuneforge/tuneforge/jobstatus"
+	"github.com/tuneforge/tuneforge/trainer"
 )
 
 // TestAPIThroughput: benchmarks 2 and 3. Reads of one job and of the
@@ -74,8 +75,9 @@ func TestAPIThroughput(t *testing.T) {
 }
 
 // bareAPI is the ceiling of the API's reads and writes: Gin without
-// middleware running the same generated queries on the same pool, for the
-// organization org, without authentication or validation.
+// middleware running the same generated queries on the same pool, the list
+// planned for each call as the API plans it, for the organization org,
+// without authentication or validation.
 func bareAPI(pool *pgxpool.Pool, org string) http.Handler {
 	q := dbsqlc.New()
 	r := gin.New()
@@ -88,12 +90,12 @@ func bareAPI(pool *pgxpool.Pool, org string) http.Handler {
 		c.JSON(http.StatusOK, j)
 	})
 	r.GET("/jobs", func(c *gin.Context) {
-		jobs, err := q.ListJobs(c, pool, dbsqlc.ListJobsParams{OrganizationID: org, Sort: "createdAt:desc", Lim: 21})
+		jobs, err := q.ListJobs(c, db.CustomPlans(pool), dbsqlc.ListJobsParams{OrganizationID: org, Sort: "createdAt:desc", Lim: 21})
 		if err != nil {
 			c.String(http.StatusInternalServerError, err.Error())
 			return
 		}
-		n, err := q.CountJobs(c, pool, dbsqlc.CountJobsParams{OrganizationID: org, Most: 1001})
+		n, err := q.CountJobs(c, db.CustomPlans(pool), dbsqlc.CountJobsParams{OrganizationID: org, Most: 1001})
 		if err != nil {
 			c.String(http.StatusInternalServerError, err.Error())
 			return
@@ -112,7 +114,7 @@ func bareAPI(pool *pgxpool.Pool, org string) http.Handler {
 			ID: fmt.Sprintf("%s%s_%d", benchutil.BareJobPrefix, dbtest.RandomHex(4), n.Add(1)), OrganizationID: org, Owner: "u", Name: in.Name,
 			BaseModel: in.BaseModel, HardwareID: in.Hardware, Status: jobstatus.Queued, TrainingDataset: in.TrainingDataset,
 			TrainingDatasetID: in.TrainingDataset, TrainingFile: "t.jsonl", Epochs: 1, LearningRate: 0.0002, BatchSize: 8,
-			Metadata: map[string]string{}, CreatedAt: time.Now(), Method: db.MethodSupervised,
+			Metadata: map[string]string{}, CreatedAt: time.Now(), Method: db.MethodSupervised, LoraRank: trainer.DefaultLoRARank,
 		})
 		if err != nil {
 			c.String(http.StatusInternalServerError, err.Error())
