@@ -391,77 +391,69 @@ func unique(in []string) []string {
 	return out
 }
 
+// Bad data fails the job at once, whether the file was read
+// (ValidateDataset) or its upload's record showed it (ValidateRecordedDataset).
 func TestBadDatasetFails(t *testing.T) {
-	h := newHarness(t)
-	const msg = "training file: line 3: invalid JSON"
-	h.env.OnActivity("ValidateDataset", mock.Anything, mock.Anything).
-		Return(activities.DatasetSummary{}, temporal.NewNonRetryableApplicationError(msg, activities.ErrTypeInvalidData, nil))
-	var st workflows.JobState
-	h.at(time.Minute, func() { st = h.state(); h.env.CancelWorkflow() })
-	h.run(jobInput(2))
+	for _, c := range []struct {
+		activity string
+		zero     any
+	}{
+		{"ValidateDataset", activities.DatasetSummary{}},
+		{"ValidateRecordedDataset", activities.RecordedValidation{}},
+	} {
+		t.Run(c.activity, func(t *testing.T) {
+			h := newHarness(t)
+			const msg = "training file: line 3: invalid JSON"
+			h.env.OnActivity(c.activity, mock.Anything, mock.Anything).
+				Return(c.zero, temporal.NewNonRetryableApplicationError(msg, activities.ErrTypeInvalidData, nil))
+			var st workflows.JobState
+			h.at(time.Minute, func() { st = h.state(); h.env.CancelWorkflow() })
+			h.run(jobInput(2))
 
-	requireCanceled(t, h.env)
-	assert.Equal(t, jobstatus.Failed, st.Status)
-	want := failure.Failure{Code: "invalid_data", Class: failure.Data,
-		Message: msg + ". Fix the dataset where the message says and create the job again with the corrected file"}
-	require.NotNil(t, st.Failure)
-	assert.Equal(t, want, *st.Failure)
-	assert.Equal(t, want.Message, st.Error)
-	assert.Equal(t, workflows.PhaseIdle, st.Phase)
-	h.mu.Lock()
-	require.Len(t, h.records, 1)
-	assert.Equal(t, jobstatus.Failed, h.records[0].Status)
-	assert.Equal(t, &want, h.records[0].Failure)
-	assert.Equal(t, activities.LevelError, h.records[0].LogLevel)
-	assert.Equal(t, "Dataset validation failed: "+want.Message, h.records[0].Log)
-	assert.Equal(t, db.EventFailed, h.records[0].Event)
-	assert.Equal(t, map[string]any{"reason": want.Message, "code": want.Code, "class": want.Class}, h.records[0].EventData)
-	h.mu.Unlock()
-	// Validation failed before a slot was asked for: nothing to release.
-	h.env.AssertActivityNumberOfCalls(t, "ValidateDataset", 1) // non-retryable: not retried
-	h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
-	h.env.AssertActivityNotCalled(t, "ReleaseGPU", mock.Anything, mock.Anything)
-	h.env.AssertActivityNotCalled(t, "TrainEpoch", mock.Anything, mock.Anything)
+			requireCanceled(t, h.env)
+			assert.Equal(t, jobstatus.Failed, st.Status)
+			want := failure.Failure{Code: "invalid_data", Class: failure.Data,
+				Message: msg + ". Fix the dataset where the message says and create the job again with the corrected file"}
+			require.NotNil(t, st.Failure)
+			assert.Equal(t, want, *st.Failure)
+			assert.Equal(t, want.Message, st.Error)
+			assert.Equal(t, workflows.PhaseIdle, st.Phase)
+			h.mu.Lock()
+			require.Len(t, h.records, 1)
+			assert.Equal(t, jobstatus.Failed, h.records[0].Status)
+			assert.Equal(t, &want, h.records[0].Failure)
+			assert.Equal(t, activities.LevelError, h.records[0].LogLevel)
+			assert.Equal(t, "Dataset validation failed: "+want.Message, h.records[0].Log)
+			assert.Equal(t, db.EventFailed, h.records[0].Event)
+			assert.Equal(t, map[string]any{"reason": want.Message, "code": want.Code, "class": want.Class}, h.records[0].EventData)
+			h.mu.Unlock()
+			// Validation failed before a slot was asked for: nothing to release.
+			h.env.AssertActivityNumberOfCalls(t, c.activity, 1) // non-retryable: not retried
+			if c.activity == "ValidateRecordedDataset" {
+				h.env.AssertActivityNotCalled(t, "ValidateDataset", mock.Anything, mock.Anything)
+			}
+			h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
+			h.env.AssertActivityNotCalled(t, "ReleaseGPU", mock.Anything, mock.Anything)
+			h.env.AssertActivityNotCalled(t, "TrainEpoch", mock.Anything, mock.Anything)
+		})
+	}
 }
 
 // A dataset that its uploads' records settle is validated by the local
-// activity alone, in the task that starts the run; one they find bad fails
-// the job as ValidateDataset would.
+// activity alone, in the task that starts the run.
 func TestRecordedDatasetValidation(t *testing.T) {
-	t.Run("valid", func(t *testing.T) {
-		h := newHarness(t)
-		h.env.OnActivity("ValidateRecordedDataset", mock.Anything, mock.Anything).
-			Return(activities.RecordedValidation{Done: true, Summary: activities.DatasetSummary{Examples: 100, Tokens: 5000}}, nil)
-		in := jobInput(1)
-		in.AutoDeploy = true
-		h.run(in)
+	h := newHarness(t)
+	h.env.OnActivity("ValidateRecordedDataset", mock.Anything, mock.Anything).
+		Return(activities.RecordedValidation{Done: true, Summary: activities.DatasetSummary{Examples: 100, Tokens: 5000}}, nil)
+	in := jobInput(1)
+	in.AutoDeploy = true
+	h.run(in)
 
-		require.NoError(t, h.env.GetWorkflowError())
-		h.env.AssertActivityNotCalled(t, "ValidateDataset", mock.Anything, mock.Anything)
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		assert.Equal(t, []string{"RequestGPU", "RecordStatus:running", "TrainEpoch:1", "RecordStatus:completed", "released", "DispatchGPUs", "Deploy"}, h.events)
-	})
-	t.Run("invalid", func(t *testing.T) {
-		h := newHarness(t)
-		const msg = "training file: 40 examples, fewer than the 50 a job needs"
-		h.env.OnActivity("ValidateRecordedDataset", mock.Anything, mock.Anything).
-			Return(activities.RecordedValidation{}, temporal.NewNonRetryableApplicationError(msg, activities.ErrTypeInvalidData, nil))
-		var st workflows.JobState
-		h.at(time.Minute, func() { st = h.state(); h.env.CancelWorkflow() })
-		h.run(jobInput(2))
-
-		requireCanceled(t, h.env)
-		assert.Equal(t, jobstatus.Failed, st.Status)
-		require.NotNil(t, st.Failure)
-		assert.Equal(t, failure.Data, st.Failure.Class)
-		h.env.AssertActivityNotCalled(t, "ValidateDataset", mock.Anything, mock.Anything)
-		h.env.AssertActivityNotCalled(t, "RequestGPU", mock.Anything, mock.Anything)
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		require.Len(t, h.records, 1)
-		assert.Equal(t, "Dataset validation failed: "+st.Failure.Message, h.records[0].Log)
-	})
+	require.NoError(t, h.env.GetWorkflowError())
+	h.env.AssertActivityNotCalled(t, "ValidateDataset", mock.Anything, mock.Anything)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Equal(t, []string{"RequestGPU", "RecordStatus:running", "TrainEpoch:1", "RecordStatus:completed", "released", "DispatchGPUs", "Deploy"}, h.events)
 }
 
 func TestRestartFailedJob(t *testing.T) {
