@@ -163,10 +163,8 @@ func (a *Activities) recordStatus(ctx context.Context, r StatusRecord) error {
 			level = LevelInfo
 		}
 		if r.Event != "" {
-			err := recordEvent(ctx, tx, db.Event{JobID: r.JobID, Level: level, Type: r.Event, Message: r.Log, Data: r.EventData})
-			if err != nil {
-				return err
-			}
+			_, err := recordEventLogged(ctx, tx, db.Event{JobID: r.JobID, Level: level, Type: r.Event, Message: r.Log, Data: r.EventData})
+			return err
 		}
 		if r.Log == "" {
 			return nil

@@ -60,7 +60,7 @@ func (a *Activities) keepCheckpoint(ctx context.Context, in EpochInput, res Epoc
 		if _, err := tx.PruneCheckpoints(ctx, in.JobID, math.MaxInt32, keptCheckpoints); err != nil {
 			return err
 		}
-		return recordEvent(ctx, tx, db.Event{
+		_, err = recordEvent(ctx, tx, db.Event{
 			JobID: in.JobID, Type: db.EventCheckpoint,
 			Message: fmt.Sprintf("Checkpoint kept at step %d, the end of epoch %d (%s); restart can resume from it", res.Step, res.Epoch, humanBytes(obj.Size)),
 			Data: map[string]any{
@@ -68,6 +68,7 @@ func (a *Activities) keepCheckpoint(ctx context.Context, in EpochInput, res Epoc
 				"trainingLoss": res.TrainingLoss, "validationLoss": res.ValidationLoss, "bytes": obj.Size,
 			},
 		}, fmt.Sprint(res.Step))
+		return err
 	})
 	if IsJobGone(err) || db.IsForeignKeyViolation(err) {
 		// Deleted meanwhile: the copy must not outlive the job.

@@ -68,10 +68,7 @@ func (a *Activities) ValidateRecordedDataset(ctx context.Context, in ValidateInp
 			return err
 		}
 		out = RecordedValidation{Done: true, Summary: v.sum}
-		if err := appendLogOn(ctx, tx, in.JobID, LevelInfo, validatingMessage); err != nil {
-			return err
-		}
-		return v.record(ctx, tx, in.JobID)
+		return v.record(ctx, tx, in.JobID, validatingMessage)
 	})
 	return out, err
 }
@@ -86,15 +83,22 @@ type validation struct {
 	data map[string]any
 }
 
-// record marks the job validated with its event and log line.
-func (v validation) record(ctx context.Context, tx db.Conn, jobID string) error {
+// record marks the job validated with its event and, unless a run of the
+// activity before this one did, its log lines: first, then its message.
+func (v validation) record(ctx context.Context, tx db.Conn, jobID string, first ...string) error {
 	if err := tx.MarkValidated(ctx, jobID); err != nil {
 		return err
 	}
-	if err := recordEvent(ctx, tx, db.Event{JobID: jobID, Type: db.EventValidated, Message: v.msg, Data: v.data}); err != nil {
+	recorded, err := recordEvent(ctx, tx, db.Event{JobID: jobID, Type: db.EventValidated, Message: v.msg, Data: v.data})
+	if err != nil || !recorded {
 		return err
 	}
-	return appendLogOn(ctx, tx, jobID, LevelInfo, v.msg)
+	for _, line := range append(first, v.msg) {
+		if err := appendLogOn(ctx, tx, jobID, LevelInfo, line); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkDataset checks the job's files, reading the job and its pool's

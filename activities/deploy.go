@@ -337,10 +337,8 @@ func (a *Activities) recordDeployment(ctx context.Context, in DeployInput, blobK
 			return err
 		}
 		msg := fmt.Sprintf("Deployed %s; it answers POST /v1/chat/completions", in.ResultModel)
-		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventDeployed, Message: msg, Data: map[string]any{"model": in.ResultModel}}); err != nil {
-			return err
-		}
-		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
+		_, err = recordEventLogged(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventDeployed, Message: msg, Data: map[string]any{"model": in.ResultModel}})
+		return err
 	})
 }
 
@@ -425,11 +423,8 @@ func (a *Activities) RecordDeployFailure(ctx context.Context, f DeployFailure) e
 		if class == failure.Config {
 			level = LevelWarn
 		}
-		err = recordEvent(ctx, tx, db.Event{JobID: f.JobID, Level: level, Type: db.EventDeployFailed, Message: msg,
+		_, err = recordEventLogged(ctx, tx, db.Event{JobID: f.JobID, Level: level, Type: db.EventDeployFailed, Message: msg,
 			Data: map[string]any{"model": f.Model, "reason": reason}})
-		if err != nil {
-			return err
-		}
-		return appendLogOn(ctx, tx, f.JobID, level, msg)
+		return err
 	})
 }

@@ -61,12 +61,9 @@ func (a *Activities) RequestGPU(ctx context.Context, req LeaseRequest) (GPUTicke
 	}
 	msg := fmt.Sprintf("Waiting for a GPU slot on %s (%d of your organization's jobs ahead of it on this pool)", req.HardwareID, place.Ahead)
 	return ticket, a.Store.Transact(ctx, func(tx db.Conn) error {
-		err := recordEvent(ctx, tx, db.Event{JobID: req.JobID, Type: db.EventWaitingForGPU, Message: msg,
+		_, err := recordEventLogged(ctx, tx, db.Event{JobID: req.JobID, Type: db.EventWaitingForGPU, Message: msg,
 			Data: map[string]any{"hardware": req.HardwareID, "ahead": place.Ahead}})
-		if err != nil {
-			return err
-		}
-		return appendLogOn(ctx, tx, req.JobID, LevelInfo, msg)
+		return err
 	})
 }
 
@@ -85,20 +82,28 @@ func (a *Activities) enqueue(ctx context.Context, req LeaseRequest) (db.GPUPlace
 	return place, a.notifyGrants(ctx, req.HardwareID)
 }
 
-// GPUGranted logs that a waiting job got its slot.
+// GPUGranted records that a waiting job got its slot.
 func (a *Activities) GPUGranted(ctx context.Context, req LeaseRequest) error {
 	return a.granted(ctx, req)
 }
 
-// granted logs and measures the job's grant of a slot.
+// granted records the job's grant of a slot (its event and log line) and
+// measures its wait, once: a local activity runs again when the workflow
+// task that ran it failed, after its transaction committed.
 func (a *Activities) granted(ctx context.Context, req LeaseRequest) error {
-	if err := a.appendLog(ctx, req.JobID, LevelInfo, fmt.Sprintf("Acquired a GPU slot on %s", req.HardwareID)); err != nil {
+	waited := time.Since(req.QueuedAt)
+	recorded := false
+	err := a.Store.Transact(ctx, func(tx db.Conn) error {
+		var err error
+		recorded, err = recordEventLogged(ctx, tx, db.Event{JobID: req.JobID, Type: db.EventGPUAcquired,
+			Message: fmt.Sprintf("Acquired a GPU slot on %s", req.HardwareID),
+			Data:    map[string]any{"hardware": req.HardwareID, "waitedSeconds": waited.Round(time.Millisecond).Seconds()}})
 		return err
+	})
+	if recorded && err == nil {
+		metrics.QueueWait.WithLabelValues(req.HardwareID).Observe(waited.Seconds())
 	}
-	if activity.GetInfo(ctx).Attempt == 1 {
-		metrics.QueueWait.WithLabelValues(req.HardwareID).Observe(time.Since(req.QueuedAt).Seconds())
-	}
-	return nil
+	return err
 }
 
 // ReleaseGPU gives the job's slot (or its place in the queue) back and

@@ -8,12 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 
 	"github.com/tuneforge/tuneforge/activities"
 	"github.com/tuneforge/tuneforge/db"
+	"github.com/tuneforge/tuneforge/metrics"
 )
 
 // requestGPU runs RequestGPU for job of f.org, queued at queued.
@@ -177,5 +180,39 @@ func TestDispatchGPUsWhenAWorkerComesUp(t *testing.T) {
 	}
 	if g := f.grants(job); len(g) != 1 || !g[0].RequestedAt.Equal(l.RequestedAt) {
 		t.Errorf("the workflow got grants %+v; want one for the request at %v", g, l.RequestedAt)
+	}
+}
+
+// A grant is recorded once, its wait measured once, however often the
+// activity runs again (a local activity does when its workflow task fails
+// after its transaction committed); the same holds for any event with its
+// log line.
+func TestGrantRecordedOnce(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	pool := f.pool(1)
+	job := f.newJob(pool)
+	req := activities.LeaseRequest{JobID: job, OrganizationID: f.org, HardwareID: pool, QueuedAt: time.Now().Add(-3 * time.Second)}
+	for range 2 {
+		_, err := f.run(f.acts.GPUGranted, req)
+		f.check(err)
+	}
+	var acquired []db.Event
+	for _, e := range f.events(job) {
+		if e.Type == db.EventGPUAcquired {
+			acquired = append(acquired, e)
+		}
+	}
+	if len(acquired) != 1 || acquired[0].Data["hardware"] != pool || acquired[0].Data["waitedSeconds"].(float64) < 3 {
+		t.Errorf("gpu_acquired events %+v; want one, on %s, after 3 s or more", acquired, pool)
+	}
+	lines := slices.DeleteFunc(f.logs(job), func(l string) bool { return l != "Acquired a GPU slot on "+pool })
+	if len(lines) != 1 {
+		t.Errorf("log lines of the grant %q; want one", lines)
+	}
+	var m dto.Metric
+	f.check(metrics.QueueWait.WithLabelValues(pool).(prometheus.Metric).Write(&m))
+	if n := m.GetHistogram().GetSampleCount(); n != 1 {
+		t.Errorf("%d queue waits measured; want 1", n)
 	}
 }

@@ -50,13 +50,13 @@ func (a *Activities) handBack(ctx context.Context, in EpochInput, step int) erro
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	msg := fmt.Sprintf("The training worker is shutting down; epoch %d hands back at step %d, where its checkpoint is saved, and resumes there", in.Epoch, step)
-	err := recordEvent(rctx, a.Store.Conn, db.Event{
-		JobID: in.JobID, Type: db.EventWorkerStopped, Message: msg,
-		Data: map[string]any{"epoch": in.Epoch, "attempt": info.Attempt, "step": step},
-	}, fmt.Sprint(info.Attempt))
-	if err == nil {
-		err = a.appendLog(rctx, in.JobID, LevelInfo, msg)
-	}
+	err := a.Store.Transact(rctx, func(tx db.Conn) error {
+		_, err := recordEventLogged(rctx, tx, db.Event{
+			JobID: in.JobID, Type: db.EventWorkerStopped, Message: msg,
+			Data: map[string]any{"epoch": in.Epoch, "attempt": info.Attempt, "step": step},
+		}, fmt.Sprint(info.Attempt))
+		return err
+	})
 	if err != nil {
 		a.Logger.Warn("record a hand-back", "job", in.JobID, "err", err)
 	}

@@ -79,11 +79,8 @@ func (a *Activities) hung(ctx context.Context, in EpochInput, s hang.Stall, outp
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := a.Store.Transact(rctx, func(tx db.Conn) error {
-		err := recordEvent(rctx, tx, db.Event{JobID: in.JobID, Level: LevelWarn, Type: db.EventHang, Message: msg, Data: data}, fmt.Sprint(attempt))
-		if err != nil {
-			return err
-		}
-		return appendLogOn(rctx, tx, in.JobID, LevelWarn, msg)
+		_, err := recordEventLogged(rctx, tx, db.Event{JobID: in.JobID, Level: LevelWarn, Type: db.EventHang, Message: msg, Data: data}, fmt.Sprint(attempt))
+		return err
 	})
 	if err != nil {
 		return err

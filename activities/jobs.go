@@ -170,7 +170,7 @@ func InsertJob(ctx context.Context, tx db.Conn, j NewJob) (job db.Job, created b
 	// Written once, with its row, by the API or the job's workflow: its ID
 	// is the job's, not an activity's.
 	event := db.Event{ID: eventIDOf(j.ID, string(db.EventCreated)), JobID: j.ID, Type: db.EventCreated, Level: LevelInfo, Message: msg, Data: data}
-	if err := tx.RecordEvent(ctx, event); err != nil {
+	if _, err := tx.RecordEvent(ctx, event); err != nil {
 		return job, false, err
 	}
 	if j.IdempotencyKey == "" {

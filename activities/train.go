@@ -416,10 +416,8 @@ func (a *Activities) epochResult(ctx context.Context, in EpochInput, res EpochRe
 		data["validationMetrics"] = res.ValidationMetrics
 	}
 	return res, a.Store.Transact(ctx, func(tx db.Conn) error {
-		if err := recordEvent(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventEpoch, Message: msg, Data: data}, fmt.Sprint(res.Epoch)); err != nil {
-			return err
-		}
-		return appendLogOn(ctx, tx, in.JobID, LevelInfo, msg)
+		_, err := recordEventLogged(ctx, tx, db.Event{JobID: in.JobID, Type: db.EventEpoch, Message: msg, Data: data}, fmt.Sprint(res.Epoch))
+		return err
 	})
 }
 
@@ -438,12 +436,13 @@ func (a *Activities) recordResume(ctx context.Context, in EpochInput, step int) 
 	if hung, err := a.hungBefore(ctx, in); err != nil || hung {
 		return err // so did a hang
 	}
-	return recordEvent(ctx, a.Store.Conn, db.Event{
+	_, err := recordEvent(ctx, a.Store.Conn, db.Event{
 		JobID: in.JobID, Level: LevelWarn, Type: db.EventWorkerLost,
 		Message: fmt.Sprintf("Epoch %d attempt %d ended without an outcome (its worker was lost, its trainer crashed, or the database was unavailable); attempt %d resumes at step %d",
 			in.Epoch, info.Attempt-1, info.Attempt, step),
 		Data: map[string]any{"epoch": in.Epoch, "attempt": info.Attempt, "step": step},
 	}, fmt.Sprint(info.Attempt))
+	return err
 }
 
 // metricPoint is one step's metrics.

@@ -17,6 +17,7 @@ const (
 	EventCreated       EventType = "created"
 	EventValidated     EventType = "validated"
 	EventWaitingForGPU EventType = "waiting_for_gpu"
+	EventGPUAcquired   EventType = "gpu_acquired"
 	EventStarted       EventType = "started"
 	EventEpoch         EventType = "epoch_completed"
 	EventCheckpoint    EventType = "checkpoint_saved"
@@ -44,23 +45,24 @@ type Event struct {
 	Data map[string]any
 }
 
-// RecordEvent records e once: a retried write with the same ID is a no-op.
-func (c Conn) RecordEvent(ctx context.Context, e Event) error {
+// RecordEvent records e once: a retried write with the same ID is a no-op,
+// and recorded is false.
+func (c Conn) RecordEvent(ctx context.Context, e Event) (recorded bool, err error) {
 	data := e.Data
 	if data == nil {
 		data = map[string]any{}
 	}
 	b, err := json.Marshal(data)
 	if err != nil {
-		return fmt.Errorf("encode event data: %w", err)
+		return false, fmt.Errorf("encode event data: %w", err)
 	}
-	err = c.q.RecordJobEvent(ctx, c.db, dbsqlc.RecordJobEventParams{
+	n, err := c.q.RecordJobEvent(ctx, c.db, dbsqlc.RecordJobEventParams{
 		ID: e.ID, JobID: e.JobID, Level: e.Level, Type: string(e.Type), Message: e.Message, Data: b,
 	})
 	if err != nil {
-		return fmt.Errorf("record event %s of %s: %w", e.Type, e.JobID, err)
+		return false, fmt.Errorf("record event %s of %s: %w", e.Type, e.JobID, err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 // EventPage selects a page of a job's events: those past the event After

@@ -48,7 +48,7 @@ func TestEventsCheckpointsAndRestartFromCheckpoint(t *testing.T) {
 	if len(types) > 2 && types[2] == "waiting_for_gpu" {
 		types, events = slices.Delete(types, 2, 3), slices.Delete(events, 2, 3)
 	}
-	want := []string{"created", "validated", "started",
+	want := []string{"created", "validated", "gpu_acquired", "started",
 		"checkpoint_saved", "epoch_completed", "checkpoint_saved", "epoch_completed", "checkpoint_saved", "epoch_completed", "completed"}
 	if !slices.Equal(types, want) {
 		t.Fatalf("events %v; want %v", types, want)

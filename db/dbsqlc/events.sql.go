@@ -115,7 +115,7 @@ func (q *Queries) ListJobEventsOldestFirst(ctx context.Context, db DBTX, arg Lis
 	return items, nil
 }
 
-const recordJobEvent = `-- name: RecordJobEvent :exec
+const recordJobEvent = `-- name: RecordJobEvent :execrows
 INSERT INTO job_events (id, job_id, level, type, message, data)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO NOTHING
@@ -131,8 +131,8 @@ type RecordJobEventParams struct {
 }
 
 // A retried write carries the same id and records nothing new.
-func (q *Queries) RecordJobEvent(ctx context.Context, db DBTX, arg RecordJobEventParams) error {
-	_, err := db.Exec(ctx, recordJobEvent,
+func (q *Queries) RecordJobEvent(ctx context.Context, db DBTX, arg RecordJobEventParams) (int64, error) {
+	result, err := db.Exec(ctx, recordJobEvent,
 		arg.ID,
 		arg.JobID,
 		arg.Level,
@@ -140,5 +140,8 @@ func (q *Queries) RecordJobEvent(ctx context.Context, db DBTX, arg RecordJobEven
 		arg.Message,
 		arg.Data,
 	)
-	return err
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }

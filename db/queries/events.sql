@@ -1,4 +1,4 @@
--- name: RecordJobEvent :exec
+-- name: RecordJobEvent :execrows
 -- A retried write carries the same id and records nothing new.
 INSERT INTO job_events (id, job_id, level, type, message, data)
 VALUES (@id, @job_id, @level, @type, @message, @data)
