@@ -109,17 +109,12 @@ func (b *bench) sample() (sample, error) {
 		return s, err
 	}
 	for _, p := range b.c.Processes() {
-		// The cluster keeps each running process's pid there (package cluster).
-		raw, err := os.ReadFile(filepath.Join(b.c.Dir, "run", p.Name+".pid"))
+		pid, err := b.pid(p.Name)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return s, err
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-		if err != nil {
-			return s, fmt.Errorf("pid file of %s: %w", p.Name, err)
 		}
 		if s.ticks[p.Name], err = processTicks(pid); err != nil {
 			return s, err
@@ -152,6 +147,20 @@ func (b *bench) sample() (sample, error) {
 		}
 	}
 	return s, nil
+}
+
+// pid is the running process's pid, which the cluster keeps in its run
+// directory (package cluster); os.ErrNotExist when it is not running.
+func (b *bench) pid(name string) (int, error) {
+	raw, err := os.ReadFile(filepath.Join(b.c.Dir, "run", name+".pid"))
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return 0, fmt.Errorf("pid file of %s: %w", name, err)
+	}
+	return pid, nil
 }
 
 // machineTicks is the CPU time of every core so far, busy and in all, in
