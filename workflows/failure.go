@@ -85,6 +85,18 @@ func isApplicationError(err error, errType string) bool {
 	return errors.As(err, &appErr) && appErr.Type() == errType
 }
 
+// failureType is the type a request's failure answers with: err's
+// application error type where it is one of types (a refusal the caller
+// can act on), else ErrTypeUnavailable (it may pass).
+func failureType(err error, types ...string) string {
+	for _, t := range types {
+		if isApplicationError(err, t) {
+			return t
+		}
+	}
+	return activities.ErrTypeUnavailable
+}
+
 // epochFailure says so when an epoch failed because it used up its
 // attempts: the job's error then names the epoch and the count, and ends
 // with the last attempt's failure, whose class it keeps.

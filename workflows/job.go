@@ -622,11 +622,7 @@ func (j *job) deploy(ctx workflow.Context) error {
 		// A deploy that failed leaves the job as it was. It failed for a
 		// reason the deploy named (a conflict, data that cannot be stored),
 		// or for one that may pass: a service down, attempts used up.
-		errType := activities.ErrTypeUnavailable
-		var appErr *temporal.ApplicationError
-		if errors.As(err, &appErr) && (appErr.Type() == activities.ErrTypeConflict || appErr.Type() == activities.ErrTypeInvalidData) {
-			errType = appErr.Type()
-		}
+		errType := failureType(err, activities.ErrTypeConflict, activities.ErrTypeInvalidData)
 		// Told before the failure is recorded, so only the handlers of this
 		// deploy see it, not those of one asked meanwhile.
 		j.failure = temporal.NewApplicationError(userMessage(err), errType)
@@ -674,10 +670,7 @@ func (j *job) restart(ctx workflow.Context) error {
 		if err != nil && !activities.IsJobGone(err) {
 			// An update answers with the failure; a signal has no one to tell.
 			workflow.GetLogger(ctx).Warn("restart not carried out", "job", j.in.JobID, "checkpoint", from, "reason", err)
-			errType := activities.ErrTypeUnavailable
-			if isApplicationError(err, activities.ErrTypeInvalidData) {
-				errType = activities.ErrTypeInvalidData
-			}
+			errType := failureType(err, activities.ErrTypeInvalidData)
 			j.requested, j.failure = actionNone, temporal.NewApplicationError(userMessage(err), errType)
 			j.finished++
 			return nil
