@@ -45,6 +45,11 @@ import torch.distributed as dist
 SPEAKS = os.environ.get("RANK", "0") == "0"
 
 
+def world_size() -> int:
+    """How many processes train the attempt, as torchrun's WORLD_SIZE says (1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def exit_process(code: int) -> NoReturn:
     """Ends this process with code once train.py is done. A process of a
     world skips Python's finalization: gloo's worker thread frees its last
@@ -54,7 +59,7 @@ def exit_process(code: int) -> NoReturn:
     pthread_exit through C++ frames: std::terminate, SIGABRT ("terminate
     called without an active exception"), a crash to the worker of a run
     that went well. Every file and message is written by now."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -79,7 +84,7 @@ class World:
     @classmethod
     def from_env(cls, config_world_size: int) -> World:
         """The world torchrun's variables describe, checked against config.json's worldSize."""
-        size = int(os.environ.get("WORLD_SIZE", "1"))
+        size = world_size()
         if size != config_world_size:
             raise _untrainable(
                 f"config.json's worldSize is {config_world_size}, but this process is one of {size} "
