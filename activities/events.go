@@ -48,7 +48,7 @@ func recordEvent(ctx context.Context, c db.Conn, e db.Event, what ...string) (re
 // again after its transaction committed (a local activity whose workflow
 // task failed, an activity whose answer was lost) logs nothing twice.
 func recordEventLogged(ctx context.Context, tx db.Conn, e db.Event, what ...string) (recorded bool, err error) {
-	if recorded, err = recordEvent(ctx, tx, e, what...); err != nil || !recorded {
+	if recorded, err = recordEvent(ctx, tx, e, what...); err != nil || !recorded || e.Message == "" {
 		return recorded, err
 	}
 	level := e.Level

@@ -56,7 +56,7 @@ func (c Conn) Checkpoints(ctx context.Context, jobID string, after *string, limi
 			return nil, err
 		}
 	}
-	rows, err := c.q.ListJobCheckpoints(ctx, c.db, dbsqlc.ListJobCheckpointsParams{JobID: jobID, After: after, Lim: int32(limit)})
+	rows, err := c.q.ListJobCheckpoints(ctx, c.planned(), dbsqlc.ListJobCheckpointsParams{JobID: jobID, After: after, Lim: int32(limit)})
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints of %s: %w", jobID, err)
 	}

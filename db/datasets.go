@@ -232,9 +232,9 @@ func (c Conn) DatasetsAfter(ctx context.Context, p DatasetPage) ([]Dataset, erro
 	var rows []dbsqlc.Dataset
 	var err error
 	if p.NewestFirst {
-		rows, err = c.q.ListDatasetsNewestFirst(ctx, c.db, dbsqlc.ListDatasetsNewestFirstParams{OrganizationID: p.OrganizationID, After: p.After, Lim: int32(p.Limit)})
+		rows, err = c.q.ListDatasetsNewestFirst(ctx, c.planned(), dbsqlc.ListDatasetsNewestFirstParams{OrganizationID: p.OrganizationID, After: p.After, Lim: int32(p.Limit)})
 	} else {
-		rows, err = c.q.ListDatasetsOldestFirst(ctx, c.db, dbsqlc.ListDatasetsOldestFirstParams{OrganizationID: p.OrganizationID, After: p.After, Lim: int32(p.Limit)})
+		rows, err = c.q.ListDatasetsOldestFirst(ctx, c.planned(), dbsqlc.ListDatasetsOldestFirstParams{OrganizationID: p.OrganizationID, After: p.After, Lim: int32(p.Limit)})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list datasets: %w", err)

@@ -40,8 +40,10 @@ type Conn struct {
 // end up on a generic plan after five calls. The job list's one query serves
 // every sort key and filter through parameters that only a custom plan
 // folds into an index scan; a generic plan sorts the whole organization
-// (seconds at a million jobs). The other queries keep their prepared
-// statements and, where PostgreSQL finds it as good, the generic plan:
+// (seconds at a million jobs); the keyset pages of datasets, events and
+// checkpoints turn their optional cursor into an index bound the same way.
+// The other queries keep their prepared statements and, where PostgreSQL
+// finds it as good, the generic plan:
 // planning a lookup on jobs, with its many indexes, takes several times as
 // long as running it.
 type customPlans struct{ dbsqlc.DBTX }
@@ -62,11 +64,11 @@ func (c customPlans) QueryRow(ctx context.Context, sql string, args ...any) pgx.
 }
 
 // CustomPlans wraps d for the queries whose parameters choose their
-// filters or sort key, the job list's: see customPlans.
+// filters, sort key or cursor, the job list's: see customPlans.
 func CustomPlans(d dbsqlc.DBTX) dbsqlc.DBTX { return customPlans{d} }
 
 // planned is c's connection for the queries whose parameters choose their
-// filters or sort key.
+// filters, sort key or cursor.
 func (c Conn) planned() dbsqlc.DBTX { return CustomPlans(c.db) }
 
 // Store is the pool, and a Conn on it.

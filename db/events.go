@@ -89,9 +89,9 @@ func (c Conn) Events(ctx context.Context, p EventPage) ([]Event, error) {
 	var rows []dbsqlc.JobEvent
 	var err error
 	if p.NewestFirst {
-		rows, err = c.q.ListJobEventsNewestFirst(ctx, c.db, dbsqlc.ListJobEventsNewestFirstParams{JobID: p.JobID, After: p.After, Lim: int32(p.Limit)})
+		rows, err = c.q.ListJobEventsNewestFirst(ctx, c.planned(), dbsqlc.ListJobEventsNewestFirstParams{JobID: p.JobID, After: p.After, Lim: int32(p.Limit)})
 	} else {
-		rows, err = c.q.ListJobEventsOldestFirst(ctx, c.db, dbsqlc.ListJobEventsOldestFirstParams{JobID: p.JobID, After: p.After, Lim: int32(p.Limit)})
+		rows, err = c.q.ListJobEventsOldestFirst(ctx, c.planned(), dbsqlc.ListJobEventsOldestFirstParams{JobID: p.JobID, After: p.After, Lim: int32(p.Limit)})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read events of %s: %w", p.JobID, err)

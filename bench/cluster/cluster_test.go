@@ -243,7 +243,11 @@ func (b *bench) reads(t *testing.T) {
 		results.Add(benchutil.Result{Bench: "GET /jobs/:id", What: "replicas capped by a CPU quota", Value: "not measured: " + err.Error(), Target: "(report)"})
 		return
 	}
-	defer undo()
+	defer func() {
+		if err := undo(); err != nil {
+			t.Errorf("lift the replicas' CPU quota: %v", err)
+		}
+	}()
 	b.scaleReads(t, apis, fmt.Sprintf("a CPU quota of %.2f cores each", cores))
 }
 
