@@ -1,5 +1,17 @@
 package server
 
+import (
+	"context"
+
+	"go.temporal.io/sdk/client"
+)
+
+// NewRevisions is the revision chooser of an API replica whose control
+// workers poll queue.
+func NewRevisions(c client.Client, queue string) func(context.Context) int {
+	return (&revisions{temporal: c, queue: queue}).current
+}
+
 // LogPolls counts the reads of new lines by the API's followed-log loops.
 func (s *Server) LogPolls() int64 { return s.logs.polls.Load() }
 

@@ -503,7 +503,7 @@ func (s *Server) submitJob(c *gin.Context, spec jobSpec, request any) (db.Job, e
 		DatasetKey: train.BlobKey, MaxSequenceLength: int(model.MaxSequenceLength), Hyperparameters: hp,
 		ResultModel: model.ID + "-" + suffix, AutoDeploy: spec.AutoDeploy, CreatedAt: now, QueuedAt: now, Create: row,
 		MaxCost: spec.MaxCost, CostPerHour: hw.CostPerHour, EarlyStopping: spec.EarlyStopping, Method: spec.Method,
-		Revision: workflows.Revision,
+		Revision: s.revisions.current(ctx),
 	}
 	if source != nil {
 		row.InitFrom, input.InitFrom = source.ID, source.ID

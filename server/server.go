@@ -26,6 +26,7 @@ import (
 	"github.com/tuneforge/tuneforge/db"
 	"github.com/tuneforge/tuneforge/inference"
 	"github.com/tuneforge/tuneforge/serving"
+	"github.com/tuneforge/tuneforge/workflows"
 )
 
 // Limits on what a request may carry.
@@ -109,6 +110,8 @@ type Server struct {
 	readyDB, readyTemporal healthCheck
 	// creating serializes the creates of each Idempotency-Key.
 	creating keyLocks
+	// revisions chooses new jobs' workflow revision.
+	revisions *revisions
 }
 
 // New builds the API's router.
@@ -122,6 +125,7 @@ func New(d Deps) *Server {
 		authFailures: newSharedRateLimiter(shared, "addr:", d.AuthFailureRate, max(1, int(d.AuthFailureRate))),
 		streams:      newStreamLimits(d.StreamsPerKey, d.StreamsPerOrg),
 		logs:         newLogHub(d.Store, d.Logger),
+		revisions:    &revisions{temporal: d.Temporal, queue: workflows.ControlTaskQueue},
 	}
 	if err := os.MkdirAll(s.importDir(), 0o755); err != nil {
 		// Imports by path then find no file; uploads work all the same.

@@ -75,6 +75,8 @@ func RunControl(ctx context.Context, c client.Client, acts *activities.Activitie
 	w := worker.New(c, workflows.ControlTaskQueue, worker.Options{
 		MaxHeartbeatThrottleInterval: heartbeatThrottle,
 		WorkerStopTimeout:            10 * time.Second,
+		// The API reads it (DescribeTaskQueue) to choose new jobs' revision.
+		Identity: workflows.WorkerIdentity(controlIdentity()),
 	})
 	w.RegisterWorkflowWithOptions(workflows.FineTuningJob, workflow.RegisterOptions{Name: "FineTuningJob"})
 	w.RegisterWorkflowWithOptions(workflows.DeleteJob, workflow.RegisterOptions{Name: "DeleteJob"})
@@ -245,4 +247,10 @@ func ensureNamespace(ctx context.Context, c client.Client, namespace string) err
 		return fmt.Errorf("register namespace %s: %w", namespace, err)
 	}
 	return nil
+}
+
+// controlIdentity is the SDK's default identity of a worker: pid@host.
+func controlIdentity() string {
+	host, _ := os.Hostname() // an empty host still names the process
+	return fmt.Sprintf("%d@%s", os.Getpid(), host)
 }

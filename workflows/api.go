@@ -2,6 +2,8 @@ package workflows
 
 import (
 	"encoding/json"
+	"strconv"
+	"strings"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -83,7 +85,33 @@ func (r TransitionRequest) amends() bool {
 // Revision 1 takes the newest path of every change ID below and validates
 // a job's dataset from its uploads' records in a local activity
 // (ValidateRecordedDataset) when they settle it.
+//
+// A control worker runs jobs of its own revision and every one before it;
+// its identity says which (WorkerIdentity), so that a starter gives new
+// jobs the lowest revision the polling workers run (IdentityRevision):
+// during a rolling upgrade no old worker gets a job it cannot run.
 const Revision = 1
+
+// revisionMark ends a control worker's identity with the revision it runs.
+const revisionMark = " revision-"
+
+// WorkerIdentity is the identity of a control worker whose client's is
+// base: base, marked with Revision.
+func WorkerIdentity(base string) string { return base + revisionMark + strconv.Itoa(Revision) }
+
+// IdentityRevision is the revision a control worker's identity names; 0
+// for a worker from before revisions, whose identity names none.
+func IdentityRevision(identity string) int {
+	i := strings.LastIndex(identity, revisionMark)
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(identity[i+len(revisionMark):])
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
 
 // Change IDs for workflow.GetVersion, so runs recorded before a change replay.
 const (
