@@ -110,8 +110,12 @@ func TestOneSlotRunsJobsInTurn(t *testing.T) {
 			t.Errorf("job %s: phase %v, queuePosition %v; want %v", id, j["phase"], j["queuePosition"], want)
 		}
 	}
-	if !strings.Contains(org.Logs(t, third), "Waiting for a GPU slot on gpu-a100-80gb (") {
-		t.Error("the third job's log does not say it waits for a slot")
+	// RequestGPU commits the job's place in the queue, then its event and
+	// log line, in a transaction of their own.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(org.Logs(t, third), "Waiting for a GPU slot on gpu-a100-80gb ("); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the third job's log does not say it waits for a slot")
+		}
 	}
 	done := org.WaitStatus(t, first, time.Minute, "completed")
 	if done["phase"] != nil || done["queuePosition"] != nil {
